@@ -1,0 +1,77 @@
+//! The gRPC edge: one `<Thing>Service` per addressing.v1 service. Each handler checks the shape
+//! of every field (collecting all violations), turns the request into a command or a query,
+//! and converts the result; [`status`] is the only place where domain errors become statuses.
+
+pub mod convert;
+pub mod page_token;
+pub mod prefixes;
+pub mod routing;
+pub mod service_bindings;
+pub mod services;
+pub mod status;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use tokio::sync::watch as signal;
+use tonic::{Response, Status};
+use tracing::{error, info, warn};
+
+use crate::domain::{Error, ErrorKind, Reason};
+use crate::engine::Engine;
+
+/// What every handler shares: the engine, once the projections are loaded, and the shutdown
+/// signal that ends open streams.
+#[derive(Clone)]
+pub struct AppContext {
+    engine: Arc<OnceLock<Arc<Engine>>>,
+    shutdown: signal::Receiver<bool>,
+}
+
+impl AppContext {
+    pub fn new(shutdown: signal::Receiver<bool>) -> AppContext {
+        AppContext { engine: Arc::new(OnceLock::new()), shutdown }
+    }
+
+    /// Makes the service ready: called once the projections are rebuilt.
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// The engine, or NOT_READY while the server is still loading.
+    pub fn engine(&self) -> Result<&Arc<Engine>, Error> {
+        self.engine
+            .get()
+            .ok_or_else(|| Error::new(Reason::NotReady, "the server is loading its data; retry shortly"))
+    }
+
+    pub fn shutdown_signal(&self) -> signal::Receiver<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Runs one unary call: times it, logs method, status and latency, and maps the error.
+pub async fn unary<T>(method: &'static str, work: impl Future<Output = Result<T, Error>>) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let result = work.await;
+    log_call(method, started, result.as_ref().err());
+    result.map(Response::new).map_err(Status::from)
+}
+
+fn log_call(method: &'static str, started: Instant, error: Option<&Error>) {
+    let latency_us = started.elapsed().as_micros() as u64;
+    match error {
+        None => info!(method, code = "OK", latency_us, "call"),
+        Some(error) => {
+            let code = status::code_of(error.kind());
+            let reason = error.reason.name();
+            match error.kind() {
+                ErrorKind::Internal => error!(method, ?code, reason, latency_us, message = %error.message, "call"),
+                ErrorKind::Unavailable => warn!(method, ?code, reason, latency_us, message = %error.message, "call"),
+                _ => info!(method, ?code, reason, latency_us, "call"),
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! addressing.v1.Services: the fixed catalog.
+
+use tonic::{Request, Response, Status};
+
+use super::{convert, unary};
+use crate::domain::{Service, fields};
+use crate::pb::api;
+use crate::pb::api::services_server::Services;
+
+pub struct ServicesService;
+
+#[tonic::async_trait]
+impl Services for ServicesService {
+    async fn list_services(
+        &self,
+        request: Request<api::ListServicesRequest>,
+    ) -> Result<Response<api::ListServicesResponse>, Status> {
+        let request = request.into_inner();
+        unary("ListServices", async {
+            fields::account_id("account_id", &request.account_id)?;
+            Ok(api::ListServicesResponse { services: Service::ALL.into_iter().map(convert::service).collect() })
+        })
+        .await
+    }
+}

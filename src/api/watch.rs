@@ -1,0 +1,228 @@
+//! WatchServiceBindings. A watch subscribes to the engine's commit feed *before* it answers,
+//! then (with `after_revision`) replays matching events from the log, then follows the feed,
+//! skipping anything at or below the last revision it passed on: no gap and no duplicate at
+//! the seam. A watcher whose client reads slowly falls behind the feed's bounded buffer; it is
+//! then caught up from the log and rejoins the feed, so it never holds more than a few events
+//! in memory and never slows the writer or another watcher. Streams end with UNAVAILABLE at
+//! shutdown, so clients reconnect elsewhere from their last revision.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tracing::{debug, error};
+
+use super::{AppContext, convert};
+use crate::domain::error::AllFields;
+use crate::domain::{AccountId, BindingId, Change, Error, Event, PrefixId, Reason, fields};
+use crate::engine::Engine;
+use crate::pb::api;
+
+/// Responses buffered between a watcher's task and its HTTP/2 stream.
+const STREAM_BUFFER: usize = 64;
+/// Events read from the log per blocking read during catch-up.
+const CATCH_UP_CHUNK: usize = 1024;
+
+/// Which events a watcher wants.
+#[derive(Clone, Copy, Debug)]
+struct Filter {
+    account_id: Option<AccountId>,
+    prefix_id: Option<PrefixId>,
+    binding_id: Option<BindingId>,
+}
+
+impl Filter {
+    fn matches(&self, change: &Change) -> bool {
+        let Some(binding) = change.binding() else { return false };
+        self.account_id.is_none_or(|id| id == binding.account_id)
+            && self.prefix_id.is_none_or(|id| id == binding.prefix_id)
+            && self.binding_id.is_none_or(|id| id == binding.id)
+    }
+}
+
+fn parse_filter(request: &api::WatchServiceBindingsRequest) -> Result<Filter, Error> {
+    let (account_id, prefix_id, binding_id) = (
+        fields::optional(&request.account_id, |text| fields::account_id("account_id", text)),
+        fields::optional(&request.prefix_id, |text| fields::prefix_id("prefix_id", text)),
+        fields::optional(&request.binding_id, |text| fields::binding_id("binding_id", text)),
+    )
+        .all_fields()?;
+    if account_id.is_none() {
+        for (field, given) in [("prefix_id", prefix_id.is_some()), ("binding_id", binding_id.is_some())] {
+            if given {
+                return Err(Error::field(
+                    Reason::FilterNeedsAccount,
+                    field,
+                    format!("a {field} filter needs an account_id"),
+                ));
+            }
+        }
+    }
+    Ok(Filter { account_id, prefix_id, binding_id })
+}
+
+/// Checks the request, registers the watcher and returns its stream.
+pub async fn open(
+    app: &AppContext,
+    request: api::WatchServiceBindingsRequest,
+) -> Result<ReceiverStream<Result<api::ServiceBindingEvent, Status>>, Error> {
+    let filter = parse_filter(&request)?;
+    let engine = Arc::clone(app.engine()?);
+    // Subscribe first, then read the head: every event after the head is in the feed.
+    let feed = engine.subscribe();
+    let head = {
+        let model = engine.projections().read();
+        if let Some(account_id) = filter.account_id {
+            if let Some(prefix_id) = filter.prefix_id {
+                model.state.prefix(account_id, prefix_id)?;
+            }
+            if let Some(binding_id) = filter.binding_id {
+                let binding = model.state.binding_by_id(binding_id).filter(|binding| {
+                    binding.account_id == account_id && filter.prefix_id.is_none_or(|id| id == binding.prefix_id)
+                });
+                if binding.is_none() {
+                    return Err(Error::field(
+                        Reason::BindingNotFound,
+                        "binding_id",
+                        format!("binding {binding_id} not found"),
+                    ));
+                }
+            }
+        }
+        model.head
+    };
+    let cursor = match request.after_revision {
+        Some(after) if after > head => {
+            return Err(Error::field(
+                Reason::RevisionOutOfRange,
+                "after_revision",
+                format!(
+                    "after_revision {after} is beyond this server's head revision {head}: relist, then watch from the revision the list returns"
+                ),
+            ));
+        }
+        Some(after) => after,
+        None => head,
+    };
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+    let watcher = Watcher { engine, filter, cursor, sender, shutdown: app.shutdown_signal() };
+    tokio::spawn(watcher.run(feed, request.after_revision.is_some()));
+    Ok(ReceiverStream::new(receiver))
+}
+
+struct Watcher {
+    engine: Arc<Engine>,
+    filter: Filter,
+    /// The last revision passed on (or skipped as not matching).
+    cursor: u64,
+    sender: mpsc::Sender<Result<api::ServiceBindingEvent, Status>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Why a watcher stops.
+enum Stop {
+    /// The client went away.
+    ClientGone,
+    /// The stream ends with this status.
+    Fail(Status),
+}
+
+impl Watcher {
+    async fn run(mut self, mut feed: tokio::sync::broadcast::Receiver<crate::engine::CommittedGroup>, replay: bool) {
+        let result: Result<(), Stop> = async {
+            if replay {
+                self.catch_up().await?;
+            }
+            loop {
+                let received = tokio::select! {
+                    received = feed.recv() => received,
+                    _ = self.sender.closed() => return Err(Stop::ClientGone),
+                    _ = self.shutdown.wait_for(|stopping| *stopping) => return Err(Stop::Fail(shutting_down())),
+                };
+                match received {
+                    Ok(group) => {
+                        for event in group.iter() {
+                            self.pass_on(event).await?;
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        debug!(missed, cursor = self.cursor, "watcher fell behind the feed; catching up from the log");
+                        self.catch_up().await?;
+                    }
+                    Err(RecvError::Closed) => return Err(Stop::Fail(shutting_down())),
+                }
+            }
+        }
+        .await;
+        if let Err(Stop::Fail(status)) = result {
+            let _ = self.sender.send(Err(status)).await;
+        }
+    }
+
+    /// Sends every matching event after the cursor up to the projections' head (never past
+    /// it: later records may not be durable yet) from the log.
+    async fn catch_up(&mut self) -> Result<(), Stop> {
+        loop {
+            let head = self.engine.projections().read().head;
+            if self.cursor >= head {
+                return Ok(());
+            }
+            let log = self.engine.log().clone();
+            let after = self.cursor;
+            let chunk = tokio::task::spawn_blocking(move || {
+                log.read_after(after).take_while(|event| event.as_ref().map_or(true, |e| e.revision <= head)).take(CATCH_UP_CHUNK).collect::<Result<Vec<Event>, _>>()
+            })
+            .await
+            .map_err(|error| Stop::Fail(Status::internal(format!("catch-up task failed: {error}"))))?
+            .map_err(|error| {
+                error!(%error, "reading the log for a watcher failed");
+                Stop::Fail(Status::internal("the event log could not be read"))
+            })?;
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            for event in &chunk {
+                self.pass_on(event).await?;
+            }
+        }
+    }
+
+    async fn pass_on(&mut self, event: &Event) -> Result<(), Stop> {
+        if event.revision <= self.cursor {
+            return Ok(());
+        }
+        self.cursor = event.revision;
+        if !self.filter.matches(&event.change) {
+            return Ok(());
+        }
+        let Some(message) = to_message(event) else { return Ok(()) };
+        tokio::select! {
+            sent = self.sender.send(Ok(message)) => sent.map_err(|_| Stop::ClientGone),
+            _ = self.shutdown.wait_for(|stopping| *stopping) => Err(Stop::Fail(shutting_down())),
+        }
+    }
+}
+
+fn shutting_down() -> Status {
+    Status::from(Error::new(Reason::NotReady, "the server is shutting down; reconnect and resume from your last revision"))
+}
+
+/// The wire form of a binding event; `None` for prefix events, which watchers never see.
+fn to_message(event: &Event) -> Option<api::ServiceBindingEvent> {
+    let (kind, binding) = match &event.change {
+        Change::BindingCreated { binding, .. } => (api::ServiceBindingEventKind::Created, binding),
+        Change::BindingProvisioningStateChanged(binding) => {
+            (api::ServiceBindingEventKind::ProvisioningStateChanged, binding)
+        }
+        Change::BindingDeleted(binding) => (api::ServiceBindingEventKind::Deleted, binding),
+        Change::PrefixCreated(_) | Change::PrefixUpdated(_) | Change::PrefixDeleted(_) => return None,
+    };
+    Some(api::ServiceBindingEvent {
+        revision: event.revision,
+        kind: kind as i32,
+        binding: Some(convert::binding(binding)),
+        time: Some(convert::timestamp(event.time)),
+    })
+}

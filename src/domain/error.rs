@@ -1,0 +1,236 @@
+//! Domain errors. Every failure has a [`Reason`]; a reason always maps to the same
+//! [`ErrorKind`] (the gRPC status class) and the same stable numeric code, so callers can
+//! branch on either. The README lists them all (a test keeps it honest).
+
+use std::fmt;
+
+/// What the caller should do about an error; each kind is one gRPC status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Fix the request (INVALID_ARGUMENT).
+    InvalidArgument,
+    /// The resource does not exist or belongs to another account (NOT_FOUND).
+    NotFound,
+    /// Something with that identity is already there (ALREADY_EXISTS).
+    AlreadyExists,
+    /// The request is well-formed but the current state forbids it (FAILED_PRECONDITION).
+    FailedPrecondition,
+    /// A position past the end of the log (OUT_OF_RANGE).
+    OutOfRange,
+    /// Retry later, perhaps elsewhere (UNAVAILABLE).
+    Unavailable,
+    /// A bug or corruption on our side (INTERNAL).
+    Internal,
+}
+
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $variant:ident = ($name:literal, $code:literal, $kind:ident),)*) => {
+        /// Why a call failed. The name (UPPER_SNAKE_CASE) and code are a stable contract.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// The ErrorInfo reason.
+            pub fn name(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+
+            /// The stable numeric code (ErrorInfo metadata `code`).
+            pub fn code(self) -> u32 {
+                match self { $(Reason::$variant => $code,)* }
+            }
+
+            pub fn kind(self) -> ErrorKind {
+                match self { $(Reason::$variant => ErrorKind::$kind,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// No prefix with that id in the account.
+    PrefixNotFound = ("PREFIX_NOT_FOUND", 1000, NotFound),
+    /// The CIDR does not parse as address/length.
+    InvalidCidr = ("INVALID_CIDR", 1001, InvalidArgument),
+    /// No binding with that id in the prefix.
+    BindingNotFound = ("BINDING_NOT_FOUND", 1002, NotFound),
+    /// The service id is malformed or not in the catalog.
+    InvalidService = ("INVALID_SERVICE", 1003, InvalidArgument),
+    /// The account id is not 32 lowercase hex characters.
+    InvalidAccountId = ("INVALID_ACCOUNT_ID", 1004, InvalidArgument),
+    /// The prefix id is not 32 lowercase hex characters.
+    InvalidPrefixId = ("INVALID_PREFIX_ID", 1005, InvalidArgument),
+    /// The binding id is not 32 lowercase hex characters.
+    InvalidBindingId = ("INVALID_BINDING_ID", 1006, InvalidArgument),
+    /// The CIDR has host bits set.
+    CidrNotCanonical = ("CIDR_NOT_CANONICAL", 1007, InvalidArgument),
+    /// A prefix smaller than /24 (IPv4) or /48 (IPv6).
+    PrefixTooSmall = ("PREFIX_TOO_SMALL", 1008, InvalidArgument),
+    /// A binding CIDR that is not inside its prefix.
+    CidrOutsidePrefix = ("CIDR_OUTSIDE_PREFIX", 1009, InvalidArgument),
+    /// A binding CIDR of the other address family than its prefix.
+    CidrFamilyMismatch = ("CIDR_FAMILY_MISMATCH", 1010, InvalidArgument),
+    /// A description longer than 1000 characters.
+    DescriptionTooLong = ("DESCRIPTION_TOO_LONG", 1011, InvalidArgument),
+    /// A negative page size.
+    InvalidPageSize = ("INVALID_PAGE_SIZE", 1012, InvalidArgument),
+    /// A page token this server did not issue for this list.
+    InvalidPageToken = ("INVALID_PAGE_TOKEN", 1013, InvalidArgument),
+    /// A request id longer than 128 characters or with control characters.
+    InvalidRequestId = ("INVALID_REQUEST_ID", 1014, InvalidArgument),
+    /// A request id already used for a different binding.
+    RequestIdReused = ("REQUEST_ID_REUSED", 1015, InvalidArgument),
+    /// An address that does not parse as IPv4 or IPv6.
+    InvalidAddress = ("INVALID_ADDRESS", 1016, InvalidArgument),
+    /// More addresses in one batch than the maximum.
+    TooManyAddresses = ("TOO_MANY_ADDRESSES", 1017, InvalidArgument),
+    /// A watch filter on prefix or binding without an account.
+    FilterNeedsAccount = ("FILTER_NEEDS_ACCOUNT", 1018, InvalidArgument),
+    /// The prefix overlaps an existing prefix (of any account).
+    PrefixOverlaps = ("PREFIX_OVERLAPS", 1100, AlreadyExists),
+    /// The first binding of a prefix must cover exactly the prefix.
+    FirstBindingMustCoverPrefix = ("FIRST_BINDING_MUST_COVER_PREFIX", 1101, FailedPrecondition),
+    /// The service may not be layered over the prefix-wide binding's service.
+    ServiceLayeringNotAllowed = ("SERVICE_LAYERING_NOT_ALLOWED", 1102, FailedPrecondition),
+    /// The prefix-wide binding can go only when it is the prefix's last binding.
+    PrefixWideBindingInUse = ("PREFIX_WIDE_BINDING_IN_USE", 1103, FailedPrecondition),
+    /// A prefix can be deleted only when it has no bindings.
+    PrefixHasBindings = ("PREFIX_HAS_BINDINGS", 1104, FailedPrecondition),
+    /// The address is inside no prefix.
+    AddressNotCovered = ("ADDRESS_NOT_COVERED", 1105, NotFound),
+    /// A binding already exists for that CIDR in the prefix.
+    BindingAlreadyExists = ("BINDING_ALREADY_EXISTS", 1108, AlreadyExists),
+    /// A watch from a revision beyond the log's head.
+    RevisionOutOfRange = ("REVISION_OUT_OF_RANGE", 1200, OutOfRange),
+    /// The log could not be written or made durable; nothing was stored.
+    StorageUnavailable = ("STORAGE_UNAVAILABLE", 1300, Unavailable),
+    /// The server is starting (loading its projections) or shutting down.
+    NotReady = ("NOT_READY", 1301, Unavailable),
+    /// An unexpected failure on our side.
+    Internal = ("INTERNAL", 1900, Internal),
+}
+
+/// A request field to blame, in the contract's snake_case spelling (`cidr`, `addresses[3]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// A failed call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub reason: Reason,
+    pub message: String,
+    /// The fields to blame; empty when no single request field is at fault.
+    pub violations: Vec<FieldViolation>,
+}
+
+impl Error {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Error {
+        Error { reason, message: message.into(), violations: Vec::new() }
+    }
+
+    /// An error blamed on one request field.
+    pub fn field(reason: Reason, field: impl Into<String>, message: impl Into<String>) -> Error {
+        let message = message.into();
+        Error {
+            reason,
+            violations: vec![FieldViolation { field: field.into(), description: message.clone() }],
+            message,
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.reason.kind()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.reason.name(), self.reason.code(), self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Checks every field of a request at once: a tuple of field results becomes a tuple of
+/// values, or one error that names every failed field (the first failure's reason leads).
+pub trait AllFields {
+    type Values;
+    fn all_fields(self) -> Result<Self::Values, Error>;
+}
+
+fn merge(first: &mut Option<Error>, error: Error) {
+    match first {
+        None => *first = Some(error),
+        Some(first) => first.violations.extend(error.violations),
+    }
+}
+
+macro_rules! all_fields_for_tuple {
+    ($($value:ident),+) => {
+        impl<$($value),+> AllFields for ($(Result<$value, Error>,)+) {
+            type Values = ($($value,)+);
+
+            #[allow(non_snake_case)]
+            fn all_fields(self) -> Result<Self::Values, Error> {
+                let ($($value,)+) = self;
+                let mut first = None;
+                $(let $value = $value.map_err(|error| merge(&mut first, error)).ok();)+
+                match ($($value,)+) {
+                    ($(Some($value),)+) => Ok(($($value,)+)),
+                    _ => {
+                        let mut error = first.unwrap_or_else(|| Error::new(Reason::Internal, "field check failed"));
+                        if error.violations.len() > 1 {
+                            error.message = format!("{} (and {} more field violation(s))", error.message, error.violations.len() - 1);
+                        }
+                        Err(error)
+                    }
+                }
+            }
+        }
+    };
+}
+
+all_fields_for_tuple!(A);
+all_fields_for_tuple!(A, B);
+all_fields_for_tuple!(A, B, C);
+all_fields_for_tuple!(A, B, C, D);
+all_fields_for_tuple!(A, B, C, D, E);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_and_codes_are_unique_and_upper_snake_case() {
+        let names: HashSet<_> = Reason::ALL.iter().map(|reason| reason.name()).collect();
+        let codes: HashSet<_> = Reason::ALL.iter().map(|reason| reason.code()).collect();
+        assert_eq!(names.len(), Reason::ALL.len());
+        assert_eq!(codes.len(), Reason::ALL.len());
+        for name in names {
+            assert!(name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'), "{name}");
+        }
+    }
+
+    #[test]
+    fn all_fields_keeps_the_first_reason_and_every_field() {
+        let checked: Result<(u8, u8, u8), Error> = (
+            Err(Error::field(Reason::InvalidCidr, "cidr", "bad")),
+            Ok(1),
+            Err(Error::field(Reason::InvalidService, "service_id", "bad")),
+        )
+            .all_fields();
+        let error = checked.unwrap_err();
+        assert_eq!(error.reason, Reason::InvalidCidr);
+        let fields: Vec<_> = error.violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["cidr", "service_id"]);
+        assert_eq!((Ok::<u8, Error>(1), Ok::<u8, Error>(2)).all_fields(), Ok((1, 2)));
+    }
+}

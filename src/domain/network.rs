@@ -1,0 +1,136 @@
+//! CIDR parsing with the contract's distinct failure reasons, and the order in which prefixes
+//! and bindings are listed: IPv4 before IPv6, then by network address, then shorter first.
+
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+/// Why a CIDR string is not an acceptable network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CidrProblem {
+    /// It does not parse as `address/length`.
+    Unparsable,
+    /// It parses, but host bits are set (e.g. 192.0.2.1/24).
+    NotCanonical,
+}
+
+/// Parses a canonical CIDR: `address/length` with every host bit zero.
+pub fn parse_canonical_cidr(text: &str) -> Result<IpNet, CidrProblem> {
+    let network = IpNet::from_str(text).map_err(|_| CidrProblem::Unparsable)?;
+    if network.trunc() != network {
+        return Err(CidrProblem::NotCanonical);
+    }
+    Ok(network)
+}
+
+/// Whether `inner` lies inside `outer` (or equals it), in the same address family.
+pub fn contains(outer: &IpNet, inner: &IpNet) -> bool {
+    outer.contains(inner)
+}
+
+/// Whether both networks are of the same address family.
+pub fn same_family(a: &IpNet, b: &IpNet) -> bool {
+    matches!((a, b), (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_)))
+}
+
+/// The list order of networks: family, then network address, then prefix length. Deriving
+/// `Ord` on the fields in this order gives exactly the contract's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetworkKey {
+    /// 4 or 6.
+    pub family: u8,
+    /// The network address as an integer (IPv4 widened to 128 bits).
+    pub address: u128,
+    pub prefix_len: u8,
+}
+
+impl NetworkKey {
+    pub fn of(network: &IpNet) -> NetworkKey {
+        match network {
+            IpNet::V4(v4) => NetworkKey {
+                family: 4,
+                address: u32::from(v4.network()) as u128,
+                prefix_len: v4.prefix_len(),
+            },
+            IpNet::V6(v6) => NetworkKey {
+                family: 6,
+                address: u128::from(v6.network()),
+                prefix_len: v6.prefix_len(),
+            },
+        }
+    }
+
+    /// The highest address inside the network, as an integer of the same width as `address`.
+    pub fn last_address(&self) -> u128 {
+        let width = if self.family == 4 { 32 } else { 128 };
+        let host_bits = width - u32::from(self.prefix_len);
+        let host_mask = if host_bits == 0 { 0 } else { u128::MAX >> (128 - host_bits) };
+        self.address | host_mask
+    }
+
+    /// Fixed-size encoding (family, address, length) used in page tokens.
+    pub fn to_bytes(self) -> [u8; 18] {
+        let mut bytes = [0u8; 18];
+        bytes[0] = self.family;
+        bytes[1..17].copy_from_slice(&self.address.to_be_bytes());
+        bytes[17] = self.prefix_len;
+        bytes
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<NetworkKey> {
+        let bytes: &[u8; 18] = bytes.try_into().ok()?;
+        let mut address = [0u8; 16];
+        address.copy_from_slice(&bytes[1..17]);
+        let key = NetworkKey {
+            family: bytes[0],
+            address: u128::from_be_bytes(address),
+            prefix_len: bytes[17],
+        };
+        let valid = match key.family {
+            4 => key.prefix_len <= 32 && key.address <= u32::MAX as u128,
+            6 => key.prefix_len <= 128,
+            _ => false,
+        };
+        valid.then_some(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn canonical_parsing() {
+        assert_eq!(parse_canonical_cidr("192.0.2.0/24"), Ok(net("192.0.2.0/24")));
+        assert_eq!(parse_canonical_cidr("2001:DB8::/48"), Ok(net("2001:db8::/48")));
+        assert_eq!(parse_canonical_cidr("192.0.2.1/24"), Err(CidrProblem::NotCanonical));
+        for bad in ["", "192.0.2.0", "192.0.2.0/33", "x/24", " 192.0.2.0/24", "192.0.2.0/24 "] {
+            assert_eq!(parse_canonical_cidr(bad), Err(CidrProblem::Unparsable), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn order_is_family_then_address_then_length() {
+        let mut keys: Vec<_> = ["2001:db8::/32", "10.0.0.0/8", "10.0.0.0/16", "9.0.0.0/8"]
+            .iter()
+            .map(|text| NetworkKey::of(&net(text)))
+            .collect();
+        keys.sort();
+        let order: Vec<_> = keys.iter().map(|key| (key.family, key.prefix_len)).collect();
+        assert_eq!(order, [(4, 8), (4, 8), (4, 16), (6, 32)]);
+        assert_eq!(keys[0].address, 9 << 24);
+    }
+
+    #[test]
+    fn key_bytes_round_trip_and_last_address() {
+        let key = NetworkKey::of(&net("192.0.2.0/24"));
+        assert_eq!(NetworkKey::from_bytes(&key.to_bytes()), Some(key));
+        assert_eq!(key.last_address(), u32::from(std::net::Ipv4Addr::new(192, 0, 2, 255)) as u128);
+        let all = NetworkKey::of(&net("::/0"));
+        assert_eq!(all.last_address(), u128::MAX);
+    }
+}

@@ -1,0 +1,581 @@
+//! The aggregate state of every account, and the two halves of event sourcing over it:
+//! [`State::decide`] (command -> events, or the rule that refuses it) and [`State::apply`]
+//! (event -> new state). Decide never mutates; apply never refuses. Queries used by reads live
+//! here too, so that the writer and the read model answer from the same structure.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+
+use ipnet::IpNet;
+
+use super::command::{Command, Outcome};
+use super::error::{Error, Reason};
+use super::event::{Change, Event};
+use super::ids::{AccountId, BindingId, PrefixId};
+use super::model::{Binding, Micros, Prefix, ProvisioningState};
+use super::network::{NetworkKey, contains, same_family};
+use super::service::Service;
+
+/// What decide produced: the changes to append and what the caller gets once they are durable.
+#[derive(Debug)]
+pub struct Decision {
+    pub changes: Vec<Change>,
+    pub outcome: Outcome,
+}
+
+impl Decision {
+    fn one(change: Change, outcome: Outcome) -> Decision {
+        Decision { changes: vec![change], outcome }
+    }
+
+    fn nothing(outcome: Outcome) -> Decision {
+        Decision { changes: Vec::new(), outcome }
+    }
+}
+
+/// What a request id was first used for: the binding as created and the request's fields.
+#[derive(Clone, Debug)]
+struct RememberedRequest {
+    binding: Binding,
+}
+
+/// One page of a list, in network order.
+#[derive(Debug)]
+pub struct Page<'a, T> {
+    pub items: Vec<&'a T>,
+    /// The key of the last item when more items follow.
+    pub next_after: Option<NetworkKey>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    prefixes: HashMap<PrefixId, Prefix>,
+    /// Every prefix by network, across accounts: the overlap check and the lookup of the
+    /// prefix that covers an address.
+    prefixes_by_network: BTreeMap<NetworkKey, PrefixId>,
+    /// Each account's prefixes in list order.
+    prefixes_by_account: HashMap<AccountId, BTreeMap<NetworkKey, PrefixId>>,
+    bindings: HashMap<BindingId, Binding>,
+    /// Each prefix's bindings in list order (absent when the prefix has none).
+    bindings_by_prefix: HashMap<PrefixId, BTreeMap<NetworkKey, BindingId>>,
+    /// Idempotency keys, scoped to the account, kept for as long as the log exists.
+    requests: HashMap<(AccountId, String), RememberedRequest>,
+}
+
+impl State {
+    // ---- decide -------------------------------------------------------------------------
+
+    /// Checks a command against the current state: the events it causes, or why not.
+    pub fn decide(&self, command: &Command, now: Micros) -> Result<Decision, Error> {
+        match command {
+            Command::CreatePrefix { account_id, cidr, asn, description } => {
+                if let Some(existing) = self.overlapping_prefix(cidr) {
+                    return Err(Error::field(
+                        Reason::PrefixOverlaps,
+                        "cidr",
+                        format!("{cidr} overlaps the existing prefix {}", existing.cidr),
+                    ));
+                }
+                let prefix = Prefix {
+                    id: PrefixId::generate(),
+                    account_id: *account_id,
+                    cidr: *cidr,
+                    asn: *asn,
+                    description: description.clone(),
+                    created_at: now,
+                    modified_at: now,
+                };
+                Ok(Decision::one(Change::PrefixCreated(prefix.clone()), Outcome::Prefix(prefix)))
+            }
+            Command::UpdatePrefix { account_id, prefix_id, description } => {
+                let mut prefix = self.prefix(*account_id, *prefix_id)?.clone();
+                prefix.description = description.clone();
+                prefix.modified_at = now;
+                Ok(Decision::one(Change::PrefixUpdated(prefix.clone()), Outcome::Prefix(prefix)))
+            }
+            Command::DeletePrefix { account_id, prefix_id } => {
+                let prefix = self.prefix(*account_id, *prefix_id)?;
+                let n_bindings = self.bindings_by_prefix.get(prefix_id).map_or(0, BTreeMap::len);
+                if n_bindings > 0 {
+                    return Err(Error::new(
+                        Reason::PrefixHasBindings,
+                        format!("prefix {} still has {n_bindings} binding(s); delete them first", prefix.cidr),
+                    ));
+                }
+                Ok(Decision::one(Change::PrefixDeleted(prefix.clone()), Outcome::PrefixDeleted(*prefix_id)))
+            }
+            Command::CreateBinding { account_id, prefix_id, cidr, service, request_id } => {
+                self.decide_create_binding(*account_id, *prefix_id, cidr, *service, request_id.as_deref(), now)
+            }
+            Command::DeleteBinding { account_id, prefix_id, binding_id } => {
+                let prefix = self.prefix(*account_id, *prefix_id)?;
+                let binding = self.binding(*account_id, *prefix_id, *binding_id)?;
+                let n_bindings = self.bindings_by_prefix.get(prefix_id).map_or(0, BTreeMap::len);
+                if binding.cidr == prefix.cidr && n_bindings > 1 {
+                    return Err(Error::new(
+                        Reason::PrefixWideBindingInUse,
+                        format!(
+                            "{} is the prefix-wide binding and {} more specific binding(s) rely on it; delete those first",
+                            binding.cidr,
+                            n_bindings - 1
+                        ),
+                    ));
+                }
+                Ok(Decision::one(Change::BindingDeleted(binding.clone()), Outcome::BindingDeleted(*binding_id)))
+            }
+            Command::ActivateBinding { binding_id } => match self.bindings.get(binding_id) {
+                Some(binding) if binding.state == ProvisioningState::Provisioning => {
+                    let mut binding = binding.clone();
+                    binding.state = ProvisioningState::Active;
+                    binding.modified_at = now;
+                    Ok(Decision::one(
+                        Change::BindingProvisioningStateChanged(binding.clone()),
+                        Outcome::Binding(binding),
+                    ))
+                }
+                _ => Ok(Decision::nothing(Outcome::Nothing)),
+            },
+        }
+    }
+
+    fn decide_create_binding(
+        &self,
+        account_id: AccountId,
+        prefix_id: PrefixId,
+        cidr: &IpNet,
+        service: Service,
+        request_id: Option<&str>,
+        now: Micros,
+    ) -> Result<Decision, Error> {
+        // A retry is answered before anything else: the prefix may be gone by now.
+        if let Some(request_id) = request_id
+            && let Some(remembered) = self.requests.get(&(account_id, request_id.to_string()))
+        {
+            let first = &remembered.binding;
+            if first.prefix_id == prefix_id && first.cidr == *cidr && first.service == service {
+                return Ok(Decision::nothing(Outcome::Binding(first.clone())));
+            }
+            return Err(Error::field(
+                Reason::RequestIdReused,
+                "request_id",
+                format!(
+                    "request_id {request_id:?} was already used to bind {} to {} in prefix {}",
+                    first.cidr,
+                    first.service.name(),
+                    first.prefix_id
+                ),
+            ));
+        }
+
+        let prefix = self.prefix(account_id, prefix_id)?;
+        if !same_family(&prefix.cidr, cidr) {
+            return Err(Error::field(
+                Reason::CidrFamilyMismatch,
+                "cidr",
+                format!("{cidr} is not of the same address family as the prefix {}", prefix.cidr),
+            ));
+        }
+        if !contains(&prefix.cidr, cidr) {
+            return Err(Error::field(
+                Reason::CidrOutsidePrefix,
+                "cidr",
+                format!("{cidr} is not inside the prefix {}", prefix.cidr),
+            ));
+        }
+        match self.prefix_wide_binding(prefix) {
+            None if *cidr != prefix.cidr => {
+                return Err(Error::field(
+                    Reason::FirstBindingMustCoverPrefix,
+                    "cidr",
+                    format!("the first binding of a prefix must cover exactly {}, not {cidr}", prefix.cidr),
+                ));
+            }
+            None => {}
+            Some(prefix_wide) => {
+                if self.binding_at(prefix_id, cidr).is_some() {
+                    return Err(Error::field(
+                        Reason::BindingAlreadyExists,
+                        "cidr",
+                        format!("prefix {} already has a binding for {cidr}", prefix.cidr),
+                    ));
+                }
+                if !service.may_layer_over(prefix_wide.service) {
+                    return Err(Error::field(
+                        Reason::ServiceLayeringNotAllowed,
+                        "service_id",
+                        format!(
+                            "{} cannot be bound inside a prefix whose prefix-wide binding is {}",
+                            service.name(),
+                            prefix_wide.service.name()
+                        ),
+                    ));
+                }
+            }
+        }
+
+        let binding = Binding {
+            id: BindingId::generate(),
+            account_id,
+            prefix_id,
+            cidr: *cidr,
+            service,
+            state: ProvisioningState::Provisioning,
+            created_at: now,
+            modified_at: now,
+        };
+        Ok(Decision::one(
+            Change::BindingCreated { binding: binding.clone(), request_id: request_id.map(str::to_string) },
+            Outcome::Binding(binding),
+        ))
+    }
+
+    // ---- apply --------------------------------------------------------------------------
+
+    /// Folds one event into the state. Events are facts: nothing here can refuse them.
+    pub fn apply(&mut self, event: &Event) {
+        match &event.change {
+            Change::PrefixCreated(prefix) | Change::PrefixUpdated(prefix) => {
+                let key = NetworkKey::of(&prefix.cidr);
+                self.prefixes_by_network.insert(key, prefix.id);
+                self.prefixes_by_account.entry(prefix.account_id).or_default().insert(key, prefix.id);
+                self.prefixes.insert(prefix.id, prefix.clone());
+            }
+            Change::PrefixDeleted(prefix) => {
+                let key = NetworkKey::of(&prefix.cidr);
+                self.prefixes_by_network.remove(&key);
+                if let Some(by_network) = self.prefixes_by_account.get_mut(&prefix.account_id) {
+                    by_network.remove(&key);
+                    if by_network.is_empty() {
+                        self.prefixes_by_account.remove(&prefix.account_id);
+                    }
+                }
+                self.prefixes.remove(&prefix.id);
+                self.bindings_by_prefix.remove(&prefix.id);
+            }
+            Change::BindingCreated { binding, request_id } => {
+                if let Some(request_id) = request_id {
+                    self.requests.insert(
+                        (binding.account_id, request_id.clone()),
+                        RememberedRequest { binding: binding.clone() },
+                    );
+                }
+                self.bindings_by_prefix
+                    .entry(binding.prefix_id)
+                    .or_default()
+                    .insert(NetworkKey::of(&binding.cidr), binding.id);
+                self.bindings.insert(binding.id, binding.clone());
+            }
+            Change::BindingProvisioningStateChanged(binding) => {
+                self.bindings.insert(binding.id, binding.clone());
+            }
+            Change::BindingDeleted(binding) => {
+                if let Some(by_network) = self.bindings_by_prefix.get_mut(&binding.prefix_id) {
+                    by_network.remove(&NetworkKey::of(&binding.cidr));
+                    if by_network.is_empty() {
+                        self.bindings_by_prefix.remove(&binding.prefix_id);
+                    }
+                }
+                self.bindings.remove(&binding.id);
+            }
+        }
+    }
+
+    // ---- queries ------------------------------------------------------------------------
+
+    /// The account's prefix; another account's is NOT_FOUND exactly like a missing one.
+    pub fn prefix(&self, account_id: AccountId, prefix_id: PrefixId) -> Result<&Prefix, Error> {
+        self.prefixes
+            .get(&prefix_id)
+            .filter(|prefix| prefix.account_id == account_id)
+            .ok_or_else(|| Error::field(Reason::PrefixNotFound, "prefix_id", format!("prefix {prefix_id} not found")))
+    }
+
+    /// The prefix's binding; checks the prefix first.
+    pub fn binding(&self, account_id: AccountId, prefix_id: PrefixId, binding_id: BindingId) -> Result<&Binding, Error> {
+        self.prefix(account_id, prefix_id)?;
+        self.bindings
+            .get(&binding_id)
+            .filter(|binding| binding.prefix_id == prefix_id && binding.account_id == account_id)
+            .ok_or_else(|| {
+                Error::field(Reason::BindingNotFound, "binding_id", format!("binding {binding_id} not found"))
+            })
+    }
+
+    /// Any binding by id, whoever owns it (the rollout and the watch filters use it).
+    pub fn binding_by_id(&self, binding_id: BindingId) -> Option<&Binding> {
+        self.bindings.get(&binding_id)
+    }
+
+    pub fn prefix_by_id(&self, prefix_id: PrefixId) -> Option<&Prefix> {
+        self.prefixes.get(&prefix_id)
+    }
+
+    pub fn list_prefixes(&self, account_id: AccountId, after: Option<NetworkKey>, page_size: usize) -> Page<'_, Prefix> {
+        let Some(by_network) = self.prefixes_by_account.get(&account_id) else {
+            return Page { items: Vec::new(), next_after: None };
+        };
+        page(by_network, after, page_size, |id| self.prefixes.get(id))
+    }
+
+    pub fn list_bindings(&self, prefix_id: PrefixId, after: Option<NetworkKey>, page_size: usize) -> Page<'_, Binding> {
+        let Some(by_network) = self.bindings_by_prefix.get(&prefix_id) else {
+            return Page { items: Vec::new(), next_after: None };
+        };
+        page(by_network, after, page_size, |id| self.bindings.get(id))
+    }
+
+    /// Every binding still provisioning (the rollout's backlog after a restart).
+    pub fn provisioning_bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values().filter(|binding| binding.state == ProvisioningState::Provisioning)
+    }
+
+    pub fn n_prefixes(&self) -> usize {
+        self.prefixes.len()
+    }
+
+    pub fn n_bindings(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// The prefix that contains `network`, if any (prefixes never overlap, so there is at most
+    /// one).
+    pub fn covering_prefix(&self, network: &IpNet) -> Option<&Prefix> {
+        let key = NetworkKey::of(network);
+        let (_, id) = self.prefixes_by_network.range(..=key).next_back()?;
+        let prefix = self.prefixes.get(id)?;
+        contains(&prefix.cidr, network).then_some(prefix)
+    }
+
+    /// An existing prefix that overlaps `cidr`: one that contains it or one inside it.
+    fn overlapping_prefix(&self, cidr: &IpNet) -> Option<&Prefix> {
+        if let Some(container) = self.covering_prefix(cidr) {
+            return Some(container);
+        }
+        let key = NetworkKey::of(cidr);
+        let last = NetworkKey { family: key.family, address: key.last_address(), prefix_len: u8::MAX };
+        let (_, id) = self.prefixes_by_network.range(key..=last).next()?;
+        self.prefixes.get(id)
+    }
+
+    /// The binding whose CIDR equals the prefix's: present whenever the prefix has bindings.
+    fn prefix_wide_binding(&self, prefix: &Prefix) -> Option<&Binding> {
+        self.binding_at(prefix.id, &prefix.cidr)
+    }
+
+    fn binding_at(&self, prefix_id: PrefixId, cidr: &IpNet) -> Option<&Binding> {
+        let id = self.bindings_by_prefix.get(&prefix_id)?.get(&NetworkKey::of(cidr))?;
+        self.bindings.get(id)
+    }
+}
+
+fn page<'a, Id, T>(
+    by_network: &BTreeMap<NetworkKey, Id>,
+    after: Option<NetworkKey>,
+    page_size: usize,
+    resolve: impl Fn(&Id) -> Option<&'a T>,
+) -> Page<'a, T> {
+    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut entries = by_network.range((start, Bound::Unbounded));
+    let mut items = Vec::with_capacity(page_size.min(by_network.len()));
+    let mut last_key = None;
+    for (key, id) in entries.by_ref().take(page_size) {
+        items.extend(resolve(id));
+        last_key = Some(*key);
+    }
+    let next_after = if entries.next().is_some() { last_key } else { None };
+    Page { items, next_after }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Given events, when a command, expect events or an error.
+    use super::*;
+
+    const NOW: Micros = Micros(1_700_000_000_000_000);
+
+    fn account() -> AccountId {
+        AccountId::generate()
+    }
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    struct World {
+        state: State,
+        revision: u64,
+    }
+
+    impl World {
+        fn new() -> World {
+            World { state: State::default(), revision: 0 }
+        }
+
+        fn run(&mut self, command: Command) -> Result<Outcome, Error> {
+            let decision = self.state.decide(&command, NOW)?;
+            for change in decision.changes {
+                self.revision += 1;
+                self.state.apply(&Event { revision: self.revision, time: NOW, change });
+            }
+            Ok(decision.outcome)
+        }
+
+        fn prefix(&mut self, account_id: AccountId, cidr: &str) -> Prefix {
+            let command = Command::CreatePrefix { account_id, cidr: net(cidr), asn: None, description: String::new() };
+            match self.run(command).unwrap() {
+                Outcome::Prefix(prefix) => prefix,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        fn bind(&mut self, prefix: &Prefix, cidr: &str, service: Service) -> Result<Binding, Error> {
+            let command = Command::CreateBinding {
+                account_id: prefix.account_id,
+                prefix_id: prefix.id,
+                cidr: net(cidr),
+                service,
+                request_id: None,
+            };
+            self.run(command).map(|outcome| match outcome {
+                Outcome::Binding(binding) => binding,
+                other => panic!("{other:?}"),
+            })
+        }
+    }
+
+    fn reason<T: std::fmt::Debug>(result: Result<T, Error>) -> Reason {
+        result.unwrap_err().reason
+    }
+
+    #[test]
+    fn prefixes_never_overlap_across_accounts() {
+        let mut world = World::new();
+        world.prefix(account(), "192.0.2.0/24");
+        for cidr in ["192.0.2.0/24", "192.0.0.0/16", "0.0.0.0/0"] {
+            let command = Command::CreatePrefix { account_id: account(), cidr: net(cidr), asn: None, description: String::new() };
+            assert_eq!(reason(world.run(command)), Reason::PrefixOverlaps, "{cidr}");
+        }
+        world.prefix(account(), "192.0.3.0/24");
+        world.prefix(account(), "2001:db8::/48");
+    }
+
+    #[test]
+    fn first_binding_must_cover_the_prefix() {
+        let mut world = World::new();
+        let prefix = world.prefix(account(), "192.0.2.0/24");
+        assert_eq!(reason(world.bind(&prefix, "192.0.2.0/25", Service::Cdn)), Reason::FirstBindingMustCoverPrefix);
+        let binding = world.bind(&prefix, "192.0.2.0/24", Service::Spectrum).unwrap();
+        assert_eq!(binding.state, ProvisioningState::Provisioning);
+    }
+
+    #[test]
+    fn later_bindings_are_inside_same_family_unique_and_layered() {
+        let mut world = World::new();
+        let prefix = world.prefix(account(), "192.0.2.0/24");
+        world.bind(&prefix, "192.0.2.0/24", Service::MagicTransit).unwrap();
+        assert_eq!(reason(world.bind(&prefix, "2001:db8::/64", Service::Cdn)), Reason::CidrFamilyMismatch);
+        assert_eq!(reason(world.bind(&prefix, "192.0.3.0/32", Service::Cdn)), Reason::CidrOutsidePrefix);
+        assert_eq!(reason(world.bind(&prefix, "192.0.0.0/16", Service::Cdn)), Reason::CidrOutsidePrefix);
+        assert_eq!(reason(world.bind(&prefix, "192.0.2.0/24", Service::Cdn)), Reason::BindingAlreadyExists);
+        assert_eq!(reason(world.bind(&prefix, "192.0.2.1/32", Service::MagicTransit)), Reason::ServiceLayeringNotAllowed);
+        world.bind(&prefix, "192.0.2.1/32", Service::Cdn).unwrap();
+        assert_eq!(reason(world.bind(&prefix, "192.0.2.1/32", Service::Spectrum)), Reason::BindingAlreadyExists);
+        // Layering is judged against the prefix-wide binding only.
+        world.bind(&prefix, "192.0.2.0/31", Service::Spectrum).unwrap();
+    }
+
+    #[test]
+    fn deletes_keep_the_prefix_wide_binding_last() {
+        let mut world = World::new();
+        let prefix = world.prefix(account(), "192.0.2.0/24");
+        let wide = world.bind(&prefix, "192.0.2.0/24", Service::Cdn).unwrap();
+        let narrow = world.bind(&prefix, "192.0.2.128/25", Service::Spectrum).unwrap();
+        let delete = |binding: &Binding| Command::DeleteBinding {
+            account_id: prefix.account_id,
+            prefix_id: prefix.id,
+            binding_id: binding.id,
+        };
+        let delete_prefix = Command::DeletePrefix { account_id: prefix.account_id, prefix_id: prefix.id };
+        assert_eq!(reason(world.run(delete(&wide))), Reason::PrefixWideBindingInUse);
+        assert_eq!(reason(world.run(delete_prefix.clone())), Reason::PrefixHasBindings);
+        world.run(delete(&narrow)).unwrap();
+        world.run(delete(&wide)).unwrap();
+        assert_eq!(reason(world.run(delete(&wide))), Reason::BindingNotFound);
+        world.run(delete_prefix.clone()).unwrap();
+        assert_eq!(reason(world.run(delete_prefix)), Reason::PrefixNotFound);
+    }
+
+    #[test]
+    fn other_accounts_see_not_found() {
+        let mut world = World::new();
+        let prefix = world.prefix(account(), "192.0.2.0/24");
+        let binding = world.bind(&prefix, "192.0.2.0/24", Service::Cdn).unwrap();
+        let stranger = account();
+        assert_eq!(reason(world.state.prefix(stranger, prefix.id)), Reason::PrefixNotFound);
+        assert_eq!(reason(world.state.binding(stranger, prefix.id, binding.id)), Reason::PrefixNotFound);
+        let other_prefix = world.prefix(prefix.account_id, "198.51.100.0/24");
+        assert_eq!(reason(world.state.binding(prefix.account_id, other_prefix.id, binding.id)), Reason::BindingNotFound);
+    }
+
+    #[test]
+    fn request_ids_replay_the_first_binding_and_refuse_other_fields() {
+        let mut world = World::new();
+        let prefix = world.prefix(account(), "192.0.2.0/24");
+        let create = |cidr: &str, service| Command::CreateBinding {
+            account_id: prefix.account_id,
+            prefix_id: prefix.id,
+            cidr: net(cidr),
+            service,
+            request_id: Some("retry-me".into()),
+        };
+        let first = world.run(create("192.0.2.0/24", Service::Cdn)).unwrap();
+        let revision = world.revision;
+        assert_eq!(world.run(create("192.0.2.0/24", Service::Cdn)).unwrap(), first);
+        assert_eq!(world.revision, revision, "a retry appends nothing");
+        assert_eq!(reason(world.run(create("192.0.2.0/24", Service::Spectrum))), Reason::RequestIdReused);
+        // Another account may use the same key.
+        let other = world.prefix(account(), "198.51.100.0/24");
+        let command = Command::CreateBinding {
+            account_id: other.account_id,
+            prefix_id: other.id,
+            cidr: other.cidr,
+            service: Service::Cdn,
+            request_id: Some("retry-me".into()),
+        };
+        assert!(world.run(command).is_ok());
+    }
+
+    #[test]
+    fn activation_happens_once_and_never_after_delete() {
+        let mut world = World::new();
+        let prefix = world.prefix(account(), "192.0.2.0/24");
+        let binding = world.bind(&prefix, "192.0.2.0/24", Service::Cdn).unwrap();
+        let activate = Command::ActivateBinding { binding_id: binding.id };
+        assert!(matches!(world.run(activate.clone()).unwrap(), Outcome::Binding(b) if b.state == ProvisioningState::Active));
+        let revision = world.revision;
+        assert_eq!(world.run(activate.clone()).unwrap(), Outcome::Nothing);
+        let second = world.bind(&prefix, "192.0.2.0/25", Service::Spectrum).unwrap();
+        world
+            .run(Command::DeleteBinding { account_id: prefix.account_id, prefix_id: prefix.id, binding_id: second.id })
+            .unwrap();
+        assert_eq!(world.run(Command::ActivateBinding { binding_id: second.id }).unwrap(), Outcome::Nothing);
+        assert_eq!(world.revision, revision + 2);
+    }
+
+    #[test]
+    fn pages_follow_network_order() {
+        let mut world = World::new();
+        let account_id = account();
+        for cidr in ["2001:db8::/48", "198.51.100.0/24", "10.0.0.0/8", "192.0.2.0/24"] {
+            world.prefix(account_id, cidr);
+        }
+        let first = world.state.list_prefixes(account_id, None, 3);
+        let cidrs: Vec<_> = first.items.iter().map(|p| p.cidr.to_string()).collect();
+        assert_eq!(cidrs, ["10.0.0.0/8", "192.0.2.0/24", "198.51.100.0/24"]);
+        let second = world.state.list_prefixes(account_id, first.next_after, 3);
+        assert_eq!(second.items.len(), 1);
+        assert_eq!(second.next_after, None);
+        let exact = world.state.list_prefixes(account_id, None, 4);
+        assert_eq!(exact.next_after, None);
+    }
+}

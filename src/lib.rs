@@ -1,0 +1,22 @@
+//! ipam-bindings decides which network service handles each IP address of a customer's own
+//! (BYOIP) prefixes. Crate map, in reading order:
+//!
+//! - [`domain`]: resources, commands, events, rules and errors in plain Rust (no I/O).
+//! - [`log`]: the durable, append-only event log in sled, with checksummed records.
+//! - [`projection`]: the in-memory read models folded from the log (lists, ids, LPM table).
+//! - [`engine`]: the single writer: decide -> append + group fsync -> apply -> publish -> reply.
+//! - [`rollout`]: turns bindings ACTIVE once the provisioning delay has passed.
+//! - [`api`]: the gRPC edge (request -> command/query, domain error -> status).
+//! - [`server`]: wires health, reflection and the services onto a listener; graceful shutdown.
+//! - [`config`]: flags and environment.
+//! - [`pb`]: generated protobuf code.
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod log;
+pub mod pb;
+pub mod projection;
+pub mod rollout;
+pub mod server;

@@ -1,0 +1,101 @@
+//! The event log: the only source of truth. One sled tree, key = revision (big-endian u64, so
+//! keys sort in revision order), value = an encoded event ([`codec`]). Revisions start at 1 and
+//! have no gaps; records are never rewritten or deleted. [`EventLog::append`] writes a whole
+//! group atomically and returns only once sled has fsynced it.
+
+pub mod codec;
+
+use std::path::Path;
+
+use crate::domain::Event;
+
+const EVENTS_TREE: &str = "events";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("the log is damaged at revision {revision}: {source}")]
+    Corrupt {
+        revision: u64,
+        #[source]
+        source: codec::DecodeError,
+    },
+    #[error("the log has a gap: expected revision {expected}, found {found}")]
+    Gap { expected: u64, found: u64 },
+    #[error("the log has a key that is not a revision: {0:?}")]
+    BadKey(Vec<u8>),
+}
+
+/// The durable, append-only log of every accepted change.
+#[derive(Clone)]
+pub struct EventLog {
+    db: sled::Db,
+    events: sled::Tree,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `dir`. sled locks the directory, so a second server on the
+    /// same directory fails here instead of corrupting it.
+    pub fn open(dir: &Path) -> Result<EventLog, LogError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        let events = db.open_tree(EVENTS_TREE)?;
+        Ok(EventLog { db, events })
+    }
+
+    /// The revision of the last stored event; 0 for an empty log.
+    pub fn head(&self) -> Result<u64, LogError> {
+        match self.events.last()? {
+            None => Ok(0),
+            Some((key, _)) => revision_of(&key),
+        }
+    }
+
+    /// Stores `events` (consecutive revisions) atomically and durably: when this returns `Ok`,
+    /// they survive a crash. On `Err` none of them is acknowledged.
+    pub fn append(&self, events: &[Event]) -> Result<(), LogError> {
+        let mut batch = sled::Batch::default();
+        for event in events {
+            batch.insert(&event.revision.to_be_bytes(), codec::encode(event));
+        }
+        self.events.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Removes records written by a failed [`append`](Self::append) that were never
+    /// acknowledged, so that their revisions can be reused. Best effort: the caller also
+    /// re-reads the head.
+    pub fn discard_unacknowledged(&self, events: &[Event]) -> Result<(), LogError> {
+        for event in events {
+            self.events.remove(event.revision.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Every event with a revision greater than `after`, in order, checked for damage and gaps.
+    pub fn read_after(&self, after: u64) -> impl Iterator<Item = Result<Event, LogError>> + use<> {
+        let start = after.saturating_add(1);
+        let mut expected = start;
+        self.events.range(start.to_be_bytes()..).map(move |entry| {
+            let (key, value) = entry?;
+            let revision = revision_of(&key)?;
+            if revision != expected {
+                return Err(LogError::Gap { expected, found: revision });
+            }
+            expected += 1;
+            codec::decode(revision, &value).map_err(|source| LogError::Corrupt { revision, source })
+        })
+    }
+
+    /// Makes everything written so far durable (used at shutdown).
+    pub fn flush(&self) -> Result<(), LogError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn revision_of(key: &[u8]) -> Result<u64, LogError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| LogError::BadKey(key.to_vec()))?;
+    Ok(u64::from_be_bytes(bytes))
+}

@@ -1,0 +1,95 @@
+//! The built-in rollout: it reports each new binding propagated once `--provisioning-delay`
+//! has passed since the binding's `created_at`. It is driven by the log, not by timers alone:
+//! at start it schedules every binding the projections still show PROVISIONING (so after a
+//! restart, overdue bindings turn ACTIVE at once), then it follows the commit feed for new
+//! ones. The interface to the rest of the service is one command, [`Command::ActivateBinding`],
+//! which the writer turns into at most one PROVISIONING_STATE_CHANGED event per binding (a
+//! deleted or already active binding is a no-op). A real rollout system would send the same
+//! command when it sees a binding propagated.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::domain::{BindingId, Change, Command, ErrorKind, Micros};
+use crate::engine::Engine;
+
+/// How long to wait before retrying an activation the log could not store.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// Bindings waiting to be reported propagated, earliest due first.
+#[derive(Default)]
+struct Schedule {
+    due: BinaryHeap<Reverse<(Micros, BindingId)>>,
+}
+
+impl Schedule {
+    fn add(&mut self, due: Micros, binding_id: BindingId) {
+        self.due.push(Reverse((due, binding_id)));
+    }
+
+    fn next_due(&self) -> Option<Micros> {
+        self.due.peek().map(|Reverse((due, _))| *due)
+    }
+
+    fn pop_due(&mut self, now: Micros) -> Option<BindingId> {
+        match self.due.peek() {
+            Some(Reverse((due, _))) if *due <= now => self.due.pop().map(|Reverse((_, id))| id),
+            _ => None,
+        }
+    }
+
+    /// Schedules every binding the projections show as provisioning.
+    fn rescan(&mut self, engine: &Engine, delay: Duration) {
+        self.due.clear();
+        let model = engine.projections().read();
+        for binding in model.state.provisioning_bindings() {
+            self.add(binding.created_at.plus(delay), binding.id);
+        }
+    }
+}
+
+/// Runs the rollout until `shutdown` turns true.
+pub async fn run(engine: Arc<Engine>, delay: Duration, mut shutdown: watch::Receiver<bool>) {
+    // Subscribe before scanning, so no binding created in between is missed (a binding seen
+    // twice is harmless: activation is idempotent).
+    let mut feed = engine.subscribe();
+    let mut schedule = Schedule::default();
+    schedule.rescan(&engine, delay);
+    loop {
+        while let Some(binding_id) = schedule.pop_due(Micros::now()) {
+            if let Err(error) = engine.execute(Command::ActivateBinding { binding_id }).await {
+                if error.kind() == ErrorKind::Unavailable && !*shutdown.borrow() {
+                    warn!(%binding_id, %error, "activation not stored; will retry");
+                    schedule.add(Micros::now().plus(RETRY_AFTER), binding_id);
+                    break;
+                }
+                debug!(%binding_id, %error, "activation dropped");
+            }
+        }
+        let sleep = match schedule.next_due() {
+            Some(due) => Duration::from_micros(due.0.saturating_sub(Micros::now().0).max(0) as u64),
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|stopping| *stopping) => return,
+            _ = tokio::time::sleep(sleep) => {}
+            received = feed.recv() => match received {
+                Ok(group) => {
+                    for event in group.iter() {
+                        if let Change::BindingCreated { binding, .. } = &event.change {
+                            schedule.add(binding.created_at.plus(delay), binding.id);
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(_)) => schedule.rescan(&engine, delay),
+                Err(RecvError::Closed) => return,
+            },
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Serving: takes an already-bound listener and a shutdown future (so tests run the same code
+//! on port 0), and runs the whole life of a server:
+//! open the log -> serve (health NOT_SERVING) -> rebuild projections -> SERVING -> rollout ->
+//! shutdown: NOT_SERVING, end watch streams, finish calls in flight, make the log durable.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{error, info, warn};
+
+use crate::api::prefixes::PrefixesService;
+use crate::api::routing::RoutingService;
+use crate::api::service_bindings::ServiceBindingsService;
+use crate::api::services::ServicesService;
+use crate::api::AppContext;
+use crate::engine::Engine;
+use crate::log::{EventLog, LogError};
+use crate::pb::api::prefixes_server::PrefixesServer;
+use crate::pb::api::routing_server::RoutingServer;
+use crate::pb::api::service_bindings_server::ServiceBindingsServer;
+use crate::pb::api::services_server::ServicesServer;
+use crate::{pb, rollout};
+
+/// The largest request message accepted (a full LookupAddresses batch is well under 1 MiB).
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// How long calls in flight get to finish once shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What the server needs besides its listener.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub data_dir: std::path::PathBuf,
+    pub provisioning_delay: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the data directory {dir}: {source}")]
+    Open {
+        dir: String,
+        #[source]
+        source: LogError,
+    },
+    #[error("cannot load the event log: {0}")]
+    Load(#[source] LogError),
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection descriptors are invalid: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("a start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The names health reports on: the whole server ("") and each addressing.v1 service.
+fn health_names() -> [&'static str; 5] {
+    [
+        "",
+        <PrefixesServer<PrefixesService> as NamedService>::NAME,
+        <ServiceBindingsServer<ServiceBindingsService> as NamedService>::NAME,
+        <ServicesServer<ServicesService> as NamedService>::NAME,
+        <RoutingServer<RoutingService> as NamedService>::NAME,
+    ]
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    for name in health_names() {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Serves until `shutdown` completes, then drains and returns.
+pub async fn serve(
+    options: ServerOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let dir = options.data_dir.clone();
+    let log = tokio::task::spawn_blocking(move || EventLog::open(&dir))
+        .await?
+        .map_err(|source| ServeError::Open { dir: options.data_dir.display().to_string(), source })?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&health_reporter, ServingStatus::NotServing).await;
+
+    let (stop_sender, stop_receiver) = watch::channel(false);
+    let app = AppContext::new(stop_receiver.clone());
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+?;
+
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            PrefixesServer::new(PrefixesService::new(app.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            ServiceBindingsServer::new(ServiceBindingsService::new(app.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(ServicesServer::new(ServicesService).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(RoutingServer::new(RoutingService::new(app.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES));
+
+    let mut drain_signal = stop_receiver.clone();
+    let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        let _ = drain_signal.wait_for(|stopping| *stopping).await;
+    }));
+    // Shutdown may be asked for while the projections still load.
+    let shutdown_requested = {
+        let stop_sender = stop_sender.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            info!("shutdown requested");
+            let _ = stop_sender.send(true);
+        })
+    };
+
+    let loaded = tokio::task::spawn_blocking(move || Engine::start(log)).await?;
+    let engine = match loaded {
+        Ok(engine) => Arc::new(engine),
+        Err(error) => {
+            let _ = stop_sender.send(true);
+            let _ = serving.await;
+            return Err(ServeError::Load(error));
+        }
+    };
+    app.set_engine(Arc::clone(&engine));
+    let rollout = tokio::spawn(rollout::run(Arc::clone(&engine), options.provisioning_delay, stop_receiver.clone()));
+    if !*stop_receiver.borrow() {
+        set_health(&health_reporter, ServingStatus::Serving).await;
+        info!("ready: health SERVING");
+    }
+
+    let mut stopping = stop_receiver.clone();
+    let _ = stopping.wait_for(|stopping| *stopping).await;
+    set_health(&health_reporter, ServingStatus::NotServing).await;
+    let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut serving).await {
+        Ok(joined) => joined?.map_err(ServeError::from),
+        Err(_) => {
+            serving.abort();
+            warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "calls still open after the shutdown grace; closing them");
+            Ok(())
+        }
+    };
+    let _ = rollout.await;
+    shutdown_requested.abort();
+    engine.stop().await;
+    match &result {
+        Ok(()) => info!("stopped; the log is durable"),
+        Err(error) => error!(%error, "stopped with an error"),
+    }
+    result
+}
