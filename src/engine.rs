@@ -26,7 +26,10 @@ const FEED_CAPACITY: usize = 4096;
 pub type CommittedGroup = Arc<[Event]>;
 
 enum Job {
-    Execute { command: Command, reply: oneshot::Sender<Result<Outcome, Error>> },
+    Execute {
+        command: Command,
+        reply: oneshot::Sender<Result<Outcome, Error>>,
+    },
     Stop,
 }
 
@@ -72,7 +75,13 @@ impl Engine {
             .name("ipam-writer".into())
             .spawn(move || writer.run())
             .map_err(|error| LogError::Storage(sled::Error::Io(error)))?;
-        Ok(Engine { jobs, projections, feed, log, writer: Mutex::new(Some(handle)) })
+        Ok(Engine {
+            jobs,
+            projections,
+            feed,
+            log,
+            writer: Mutex::new(Some(handle)),
+        })
     }
 
     /// Runs a command through the writer; returns once its events are durable and visible to
@@ -114,7 +123,10 @@ impl Engine {
 }
 
 fn shutting_down() -> Error {
-    Error::new(Reason::NotReady, "the server is shutting down; retry on another instance")
+    Error::new(
+        Reason::NotReady,
+        "the server is shutting down; retry on another instance",
+    )
 }
 
 struct Writer {
@@ -162,7 +174,11 @@ impl Writer {
         let now = Micros::now();
         let decision = self.state.decide(command, now)?;
         for change in decision.changes {
-            let event = Event { revision: self.next_revision, time: now, change };
+            let event = Event {
+                revision: self.next_revision,
+                time: now,
+                change,
+            };
             self.next_revision += 1;
             self.state.apply(&event);
             events.push(event);

@@ -44,8 +44,13 @@ async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
     info!(listen = %config.listen, data_dir = %config.data_dir.display(), "starting");
-    let options = ServerOptions { data_dir: config.data_dir, provisioning_delay: config.provisioning_delay };
-    serve(options, listener, termination()).await.map_err(|error| error.to_string())
+    let options = ServerOptions {
+        data_dir: config.data_dir,
+        provisioning_delay: config.provisioning_delay,
+    };
+    serve(options, listener, termination())
+        .await
+        .map_err(|error| error.to_string())
 }
 
 /// Completes on SIGTERM or SIGINT.

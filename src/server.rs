@@ -16,11 +16,11 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
 
+use crate::api::AppContext;
 use crate::api::prefixes::PrefixesService;
 use crate::api::routing::RoutingService;
 use crate::api::service_bindings::ServiceBindingsService;
 use crate::api::services::ServicesService;
-use crate::api::AppContext;
 use crate::engine::Engine;
 use crate::log::{EventLog, LogError};
 use crate::pb::api::prefixes_server::PrefixesServer;
@@ -76,6 +76,15 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
+/// Reports NOT_SERVING, then ends open grpc.health.v1 Watch streams (which would otherwise
+/// hold the graceful shutdown open): dropping a status's sender ends the streams on it.
+async fn end_health_watches(mut reporter: HealthReporter) {
+    set_health(&reporter, ServingStatus::NotServing).await;
+    for name in health_names() {
+        reporter.clear_service_status(name).await;
+    }
+}
+
 /// Serves until `shutdown` completes, then drains and returns.
 pub async fn serve(
     options: ServerOptions,
@@ -85,7 +94,10 @@ pub async fn serve(
     let dir = options.data_dir.clone();
     let log = tokio::task::spawn_blocking(move || EventLog::open(&dir))
         .await?
-        .map_err(|source| ServeError::Open { dir: options.data_dir.display().to_string(), source })?;
+        .map_err(|source| ServeError::Open {
+            dir: options.data_dir.display().to_string(),
+            source,
+        })?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::NotServing).await;
@@ -96,14 +108,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-?;
+        .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-?;
+        .build_v1alpha()?;
 
     let router = Server::builder()
         .add_service(health_service)
@@ -120,9 +130,11 @@ pub async fn serve(
         .add_service(RoutingServer::new(RoutingService::new(app.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES));
 
     let mut drain_signal = stop_receiver.clone();
-    let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-        let _ = drain_signal.wait_for(|stopping| *stopping).await;
-    }));
+    let mut serving = tokio::spawn(
+        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = drain_signal.wait_for(|stopping| *stopping).await;
+        }),
+    );
     // Shutdown may be asked for while the projections still load.
     let shutdown_requested = {
         let stop_sender = stop_sender.clone();
@@ -143,7 +155,11 @@ pub async fn serve(
         }
     };
     app.set_engine(Arc::clone(&engine));
-    let rollout = tokio::spawn(rollout::run(Arc::clone(&engine), options.provisioning_delay, stop_receiver.clone()));
+    let rollout = tokio::spawn(rollout::run(
+        Arc::clone(&engine),
+        options.provisioning_delay,
+        stop_receiver.clone(),
+    ));
     if !*stop_receiver.borrow() {
         set_health(&health_reporter, ServingStatus::Serving).await;
         info!("ready: health SERVING");
@@ -151,12 +167,15 @@ pub async fn serve(
 
     let mut stopping = stop_receiver.clone();
     let _ = stopping.wait_for(|stopping| *stopping).await;
-    set_health(&health_reporter, ServingStatus::NotServing).await;
+    end_health_watches(health_reporter).await;
     let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut serving).await {
         Ok(joined) => joined?.map_err(ServeError::from),
         Err(_) => {
             serving.abort();
-            warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "calls still open after the shutdown grace; closing them");
+            warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "calls still open after the shutdown grace; closing them"
+            );
             Ok(())
         }
     };

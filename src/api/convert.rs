@@ -7,7 +7,10 @@ use crate::domain::{Binding, Micros, Prefix, ProvisioningState, Service};
 use crate::pb::api;
 
 pub fn timestamp(time: Micros) -> Timestamp {
-    Timestamp { seconds: time.0.div_euclid(1_000_000), nanos: (time.0.rem_euclid(1_000_000) * 1000) as i32 }
+    Timestamp {
+        seconds: time.0.div_euclid(1_000_000),
+        nanos: (time.0.rem_euclid(1_000_000) * 1000) as i32,
+    }
 }
 
 pub fn prefix(prefix: &Prefix) -> api::Prefix {
@@ -33,7 +36,9 @@ pub fn binding(binding: &Binding) -> api::ServiceBinding {
     api::ServiceBinding {
         id: binding.id.to_string(),
         cidr: binding.cidr.to_string(),
-        provisioning: Some(api::Provisioning { state: provisioning_state(binding.state) as i32 }),
+        provisioning: Some(api::Provisioning {
+            state: provisioning_state(binding.state) as i32,
+        }),
         service_id: binding.service.id().to_string(),
         service_name: binding.service.name().to_string(),
         prefix_id: binding.prefix_id.to_string(),
@@ -44,7 +49,10 @@ pub fn binding(binding: &Binding) -> api::ServiceBinding {
 }
 
 pub fn service(service: Service) -> api::Service {
-    api::Service { id: service.id().to_string(), name: service.name().to_string() }
+    api::Service {
+        id: service.id().to_string(),
+        name: service.name().to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -53,7 +61,19 @@ mod tests {
 
     #[test]
     fn timestamps_keep_microseconds_and_handle_negative_times() {
-        assert_eq!(timestamp(Micros(1_500_001)), Timestamp { seconds: 1, nanos: 500_001_000 });
-        assert_eq!(timestamp(Micros(-1)), Timestamp { seconds: -1, nanos: 999_999_000 });
+        assert_eq!(
+            timestamp(Micros(1_500_001)),
+            Timestamp {
+                seconds: 1,
+                nanos: 500_001_000
+            }
+        );
+        assert_eq!(
+            timestamp(Micros(-1)),
+            Timestamp {
+                seconds: -1,
+                nanos: 999_999_000
+            }
+        );
     }
 }

@@ -32,7 +32,10 @@ pub struct AppContext {
 
 impl AppContext {
     pub fn new(shutdown: signal::Receiver<bool>) -> AppContext {
-        AppContext { engine: Arc::new(OnceLock::new()), shutdown }
+        AppContext {
+            engine: Arc::new(OnceLock::new()),
+            shutdown,
+        }
     }
 
     /// Makes the service ready: called once the projections are rebuilt.
@@ -53,7 +56,10 @@ impl AppContext {
 }
 
 /// Runs one unary call: times it, logs method, status and latency, and maps the error.
-pub async fn unary<T>(method: &'static str, work: impl Future<Output = Result<T, Error>>) -> Result<Response<T>, Status> {
+pub async fn unary<T>(
+    method: &'static str,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<Response<T>, Status> {
     let started = Instant::now();
     let result = work.await;
     log_call(method, started, result.as_ref().err());

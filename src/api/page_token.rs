@@ -61,10 +61,13 @@ pub fn decode(scope: &ListScope<'_>, field: &str, token: &str) -> Result<Option<
 }
 
 fn hex_bytes(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.is_ascii() {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -73,18 +76,27 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_forgeries() {
-        let scope = ListScope { list: "prefixes", scope: b"account-a" };
+        let scope = ListScope {
+            list: "prefixes",
+            scope: b"account-a",
+        };
         let key = NetworkKey::of(&"192.0.2.0/24".parse().unwrap());
         let token = encode(&scope, key);
         assert_eq!(decode(&scope, "page_token", &token).unwrap(), Some(key));
         assert_eq!(decode(&scope, "page_token", "").unwrap(), None);
-        let other = ListScope { list: "prefixes", scope: b"account-b" };
+        let other = ListScope {
+            list: "prefixes",
+            scope: b"account-b",
+        };
         assert!(decode(&other, "page_token", &token).is_err());
         let mut tampered = token.clone().into_bytes();
         tampered[10] = if tampered[10] == b'0' { b'1' } else { b'0' };
         assert!(decode(&scope, "page_token", std::str::from_utf8(&tampered).unwrap()).is_err());
         for junk in ["x", "00", "zz", "é", &"0".repeat(46)] {
-            assert_eq!(decode(&scope, "page_token", junk).unwrap_err().reason, Reason::InvalidPageToken);
+            assert_eq!(
+                decode(&scope, "page_token", junk).unwrap_err().reason,
+                Reason::InvalidPageToken
+            );
         }
     }
 }

@@ -30,7 +30,10 @@ pub(crate) fn unexpected(outcome: Outcome) -> Error {
 }
 
 fn prefixes_scope(account_id: &AccountId) -> page_token::ListScope<'_> {
-    page_token::ListScope { list: "prefixes", scope: account_id.as_bytes() }
+    page_token::ListScope {
+        list: "prefixes",
+        scope: account_id.as_bytes(),
+    }
 }
 
 #[tonic::async_trait]
@@ -44,7 +47,13 @@ impl Prefixes for PrefixesService {
                 fields::description("description", &request.description),
             )
                 .all_fields()?;
-            self.run(Command::CreatePrefix { account_id, cidr, asn: request.asn, description }).await
+            self.run(Command::CreatePrefix {
+                account_id,
+                cidr,
+                asn: request.asn,
+                description,
+            })
+            .await
         })
         .await
     }
@@ -80,7 +89,10 @@ impl Prefixes for PrefixesService {
             let page = model.state.list_prefixes(account_id, after, page_size);
             Ok(api::ListPrefixesResponse {
                 prefixes: page.items.into_iter().map(convert::prefix).collect(),
-                next_page_token: page.next_after.map(|key| page_token::encode(&scope, key)).unwrap_or_default(),
+                next_page_token: page
+                    .next_after
+                    .map(|key| page_token::encode(&scope, key))
+                    .unwrap_or_default(),
             })
         })
         .await
@@ -95,7 +107,12 @@ impl Prefixes for PrefixesService {
                 fields::description("description", &request.description),
             )
                 .all_fields()?;
-            self.run(Command::UpdatePrefix { account_id, prefix_id, description }).await
+            self.run(Command::UpdatePrefix {
+                account_id,
+                prefix_id,
+                description,
+            })
+            .await
         })
         .await
     }
@@ -111,7 +128,12 @@ impl Prefixes for PrefixesService {
                 fields::prefix_id("prefix_id", &request.prefix_id),
             )
                 .all_fields()?;
-            match self.app.engine()?.execute(Command::DeletePrefix { account_id, prefix_id }).await? {
+            match self
+                .app
+                .engine()?
+                .execute(Command::DeletePrefix { account_id, prefix_id })
+                .await?
+            {
                 Outcome::PrefixDeleted(id) => Ok(api::DeletePrefixResponse { id: id.to_string() }),
                 other => Err(unexpected(other)),
             }

@@ -25,8 +25,14 @@ impl RoutingService {
 /// The answer for one address: `None` when no prefix covers it.
 fn resolve(model: &ReadModel, text: &str, address: IpAddr, active_only: bool) -> Option<api::LookupAddressResult> {
     let route = model.routes.lookup(address, active_only)?;
-    let account_id = model.state.prefix_by_id(route.prefix_id).map(|prefix| prefix.account_id.to_string());
-    let binding = route.binding_id.and_then(|id| model.state.binding_by_id(id)).map(convert::binding);
+    let account_id = model
+        .state
+        .prefix_by_id(route.prefix_id)
+        .map(|prefix| prefix.account_id.to_string());
+    let binding = route
+        .binding_id
+        .and_then(|id| model.state.binding_by_id(id))
+        .map(convert::binding);
     Some(api::LookupAddressResult {
         address: text.to_string(),
         found: binding.is_some(),
@@ -47,7 +53,11 @@ impl Routing for RoutingService {
             let address = fields::address("address", &request.address)?;
             let model = self.app.engine()?.projections().read();
             let result = resolve(&model, &request.address, address, request.active_only).ok_or_else(|| {
-                Error::field(Reason::AddressNotCovered, "address", format!("no prefix covers {address}"))
+                Error::field(
+                    Reason::AddressNotCovered,
+                    "address",
+                    format!("no prefix covers {address}"),
+                )
             })?;
             Ok(api::LookupAddressResponse {
                 address: result.address,
@@ -69,7 +79,10 @@ impl Routing for RoutingService {
                 return Err(Error::field(
                     Reason::TooManyAddresses,
                     "addresses",
-                    format!("{} addresses in one call; at most {MAX_LOOKUP_BATCH} are allowed", request.addresses.len()),
+                    format!(
+                        "{} addresses in one call; at most {MAX_LOOKUP_BATCH} are allowed",
+                        request.addresses.len()
+                    ),
                 ));
             }
             let addresses = request

@@ -24,7 +24,10 @@ impl ServiceBindingsService {
 }
 
 fn bindings_scope(prefix_id: &PrefixId) -> page_token::ListScope<'_> {
-    page_token::ListScope { list: "bindings", scope: prefix_id.as_bytes() }
+    page_token::ListScope {
+        list: "bindings",
+        scope: prefix_id.as_bytes(),
+    }
 }
 
 #[tonic::async_trait]
@@ -43,7 +46,13 @@ impl ServiceBindings for ServiceBindingsService {
                 fields::request_id("request_id", &request.request_id),
             )
                 .all_fields()?;
-            let command = Command::CreateBinding { account_id, prefix_id, cidr, service, request_id };
+            let command = Command::CreateBinding {
+                account_id,
+                prefix_id,
+                cidr,
+                service,
+                request_id,
+            };
             match self.app.engine()?.execute(command).await? {
                 Outcome::Binding(binding) => Ok(convert::binding(&binding)),
                 other => Err(unexpected(other)),
@@ -71,7 +80,10 @@ impl ServiceBindings for ServiceBindingsService {
             let page = model.state.list_bindings(prefix_id, after, page_size);
             Ok(api::ListServiceBindingsResponse {
                 bindings: page.items.into_iter().map(convert::binding).collect(),
-                next_page_token: page.next_after.map(|key| page_token::encode(&scope, key)).unwrap_or_default(),
+                next_page_token: page
+                    .next_after
+                    .map(|key| page_token::encode(&scope, key))
+                    .unwrap_or_default(),
                 revision: model.head,
             })
         })
@@ -91,7 +103,10 @@ impl ServiceBindings for ServiceBindingsService {
             )
                 .all_fields()?;
             let model = self.app.engine()?.projections().read();
-            model.state.binding(account_id, prefix_id, binding_id).map(convert::binding)
+            model
+                .state
+                .binding(account_id, prefix_id, binding_id)
+                .map(convert::binding)
         })
         .await
     }
@@ -108,7 +123,11 @@ impl ServiceBindings for ServiceBindingsService {
                 fields::binding_id("binding_id", &request.binding_id),
             )
                 .all_fields()?;
-            let command = Command::DeleteBinding { account_id, prefix_id, binding_id };
+            let command = Command::DeleteBinding {
+                account_id,
+                prefix_id,
+                binding_id,
+            };
             match self.app.engine()?.execute(command).await? {
                 Outcome::BindingDeleted(id) => Ok(api::DeleteServiceBindingResponse { id: id.to_string() }),
                 other => Err(unexpected(other)),

@@ -18,7 +18,9 @@ impl Services for ServicesService {
         let request = request.into_inner();
         unary("ListServices", async {
             fields::account_id("account_id", &request.account_id)?;
-            Ok(api::ListServicesResponse { services: Service::ALL.into_iter().map(convert::service).collect() })
+            Ok(api::ListServicesResponse {
+                services: Service::ALL.into_iter().map(convert::service).collect(),
+            })
         })
         .await
     }

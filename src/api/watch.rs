@@ -60,7 +60,11 @@ fn parse_filter(request: &api::WatchServiceBindingsRequest) -> Result<Filter, Er
             }
         }
     }
-    Ok(Filter { account_id, prefix_id, binding_id })
+    Ok(Filter {
+        account_id,
+        prefix_id,
+        binding_id,
+    })
 }
 
 /// Checks the request, registers the watcher and returns its stream.
@@ -107,7 +111,13 @@ pub async fn open(
         None => head,
     };
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-    let watcher = Watcher { engine, filter, cursor, sender, shutdown: app.shutdown_signal() };
+    let watcher = Watcher {
+        engine,
+        filter,
+        cursor,
+        sender,
+        shutdown: app.shutdown_signal(),
+    };
     tokio::spawn(watcher.run(feed, request.after_revision.is_some()));
     Ok(ReceiverStream::new(receiver))
 }
@@ -148,7 +158,11 @@ impl Watcher {
                         }
                     }
                     Err(RecvError::Lagged(missed)) => {
-                        debug!(missed, cursor = self.cursor, "watcher fell behind the feed; catching up from the log");
+                        debug!(
+                            missed,
+                            cursor = self.cursor,
+                            "watcher fell behind the feed; catching up from the log"
+                        );
                         self.catch_up().await?;
                     }
                     Err(RecvError::Closed) => return Err(Stop::Fail(shutting_down())),
@@ -172,7 +186,10 @@ impl Watcher {
             let log = self.engine.log().clone();
             let after = self.cursor;
             let chunk = tokio::task::spawn_blocking(move || {
-                log.read_after(after).take_while(|event| event.as_ref().map_or(true, |e| e.revision <= head)).take(CATCH_UP_CHUNK).collect::<Result<Vec<Event>, _>>()
+                log.read_after(after)
+                    .take_while(|event| event.as_ref().map_or(true, |e| e.revision <= head))
+                    .take(CATCH_UP_CHUNK)
+                    .collect::<Result<Vec<Event>, _>>()
             })
             .await
             .map_err(|error| Stop::Fail(Status::internal(format!("catch-up task failed: {error}"))))?
@@ -197,7 +214,9 @@ impl Watcher {
         if !self.filter.matches(&event.change) {
             return Ok(());
         }
-        let Some(message) = to_message(event) else { return Ok(()) };
+        let Some(message) = to_message(event) else {
+            return Ok(());
+        };
         tokio::select! {
             sent = self.sender.send(Ok(message)) => sent.map_err(|_| Stop::ClientGone),
             _ = self.shutdown.wait_for(|stopping| *stopping) => Err(Stop::Fail(shutting_down())),
@@ -206,7 +225,10 @@ impl Watcher {
 }
 
 fn shutting_down() -> Status {
-    Status::from(Error::new(Reason::NotReady, "the server is shutting down; reconnect and resume from your last revision"))
+    Status::from(Error::new(
+        Reason::NotReady,
+        "the server is shutting down; reconnect and resume from your last revision",
+    ))
 }
 
 /// The wire form of a binding event; `None` for prefix events, which watchers never see.

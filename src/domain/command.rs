@@ -39,7 +39,9 @@ pub enum Command {
     },
     /// The rollout reports the binding propagated. Not a caller's command: no tenancy check,
     /// and a binding that is gone or already active is a no-op (so it is safe to repeat).
-    ActivateBinding { binding_id: BindingId },
+    ActivateBinding {
+        binding_id: BindingId,
+    },
 }
 
 /// What a command's caller gets back once its events are durable.

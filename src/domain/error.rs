@@ -132,7 +132,11 @@ pub struct Error {
 
 impl Error {
     pub fn new(reason: Reason, message: impl Into<String>) -> Error {
-        Error { reason, message: message.into(), violations: Vec::new() }
+        Error {
+            reason,
+            message: message.into(),
+            violations: Vec::new(),
+        }
     }
 
     /// An error blamed on one request field.
@@ -140,7 +144,10 @@ impl Error {
         let message = message.into();
         Error {
             reason,
-            violations: vec![FieldViolation { field: field.into(), description: message.clone() }],
+            violations: vec![FieldViolation {
+                field: field.into(),
+                description: message.clone(),
+            }],
             message,
         }
     }

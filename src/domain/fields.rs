@@ -24,7 +24,11 @@ pub const MAX_PREFIX_LEN_V4: u8 = 24;
 pub const MAX_PREFIX_LEN_V6: u8 = 48;
 
 fn id_error(reason: Reason, field: &str, text: &str) -> Error {
-    let what = if text.is_empty() { "is required".to_string() } else { format!("{text:?} is not") };
+    let what = if text.is_empty() {
+        "is required".to_string()
+    } else {
+        format!("{text:?} is not")
+    };
     Error::field(reason, field, format!("{field} {what} 32 lowercase hex characters"))
 }
 
@@ -42,14 +46,21 @@ pub fn binding_id(field: &str, text: &str) -> Result<BindingId, Error> {
 
 /// An optional id filter: empty means "no filter".
 pub fn optional<T>(text: &str, parse: impl FnOnce(&str) -> Result<T, Error>) -> Result<Option<T>, Error> {
-    if text.is_empty() { Ok(None) } else { parse(text).map(Some) }
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        parse(text).map(Some)
+    }
 }
 
 pub fn service(field: &str, text: &str) -> Result<Service, Error> {
-    let id = ServiceId::parse(text)
-        .ok_or_else(|| id_error(Reason::InvalidService, field, text))?;
+    let id = ServiceId::parse(text).ok_or_else(|| id_error(Reason::InvalidService, field, text))?;
     Service::from_id(id).ok_or_else(|| {
-        Error::field(Reason::InvalidService, field, format!("{text} is not a service of the catalog (see ListServices)"))
+        Error::field(
+            Reason::InvalidService,
+            field,
+            format!("{text} is not a service of the catalog (see ListServices)"),
+        )
     })
 }
 
@@ -64,7 +75,10 @@ pub fn cidr(field: &str, text: &str) -> Result<IpNet, Error> {
         CidrProblem::NotCanonical => Error::field(
             Reason::CidrNotCanonical,
             field,
-            format!("{text} has host bits set; did you mean {}?", text.parse::<IpNet>().map(|n| n.trunc().to_string()).unwrap_or_default()),
+            format!(
+                "{text} has host bits set; did you mean {}?",
+                text.parse::<IpNet>().map(|n| n.trunc().to_string()).unwrap_or_default()
+            ),
         ),
     })
 }
@@ -117,7 +131,11 @@ pub fn request_id(field: &str, text: &str) -> Result<Option<String>, Error> {
 /// The number of items a page holds: 0 means the default, larger values are lowered.
 pub fn page_size(field: &str, requested: i32) -> Result<usize, Error> {
     match usize::try_from(requested) {
-        Err(_) => Err(Error::field(Reason::InvalidPageSize, field, format!("{field} must not be negative"))),
+        Err(_) => Err(Error::field(
+            Reason::InvalidPageSize,
+            field,
+            format!("{field} must not be negative"),
+        )),
         Ok(0) => Ok(MAX_PAGE_SIZE),
         Ok(size) => Ok(size.min(MAX_PAGE_SIZE)),
     }
@@ -127,7 +145,11 @@ pub fn page_size(field: &str, requested: i32) -> Result<usize, Error> {
 /// (::ffff:192.0.2.1) are looked up as the IPv4 address they carry.
 pub fn address(field: &str, text: &str) -> Result<IpAddr, Error> {
     let address: IpAddr = text.parse().map_err(|_| {
-        Error::field(Reason::InvalidAddress, field, format!("{text:?} is not an IPv4 or IPv6 address"))
+        Error::field(
+            Reason::InvalidAddress,
+            field,
+            format!("{text:?} is not an IPv4 or IPv6 address"),
+        )
     })?;
     Ok(address.to_canonical())
 }
@@ -140,9 +162,18 @@ mod tests {
     fn prefix_sizes() {
         assert!(prefix_cidr("cidr", "192.0.2.0/24").is_ok());
         assert!(prefix_cidr("cidr", "2001:db8::/48").is_ok());
-        assert_eq!(prefix_cidr("cidr", "192.0.2.0/25").unwrap_err().reason, Reason::PrefixTooSmall);
-        assert_eq!(prefix_cidr("cidr", "2001:db8::/49").unwrap_err().reason, Reason::PrefixTooSmall);
-        assert_eq!(prefix_cidr("cidr", "192.0.2.1/24").unwrap_err().reason, Reason::CidrNotCanonical);
+        assert_eq!(
+            prefix_cidr("cidr", "192.0.2.0/25").unwrap_err().reason,
+            Reason::PrefixTooSmall
+        );
+        assert_eq!(
+            prefix_cidr("cidr", "2001:db8::/49").unwrap_err().reason,
+            Reason::PrefixTooSmall
+        );
+        assert_eq!(
+            prefix_cidr("cidr", "192.0.2.1/24").unwrap_err().reason,
+            Reason::CidrNotCanonical
+        );
         assert_eq!(prefix_cidr("cidr", "nope").unwrap_err().reason, Reason::InvalidCidr);
     }
 
@@ -159,7 +190,10 @@ mod tests {
         assert_eq!(address("address", "192.0.2.1").unwrap().to_string(), "192.0.2.1");
         assert_eq!(address("address", "::ffff:192.0.2.1").unwrap().to_string(), "192.0.2.1");
         assert_eq!(address("address", "2001:DB8:0::1").unwrap().to_string(), "2001:db8::1");
-        assert_eq!(address("address", "192.0.2.256").unwrap_err().violations[0].field, "address");
+        assert_eq!(
+            address("address", "192.0.2.256").unwrap_err().violations[0].field,
+            "address"
+        );
     }
 
     #[test]

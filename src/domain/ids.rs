@@ -57,8 +57,7 @@ id_type!(
 );
 
 fn parse_simple_hex(text: &str) -> Option<Uuid> {
-    let well_formed =
-        text.len() == 32 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let well_formed = text.len() == 32 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !well_formed {
         return None;
     }

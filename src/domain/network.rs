@@ -64,7 +64,11 @@ impl NetworkKey {
     pub fn last_address(&self) -> u128 {
         let width = if self.family == 4 { 32 } else { 128 };
         let host_bits = width - u32::from(self.prefix_len);
-        let host_mask = if host_bits == 0 { 0 } else { u128::MAX >> (128 - host_bits) };
+        let host_mask = if host_bits == 0 {
+            0
+        } else {
+            u128::MAX >> (128 - host_bits)
+        };
         self.address | host_mask
     }
 
@@ -108,7 +112,14 @@ mod tests {
         assert_eq!(parse_canonical_cidr("192.0.2.0/24"), Ok(net("192.0.2.0/24")));
         assert_eq!(parse_canonical_cidr("2001:DB8::/48"), Ok(net("2001:db8::/48")));
         assert_eq!(parse_canonical_cidr("192.0.2.1/24"), Err(CidrProblem::NotCanonical));
-        for bad in ["", "192.0.2.0", "192.0.2.0/33", "x/24", " 192.0.2.0/24", "192.0.2.0/24 "] {
+        for bad in [
+            "",
+            "192.0.2.0",
+            "192.0.2.0/33",
+            "x/24",
+            " 192.0.2.0/24",
+            "192.0.2.0/24 ",
+        ] {
             assert_eq!(parse_canonical_cidr(bad), Err(CidrProblem::Unparsable), "{bad:?}");
         }
     }
@@ -129,7 +140,10 @@ mod tests {
     fn key_bytes_round_trip_and_last_address() {
         let key = NetworkKey::of(&net("192.0.2.0/24"));
         assert_eq!(NetworkKey::from_bytes(&key.to_bytes()), Some(key));
-        assert_eq!(key.last_address(), u32::from(std::net::Ipv4Addr::new(192, 0, 2, 255)) as u128);
+        assert_eq!(
+            key.last_address(),
+            u32::from(std::net::Ipv4Addr::new(192, 0, 2, 255)) as u128
+        );
         let all = NetworkKey::of(&net("::/0"));
         assert_eq!(all.last_address(), u128::MAX);
     }

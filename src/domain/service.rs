@@ -65,10 +65,19 @@ mod tests {
     #[test]
     fn layering_matrix() {
         use Service::*;
-        let allowed = [(MagicTransit, Cdn), (MagicTransit, Spectrum), (Cdn, Spectrum), (Spectrum, Cdn)];
+        let allowed = [
+            (MagicTransit, Cdn),
+            (MagicTransit, Spectrum),
+            (Cdn, Spectrum),
+            (Spectrum, Cdn),
+        ];
         for over in Service::ALL {
             for child in Service::ALL {
-                assert_eq!(child.may_layer_over(over), allowed.contains(&(over, child)), "{child:?} over {over:?}");
+                assert_eq!(
+                    child.may_layer_over(over),
+                    allowed.contains(&(over, child)),
+                    "{child:?} over {over:?}"
+                );
             }
         }
     }

@@ -25,11 +25,17 @@ pub struct Decision {
 
 impl Decision {
     fn one(change: Change, outcome: Outcome) -> Decision {
-        Decision { changes: vec![change], outcome }
+        Decision {
+            changes: vec![change],
+            outcome,
+        }
     }
 
     fn nothing(outcome: Outcome) -> Decision {
-        Decision { changes: Vec::new(), outcome }
+        Decision {
+            changes: Vec::new(),
+            outcome,
+        }
     }
 }
 
@@ -68,7 +74,12 @@ impl State {
     /// Checks a command against the current state: the events it causes, or why not.
     pub fn decide(&self, command: &Command, now: Micros) -> Result<Decision, Error> {
         match command {
-            Command::CreatePrefix { account_id, cidr, asn, description } => {
+            Command::CreatePrefix {
+                account_id,
+                cidr,
+                asn,
+                description,
+            } => {
                 if let Some(existing) = self.overlapping_prefix(cidr) {
                     return Err(Error::field(
                         Reason::PrefixOverlaps,
@@ -85,13 +96,23 @@ impl State {
                     created_at: now,
                     modified_at: now,
                 };
-                Ok(Decision::one(Change::PrefixCreated(prefix.clone()), Outcome::Prefix(prefix)))
+                Ok(Decision::one(
+                    Change::PrefixCreated(prefix.clone()),
+                    Outcome::Prefix(prefix),
+                ))
             }
-            Command::UpdatePrefix { account_id, prefix_id, description } => {
+            Command::UpdatePrefix {
+                account_id,
+                prefix_id,
+                description,
+            } => {
                 let mut prefix = self.prefix(*account_id, *prefix_id)?.clone();
                 prefix.description = description.clone();
                 prefix.modified_at = now;
-                Ok(Decision::one(Change::PrefixUpdated(prefix.clone()), Outcome::Prefix(prefix)))
+                Ok(Decision::one(
+                    Change::PrefixUpdated(prefix.clone()),
+                    Outcome::Prefix(prefix),
+                ))
             }
             Command::DeletePrefix { account_id, prefix_id } => {
                 let prefix = self.prefix(*account_id, *prefix_id)?;
@@ -99,15 +120,29 @@ impl State {
                 if n_bindings > 0 {
                     return Err(Error::new(
                         Reason::PrefixHasBindings,
-                        format!("prefix {} still has {n_bindings} binding(s); delete them first", prefix.cidr),
+                        format!(
+                            "prefix {} still has {n_bindings} binding(s); delete them first",
+                            prefix.cidr
+                        ),
                     ));
                 }
-                Ok(Decision::one(Change::PrefixDeleted(prefix.clone()), Outcome::PrefixDeleted(*prefix_id)))
+                Ok(Decision::one(
+                    Change::PrefixDeleted(prefix.clone()),
+                    Outcome::PrefixDeleted(*prefix_id),
+                ))
             }
-            Command::CreateBinding { account_id, prefix_id, cidr, service, request_id } => {
-                self.decide_create_binding(*account_id, *prefix_id, cidr, *service, request_id.as_deref(), now)
-            }
-            Command::DeleteBinding { account_id, prefix_id, binding_id } => {
+            Command::CreateBinding {
+                account_id,
+                prefix_id,
+                cidr,
+                service,
+                request_id,
+            } => self.decide_create_binding(*account_id, *prefix_id, cidr, *service, request_id.as_deref(), now),
+            Command::DeleteBinding {
+                account_id,
+                prefix_id,
+                binding_id,
+            } => {
                 let prefix = self.prefix(*account_id, *prefix_id)?;
                 let binding = self.binding(*account_id, *prefix_id, *binding_id)?;
                 let n_bindings = self.bindings_by_prefix.get(prefix_id).map_or(0, BTreeMap::len);
@@ -121,7 +156,10 @@ impl State {
                         ),
                     ));
                 }
-                Ok(Decision::one(Change::BindingDeleted(binding.clone()), Outcome::BindingDeleted(*binding_id)))
+                Ok(Decision::one(
+                    Change::BindingDeleted(binding.clone()),
+                    Outcome::BindingDeleted(*binding_id),
+                ))
             }
             Command::ActivateBinding { binding_id } => match self.bindings.get(binding_id) {
                 Some(binding) if binding.state == ProvisioningState::Provisioning => {
@@ -187,7 +225,10 @@ impl State {
                 return Err(Error::field(
                     Reason::FirstBindingMustCoverPrefix,
                     "cidr",
-                    format!("the first binding of a prefix must cover exactly {}, not {cidr}", prefix.cidr),
+                    format!(
+                        "the first binding of a prefix must cover exactly {}, not {cidr}",
+                        prefix.cidr
+                    ),
                 ));
             }
             None => {}
@@ -224,7 +265,10 @@ impl State {
             modified_at: now,
         };
         Ok(Decision::one(
-            Change::BindingCreated { binding: binding.clone(), request_id: request_id.map(str::to_string) },
+            Change::BindingCreated {
+                binding: binding.clone(),
+                request_id: request_id.map(str::to_string),
+            },
             Outcome::Binding(binding),
         ))
     }
@@ -237,7 +281,10 @@ impl State {
             Change::PrefixCreated(prefix) | Change::PrefixUpdated(prefix) => {
                 let key = NetworkKey::of(&prefix.cidr);
                 self.prefixes_by_network.insert(key, prefix.id);
-                self.prefixes_by_account.entry(prefix.account_id).or_default().insert(key, prefix.id);
+                self.prefixes_by_account
+                    .entry(prefix.account_id)
+                    .or_default()
+                    .insert(key, prefix.id);
                 self.prefixes.insert(prefix.id, prefix.clone());
             }
             Change::PrefixDeleted(prefix) => {
@@ -256,7 +303,9 @@ impl State {
                 if let Some(request_id) = request_id {
                     self.requests.insert(
                         (binding.account_id, request_id.clone()),
-                        RememberedRequest { binding: binding.clone() },
+                        RememberedRequest {
+                            binding: binding.clone(),
+                        },
                     );
                 }
                 self.bindings_by_prefix
@@ -287,17 +336,32 @@ impl State {
         self.prefixes
             .get(&prefix_id)
             .filter(|prefix| prefix.account_id == account_id)
-            .ok_or_else(|| Error::field(Reason::PrefixNotFound, "prefix_id", format!("prefix {prefix_id} not found")))
+            .ok_or_else(|| {
+                Error::field(
+                    Reason::PrefixNotFound,
+                    "prefix_id",
+                    format!("prefix {prefix_id} not found"),
+                )
+            })
     }
 
     /// The prefix's binding; checks the prefix first.
-    pub fn binding(&self, account_id: AccountId, prefix_id: PrefixId, binding_id: BindingId) -> Result<&Binding, Error> {
+    pub fn binding(
+        &self,
+        account_id: AccountId,
+        prefix_id: PrefixId,
+        binding_id: BindingId,
+    ) -> Result<&Binding, Error> {
         self.prefix(account_id, prefix_id)?;
         self.bindings
             .get(&binding_id)
             .filter(|binding| binding.prefix_id == prefix_id && binding.account_id == account_id)
             .ok_or_else(|| {
-                Error::field(Reason::BindingNotFound, "binding_id", format!("binding {binding_id} not found"))
+                Error::field(
+                    Reason::BindingNotFound,
+                    "binding_id",
+                    format!("binding {binding_id} not found"),
+                )
             })
     }
 
@@ -310,23 +374,36 @@ impl State {
         self.prefixes.get(&prefix_id)
     }
 
-    pub fn list_prefixes(&self, account_id: AccountId, after: Option<NetworkKey>, page_size: usize) -> Page<'_, Prefix> {
+    pub fn list_prefixes(
+        &self,
+        account_id: AccountId,
+        after: Option<NetworkKey>,
+        page_size: usize,
+    ) -> Page<'_, Prefix> {
         let Some(by_network) = self.prefixes_by_account.get(&account_id) else {
-            return Page { items: Vec::new(), next_after: None };
+            return Page {
+                items: Vec::new(),
+                next_after: None,
+            };
         };
         page(by_network, after, page_size, |id| self.prefixes.get(id))
     }
 
     pub fn list_bindings(&self, prefix_id: PrefixId, after: Option<NetworkKey>, page_size: usize) -> Page<'_, Binding> {
         let Some(by_network) = self.bindings_by_prefix.get(&prefix_id) else {
-            return Page { items: Vec::new(), next_after: None };
+            return Page {
+                items: Vec::new(),
+                next_after: None,
+            };
         };
         page(by_network, after, page_size, |id| self.bindings.get(id))
     }
 
     /// Every binding still provisioning (the rollout's backlog after a restart).
     pub fn provisioning_bindings(&self) -> impl Iterator<Item = &Binding> {
-        self.bindings.values().filter(|binding| binding.state == ProvisioningState::Provisioning)
+        self.bindings
+            .values()
+            .filter(|binding| binding.state == ProvisioningState::Provisioning)
     }
 
     pub fn n_prefixes(&self) -> usize {
@@ -352,7 +429,11 @@ impl State {
             return Some(container);
         }
         let key = NetworkKey::of(cidr);
-        let last = NetworkKey { family: key.family, address: key.last_address(), prefix_len: u8::MAX };
+        let last = NetworkKey {
+            family: key.family,
+            address: key.last_address(),
+            prefix_len: u8::MAX,
+        };
         let (_, id) = self.prefixes_by_network.range(key..=last).next()?;
         self.prefixes.get(id)
     }
@@ -408,20 +489,32 @@ mod tests {
 
     impl World {
         fn new() -> World {
-            World { state: State::default(), revision: 0 }
+            World {
+                state: State::default(),
+                revision: 0,
+            }
         }
 
         fn run(&mut self, command: Command) -> Result<Outcome, Error> {
             let decision = self.state.decide(&command, NOW)?;
             for change in decision.changes {
                 self.revision += 1;
-                self.state.apply(&Event { revision: self.revision, time: NOW, change });
+                self.state.apply(&Event {
+                    revision: self.revision,
+                    time: NOW,
+                    change,
+                });
             }
             Ok(decision.outcome)
         }
 
         fn prefix(&mut self, account_id: AccountId, cidr: &str) -> Prefix {
-            let command = Command::CreatePrefix { account_id, cidr: net(cidr), asn: None, description: String::new() };
+            let command = Command::CreatePrefix {
+                account_id,
+                cidr: net(cidr),
+                asn: None,
+                description: String::new(),
+            };
             match self.run(command).unwrap() {
                 Outcome::Prefix(prefix) => prefix,
                 other => panic!("{other:?}"),
@@ -452,7 +545,12 @@ mod tests {
         let mut world = World::new();
         world.prefix(account(), "192.0.2.0/24");
         for cidr in ["192.0.2.0/24", "192.0.0.0/16", "0.0.0.0/0"] {
-            let command = Command::CreatePrefix { account_id: account(), cidr: net(cidr), asn: None, description: String::new() };
+            let command = Command::CreatePrefix {
+                account_id: account(),
+                cidr: net(cidr),
+                asn: None,
+                description: String::new(),
+            };
             assert_eq!(reason(world.run(command)), Reason::PrefixOverlaps, "{cidr}");
         }
         world.prefix(account(), "192.0.3.0/24");
@@ -463,7 +561,10 @@ mod tests {
     fn first_binding_must_cover_the_prefix() {
         let mut world = World::new();
         let prefix = world.prefix(account(), "192.0.2.0/24");
-        assert_eq!(reason(world.bind(&prefix, "192.0.2.0/25", Service::Cdn)), Reason::FirstBindingMustCoverPrefix);
+        assert_eq!(
+            reason(world.bind(&prefix, "192.0.2.0/25", Service::Cdn)),
+            Reason::FirstBindingMustCoverPrefix
+        );
         let binding = world.bind(&prefix, "192.0.2.0/24", Service::Spectrum).unwrap();
         assert_eq!(binding.state, ProvisioningState::Provisioning);
     }
@@ -473,13 +574,31 @@ mod tests {
         let mut world = World::new();
         let prefix = world.prefix(account(), "192.0.2.0/24");
         world.bind(&prefix, "192.0.2.0/24", Service::MagicTransit).unwrap();
-        assert_eq!(reason(world.bind(&prefix, "2001:db8::/64", Service::Cdn)), Reason::CidrFamilyMismatch);
-        assert_eq!(reason(world.bind(&prefix, "192.0.3.0/32", Service::Cdn)), Reason::CidrOutsidePrefix);
-        assert_eq!(reason(world.bind(&prefix, "192.0.0.0/16", Service::Cdn)), Reason::CidrOutsidePrefix);
-        assert_eq!(reason(world.bind(&prefix, "192.0.2.0/24", Service::Cdn)), Reason::BindingAlreadyExists);
-        assert_eq!(reason(world.bind(&prefix, "192.0.2.1/32", Service::MagicTransit)), Reason::ServiceLayeringNotAllowed);
+        assert_eq!(
+            reason(world.bind(&prefix, "2001:db8::/64", Service::Cdn)),
+            Reason::CidrFamilyMismatch
+        );
+        assert_eq!(
+            reason(world.bind(&prefix, "192.0.3.0/32", Service::Cdn)),
+            Reason::CidrOutsidePrefix
+        );
+        assert_eq!(
+            reason(world.bind(&prefix, "192.0.0.0/16", Service::Cdn)),
+            Reason::CidrOutsidePrefix
+        );
+        assert_eq!(
+            reason(world.bind(&prefix, "192.0.2.0/24", Service::Cdn)),
+            Reason::BindingAlreadyExists
+        );
+        assert_eq!(
+            reason(world.bind(&prefix, "192.0.2.1/32", Service::MagicTransit)),
+            Reason::ServiceLayeringNotAllowed
+        );
         world.bind(&prefix, "192.0.2.1/32", Service::Cdn).unwrap();
-        assert_eq!(reason(world.bind(&prefix, "192.0.2.1/32", Service::Spectrum)), Reason::BindingAlreadyExists);
+        assert_eq!(
+            reason(world.bind(&prefix, "192.0.2.1/32", Service::Spectrum)),
+            Reason::BindingAlreadyExists
+        );
         // Layering is judged against the prefix-wide binding only.
         world.bind(&prefix, "192.0.2.0/31", Service::Spectrum).unwrap();
     }
@@ -495,7 +614,10 @@ mod tests {
             prefix_id: prefix.id,
             binding_id: binding.id,
         };
-        let delete_prefix = Command::DeletePrefix { account_id: prefix.account_id, prefix_id: prefix.id };
+        let delete_prefix = Command::DeletePrefix {
+            account_id: prefix.account_id,
+            prefix_id: prefix.id,
+        };
         assert_eq!(reason(world.run(delete(&wide))), Reason::PrefixWideBindingInUse);
         assert_eq!(reason(world.run(delete_prefix.clone())), Reason::PrefixHasBindings);
         world.run(delete(&narrow)).unwrap();
@@ -512,9 +634,15 @@ mod tests {
         let binding = world.bind(&prefix, "192.0.2.0/24", Service::Cdn).unwrap();
         let stranger = account();
         assert_eq!(reason(world.state.prefix(stranger, prefix.id)), Reason::PrefixNotFound);
-        assert_eq!(reason(world.state.binding(stranger, prefix.id, binding.id)), Reason::PrefixNotFound);
+        assert_eq!(
+            reason(world.state.binding(stranger, prefix.id, binding.id)),
+            Reason::PrefixNotFound
+        );
         let other_prefix = world.prefix(prefix.account_id, "198.51.100.0/24");
-        assert_eq!(reason(world.state.binding(prefix.account_id, other_prefix.id, binding.id)), Reason::BindingNotFound);
+        assert_eq!(
+            reason(world.state.binding(prefix.account_id, other_prefix.id, binding.id)),
+            Reason::BindingNotFound
+        );
     }
 
     #[test]
@@ -532,7 +660,10 @@ mod tests {
         let revision = world.revision;
         assert_eq!(world.run(create("192.0.2.0/24", Service::Cdn)).unwrap(), first);
         assert_eq!(world.revision, revision, "a retry appends nothing");
-        assert_eq!(reason(world.run(create("192.0.2.0/24", Service::Spectrum))), Reason::RequestIdReused);
+        assert_eq!(
+            reason(world.run(create("192.0.2.0/24", Service::Spectrum))),
+            Reason::RequestIdReused
+        );
         // Another account may use the same key.
         let other = world.prefix(account(), "198.51.100.0/24");
         let command = Command::CreateBinding {
@@ -551,14 +682,23 @@ mod tests {
         let prefix = world.prefix(account(), "192.0.2.0/24");
         let binding = world.bind(&prefix, "192.0.2.0/24", Service::Cdn).unwrap();
         let activate = Command::ActivateBinding { binding_id: binding.id };
-        assert!(matches!(world.run(activate.clone()).unwrap(), Outcome::Binding(b) if b.state == ProvisioningState::Active));
+        assert!(
+            matches!(world.run(activate.clone()).unwrap(), Outcome::Binding(b) if b.state == ProvisioningState::Active)
+        );
         let revision = world.revision;
         assert_eq!(world.run(activate.clone()).unwrap(), Outcome::Nothing);
         let second = world.bind(&prefix, "192.0.2.0/25", Service::Spectrum).unwrap();
         world
-            .run(Command::DeleteBinding { account_id: prefix.account_id, prefix_id: prefix.id, binding_id: second.id })
+            .run(Command::DeleteBinding {
+                account_id: prefix.account_id,
+                prefix_id: prefix.id,
+                binding_id: second.id,
+            })
             .unwrap();
-        assert_eq!(world.run(Command::ActivateBinding { binding_id: second.id }).unwrap(), Outcome::Nothing);
+        assert_eq!(
+            world.run(Command::ActivateBinding { binding_id: second.id }).unwrap(),
+            Outcome::Nothing
+        );
         assert_eq!(world.revision, revision + 2);
     }
 

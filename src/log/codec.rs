@@ -52,7 +52,10 @@ pub fn decode(revision: u64, record: &[u8]) -> Result<Event, DecodeError> {
     let body = &record[HEADER_LEN..];
     let computed = crc32fast::hash(body);
     if computed != stored_checksum {
-        return Err(DecodeError::Checksum { stored: stored_checksum, computed });
+        return Err(DecodeError::Checksum {
+            stored: stored_checksum,
+            computed,
+        });
     }
     let event = stored::Event::decode(body).map_err(|error| DecodeError::Body(error.to_string()))?;
     from_stored(revision, event).map_err(DecodeError::Body)
@@ -61,9 +64,15 @@ pub fn decode(revision: u64, record: &[u8]) -> Result<Event, DecodeError> {
 fn to_stored(event: &Event) -> stored::Event {
     use stored::event::Change as Stored;
     let change = match &event.change {
-        Change::PrefixCreated(prefix) => Stored::PrefixCreated(stored::PrefixCreated { prefix: Some(prefix_record(prefix)) }),
-        Change::PrefixUpdated(prefix) => Stored::PrefixUpdated(stored::PrefixUpdated { prefix: Some(prefix_record(prefix)) }),
-        Change::PrefixDeleted(prefix) => Stored::PrefixDeleted(stored::PrefixDeleted { prefix: Some(prefix_record(prefix)) }),
+        Change::PrefixCreated(prefix) => Stored::PrefixCreated(stored::PrefixCreated {
+            prefix: Some(prefix_record(prefix)),
+        }),
+        Change::PrefixUpdated(prefix) => Stored::PrefixUpdated(stored::PrefixUpdated {
+            prefix: Some(prefix_record(prefix)),
+        }),
+        Change::PrefixDeleted(prefix) => Stored::PrefixDeleted(stored::PrefixDeleted {
+            prefix: Some(prefix_record(prefix)),
+        }),
         Change::BindingCreated { binding, request_id } => Stored::BindingCreated(stored::BindingCreated {
             binding: Some(binding_record(binding)),
             request_id: request_id.clone().unwrap_or_default(),
@@ -73,9 +82,14 @@ fn to_stored(event: &Event) -> stored::Event {
                 binding: Some(binding_record(binding)),
             })
         }
-        Change::BindingDeleted(binding) => Stored::BindingDeleted(stored::BindingDeleted { binding: Some(binding_record(binding)) }),
+        Change::BindingDeleted(binding) => Stored::BindingDeleted(stored::BindingDeleted {
+            binding: Some(binding_record(binding)),
+        }),
     };
-    stored::Event { time_micros: event.time.0, change: Some(change) }
+    stored::Event {
+        time_micros: event.time.0,
+        change: Some(change),
+    }
 }
 
 fn from_stored(revision: u64, event: stored::Event) -> Result<Event, String> {
@@ -88,10 +102,16 @@ fn from_stored(revision: u64, event: stored::Event) -> Result<Event, String> {
             binding: binding(created.binding)?,
             request_id: Some(created.request_id).filter(|id| !id.is_empty()),
         },
-        Stored::BindingProvisioningStateChanged(changed) => Change::BindingProvisioningStateChanged(binding(changed.binding)?),
+        Stored::BindingProvisioningStateChanged(changed) => {
+            Change::BindingProvisioningStateChanged(binding(changed.binding)?)
+        }
         Stored::BindingDeleted(deleted) => Change::BindingDeleted(binding(deleted.binding)?),
     };
-    Ok(Event { revision, time: Micros(event.time_micros), change })
+    Ok(Event {
+        revision,
+        time: Micros(event.time_micros),
+        change,
+    })
 }
 
 fn prefix_record(prefix: &Prefix) -> stored::PrefixRecord {
@@ -175,7 +195,14 @@ mod tests {
             created_at: Micros(1),
             modified_at: Micros(2),
         };
-        Event { revision: 7, time: Micros(3), change: Change::BindingCreated { binding, request_id: Some("r".into()) } }
+        Event {
+            revision: 7,
+            time: Micros(3),
+            change: Change::BindingCreated {
+                binding,
+                request_id: Some("r".into()),
+            },
+        }
     }
 
     #[test]
@@ -191,7 +218,10 @@ mod tests {
         *flipped.last_mut().unwrap() ^= 0x01;
         assert!(matches!(decode(7, &flipped), Err(DecodeError::Checksum { .. })));
         assert!(matches!(decode(7, &record[..3]), Err(DecodeError::Truncated(3))));
-        assert!(matches!(decode(7, &record[..record.len() - 1]), Err(DecodeError::Checksum { .. })));
+        assert!(matches!(
+            decode(7, &record[..record.len() - 1]),
+            Err(DecodeError::Checksum { .. })
+        ));
         let mut newer = record;
         newer[0] = FORMAT_VERSION + 1;
         assert!(matches!(decode(7, &newer), Err(DecodeError::NewerFormat(_))));

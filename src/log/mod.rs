@@ -38,7 +38,13 @@ impl EventLog {
     /// Opens (or creates) the log in `dir`. sled locks the directory, so a second server on the
     /// same directory fails here instead of corrupting it.
     pub fn open(dir: &Path) -> Result<EventLog, LogError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        // Every append flushes explicitly, so sled's periodic background flusher is not needed (and it
+        // would delay exit by up to its period).
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()?;
         let events = db.open_tree(EVENTS_TREE)?;
         Ok(EventLog { db, events })
     }
@@ -81,7 +87,10 @@ impl EventLog {
             let (key, value) = entry?;
             let revision = revision_of(&key)?;
             if revision != expected {
-                return Err(LogError::Gap { expected, found: revision });
+                return Err(LogError::Gap {
+                    expected,
+                    found: revision,
+                });
             }
             expected += 1;
             codec::decode(revision, &value).map_err(|source| LogError::Corrupt { revision, source })

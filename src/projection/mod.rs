@@ -35,7 +35,9 @@ pub struct Projections {
 
 impl Projections {
     pub fn new(model: ReadModel) -> Projections {
-        Projections { model: Arc::new(RwLock::new(model)) }
+        Projections {
+            model: Arc::new(RwLock::new(model)),
+        }
     }
 
     /// A consistent view for one query. Hold it briefly and never across an `.await`.

@@ -18,7 +18,10 @@ struct DualTrie<T> {
 
 impl<T> Default for DualTrie<T> {
     fn default() -> Self {
-        DualTrie { v4: PrefixMap::new(), v6: PrefixMap::new() }
+        DualTrie {
+            v4: PrefixMap::new(),
+            v6: PrefixMap::new(),
+        }
     }
 }
 
@@ -90,7 +93,14 @@ impl RoutingTable {
     /// The route for `address`, or `None` when no prefix covers it.
     pub fn lookup(&self, address: IpAddr, active_only: bool) -> Option<Route> {
         let prefix_id = self.prefixes.longest_match(address)?;
-        let bindings = if active_only { &self.active_bindings } else { &self.bindings };
-        Some(Route { prefix_id, binding_id: bindings.longest_match(address) })
+        let bindings = if active_only {
+            &self.active_bindings
+        } else {
+            &self.bindings
+        };
+        Some(Route {
+            prefix_id,
+            binding_id: bindings.longest_match(address),
+        })
     }
 }

@@ -1,0 +1,423 @@
+//! Service bindings: every rule of the contract, idempotent retries, the 64-way race on a
+//! first binding, and state surviving a restart.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ipam_bindings::pb::api;
+use tonic::Code;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn binding_rules_and_their_errors() {
+    let server = TestServer::start().await;
+    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
+
+    let status = server.try_bind(&prefix, "192.0.2.0/25", CDN).await.unwrap_err();
+    assert_error(
+        &status,
+        Code::FailedPrecondition,
+        "FIRST_BINDING_MUST_COVER_PREFIX",
+        1101,
+        Some("cidr"),
+    );
+
+    let wide = server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    assert_eq!(
+        wide.provisioning.unwrap().state,
+        api::ProvisioningState::Provisioning as i32
+    );
+    assert_eq!(wide.service_name, "Magic Transit");
+    assert_eq!(
+        (wide.prefix_id.as_str(), wide.account_id.as_str()),
+        (prefix.id.as_str(), prefix.account_id.as_str())
+    );
+
+    let cases = [
+        (
+            "192.0.2.0/24",
+            CDN,
+            Code::AlreadyExists,
+            "BINDING_ALREADY_EXISTS",
+            1108,
+            "cidr",
+        ),
+        (
+            "192.0.3.0/24",
+            CDN,
+            Code::InvalidArgument,
+            "CIDR_OUTSIDE_PREFIX",
+            1009,
+            "cidr",
+        ),
+        (
+            "192.0.0.0/16",
+            CDN,
+            Code::InvalidArgument,
+            "CIDR_OUTSIDE_PREFIX",
+            1009,
+            "cidr",
+        ),
+        (
+            "2001:db8::/64",
+            CDN,
+            Code::InvalidArgument,
+            "CIDR_FAMILY_MISMATCH",
+            1010,
+            "cidr",
+        ),
+        (
+            "192.0.2.1/30",
+            CDN,
+            Code::InvalidArgument,
+            "CIDR_NOT_CANONICAL",
+            1007,
+            "cidr",
+        ),
+        ("192.0.2.1", CDN, Code::InvalidArgument, "INVALID_CIDR", 1001, "cidr"),
+        (
+            "192.0.2.1/32",
+            MAGIC_TRANSIT,
+            Code::FailedPrecondition,
+            "SERVICE_LAYERING_NOT_ALLOWED",
+            1102,
+            "service_id",
+        ),
+        (
+            "192.0.2.1/32",
+            "ffffffffffffffffffffffffffffffff",
+            Code::InvalidArgument,
+            "INVALID_SERVICE",
+            1003,
+            "service_id",
+        ),
+        (
+            "192.0.2.1/32",
+            "cdn",
+            Code::InvalidArgument,
+            "INVALID_SERVICE",
+            1003,
+            "service_id",
+        ),
+    ];
+    for (cidr, service, code, reason, numeric, field) in cases {
+        let status = server.try_bind(&prefix, cidr, service).await.unwrap_err();
+        assert_error(&status, code, reason, numeric, Some(field));
+    }
+
+    let cdn = server.bind(&prefix, "192.0.2.1/32", CDN).await;
+    let spectrum = server.bind(&prefix, "192.0.2.128/25", SPECTRUM).await;
+    let status = server.try_bind(&prefix, "192.0.2.1/32", SPECTRUM).await.unwrap_err();
+    assert_error(
+        &status,
+        Code::AlreadyExists,
+        "BINDING_ALREADY_EXISTS",
+        1108,
+        Some("cidr"),
+    );
+
+    // The prefix-wide binding goes last; the prefix goes after its bindings.
+    let status = server.delete_binding(&wide).await.unwrap_err();
+    assert_error(
+        &status,
+        Code::FailedPrecondition,
+        "PREFIX_WIDE_BINDING_IN_USE",
+        1103,
+        None,
+    );
+    let delete_prefix = api::DeletePrefixRequest {
+        account_id: prefix.account_id.clone(),
+        prefix_id: prefix.id.clone(),
+    };
+    let status = server
+        .prefixes()
+        .delete_prefix(delete_prefix.clone())
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::FailedPrecondition, "PREFIX_HAS_BINDINGS", 1104, None);
+    server.delete_binding(&cdn).await.unwrap();
+    server.delete_binding(&spectrum).await.unwrap();
+    server.delete_binding(&wide).await.unwrap();
+    let status = server.delete_binding(&wide).await.unwrap_err();
+    assert_error(&status, Code::NotFound, "BINDING_NOT_FOUND", 1002, Some("binding_id"));
+    server.prefixes().delete_prefix(delete_prefix).await.unwrap();
+}
+
+#[tokio::test]
+async fn each_service_may_be_prefix_wide_and_layering_follows_the_matrix() {
+    let server = TestServer::start().await;
+    let account_id = account();
+    let allowed = [
+        (MAGIC_TRANSIT, CDN),
+        (MAGIC_TRANSIT, SPECTRUM),
+        (CDN, SPECTRUM),
+        (SPECTRUM, CDN),
+    ];
+    for (index, wide_service) in [MAGIC_TRANSIT, CDN, SPECTRUM].into_iter().enumerate() {
+        let prefix = server.create_prefix(&account_id, &format!("198.18.{index}.0/24")).await;
+        server.bind(&prefix, &prefix.cidr, wide_service).await;
+        for (offset, child) in [MAGIC_TRANSIT, CDN, SPECTRUM].into_iter().enumerate() {
+            let result = server
+                .try_bind(&prefix, &format!("198.18.{index}.{offset}/32"), child)
+                .await;
+            assert_eq!(
+                result.is_ok(),
+                allowed.contains(&(wide_service, child)),
+                "{child} over {wide_service}: {result:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn get_and_list_bindings_with_tenancy() {
+    let server = TestServer::start().await;
+    let prefix = server.create_prefix(&account(), "2001:db8:100::/48").await;
+    let wide = server.bind(&prefix, "2001:db8:100::/48", CDN).await;
+    let mut expected = vec![wide.clone()];
+    for i in (0..12).rev() {
+        expected.push(
+            server
+                .bind(&prefix, &format!("2001:db8:100:{i:x}::/64"), SPECTRUM)
+                .await,
+        );
+    }
+    expected[1..].sort_by_key(|b| b.cidr.parse::<ipnet::IpNet>().unwrap().network());
+    let listed = server.list_all_bindings(&prefix, 5).await;
+    let cidrs = |bindings: &[api::ServiceBinding]| bindings.iter().map(|b| b.cidr.clone()).collect::<Vec<_>>();
+    assert_eq!(cidrs(&listed), cidrs(&expected));
+    assert_eq!(listed, expected);
+
+    let get = |account_id: &str, prefix_id: &str| api::GetServiceBindingRequest {
+        account_id: account_id.into(),
+        prefix_id: prefix_id.into(),
+        binding_id: wide.id.clone(),
+    };
+    assert_eq!(
+        server
+            .bindings()
+            .get_service_binding(get(&prefix.account_id, &prefix.id))
+            .await
+            .unwrap()
+            .into_inner(),
+        wide
+    );
+    let status = server
+        .bindings()
+        .get_service_binding(get(&account(), &prefix.id))
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::NotFound, "PREFIX_NOT_FOUND", 1000, Some("prefix_id"));
+    let other = server.create_prefix(&prefix.account_id, "2001:db8:200::/48").await;
+    let status = server
+        .bindings()
+        .get_service_binding(get(&prefix.account_id, &other.id))
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::NotFound, "BINDING_NOT_FOUND", 1002, Some("binding_id"));
+    let status = server
+        .bindings()
+        .get_service_binding(get(&prefix.account_id, "nope"))
+        .await
+        .unwrap_err();
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "INVALID_PREFIX_ID",
+        1005,
+        Some("prefix_id"),
+    );
+    let mut bad_binding = get(&prefix.account_id, &prefix.id);
+    bad_binding.binding_id = String::new();
+    let status = server.bindings().get_service_binding(bad_binding).await.unwrap_err();
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "INVALID_BINDING_ID",
+        1006,
+        Some("binding_id"),
+    );
+    let stranger_list = api::ListServiceBindingsRequest {
+        account_id: account(),
+        prefix_id: prefix.id.clone(),
+        page_size: 0,
+        page_token: String::new(),
+    };
+    let status = server
+        .bindings()
+        .list_service_bindings(stranger_list)
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::NotFound, "PREFIX_NOT_FOUND", 1000, Some("prefix_id"));
+}
+
+#[tokio::test]
+async fn request_ids_make_retries_safe() {
+    let server = TestServer::start().await;
+    let prefix = server.create_prefix(&account(), "203.0.113.0/24").await;
+    let request = api::CreateServiceBindingRequest {
+        account_id: prefix.account_id.clone(),
+        prefix_id: prefix.id.clone(),
+        cidr: prefix.cidr.clone(),
+        service_id: MAGIC_TRANSIT.into(),
+        request_id: "onboard-203".into(),
+    };
+    let first = server
+        .bindings()
+        .create_service_binding(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let revision_after_first = list_revision(&server, &prefix).await;
+    let retry = server
+        .bindings()
+        .create_service_binding(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry, first);
+    assert_eq!(
+        list_revision(&server, &prefix).await,
+        revision_after_first,
+        "a retry appends nothing"
+    );
+
+    let mut changed = request.clone();
+    changed.service_id = CDN.into();
+    let status = server.bindings().create_service_binding(changed).await.unwrap_err();
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "REQUEST_ID_REUSED",
+        1015,
+        Some("request_id"),
+    );
+
+    // Even after the binding is deleted, the retry returns it as it was created.
+    server.delete_binding(&first).await.unwrap();
+    let after_delete = server
+        .bindings()
+        .create_service_binding(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after_delete, first);
+
+    // And it survives a restart: the log is the memory.
+    let server = server.restart().await;
+    let after_restart = server
+        .bindings()
+        .create_service_binding(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after_restart, first);
+
+    let mut too_long = request;
+    too_long.request_id = "r".repeat(129);
+    let status = server.bindings().create_service_binding(too_long).await.unwrap_err();
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "INVALID_REQUEST_ID",
+        1014,
+        Some("request_id"),
+    );
+}
+
+async fn list_revision(server: &TestServer, prefix: &api::Prefix) -> u64 {
+    let request = api::ListServiceBindingsRequest {
+        account_id: prefix.account_id.clone(),
+        prefix_id: prefix.id.clone(),
+        page_size: 1,
+        page_token: String::new(),
+    };
+    server
+        .bindings()
+        .list_service_bindings(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_racers_for_one_first_binding_one_wins() {
+    let server = Arc::new(TestServer::start().await);
+    let prefix = server.create_prefix(&account(), "100.64.0.0/24").await;
+    let mut racers = tokio::task::JoinSet::new();
+    for index in 0..64 {
+        let server = Arc::clone(&server);
+        let prefix = prefix.clone();
+        racers.spawn(async move {
+            let service = [MAGIC_TRANSIT, CDN, SPECTRUM][index % 3];
+            server.try_bind(&prefix, "100.64.0.0/24", service).await
+        });
+    }
+    let mut winners = 0;
+    while let Some(result) = racers.join_next().await {
+        match result.unwrap() {
+            Ok(_) => winners += 1,
+            Err(status) => assert_error(
+                &status,
+                Code::AlreadyExists,
+                "BINDING_ALREADY_EXISTS",
+                1108,
+                Some("cidr"),
+            ),
+        }
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(server.list_all_bindings(&prefix, 0).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_overlapping_prefixes_only_one_is_accepted() {
+    let server = Arc::new(TestServer::start().await);
+    let mut racers = tokio::task::JoinSet::new();
+    for index in 0..32 {
+        let server = Arc::clone(&server);
+        // /16, /20 and /24 variants that all overlap each other.
+        let cidr = ["100.80.0.0/16", "100.80.0.0/20", "100.80.1.0/24", "100.80.255.0/24"][index % 4];
+        racers.spawn(async move { server.try_create_prefix(&account(), cidr).await });
+    }
+    let mut accepted = Vec::new();
+    while let Some(result) = racers.join_next().await {
+        if let Ok(prefix) = result.unwrap() {
+            accepted.push(prefix.cidr);
+        }
+    }
+    // Either the /16 alone, or some of the non-overlapping smaller ones.
+    let nets: Vec<ipnet::IpNet> = accepted.iter().map(|c| c.parse().unwrap()).collect();
+    for (i, a) in nets.iter().enumerate() {
+        for b in &nets[i + 1..] {
+            assert!(!a.contains(b) && !b.contains(a), "{a} and {b} overlap: {accepted:?}");
+        }
+    }
+    assert!(!accepted.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_revisions_survive_a_restart() {
+    let server = TestServer::start().await;
+    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
+    server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    let mut created = HashSet::new();
+    for i in 0..20 {
+        created.insert(server.bind(&prefix, &format!("192.0.2.{i}/32"), CDN).await.id);
+    }
+    let before = server.list_all_bindings(&prefix, 0).await;
+    let revision_before = list_revision(&server, &prefix).await;
+    assert_eq!(revision_before, 22);
+
+    let server = server.restart().await;
+    assert_eq!(server.list_all_bindings(&prefix, 0).await, before);
+    assert_eq!(list_revision(&server, &prefix).await, revision_before);
+    server.bind(&prefix, "192.0.2.200/32", SPECTRUM).await;
+    assert_eq!(
+        list_revision(&server, &prefix).await,
+        revision_before + 1,
+        "revisions continue without reuse"
+    );
+}

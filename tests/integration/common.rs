@@ -1,0 +1,261 @@
+//! The test fixture: start a real server on port 0 over a temp dir, wait until health says
+//! SERVING, hand out clients, and shut it down (or restart it on the same dir).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipam_bindings::pb::api;
+use ipam_bindings::pb::api::prefixes_client::PrefixesClient;
+use ipam_bindings::pb::api::routing_client::RoutingClient;
+use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
+use ipam_bindings::pb::api::services_client::ServicesClient;
+use ipam_bindings::server::{ServerOptions, serve};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt;
+
+pub const MAGIC_TRANSIT: &str = "8a1b6bd5c1e24f3e9d3b7a0f5c2e4d61";
+pub const CDN: &str = "c2f0e7a4b9d84b6c8e1f3a5d7b9c0e12";
+pub const SPECTRUM: &str = "5e7d9c1b3a2f4e6d8c0b1a3f5e7d9c23";
+
+/// Upper bound for anything a test waits on, so a broken server fails the test instead of
+/// hanging it.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    pub address: SocketAddr,
+    pub channel: Channel,
+    data_dir: PathBuf,
+    /// Keeps the temporary directory alive for the server's lifetime (None when the caller
+    /// owns the directory).
+    _temp_dir: Option<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ipam_bindings::server::ServeError>>>,
+    provisioning_delay: Duration,
+}
+
+impl TestServer {
+    /// A fresh server whose rollout activates bindings after `provisioning_delay`.
+    pub async fn start_with_delay(provisioning_delay: Duration) -> TestServer {
+        let temp_dir = tempfile::tempdir().expect("temp dir");
+        let dir = temp_dir.path().to_path_buf();
+        let mut server = TestServer::start_on(&dir, provisioning_delay).await;
+        server._temp_dir = Some(temp_dir);
+        server
+    }
+
+    /// A fresh server whose bindings stay PROVISIONING for the whole test (1 hour).
+    pub async fn start() -> TestServer {
+        TestServer::start_with_delay(Duration::from_secs(3600)).await
+    }
+
+    pub async fn start_on(dir: &Path, provisioning_delay: Duration) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("local addr");
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let options = ServerOptions {
+            data_dir: dir.to_path_buf(),
+            provisioning_delay,
+        };
+        let task = tokio::spawn(serve(options, listener, async move {
+            let _ = signal.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .expect("uri")
+            .connect_lazy();
+        let server = TestServer {
+            address,
+            channel,
+            data_dir: dir.to_path_buf(),
+            _temp_dir: None,
+            shutdown: Some(shutdown),
+            task: Some(task),
+            provisioning_delay,
+        };
+        server.wait_until_serving().await;
+        server
+    }
+
+    async fn wait_until_serving(&self) {
+        let mut health = HealthClient::new(self.channel.clone());
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+            if let Ok(response) = health.check(request).await
+                && response.into_inner().status == ServingStatus::Serving as i32
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "server never became SERVING");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Graceful shutdown; returns what `serve` returned.
+    pub async fn stop(&mut self) -> Result<(), ipam_bindings::server::ServeError> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("shutdown in time")
+                .expect("join"),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the server and starts a new one on the same data directory.
+    pub async fn restart(mut self) -> TestServer {
+        self.stop().await.expect("clean stop");
+        let mut next = TestServer::start_on(&self.data_dir.clone(), self.provisioning_delay).await;
+        next._temp_dir = self._temp_dir.take();
+        next
+    }
+
+    pub fn prefixes(&self) -> PrefixesClient<Channel> {
+        PrefixesClient::new(self.channel.clone())
+    }
+
+    pub fn bindings(&self) -> ServiceBindingsClient<Channel> {
+        ServiceBindingsClient::new(self.channel.clone())
+    }
+
+    pub fn services(&self) -> ServicesClient<Channel> {
+        ServicesClient::new(self.channel.clone())
+    }
+
+    pub fn routing(&self) -> RoutingClient<Channel> {
+        RoutingClient::new(self.channel.clone())
+    }
+
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel.clone())
+    }
+
+    // ---- shortcuts ----------------------------------------------------------------------
+
+    pub async fn create_prefix(&self, account_id: &str, cidr: &str) -> api::Prefix {
+        self.try_create_prefix(account_id, cidr)
+            .await
+            .unwrap_or_else(|status| panic!("create {cidr}: {status:?}"))
+    }
+
+    pub async fn try_create_prefix(&self, account_id: &str, cidr: &str) -> Result<api::Prefix, Status> {
+        let request = api::CreatePrefixRequest {
+            account_id: account_id.into(),
+            cidr: cidr.into(),
+            asn: None,
+            description: String::new(),
+        };
+        self.prefixes()
+            .create_prefix(request)
+            .await
+            .map(|response| response.into_inner())
+    }
+
+    pub async fn try_bind(
+        &self,
+        prefix: &api::Prefix,
+        cidr: &str,
+        service_id: &str,
+    ) -> Result<api::ServiceBinding, Status> {
+        let request = api::CreateServiceBindingRequest {
+            account_id: prefix.account_id.clone(),
+            prefix_id: prefix.id.clone(),
+            cidr: cidr.into(),
+            service_id: service_id.into(),
+            request_id: String::new(),
+        };
+        self.bindings()
+            .create_service_binding(request)
+            .await
+            .map(|response| response.into_inner())
+    }
+
+    pub async fn bind(&self, prefix: &api::Prefix, cidr: &str, service_id: &str) -> api::ServiceBinding {
+        self.try_bind(prefix, cidr, service_id)
+            .await
+            .unwrap_or_else(|status| panic!("bind {cidr}: {status:?}"))
+    }
+
+    pub async fn delete_binding(&self, binding: &api::ServiceBinding) -> Result<(), Status> {
+        let request = api::DeleteServiceBindingRequest {
+            account_id: binding.account_id.clone(),
+            prefix_id: binding.prefix_id.clone(),
+            binding_id: binding.id.clone(),
+        };
+        self.bindings().delete_service_binding(request).await.map(|_| ())
+    }
+
+    pub async fn list_all_bindings(&self, prefix: &api::Prefix, page_size: i32) -> Vec<api::ServiceBinding> {
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = api::ListServiceBindingsRequest {
+                account_id: prefix.account_id.clone(),
+                prefix_id: prefix.id.clone(),
+                page_size,
+                page_token: page_token.clone(),
+            };
+            let page = self
+                .bindings()
+                .list_service_bindings(request)
+                .await
+                .expect("list")
+                .into_inner();
+            all.extend(page.bindings);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A fresh random account id.
+pub fn account() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Asserts the status code, the ErrorInfo reason, domain and numeric code, and (when given)
+/// the one BadRequest field.
+pub fn assert_error(status: &Status, code: Code, reason: &str, numeric: u32, field: Option<&str>) {
+    assert_eq!(status.code(), code, "status {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "{status:?}");
+    assert_eq!(info.domain, "ipam-bindings.addressing.v1");
+    assert_eq!(
+        info.metadata.get("code").map(String::as_str),
+        Some(numeric.to_string().as_str()),
+        "{status:?}"
+    );
+    let fields: Vec<String> = status
+        .get_details_bad_request()
+        .map(|bad_request| bad_request.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default();
+    match field {
+        Some(field) => assert!(
+            fields.iter().any(|f| f == field),
+            "expected field {field} in {fields:?}"
+        ),
+        None => assert!(fields.is_empty(), "unexpected field violations {fields:?}"),
+    }
+}

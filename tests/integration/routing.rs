@@ -1,0 +1,387 @@
+//! Routing: longest-prefix match through the real server, checked against the seed's example,
+//! nesting, IPv6, IPv4-mapped addresses, active_only, malformed input, a randomized comparison
+//! with a brute-force reference, and lookups during a storm of writes.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ipam_bindings::pb::api;
+use ipnet::IpNet;
+use tonic::Code;
+
+use crate::common::*;
+
+async fn lookup(
+    server: &TestServer,
+    address: &str,
+    active_only: bool,
+) -> Result<api::LookupAddressResponse, tonic::Status> {
+    let request = api::LookupAddressRequest {
+        address: address.into(),
+        active_only,
+    };
+    server.routing().lookup_address(request).await.map(|r| r.into_inner())
+}
+
+async fn service_of(server: &TestServer, address: &str) -> Option<String> {
+    lookup(server, address, false)
+        .await
+        .unwrap()
+        .binding
+        .map(|b| b.service_name)
+}
+
+#[tokio::test]
+async fn the_seed_example() {
+    let server = TestServer::start().await;
+    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
+    server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    server.bind(&prefix, "192.0.2.1/32", CDN).await;
+    assert_eq!(service_of(&server, "192.0.2.1").await.as_deref(), Some("CDN"));
+    for other in ["192.0.2.0", "192.0.2.2", "192.0.2.255"] {
+        assert_eq!(
+            service_of(&server, other).await.as_deref(),
+            Some("Magic Transit"),
+            "{other}"
+        );
+    }
+    let found = lookup(&server, "192.0.2.1", false).await.unwrap();
+    assert_eq!(
+        (found.prefix_id, found.account_id, found.address),
+        (prefix.id, prefix.account_id, "192.0.2.1".to_string())
+    );
+}
+
+#[tokio::test]
+async fn nested_three_deep_ipv6_and_mapped_addresses() {
+    let server = TestServer::start().await;
+    let v4 = server.create_prefix(&account(), "198.51.100.0/24").await;
+    server.bind(&v4, "198.51.100.0/24", MAGIC_TRANSIT).await;
+    server.bind(&v4, "198.51.100.0/25", CDN).await;
+    server.bind(&v4, "198.51.100.0/26", SPECTRUM).await;
+    server.bind(&v4, "198.51.100.7/32", CDN).await;
+    assert_eq!(service_of(&server, "198.51.100.7").await.as_deref(), Some("CDN"));
+    assert_eq!(
+        lookup(&server, "198.51.100.7", false)
+            .await
+            .unwrap()
+            .binding
+            .unwrap()
+            .cidr,
+        "198.51.100.7/32"
+    );
+    assert_eq!(
+        lookup(&server, "198.51.100.8", false)
+            .await
+            .unwrap()
+            .binding
+            .unwrap()
+            .cidr,
+        "198.51.100.0/26"
+    );
+    assert_eq!(
+        lookup(&server, "198.51.100.100", false)
+            .await
+            .unwrap()
+            .binding
+            .unwrap()
+            .cidr,
+        "198.51.100.0/25"
+    );
+    assert_eq!(
+        lookup(&server, "198.51.100.200", false)
+            .await
+            .unwrap()
+            .binding
+            .unwrap()
+            .cidr,
+        "198.51.100.0/24"
+    );
+    assert_eq!(
+        lookup(&server, "::ffff:198.51.100.7", false)
+            .await
+            .unwrap()
+            .binding
+            .unwrap()
+            .cidr,
+        "198.51.100.7/32"
+    );
+
+    let v6 = server.create_prefix(&account(), "2001:db8:abcd::/48").await;
+    server.bind(&v6, "2001:db8:abcd::/48", CDN).await;
+    server.bind(&v6, "2001:db8:abcd:12::/64", SPECTRUM).await;
+    assert_eq!(
+        service_of(&server, "2001:DB8:ABCD:12::1").await.as_deref(),
+        Some("Spectrum")
+    );
+    assert_eq!(
+        service_of(&server, "2001:db8:abcd:0012:0000:0000:0000:0001")
+            .await
+            .as_deref(),
+        Some("Spectrum")
+    );
+    assert_eq!(service_of(&server, "2001:db8:abcd:13::1").await.as_deref(), Some("CDN"));
+}
+
+#[tokio::test]
+async fn uncovered_unbound_and_malformed_addresses() {
+    let server = TestServer::start().await;
+    let prefix = server.create_prefix(&account(), "203.0.113.0/24").await;
+    let status = lookup(&server, "203.0.114.1", false).await.unwrap_err();
+    assert_error(&status, Code::NotFound, "ADDRESS_NOT_COVERED", 1105, Some("address"));
+    // Inside the prefix, but no binding yet: OK with the prefix and no binding.
+    let unbound = lookup(&server, "203.0.113.9", false).await.unwrap();
+    assert_eq!(unbound.prefix_id, prefix.id);
+    assert_eq!(unbound.binding, None);
+    for bad in [
+        "",
+        "203.0.113",
+        "203.0.113.0/24",
+        "1.2.3.4.5",
+        "gggg::1",
+        " 203.0.113.1",
+    ] {
+        let status = lookup(&server, bad, false).await.unwrap_err();
+        assert_error(&status, Code::InvalidArgument, "INVALID_ADDRESS", 1016, Some("address"));
+    }
+
+    server.bind(&prefix, "203.0.113.0/24", CDN).await;
+    let request = api::LookupAddressesRequest {
+        addresses: vec!["203.0.113.1".into(), "8.8.8.8".into(), "2001:db8::1".into()],
+        active_only: false,
+    };
+    let results = server
+        .routing()
+        .lookup_addresses(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 3);
+    assert!(results[0].found && results[0].prefix_id == prefix.id);
+    assert!(!results[1].found && results[1].prefix_id.is_empty() && results[1].binding.is_none());
+    assert_eq!(results[2].address, "2001:db8::1");
+
+    let empty = api::LookupAddressesRequest {
+        addresses: vec![],
+        active_only: true,
+    };
+    assert!(
+        server
+            .routing()
+            .lookup_addresses(empty)
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+            .is_empty()
+    );
+    let one_bad = api::LookupAddressesRequest {
+        addresses: vec!["203.0.113.1".into(), "203.0.113.2".into(), "nope".into()],
+        active_only: false,
+    };
+    let status = server.routing().lookup_addresses(one_bad).await.unwrap_err();
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "INVALID_ADDRESS",
+        1016,
+        Some("addresses[2]"),
+    );
+    let too_many = api::LookupAddressesRequest {
+        addresses: vec!["203.0.113.1".into(); 10_001],
+        active_only: false,
+    };
+    let status = server.routing().lookup_addresses(too_many).await.unwrap_err();
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "TOO_MANY_ADDRESSES",
+        1017,
+        Some("addresses"),
+    );
+    let at_limit = api::LookupAddressesRequest {
+        addresses: vec!["203.0.113.1".into(); 10_000],
+        active_only: false,
+    };
+    assert_eq!(
+        server
+            .routing()
+            .lookup_addresses(at_limit)
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+            .len(),
+        10_000
+    );
+}
+
+#[tokio::test]
+async fn active_only_sees_bindings_once_the_rollout_activates_them() {
+    // Nothing activates within the test on this server...
+    let slow = TestServer::start().await;
+    let prefix = slow.create_prefix(&account(), "192.0.2.0/24").await;
+    slow.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    let pending = lookup(&slow, "192.0.2.1", true).await.unwrap();
+    assert_eq!(
+        (pending.prefix_id.as_str(), pending.binding.is_none()),
+        (prefix.id.as_str(), true)
+    );
+    assert!(lookup(&slow, "192.0.2.1", false).await.unwrap().binding.is_some());
+
+    // ...and everything activates at once on this one.
+    let fast = TestServer::start_with_delay(Duration::ZERO).await;
+    let prefix = fast.create_prefix(&account(), "192.0.2.0/24").await;
+    fast.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let answer = lookup(&fast, "192.0.2.1", true).await.unwrap();
+        if let Some(binding) = answer.binding {
+            assert_eq!(
+                binding.provisioning.unwrap().state,
+                api::ProvisioningState::Active as i32
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "binding never turned ACTIVE");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The reference: the most specific of `bindings` containing the address, by brute force.
+fn brute_force(bindings: &[(IpNet, String)], address: IpAddr) -> Option<String> {
+    bindings
+        .iter()
+        .filter(|(net, _)| net.contains(&address))
+        .max_by_key(|(net, _)| net.prefix_len())
+        .map(|(_, id)| id.clone())
+}
+
+fn random_address_in(rng: &mut fastrand::Rng, net: &IpNet) -> IpAddr {
+    match net {
+        IpNet::V4(v4) => {
+            let host_bits = 32 - u32::from(v4.prefix_len());
+            let offset = if host_bits == 0 {
+                0
+            } else {
+                rng.u32(..) & (u32::MAX >> (32 - host_bits))
+            };
+            IpAddr::from(std::net::Ipv4Addr::from(u32::from(v4.network()) | offset))
+        }
+        IpNet::V6(v6) => {
+            let host_bits = 128 - u32::from(v6.prefix_len());
+            let offset = if host_bits == 0 {
+                0
+            } else {
+                rng.u128(..) & (u128::MAX >> (128 - host_bits))
+            };
+            IpAddr::from(std::net::Ipv6Addr::from(u128::from(v6.network()) | offset))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_lookups_match_a_brute_force_reference() {
+    let server = TestServer::start().await;
+    let mut rng = fastrand::Rng::with_seed(0x1ba5_u64);
+    let mut prefixes = Vec::new();
+    let mut bindings: Vec<(IpNet, String)> = Vec::new();
+    for index in 0..6u32 {
+        let cidr = if index % 2 == 0 {
+            format!("10.{index}.0.0/16")
+        } else {
+            format!("2001:db8:{index:x}::/48")
+        };
+        let prefix = server.create_prefix(&account(), &cidr).await;
+        let net: IpNet = prefix.cidr.parse().unwrap();
+        bindings.push((net, server.bind(&prefix, &prefix.cidr, MAGIC_TRANSIT).await.id));
+        for _ in 0..60 {
+            let extra = rng.u8(1..=if net.addr().is_ipv4() { 16 } else { 80 });
+            let len = net.prefix_len() + extra;
+            let sub = IpNet::new(random_address_in(&mut rng, &net), len).unwrap().trunc();
+            let service = if rng.bool() { CDN } else { SPECTRUM };
+            if let Ok(binding) = server.try_bind(&prefix, &sub.to_string(), service).await {
+                bindings.push((sub, binding.id));
+            }
+        }
+        prefixes.push(net);
+    }
+    assert!(
+        bindings.len() > 300,
+        "the generator should create many distinct bindings"
+    );
+
+    let mut addresses = Vec::new();
+    for _ in 0..5000 {
+        // Mostly addresses inside a binding, some inside prefixes, some outside everything.
+        let address = match rng.u8(0..10) {
+            0 => IpAddr::from(std::net::Ipv4Addr::from(rng.u32(..))),
+            1..=3 => {
+                let net = prefixes[rng.usize(..prefixes.len())];
+                random_address_in(&mut rng, &net)
+            }
+            _ => {
+                let net = bindings[rng.usize(..bindings.len())].0;
+                random_address_in(&mut rng, &net)
+            }
+        };
+        addresses.push(address);
+    }
+    for chunk in addresses.chunks(1000) {
+        let request = api::LookupAddressesRequest {
+            addresses: chunk.iter().map(|a| a.to_string()).collect(),
+            active_only: false,
+        };
+        let results = server
+            .routing()
+            .lookup_addresses(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert_eq!(results.len(), chunk.len());
+        for (address, result) in chunk.iter().zip(results) {
+            let expected = brute_force(&bindings, *address);
+            assert_eq!(result.binding.map(|b| b.id), expected, "{address}");
+            assert_eq!(result.found, expected.is_some());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_stay_correct_during_a_storm_of_writes() {
+    let server = Arc::new(TestServer::start().await);
+    let prefix = server.create_prefix(&account(), "172.20.0.0/16").await;
+    let wide = server.bind(&prefix, "172.20.0.0/16", MAGIC_TRANSIT).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (server, prefix, stop) = (Arc::clone(&server), prefix.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut round = 0u32;
+            while !stop.load(Ordering::Relaxed) && round < 2000 {
+                let cidr = format!("172.20.{}.0/24", round % 256);
+                let binding = server.bind(&prefix, &cidr, CDN).await;
+                server.delete_binding(&binding).await.unwrap();
+                round += 1;
+            }
+            round
+        })
+    };
+    let mut n_lookups = 0;
+    for i in 0..300 {
+        let address = format!("172.20.{}.1", i % 256);
+        let answer = lookup(&server, &address, false).await.unwrap();
+        let binding = answer.binding.expect("the prefix-wide binding always matches");
+        assert!(
+            binding.id == wide.id || binding.cidr == format!("172.20.{}.0/24", i % 256),
+            "{binding:?}"
+        );
+        n_lookups += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer.await.unwrap();
+    assert!(rounds > 0 && n_lookups == 300);
+}

@@ -1,0 +1,62 @@
+//! The server as a whole: health per service, reflection, readiness.
+
+use std::time::Duration;
+
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn health_reports_the_server_and_each_service() {
+    let mut server = TestServer::start().await;
+    let mut health = server.health();
+    for name in [
+        "",
+        "addressing.v1.Prefixes",
+        "addressing.v1.ServiceBindings",
+        "addressing.v1.Services",
+        "addressing.v1.Routing",
+    ] {
+        let request = HealthCheckRequest { service: name.into() };
+        let status = health.check(request).await.unwrap().into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{name:?}");
+    }
+    let mut watch = health
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    // A drain flips health to NOT_SERVING and ends the Watch stream instead of holding the
+    // shutdown open.
+    let stopping = tokio::spawn(async move { server.stop().await });
+    let mut seen_not_serving = false;
+    while let Ok(Ok(Some(message))) = tokio::time::timeout(Duration::from_secs(5), watch.message()).await {
+        seen_not_serving |= message.status == ServingStatus::NotServing as i32;
+    }
+    assert!(seen_not_serving);
+    stopping.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = TestServer::start_on(dir.path(), Duration::from_secs(60)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let options = ipam_bindings::server::ServerOptions {
+        data_dir: dir.path().to_path_buf(),
+        provisioning_delay: Duration::ZERO,
+    };
+    let second = tokio::time::timeout(
+        PATIENCE,
+        ipam_bindings::server::serve(options, listener, std::future::pending()),
+    )
+    .await
+    .expect("refused at once");
+    let message = second.unwrap_err().to_string();
+    assert!(message.contains("cannot open the data directory"), "{message}");
+}
