@@ -1,6 +1,7 @@
 //! The `ipam-bindings` server binary: flags -> logging -> runtime -> bind -> serve until
 //! SIGTERM or SIGINT -> drain -> exit 0.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,6 +12,7 @@ use tracing::{error, info};
 fn main() -> ExitCode {
     let config = Config::parse();
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -43,7 +45,10 @@ async fn run(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
-    info!(listen = %config.listen, data_dir = %config.data_dir.display(), "starting");
+    let address = listener
+        .local_addr()
+        .map_err(|error| format!("cannot read the listen address: {error}"))?;
+    info!(%address, data_dir = %config.data_dir.display(), "listening");
     let options = ServerOptions {
         data_dir: config.data_dir,
         provisioning_delay: config.provisioning_delay,

@@ -35,3 +35,27 @@ impl From<Error> for Status {
         Status::with_error_details(code, error.message, details)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Reason;
+
+    #[test]
+    fn the_readme_lists_every_reason_with_its_code_and_status() {
+        let readme = include_str!("../../README.md");
+        for reason in Reason::ALL {
+            let status = format!("{:?}", code_of(reason.kind()));
+            // Code::InvalidArgument -> INVALID_ARGUMENT
+            let mut status_name = String::new();
+            for (index, character) in status.chars().enumerate() {
+                if character.is_uppercase() && index > 0 {
+                    status_name.push('_');
+                }
+                status_name.push(character.to_ascii_uppercase());
+            }
+            let row = format!("| `{}` | {} | {} |", reason.name(), reason.code(), status_name);
+            assert!(readme.contains(&row), "README.md lacks the row {row}");
+        }
+    }
+}

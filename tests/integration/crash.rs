@@ -1,0 +1,237 @@
+//! Crash safety: the real binary as a subprocess, SIGKILLed in the middle of concurrent creates
+//! and deletes, several rounds on the same data directory. After each restart every
+//! acknowledged change is there, and revisions continue without reuse.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipam_bindings::pb::api;
+use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
+use tonic::transport::Channel;
+
+use crate::common::*;
+
+struct Subprocess {
+    child: Child,
+    channel: Channel,
+}
+
+/// Starts the server binary on port 0 and waits for its "listening" line.
+fn spawn_binary(dir: &Path) -> Subprocess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ipam-bindings"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--provisioning-delay",
+            "1h",
+            "--worker-threads",
+            "2",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("the server printed its address")
+            .expect("read stdout");
+        if let Some(rest) = line.split("address=").nth(1)
+            && line.contains("listening")
+        {
+            break rest.split_whitespace().next().expect("address").to_string();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .expect("uri")
+        .connect_lazy();
+    Subprocess { child, channel }
+}
+
+async fn wait_serving(channel: &Channel) {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        if let Ok(response) = health.check(request).await
+            && response.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn head_revision(channel: &Channel, prefix: &api::Prefix) -> u64 {
+    let request = api::ListServiceBindingsRequest {
+        account_id: prefix.account_id.clone(),
+        prefix_id: prefix.id.clone(),
+        page_size: 1,
+        page_token: String::new(),
+    };
+    ServiceBindingsClient::new(channel.clone())
+        .list_service_bindings(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
+}
+
+async fn all_bindings(channel: &Channel, prefix: &api::Prefix) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    let mut page_token = String::new();
+    loop {
+        let request = api::ListServiceBindingsRequest {
+            account_id: prefix.account_id.clone(),
+            prefix_id: prefix.id.clone(),
+            page_size: 0,
+            page_token,
+        };
+        let page = ServiceBindingsClient::new(channel.clone())
+            .list_service_bindings(request)
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(page.bindings.into_iter().map(|b| b.id));
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_changes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut server = spawn_binary(dir.path());
+    wait_serving(&server.channel).await;
+    let prefix = {
+        let request = api::CreatePrefixRequest {
+            account_id: account(),
+            cidr: "10.128.0.0/9".into(),
+            asn: None,
+            description: String::new(),
+        };
+        let mut client = ipam_bindings::pb::api::prefixes_client::PrefixesClient::new(server.channel.clone());
+        client.create_prefix(request).await.unwrap().into_inner()
+    };
+    let wide = api::CreateServiceBindingRequest {
+        account_id: prefix.account_id.clone(),
+        prefix_id: prefix.id.clone(),
+        cidr: prefix.cidr.clone(),
+        service_id: MAGIC_TRANSIT.into(),
+        request_id: String::new(),
+    };
+    ServiceBindingsClient::new(server.channel.clone())
+        .create_service_binding(wide)
+        .await
+        .unwrap();
+
+    // Acknowledged facts, across rounds.
+    let live: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let deleted: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut last_head = head_revision(&server.channel, &prefix).await;
+    for round in 0..4u32 {
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let mut writers = tokio::task::JoinSet::new();
+        for writer in 0..16u32 {
+            let (channel, prefix, live, deleted) =
+                (server.channel.clone(), prefix.clone(), live.clone(), deleted.clone());
+            let acknowledged = Arc::clone(&acknowledged);
+            writers.spawn(async move {
+                let mut client = ServiceBindingsClient::new(channel);
+                for i in 0.. {
+                    let cidr = format!("10.{}.{}.{}/32", 128 + round, writer, i % 256);
+                    let request = api::CreateServiceBindingRequest {
+                        account_id: prefix.account_id.clone(),
+                        prefix_id: prefix.id.clone(),
+                        cidr,
+                        service_id: CDN.into(),
+                        request_id: String::new(),
+                    };
+                    let Ok(created) = client.create_service_binding(request).await else {
+                        return;
+                    };
+                    let created = created.into_inner();
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                    live.lock().unwrap().insert(created.id.clone());
+                    if i % 3 == 0 {
+                        let request = api::DeleteServiceBindingRequest {
+                            account_id: prefix.account_id.clone(),
+                            prefix_id: prefix.id.clone(),
+                            binding_id: created.id.clone(),
+                        };
+                        if client.delete_service_binding(request).await.is_err() {
+                            // In doubt: the kill may have come before or after the commit.
+                            live.lock().unwrap().remove(&created.id);
+                            return;
+                        }
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                        live.lock().unwrap().remove(&created.id);
+                        deleted.lock().unwrap().insert(created.id);
+                    }
+                    if i >= 250 {
+                        return;
+                    }
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(100..400))).await;
+        server.child.kill().expect("SIGKILL");
+        server.child.wait().expect("reap");
+        while writers.join_next().await.is_some() {}
+
+        server = spawn_binary(dir.path());
+        wait_serving(&server.channel).await;
+        let present = all_bindings(&server.channel, &prefix).await;
+        let live = live.lock().unwrap().clone();
+        let deleted = deleted.lock().unwrap().clone();
+        assert!(!live.is_empty(), "round {round} acknowledged nothing");
+        let missing: Vec<_> = live.difference(&present).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: acknowledged bindings lost: {missing:?}"
+        );
+        let resurrected: Vec<_> = deleted.intersection(&present).collect();
+        assert!(
+            resurrected.is_empty(),
+            "round {round}: acknowledged deletes undone: {resurrected:?}"
+        );
+        let head = head_revision(&server.channel, &prefix).await;
+        let n_acknowledged = acknowledged.load(Ordering::Relaxed);
+        assert!(
+            head >= last_head + n_acknowledged,
+            "round {round}: {n_acknowledged} acknowledged events, but the head went from {last_head} to {head}"
+        );
+        last_head = head;
+    }
+    // Revisions continue after the last crash without reuse.
+    let request = api::CreateServiceBindingRequest {
+        account_id: prefix.account_id.clone(),
+        prefix_id: prefix.id.clone(),
+        cidr: "10.255.255.255/32".into(),
+        service_id: SPECTRUM.into(),
+        request_id: String::new(),
+    };
+    ServiceBindingsClient::new(server.channel.clone())
+        .create_service_binding(request)
+        .await
+        .unwrap();
+    assert_eq!(head_revision(&server.channel, &prefix).await, last_head + 1);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
