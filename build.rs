@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("addressing_descriptor.bin"))
+        // Undecodable requests are the caller's fault: INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::api::codec::AddressingCodec")
         .build_client(true)
         .build_server(true)
         .compile_protos(

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use crate::domain::{Command, Error, Event, Micros, Outcome, Reason, State};
 use crate::log::{EventLog, LogError};
@@ -188,7 +188,15 @@ impl Writer {
 
     fn commit(&mut self, events: Vec<Event>, replies: Vec<Reply>) {
         if !events.is_empty() {
-            if let Err(error) = self.log.append(&events) {
+            let started = std::time::Instant::now();
+            let appended = self.log.append(&events);
+            debug!(
+                n_commands = replies.len(),
+                n_events = events.len(),
+                fsync_us = started.elapsed().as_micros() as u64,
+                "group committed"
+            );
+            if let Err(error) = appended {
                 error!(%error, first_revision = events[0].revision, n_events = events.len(), "appending to the log failed");
                 self.roll_back(&events);
                 let unavailable = Error::new(

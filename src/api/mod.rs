@@ -2,6 +2,7 @@
 //! of every field (collecting all violations), turns the request into a command or a query,
 //! and converts the result; [`status`] is the only place where domain errors become statuses.
 
+pub mod codec;
 pub mod convert;
 pub mod page_token;
 pub mod prefixes;

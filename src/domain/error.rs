@@ -90,6 +90,8 @@ reasons! {
     TooManyAddresses = ("TOO_MANY_ADDRESSES", 1017, InvalidArgument),
     /// A watch filter on prefix or binding without an account.
     FilterNeedsAccount = ("FILTER_NEEDS_ACCOUNT", 1018, InvalidArgument),
+    /// The request is not a valid protobuf message (e.g. a string that is not UTF-8).
+    MalformedRequest = ("MALFORMED_REQUEST", 1019, InvalidArgument),
     /// The prefix overlaps an existing prefix (of any account).
     PrefixOverlaps = ("PREFIX_OVERLAPS", 1100, AlreadyExists),
     /// The first binding of a prefix must cover exactly the prefix.

@@ -321,3 +321,27 @@ async fn services_catalog_is_fixed() {
         Some("account_id"),
     );
 }
+
+/// CreatePrefixRequest with `cidr` as raw bytes, to send what a typed client cannot.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCreatePrefixRequest {
+    #[prost(string, tag = "1")]
+    account_id: String,
+    #[prost(bytes = "vec", tag = "2")]
+    cidr: Vec<u8>,
+}
+
+#[tokio::test]
+async fn undecodable_requests_are_invalid_argument_naming_the_field() {
+    let server = TestServer::start().await;
+    let mut grpc = tonic::client::Grpc::new(server.channel.clone());
+    grpc.ready().await.unwrap();
+    let request = RawCreatePrefixRequest {
+        account_id: account(),
+        cidr: vec![0xff, 0xfe, b'/', b'2'],
+    };
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/addressing.v1.Prefixes/CreatePrefix");
+    let codec = tonic_prost::ProstCodec::<RawCreatePrefixRequest, api::Prefix>::default();
+    let status = grpc.unary(tonic::Request::new(request), path, codec).await.unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "MALFORMED_REQUEST", 1019, Some("cidr"));
+}

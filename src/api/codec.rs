@@ -1,0 +1,97 @@
+//! The protobuf codec of every addressing.v1 service: tonic-prost's, except that a request
+//! that does not decode (say, a string field that is not UTF-8) is INVALID_ARGUMENT naming the
+//! field, not INTERNAL: it is the caller's input that is wrong, not the server.
+
+use prost::Message;
+use tonic::Status;
+use tonic::codec::{BufferSettings, DecodeBuf, Decoder};
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+use crate::domain::{Error, Reason};
+
+/// Wraps [`ProstCodec`]; selected for the generated code in build.rs (`codec_path`).
+#[derive(Debug, Clone, Default)]
+pub struct AddressingCodec<T, U> {
+    prost: ProstCodec<T, U>,
+}
+
+impl<T, U> tonic::codec::Codec for AddressingCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = RequestDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        self.prost.encoder()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RequestDecoder {
+            prost: self.prost.decoder(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RequestDecoder<U> {
+    prost: ProstDecoder<U>,
+}
+
+impl<U: Message + Default> Decoder for RequestDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        self.prost
+            .decode(buf)
+            .map_err(|status| Status::from(malformed(status.message())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.prost.buffer_settings()
+    }
+}
+
+/// prost describes a decode failure as "failed to decode Protobuf message: Message.field: why";
+/// the field is named when prost names it.
+fn malformed(description: &str) -> Error {
+    let field = description
+        .split(": ")
+        .find_map(|part| part.split_once('.').map(|(_, field)| field))
+        .filter(|field| {
+            !field.is_empty()
+                && field
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .unwrap_or("");
+    let message = format!("the request is not a valid protobuf message: {description}");
+    if field.is_empty() {
+        Error::new(Reason::MalformedRequest, message)
+    } else {
+        Error::field(Reason::MalformedRequest, field, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_field_prost_names() {
+        let error = malformed(
+            "failed to decode Protobuf message: CreatePrefixRequest.cidr: invalid string value: data is not UTF-8 encoded",
+        );
+        assert_eq!(error.reason, Reason::MalformedRequest);
+        assert_eq!(error.violations[0].field, "cidr");
+        assert!(
+            malformed("failed to decode Protobuf message: buffer underflow")
+                .violations
+                .is_empty()
+        );
+    }
+}
