@@ -1,0 +1,223 @@
+//! `ipamctl bench`: load generation against a running server. Closed loop by default (each of
+//! `--concurrency` workers issues its next call when the last one returns); with `--rate` it is
+//! open loop: calls are scheduled at fixed times and latency is measured from the scheduled
+//! time, so a stalled server shows up in the tail instead of being hidden (coordinated
+//! omission). `--compare a,b` alternates scenarios in one invocation and prints their ratio,
+//! because absolute numbers drift on shared machines.
+
+pub mod stats;
+pub mod watch;
+pub mod workload;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::Connection;
+use stats::{Recorder, Summary};
+use workload::Workload;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// health, lookup, lookup-batch, create, mixed, watch or load.
+    #[arg(default_value = "health")]
+    pub scenario: String,
+    /// Run these scenarios alternately (e.g. health,lookup) and print throughput ratios.
+    #[arg(long, value_delimiter = ',')]
+    pub compare: Vec<String>,
+    /// Rounds of --compare.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Calls in flight at once (workers).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// HTTP/2 connections the workers share.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// How long to measure (after warmup).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Stop after this many calls instead of after --duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Open loop at this many calls per second in total.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Unmeasured run-in before measuring.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Addresses per LookupAddresses call (lookup-batch).
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Fraction of reads in the mixed scenario.
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
+    /// Prefixes the fixture (and the load scenario) creates.
+    #[arg(long, default_value_t = 1000)]
+    pub prefixes: usize,
+    /// Bindings per prefix the fixture (and the load scenario) creates, the prefix-wide one included.
+    #[arg(long, default_value_t = 4)]
+    pub bindings_per_prefix: usize,
+    /// Watchers of the watch scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+}
+
+/// One measured run.
+pub struct RunResult {
+    pub scenario: String,
+    pub summary: Summary,
+}
+
+pub async fn run(connection: &Connection, args: &BenchArgs, json: bool) -> Result<(), String> {
+    let channels = open_channels(connection, args.connections).await?;
+    if args.scenario == "watch" && args.compare.is_empty() {
+        return watch::run(&channels, args, json).await;
+    }
+    let scenarios: Vec<String> = if args.compare.is_empty() {
+        vec![args.scenario.clone()]
+    } else {
+        args.compare.clone()
+    };
+    let mut workloads = Vec::new();
+    for scenario in &scenarios {
+        let workload = Workload::prepare(scenario, &channels, args).await?;
+        workloads.push((scenario.clone(), Arc::new(workload)));
+    }
+    let rounds = if scenarios.len() > 1 { args.rounds.max(1) } else { 1 };
+    let mut results: Vec<RunResult> = Vec::new();
+    for round in 0..rounds {
+        for (scenario, workload) in &workloads {
+            if matches!(**workload, Workload::Done) {
+                continue;
+            }
+            let summary = measure(Arc::clone(workload), &channels, args).await;
+            if json {
+                let mut value = summary.to_json(scenario);
+                value["round"] = serde_json::json!(round);
+                value["concurrency"] = serde_json::json!(args.concurrency);
+                value["connections"] = serde_json::json!(args.connections);
+                println!("{value}");
+            } else {
+                println!("{}", summary.to_line(scenario));
+            }
+            results.push(RunResult {
+                scenario: scenario.clone(),
+                summary,
+            });
+        }
+    }
+    if scenarios.len() > 1 {
+        print_ratios(&scenarios, &results, json);
+    }
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn print_ratios(scenarios: &[String], results: &[RunResult], json: bool) {
+    let medians: Vec<f64> = scenarios
+        .iter()
+        .map(|scenario| {
+            median(
+                results
+                    .iter()
+                    .filter(|r| &r.scenario == scenario)
+                    .map(|r| r.summary.calls_per_s)
+                    .collect(),
+            )
+        })
+        .collect();
+    let baseline = medians[0].max(f64::EPSILON);
+    for (scenario, value) in scenarios.iter().zip(&medians).skip(1) {
+        let ratio = value / baseline;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"ratio": ratio, "scenario": scenario, "baseline": scenarios[0], "median_calls_per_s": value, "baseline_median_calls_per_s": baseline})
+            );
+        } else {
+            println!(
+                "ratio {scenario}/{}: {ratio:.3} (median calls/s {value:.0} vs {baseline:.0})",
+                scenarios[0]
+            );
+        }
+    }
+}
+
+pub async fn open_channels(connection: &Connection, n: usize) -> Result<Vec<Channel>, String> {
+    let mut channels = Vec::new();
+    for _ in 0..n.max(1) {
+        channels.push(connection.connect().await?);
+    }
+    Ok(channels)
+}
+
+/// Runs the workload's workers through warmup and the measured window.
+async fn measure(workload: Arc<Workload>, channels: &[Channel], args: &BenchArgs) -> Summary {
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let measure_until = measure_from + args.duration;
+    let issued = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    let concurrency = args.concurrency.max(1);
+    for worker in 0..concurrency {
+        let workload = Arc::clone(&workload);
+        let channel = channels[worker % channels.len()].clone();
+        let issued = Arc::clone(&issued);
+        let (rate, requests) = (args.rate, args.requests);
+        workers.spawn(async move {
+            let mut recorder = Recorder::new();
+            let mut clients = workload::Clients::new(channel);
+            let mut sequence: u64 = 0;
+            loop {
+                let intended = match rate {
+                    // Worker k owns ticks k, k + C, k + 2C, ... of the global schedule.
+                    Some(rate) => {
+                        let tick = sequence * concurrency as u64 + worker as u64;
+                        let at = start + Duration::from_secs_f64(tick as f64 / rate);
+                        tokio::time::sleep_until(at).await;
+                        at
+                    }
+                    None => Instant::now(),
+                };
+                if intended >= measure_until {
+                    break;
+                }
+                let measured = intended >= measure_from;
+                if measured
+                    && let Some(limit) = requests
+                    && issued.fetch_add(1, Ordering::Relaxed) >= limit
+                {
+                    break;
+                }
+                let result = workload.call(&mut clients, worker, sequence).await;
+                let latency = intended.elapsed();
+                if measured {
+                    match result {
+                        Ok(n_ops) => recorder.record_ok(latency, n_ops),
+                        Err(code) => recorder.record_error(latency, code),
+                    }
+                }
+                sequence += 1;
+            }
+            recorder
+        });
+    }
+    let mut total = Recorder::new();
+    while let Some(recorder) = workers.join_next().await {
+        if let Ok(recorder) = recorder {
+            total.merge(&recorder);
+        }
+    }
+    let elapsed = Instant::now()
+        .min(measure_until)
+        .saturating_duration_since(measure_from);
+    total.summary(elapsed)
+}

@@ -1,0 +1,513 @@
+//! `ipamctl`: the command-line client of ipam-bindings and its load generator.
+//! Client commands print an aligned table (or JSON lines with `--output json`); errors print
+//! the status, reason, numeric code and offending field, and exit 1.
+
+mod bench;
+mod output;
+
+use std::io::BufRead;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ipam_bindings::pb::api;
+use ipam_bindings::pb::api::prefixes_client::PrefixesClient;
+use ipam_bindings::pb::api::routing_client::RoutingClient;
+use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
+use ipam_bindings::pb::api::services_client::ServicesClient;
+use output::{Format, binding_json, binding_table, prefix_json, prefix_table};
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+#[derive(Parser, Debug)]
+#[command(name = "ipamctl", version, about = "Client and load generator for ipam-bindings")]
+struct Cli {
+    /// The server's gRPC endpoint.
+    #[arg(long, global = true, env = "IPAM_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// The account to act as (32 lowercase hex characters).
+    #[arg(long, global = true, env = "IPAM_ACCOUNT", default_value = "")]
+    account: String,
+    /// table (for people) or json (one object per line, for scripts).
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Onboard, read, update and delete prefixes.
+    #[command(subcommand)]
+    Prefixes(PrefixCommand),
+    /// Bind CIDRs of a prefix to services.
+    #[command(subcommand)]
+    Bindings(BindingCommand),
+    /// The service catalog.
+    Services,
+    /// Which binding handles these addresses (arguments, or one per line on stdin).
+    Lookup {
+        addresses: Vec<String>,
+        #[arg(long)]
+        active_only: bool,
+    },
+    /// Print binding events as they come; reconnects and resumes after a disconnect.
+    Watch {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value = "")]
+        binding: String,
+        /// Replay from after this revision first.
+        #[arg(long)]
+        after_revision: Option<u64>,
+    },
+    /// Generate load and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum PrefixCommand {
+    Create {
+        cidr: String,
+        #[arg(long)]
+        asn: Option<u32>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Get {
+        id: String,
+    },
+    List {
+        #[arg(long)]
+        page_size: Option<i32>,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    Update {
+        id: String,
+        #[arg(long)]
+        description: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BindingCommand {
+    Create {
+        #[arg(long)]
+        prefix: String,
+        cidr: String,
+        /// A service id, or its name: magic-transit, cdn, spectrum.
+        #[arg(long)]
+        service: String,
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    Get {
+        #[arg(long)]
+        prefix: String,
+        id: String,
+    },
+    List {
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        page_size: Option<i32>,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    Delete {
+        #[arg(long)]
+        prefix: String,
+        id: String,
+    },
+}
+
+/// How to reach the server.
+pub struct Connection {
+    server: String,
+}
+
+impl Connection {
+    pub async fn connect(&self) -> Result<Channel, String> {
+        let endpoint =
+            Channel::from_shared(self.server.clone()).map_err(|e| format!("bad --server {:?}: {e}", self.server))?;
+        endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.server))
+    }
+}
+
+/// A failed call, printed with everything the status carries.
+fn describe(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(info) = status.get_details_error_info() {
+        let code = info.metadata.get("code").cloned().unwrap_or_default();
+        text.push_str(&format!("\n  reason: {} (code {code})", info.reason));
+    }
+    if let Some(bad_request) = status.get_details_bad_request() {
+        for violation in bad_request.field_violations {
+            text.push_str(&format!("\n  field {}: {}", violation.field, violation.description));
+        }
+    }
+    text
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ipamctl: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ipamctl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn service_id(name_or_id: &str) -> String {
+    match name_or_id.to_ascii_lowercase().as_str() {
+        "magic-transit" | "magic_transit" | "mt" => bench::workload::MAGIC_TRANSIT.into(),
+        "cdn" => bench::workload::CDN.into(),
+        "spectrum" => bench::workload::SPECTRUM.into(),
+        _ => name_or_id.into(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let connection = Connection {
+        server: cli.server.clone(),
+    };
+    let json = cli.output == Format::Json;
+    let account_id = cli.account.clone();
+    if let Command::Bench(args) = &cli.command {
+        return bench::run(&connection, args, json).await;
+    }
+    let channel = connection.connect().await?;
+    let fail = |status: tonic::Status| describe(&status);
+    match cli.command {
+        Command::Prefixes(command) => {
+            let mut client = PrefixesClient::new(channel);
+            let prefix = match command {
+                PrefixCommand::Create { cidr, asn, description } => {
+                    let request = api::CreatePrefixRequest {
+                        account_id,
+                        cidr,
+                        asn,
+                        description,
+                    };
+                    client.create_prefix(request).await.map_err(fail)?.into_inner()
+                }
+                PrefixCommand::Get { id } => client
+                    .get_prefix(api::GetPrefixRequest {
+                        account_id,
+                        prefix_id: id,
+                    })
+                    .await
+                    .map_err(fail)?
+                    .into_inner(),
+                PrefixCommand::Update { id, description } => {
+                    let request = api::UpdatePrefixRequest {
+                        account_id,
+                        prefix_id: id,
+                        description,
+                    };
+                    client.update_prefix(request).await.map_err(fail)?.into_inner()
+                }
+                PrefixCommand::Delete { id } => {
+                    let request = api::DeletePrefixRequest {
+                        account_id,
+                        prefix_id: id,
+                    };
+                    let deleted = client.delete_prefix(request).await.map_err(fail)?.into_inner();
+                    print_deleted(&deleted.id, json);
+                    return Ok(());
+                }
+                PrefixCommand::List { page_size, page_token } => {
+                    let follow = page_size.is_none() && page_token.is_none();
+                    let mut token = page_token.unwrap_or_default();
+                    let mut all = Vec::new();
+                    loop {
+                        let request = api::ListPrefixesRequest {
+                            account_id: account_id.clone(),
+                            page_size: page_size.unwrap_or(0),
+                            page_token: token.clone(),
+                        };
+                        let page = client.list_prefixes(request).await.map_err(fail)?.into_inner();
+                        all.extend(page.prefixes);
+                        token = page.next_page_token;
+                        if !follow || token.is_empty() {
+                            break;
+                        }
+                    }
+                    if json {
+                        all.iter().for_each(|p| println!("{}", prefix_json(p)));
+                    } else {
+                        println!("{}", prefix_table(&all).render());
+                    }
+                    print_next_token(&token, follow, json);
+                    return Ok(());
+                }
+            };
+            if json {
+                println!("{}", prefix_json(&prefix))
+            } else {
+                println!("{}", prefix_table(&[prefix]).render())
+            }
+        }
+        Command::Bindings(command) => {
+            let mut client = ServiceBindingsClient::new(channel);
+            let binding = match command {
+                BindingCommand::Create {
+                    prefix,
+                    cidr,
+                    service,
+                    request_id,
+                } => {
+                    let request = api::CreateServiceBindingRequest {
+                        account_id,
+                        prefix_id: prefix,
+                        cidr,
+                        service_id: service_id(&service),
+                        request_id,
+                    };
+                    client.create_service_binding(request).await.map_err(fail)?.into_inner()
+                }
+                BindingCommand::Get { prefix, id } => {
+                    let request = api::GetServiceBindingRequest {
+                        account_id,
+                        prefix_id: prefix,
+                        binding_id: id,
+                    };
+                    client.get_service_binding(request).await.map_err(fail)?.into_inner()
+                }
+                BindingCommand::Delete { prefix, id } => {
+                    let request = api::DeleteServiceBindingRequest {
+                        account_id,
+                        prefix_id: prefix,
+                        binding_id: id,
+                    };
+                    let deleted = client.delete_service_binding(request).await.map_err(fail)?.into_inner();
+                    print_deleted(&deleted.id, json);
+                    return Ok(());
+                }
+                BindingCommand::List {
+                    prefix,
+                    page_size,
+                    page_token,
+                } => {
+                    let follow = page_size.is_none() && page_token.is_none();
+                    let mut token = page_token.unwrap_or_default();
+                    let mut all = Vec::new();
+                    loop {
+                        let request = api::ListServiceBindingsRequest {
+                            account_id: account_id.clone(),
+                            prefix_id: prefix.clone(),
+                            page_size: page_size.unwrap_or(0),
+                            page_token: token.clone(),
+                        };
+                        let page = client.list_service_bindings(request).await.map_err(fail)?.into_inner();
+                        all.extend(page.bindings);
+                        token = page.next_page_token;
+                        if !follow || token.is_empty() {
+                            break;
+                        }
+                    }
+                    if json {
+                        all.iter().for_each(|b| println!("{}", binding_json(b)));
+                    } else {
+                        println!("{}", binding_table(&all).render());
+                    }
+                    print_next_token(&token, follow, json);
+                    return Ok(());
+                }
+            };
+            if json {
+                println!("{}", binding_json(&binding))
+            } else {
+                println!("{}", binding_table(&[binding]).render())
+            }
+        }
+        Command::Services => {
+            let services = ServicesClient::new(channel)
+                .list_services(api::ListServicesRequest { account_id })
+                .await
+                .map_err(fail)?
+                .into_inner()
+                .services;
+            let mut table = output::Table::new(vec!["ID", "NAME"]);
+            for service in services {
+                if json {
+                    println!("{}", serde_json::json!({"id": service.id, "name": service.name}));
+                }
+                table.push(vec![service.id, service.name]);
+            }
+            if !json {
+                println!("{}", table.render());
+            }
+        }
+        Command::Lookup { addresses, active_only } => {
+            let addresses = if addresses.is_empty() || addresses == ["-"] {
+                std::io::stdin()
+                    .lock()
+                    .lines()
+                    .map_while(Result::ok)
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect()
+            } else {
+                addresses
+            };
+            let mut client = RoutingClient::new(channel);
+            let mut table = output::Table::new(vec![
+                "ADDRESS", "FOUND", "CIDR", "SERVICE", "STATE", "PREFIX", "ACCOUNT",
+            ]);
+            for chunk in addresses.chunks(10_000) {
+                let request = api::LookupAddressesRequest {
+                    addresses: chunk.to_vec(),
+                    active_only,
+                };
+                for result in client
+                    .lookup_addresses(request)
+                    .await
+                    .map_err(fail)?
+                    .into_inner()
+                    .results
+                {
+                    let binding = result.binding.as_ref();
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"address": result.address, "found": result.found, "prefix_id": result.prefix_id,
+                                "account_id": result.account_id, "binding": binding.map(binding_json)})
+                        );
+                    }
+                    table.push(vec![
+                        result.address.clone(),
+                        result.found.to_string(),
+                        binding.map(|b| b.cidr.clone()).unwrap_or_default(),
+                        binding.map(|b| b.service_name.clone()).unwrap_or_default(),
+                        binding
+                            .map(|b| binding_json(b)["state"].as_str().unwrap_or_default().to_string())
+                            .unwrap_or_default(),
+                        result.prefix_id.clone(),
+                        result.account_id.clone(),
+                    ]);
+                }
+            }
+            if !json {
+                println!("{}", table.render());
+            }
+        }
+        Command::Watch {
+            prefix,
+            binding,
+            after_revision,
+        } => watch(&connection, account_id, prefix, binding, after_revision, json).await?,
+        Command::Bench(_) => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn print_deleted(id: &str, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({"deleted": id}))
+    } else {
+        println!("deleted {id}")
+    }
+}
+
+fn print_next_token(token: &str, followed: bool, json: bool) {
+    if !followed && !token.is_empty() {
+        if json {
+            println!("{}", serde_json::json!({"next_page_token": token}));
+        } else {
+            println!("next page: --page-token {token}");
+        }
+    }
+}
+
+/// Follows the stream; on a disconnect (or the server's UNAVAILABLE at shutdown) reconnects
+/// with the last revision seen, so no event is missed or repeated.
+async fn watch(
+    connection: &Connection,
+    account_id: String,
+    prefix_id: String,
+    binding_id: String,
+    mut after_revision: Option<u64>,
+    json: bool,
+) -> Result<(), String> {
+    loop {
+        let channel = match connection.connect().await {
+            Ok(channel) => channel,
+            Err(error) => {
+                eprintln!("ipamctl: {error}; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let request = api::WatchServiceBindingsRequest {
+            account_id: account_id.clone(),
+            prefix_id: prefix_id.clone(),
+            binding_id: binding_id.clone(),
+            after_revision,
+        };
+        let mut stream = match ServiceBindingsClient::new(channel)
+            .watch_service_bindings(request)
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                eprintln!("ipamctl: {}; retrying in 1 s", describe(&status));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(status) => return Err(describe(&status)),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(event)) => {
+                    after_revision = Some(event.revision);
+                    let kind = event
+                        .kind()
+                        .as_str_name()
+                        .trim_start_matches("SERVICE_BINDING_EVENT_KIND_")
+                        .to_string();
+                    let binding = event.binding.unwrap_or_default();
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"revision": event.revision, "kind": kind, "binding": binding_json(&binding)})
+                        );
+                    } else {
+                        let state = binding_json(&binding)["state"].as_str().unwrap_or_default().to_string();
+                        println!(
+                            "{:>8}  {kind:<26}  {:<20}  {:<13}  {state:<12}  {}",
+                            event.revision, binding.cidr, binding.service_name, binding.id
+                        );
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    eprintln!(
+                        "ipamctl: stream ended: {}; resuming after revision {}",
+                        describe(&status),
+                        after_revision.unwrap_or(0)
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
