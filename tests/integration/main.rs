@@ -4,6 +4,7 @@
 mod common;
 
 mod bindings;
+mod cli;
 mod crash;
 mod prefixes;
 mod routing;
