@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
@@ -130,8 +130,10 @@ pub async fn serve(
         .add_service(RoutingServer::new(RoutingService::new(app.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES));
 
     let mut drain_signal = stop_receiver.clone();
+    // Without TCP_NODELAY, a response's HTTP/2 frames can wait on the peer's delayed ACK (~40 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut serving = tokio::spawn(
-        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        router.serve_with_incoming_shutdown(incoming, async move {
             let _ = drain_signal.wait_for(|stopping| *stopping).await;
         }),
     );
