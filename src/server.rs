@@ -132,11 +132,9 @@ pub async fn serve(
     let mut drain_signal = stop_receiver.clone();
     // Without TCP_NODELAY, a response's HTTP/2 frames can wait on the peer's delayed ACK (~40 ms).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut serving = tokio::spawn(
-        router.serve_with_incoming_shutdown(incoming, async move {
-            let _ = drain_signal.wait_for(|stopping| *stopping).await;
-        }),
-    );
+    let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = drain_signal.wait_for(|stopping| *stopping).await;
+    }));
     // Shutdown may be asked for while the projections still load.
     let shutdown_requested = {
         let stop_sender = stop_sender.clone();

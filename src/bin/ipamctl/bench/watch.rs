@@ -1,12 +1,14 @@
 //! The watch fan-out benchmark: `--watchers` live watchers while creates run at a steady
-//! `--rate`. Reports delivery lag from the writer's acknowledgement to arrival at each watcher
-//! (p50, p99, max; an event that arrives before the writer has its reply counts as 0), events
-//! lost (every watcher must see every create), and the create throughput with and without one
-//! stalled watcher (a stream that is never read), alternated in one run.
+//! `--rate` (each create is its own task, so a slow reply does not lower the rate). Reports
+//! delivery lag from commit to arrival at each watcher (the event's `time`, stamped by the
+//! server when it decided the change, to the watcher's clock on arrival: both on this
+//! machine), events lost (every watcher must see every acknowledged create), and the create
+//! throughput with and without one stalled watcher (a stream that is never read), alternated.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipam_bindings::pb::api;
 use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
@@ -25,7 +27,8 @@ pub async fn run(channels: &[Channel], args: &BenchArgs, json: bool) -> Result<(
     let account_id = targets.account_id();
 
     // 1. Fan-out: lag and loss.
-    let acknowledged: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let acknowledged: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let n_arrivals = Arc::new(AtomicU64::new(0));
     let mut watchers = tokio::task::JoinSet::new();
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     for index in 0..args.watchers {
@@ -40,16 +43,21 @@ pub async fn run(channels: &[Channel], args: &BenchArgs, json: bool) -> Result<(
             .map_err(|s| format!("watch: {s:?}"))?
             .into_inner();
         let mut stop = stop.clone();
+        let n_arrivals = Arc::clone(&n_arrivals);
         watchers.spawn(async move {
-            let mut arrivals: Vec<(String, Instant)> = Vec::new();
+            // (binding id, lag from the event's commit time to arrival)
+            let mut arrivals: Vec<(String, Duration)> = Vec::new();
             loop {
                 tokio::select! {
                     message = stream.message() => match message {
                         Ok(Some(event)) => {
                             if event.kind() == api::ServiceBindingEventKind::Created
-                                && let Some(binding) = event.binding
+                                && let (Some(binding), Some(time)) = (event.binding, event.time)
                             {
-                                arrivals.push((binding.id, Instant::now()));
+                                let committed = UNIX_EPOCH + Duration::new(time.seconds as u64, time.nanos as u32);
+                                let lag = SystemTime::now().duration_since(committed).unwrap_or_default();
+                                arrivals.push((binding.id, lag));
+                                n_arrivals.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         _ => break,
@@ -62,37 +70,47 @@ pub async fn run(channels: &[Channel], args: &BenchArgs, json: bool) -> Result<(
     }
     let rate = args.rate.unwrap_or(500.0);
     let started = Instant::now();
-    let mut clients = Clients::new(channels[0].clone());
-    let mut n_created = 0u64;
+    let mut creates = tokio::task::JoinSet::new();
     let mut sequence = 0u64;
     while started.elapsed() < args.duration {
         let at = started + Duration::from_secs_f64(sequence as f64 / rate);
         tokio::time::sleep_until(at).await;
-        if let Ok(response) = clients
-            .bindings_mut()
-            .create_service_binding(targets.next_request())
-            .await
-        {
-            acknowledged
-                .lock()
-                .map_err(|_| "poisoned")?
-                .insert(response.into_inner().id, Instant::now());
-            n_created += 1;
-        }
+        let mut client = ServiceBindingsClient::new(channels[sequence as usize % channels.len()].clone());
+        let (request, acknowledged) = (targets.next_request(), Arc::clone(&acknowledged));
+        creates.spawn(async move {
+            if let Ok(response) = client.create_service_binding(request).await
+                && let Ok(mut acknowledged) = acknowledged.lock()
+            {
+                acknowledged.insert(response.into_inner().id);
+            }
+        });
         sequence += 1;
     }
-    // Let the last events arrive, then stop the watchers.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    while creates.join_next().await.is_some() {}
+    // Let the last events arrive (until all have, or nothing moved for 5 s), then stop.
+    let expected = acknowledged.lock().map_err(|_| "poisoned")?.len() as u64 * args.watchers as u64;
+    let (mut last_count, mut last_progress) = (0, Instant::now());
+    while last_progress.elapsed() < Duration::from_secs(5) {
+        let count = n_arrivals.load(Ordering::Relaxed);
+        if count >= expected {
+            break;
+        }
+        if count != last_count {
+            (last_count, last_progress) = (count, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = stop_sender.send(true);
     let acknowledged = acknowledged.lock().map_err(|_| "poisoned")?.clone();
+    let n_created = acknowledged.len();
     let mut lag = Recorder::new();
     let mut lost = 0u64;
     while let Some(arrivals) = watchers.join_next().await {
         let arrivals = arrivals.map_err(|e| e.to_string())?;
-        let seen: HashMap<&String, &Instant> = arrivals.iter().map(|(id, at)| (id, at)).collect();
-        for (id, acked_at) in &acknowledged {
+        let seen: HashMap<&String, &Duration> = arrivals.iter().map(|(id, lag)| (id, lag)).collect();
+        for id in &acknowledged {
             match seen.get(id) {
-                Some(arrived) => lag.record_ok(arrived.saturating_duration_since(*acked_at), 1),
+                Some(lag_of_event) => lag.record_ok(**lag_of_event, 1),
                 None => lost += 1,
             }
         }
@@ -140,7 +158,7 @@ pub async fn run(channels: &[Channel], args: &BenchArgs, json: bool) -> Result<(
             args.watchers, lag_summary.n_calls
         );
         println!(
-            "delivery lag from acknowledgement: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            "delivery lag from commit: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
             lag_summary.p50_ms, lag_summary.p99_ms, lag_summary.max_ms
         );
         println!(

@@ -28,10 +28,6 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn bindings_mut(&mut self) -> &mut ServiceBindingsClient<Channel> {
-        &mut self.bindings
-    }
-
     pub fn new(channel: Channel) -> Clients {
         Clients {
             health: HealthClient::new(channel.clone()),
