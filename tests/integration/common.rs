@@ -79,23 +79,8 @@ impl TestServer {
             task: Some(task),
             provisioning_delay,
         };
-        server.wait_until_serving().await;
+        wait_until_serving(&server.channel).await;
         server
-    }
-
-    async fn wait_until_serving(&self) {
-        let mut health = HealthClient::new(self.channel.clone());
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
-            if let Ok(response) = health.check(request).await
-                && response.into_inner().status == ServingStatus::Serving as i32
-            {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "server never became SERVING");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
     }
 
     /// Graceful shutdown; returns what `serve` returned.
@@ -225,6 +210,22 @@ impl Drop for TestServer {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+    }
+}
+
+/// Polls grpc.health.v1 Check until the server reports SERVING (bounded by [`PATIENCE`]).
+pub async fn wait_until_serving(channel: &Channel) {
+    let mut health = HealthClient::new(channel.clone());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        if let Ok(response) = health.check(request).await
+            && response.into_inner().status == ServingStatus::Serving as i32
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "server never became SERVING");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -60,21 +60,6 @@ fn spawn_binary(dir: &Path) -> Subprocess {
     Subprocess { child, channel }
 }
 
-async fn wait_serving(channel: &Channel) {
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
-        if let Ok(response) = health.check(request).await
-            && response.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-        {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never SERVING");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn head_revision(channel: &Channel, prefix: &api::Prefix) -> u64 {
     let request = api::ListServiceBindingsRequest {
         account_id: prefix.account_id.clone(),
@@ -118,7 +103,7 @@ async fn acknowledged_changes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = fastrand::Rng::with_seed(42);
     let mut server = spawn_binary(dir.path());
-    wait_serving(&server.channel).await;
+    wait_until_serving(&server.channel).await;
     let prefix = {
         let request = api::CreatePrefixRequest {
             account_id: account(),
@@ -196,7 +181,7 @@ async fn acknowledged_changes_survive_sigkill() {
         while writers.join_next().await.is_some() {}
 
         server = spawn_binary(dir.path());
-        wait_serving(&server.channel).await;
+        wait_until_serving(&server.channel).await;
         let present = all_bindings(&server.channel, &prefix).await;
         let live = live.lock().unwrap().clone();
         let deleted = deleted.lock().unwrap().clone();

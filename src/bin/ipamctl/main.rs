@@ -235,21 +235,23 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
                 PrefixCommand::List { page_size, page_token } => {
                     let follow = page_size.is_none() && page_token.is_none();
-                    let mut token = page_token.unwrap_or_default();
-                    let mut all = Vec::new();
-                    loop {
+                    let (all, token) = collect_pages(follow, page_token.unwrap_or_default(), |page_token| {
+                        let mut client = client.clone();
                         let request = api::ListPrefixesRequest {
                             account_id: account_id.clone(),
                             page_size: page_size.unwrap_or(0),
-                            page_token: token.clone(),
+                            page_token,
                         };
-                        let page = client.list_prefixes(request).await.map_err(fail)?.into_inner();
-                        all.extend(page.prefixes);
-                        token = page.next_page_token;
-                        if !follow || token.is_empty() {
-                            break;
+                        async move {
+                            let page = client
+                                .list_prefixes(request)
+                                .await
+                                .map_err(|s| describe(&s))?
+                                .into_inner();
+                            Ok((page.prefixes, page.next_page_token))
                         }
-                    }
+                    })
+                    .await?;
                     if json {
                         all.iter().for_each(|p| println!("{}", prefix_json(p)));
                     } else {
@@ -307,22 +309,24 @@ async fn run(cli: Cli) -> Result<(), String> {
                     page_token,
                 } => {
                     let follow = page_size.is_none() && page_token.is_none();
-                    let mut token = page_token.unwrap_or_default();
-                    let mut all = Vec::new();
-                    loop {
+                    let (all, token) = collect_pages(follow, page_token.unwrap_or_default(), |page_token| {
+                        let mut client = client.clone();
                         let request = api::ListServiceBindingsRequest {
                             account_id: account_id.clone(),
                             prefix_id: prefix.clone(),
                             page_size: page_size.unwrap_or(0),
-                            page_token: token.clone(),
+                            page_token,
                         };
-                        let page = client.list_service_bindings(request).await.map_err(fail)?.into_inner();
-                        all.extend(page.bindings);
-                        token = page.next_page_token;
-                        if !follow || token.is_empty() {
-                            break;
+                        async move {
+                            let page = client
+                                .list_service_bindings(request)
+                                .await
+                                .map_err(|s| describe(&s))?
+                                .into_inner();
+                            Ok((page.bindings, page.next_page_token))
                         }
-                    }
+                    })
+                    .await?;
                     if json {
                         all.iter().for_each(|b| println!("{}", binding_json(b)));
                     } else {
@@ -417,6 +421,28 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Bench(_) => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// Fetches pages until the last one, or just one page when the caller chose the page
+/// (`follow` false). Returns the items and the token of the page after them.
+async fn collect_pages<T, Page>(
+    follow: bool,
+    first_token: String,
+    mut fetch: impl FnMut(String) -> Page,
+) -> Result<(Vec<T>, String), String>
+where
+    Page: std::future::Future<Output = Result<(Vec<T>, String), String>>,
+{
+    let mut token = first_token;
+    let mut all = Vec::new();
+    loop {
+        let (items, next_token) = fetch(token).await?;
+        all.extend(items);
+        token = next_token;
+        if !follow || token.is_empty() {
+            return Ok((all, token));
+        }
+    }
 }
 
 fn print_deleted(id: &str, json: bool) {
