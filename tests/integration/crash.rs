@@ -175,7 +175,7 @@ async fn acknowledged_changes_survive_sigkill() {
                 }
             });
         }
-        tokio::time::sleep(Duration::from_millis(rng.u64(100..400))).await;
+        tokio::time::sleep(Duration::from_millis(rng.u64(200..500))).await;
         server.child.kill().expect("SIGKILL");
         server.child.wait().expect("reap");
         while writers.join_next().await.is_some() {}
