@@ -19,6 +19,8 @@ use tracing::{debug, warn};
 use crate::domain::{BindingId, Change, Command, ErrorKind, Micros};
 use crate::engine::Engine;
 
+/// Activations submitted to the writer at once.
+const MAX_IN_FLIGHT: usize = 256;
 /// How long to wait before retrying an activation the log could not store.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
@@ -54,6 +56,36 @@ impl Schedule {
     }
 }
 
+/// Reports every due binding propagated. Activations run concurrently (up to
+/// [`MAX_IN_FLIGHT`]), so that after a restart a large backlog shares fsyncs through group
+/// commit instead of paying one each. One the log could not store is retried later.
+async fn activate_due(engine: &Arc<Engine>, schedule: &mut Schedule, shutdown: &watch::Receiver<bool>) {
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        while in_flight.len() < MAX_IN_FLIGHT
+            && let Some(binding_id) = schedule.pop_due(Micros::now())
+        {
+            let engine = Arc::clone(engine);
+            in_flight.spawn(async move {
+                (
+                    binding_id,
+                    engine.execute(Command::ActivateBinding { binding_id }).await,
+                )
+            });
+        }
+        let Some(joined) = in_flight.join_next().await else {
+            return;
+        };
+        let Ok((binding_id, Err(error))) = joined else { continue };
+        if error.kind() == ErrorKind::Unavailable && !*shutdown.borrow() {
+            warn!(%binding_id, %error, "activation not stored; will retry");
+            schedule.add(Micros::now().plus(RETRY_AFTER), binding_id);
+        } else {
+            debug!(%binding_id, %error, "activation dropped");
+        }
+    }
+}
+
 /// Runs the rollout until `shutdown` turns true.
 pub async fn run(engine: Arc<Engine>, delay: Duration, mut shutdown: watch::Receiver<bool>) {
     // Subscribe before scanning, so no binding created in between is missed (a binding seen
@@ -62,16 +94,7 @@ pub async fn run(engine: Arc<Engine>, delay: Duration, mut shutdown: watch::Rece
     let mut schedule = Schedule::default();
     schedule.rescan(&engine, delay);
     loop {
-        while let Some(binding_id) = schedule.pop_due(Micros::now()) {
-            if let Err(error) = engine.execute(Command::ActivateBinding { binding_id }).await {
-                if error.kind() == ErrorKind::Unavailable && !*shutdown.borrow() {
-                    warn!(%binding_id, %error, "activation not stored; will retry");
-                    schedule.add(Micros::now().plus(RETRY_AFTER), binding_id);
-                    break;
-                }
-                debug!(%binding_id, %error, "activation dropped");
-            }
-        }
+        activate_due(&engine, &mut schedule, &shutdown).await;
         let sleep = match schedule.next_due() {
             Some(due) => Duration::from_micros(due.0.saturating_sub(Micros::now().0).max(0) as u64),
             None => Duration::from_secs(3600),
