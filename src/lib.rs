@@ -9,12 +9,13 @@
 //! - [`api`]: the gRPC edge (request -> command/query, domain error -> status).
 //! - [`server`]: wires health, reflection and the services onto a listener; graceful shutdown.
 //! - [`config`]: flags and environment.
-//! - [`pb`]: generated protobuf code.
+//! - [`pb`]: generated protobuf code; [`hex`]: the hex encoding of tokens and exports.
 
 pub mod api;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod hex;
 pub mod log;
 pub mod pb;
 pub mod projection;

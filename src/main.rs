@@ -5,12 +5,28 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ipam_bindings::config::Config;
+use std::path::Path;
+
+use ipam_bindings::config::{Config, Tool};
+use ipam_bindings::log::{EventLog, tools};
 use ipam_bindings::server::{ServerOptions, serve};
 use tracing::{error, info};
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(tool) = &config.tool {
+        return match run_tool(tool, &config.data_dir) {
+            // Reports go to stderr: an export may be writing the log to stdout.
+            Ok(report) => {
+                eprintln!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("ipam-bindings: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(
@@ -56,6 +72,40 @@ async fn run(config: Config) -> Result<(), String> {
     serve(options, listener, termination())
         .await
         .map_err(|error| error.to_string())
+}
+
+/// Runs an offline operator tool; returns its report.
+fn run_tool(tool: &Tool, data_dir: &Path) -> Result<String, String> {
+    let log = EventLog::open(data_dir).map_err(|error| format!("cannot open {}: {error}", data_dir.display()))?;
+    match tool {
+        Tool::Verify => {
+            let verified = tools::verify(&log).map_err(|error| error.to_string())?;
+            Ok(format!(
+                "ok: {} events, head revision {}",
+                verified.n_events, verified.head
+            ))
+        }
+        Tool::Export { output } => {
+            let n_events = if output.as_os_str() == "-" {
+                tools::export(&log, &mut std::io::stdout().lock())
+            } else {
+                let file = std::fs::File::create(output).map_err(|error| format!("{}: {error}", output.display()))?;
+                tools::export(&log, &mut std::io::BufWriter::new(file))
+            }
+            .map_err(|error| error.to_string())?;
+            Ok(format!("exported {n_events} events"))
+        }
+        Tool::Import { input } => {
+            let n_events = if input.as_os_str() == "-" {
+                tools::import(&log, std::io::stdin().lock())
+            } else {
+                let file = std::fs::File::open(input).map_err(|error| format!("{}: {error}", input.display()))?;
+                tools::import(&log, std::io::BufReader::new(file))
+            }
+            .map_err(|error| error.to_string())?;
+            Ok(format!("imported {n_events} events into {}", data_dir.display()))
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

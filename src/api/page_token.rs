@@ -34,7 +34,7 @@ pub fn encode(scope: &ListScope<'_>, after: NetworkKey) -> String {
     bytes.extend_from_slice(&after.to_bytes());
     let checksum = seal(scope, &bytes);
     bytes.extend_from_slice(&checksum.to_be_bytes());
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::hex::encode(&bytes)
 }
 
 /// The key to continue after: `None` for the first page (empty token).
@@ -49,7 +49,7 @@ pub fn decode(scope: &ListScope<'_>, field: &str, token: &str) -> Result<Option<
             format!("{field} was not issued by this server for this list; start again with an empty {field}"),
         )
     };
-    let bytes = hex_bytes(token).ok_or_else(invalid)?;
+    let bytes = crate::hex::decode(token).ok_or_else(invalid)?;
     if bytes.len() != TOKEN_LEN || bytes[0] != TOKEN_VERSION {
         return Err(invalid());
     }
@@ -58,16 +58,6 @@ pub fn decode(scope: &ListScope<'_>, field: &str, token: &str) -> Result<Option<
         return Err(invalid());
     }
     NetworkKey::from_bytes(&body[1..]).map(Some).ok_or_else(invalid)
-}
-
-fn hex_bytes(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

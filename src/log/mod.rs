@@ -4,6 +4,7 @@
 //! group atomically and returns only once sled has fsynced it.
 
 pub mod codec;
+pub mod tools;
 
 use std::path::Path;
 
@@ -76,6 +77,14 @@ impl EventLog {
         for event in events {
             self.events.remove(event.revision.to_be_bytes())?;
         }
+        Ok(())
+    }
+
+    /// Removes every record and makes that durable. Only for [`tools::import`] undoing a
+    /// failed import into what was an empty directory: the log is otherwise never rewritten.
+    pub(crate) fn clear(&self) -> Result<(), LogError> {
+        self.events.clear()?;
+        self.db.flush()?;
         Ok(())
     }
 
