@@ -12,7 +12,8 @@ pub fn encode(bytes: &[u8]) -> String {
 
 /// `None` unless `text` is an even number of hex digits.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+    // Check the digits here: from_str_radix would also accept a sign ("+1").
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
