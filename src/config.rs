@@ -1,17 +1,47 @@
 //! Command-line flags, each also readable from an environment variable. Parsing only: no I/O.
+//! `ipam-bindings --help` lists every flag with its default and variable.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, ValueEnum};
 
 /// ipam-bindings: decides which network service handles each address of a customer's BYOIP
 /// prefixes, over gRPC.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "ipam-bindings", version, about)]
 pub struct Config {
-    /// Address to serve gRPC on (plaintext HTTP/2).
+    #[command(flatten)]
+    pub server: ServerOptions,
+
+    /// Tokio worker threads for the server (0 = one per core).
+    #[arg(long, env = "IPAM_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
+    /// Log line format: text for people, json for log shippers. Filter with RUST_LOG.
+    #[arg(long, env = "IPAM_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// An operator tool to run instead of the server (with the server stopped).
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// Everything `server::serve` needs besides its listener.
+#[derive(Clone, Debug, Args)]
+pub struct ServerOptions {
+    /// Address to serve gRPC on.
     #[arg(long, env = "IPAM_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
@@ -20,16 +50,73 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// How long the built-in rollout takes to report a new binding propagated (0s, 250ms, 5s, 4h).
-    #[arg(long, env = "IPAM_PROVISIONING_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "IPAM_PROVISIONING_DELAY", default_value = "5s", value_parser = duration)]
     pub provisioning_delay: Duration,
 
-    /// Tokio worker threads for the server (0 = one per core).
-    #[arg(long, env = "IPAM_WORKER_THREADS", default_value_t = 0)]
-    pub worker_threads: usize,
+    /// On SIGTERM: how long to keep serving with health NOT_SERVING, so the mesh stops routing
+    /// new calls here before the listener closes.
+    #[arg(long, env = "IPAM_DRAIN_DELAY", default_value = "0s", value_parser = duration)]
+    pub drain_delay: Duration,
 
-    /// An operator tool to run instead of the server (with the server stopped).
-    #[command(subcommand)]
-    pub tool: Option<Tool>,
+    /// After the drain delay: how long calls in flight get to finish before they are cut.
+    #[arg(long, env = "IPAM_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
+    /// Largest request message accepted, in bytes (larger: RESOURCE_EXHAUSTED).
+    #[arg(long, env = "IPAM_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Calls served at once across all connections; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "IPAM_MAX_CONCURRENT_CALLS", default_value_t = 4096)]
+    pub max_concurrent_calls: usize,
+
+    /// Calls served at once on one connection; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "IPAM_MAX_CALLS_PER_CONNECTION", default_value_t = 1024)]
+    pub max_calls_per_connection: usize,
+
+    /// Longest a unary call may take (a shorter grpc-timeout from the caller wins); past it the
+    /// caller gets DEADLINE_EXCEEDED. Watch streams are not limited.
+    #[arg(long, env = "IPAM_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub request_timeout: Duration,
+
+    /// Interval of HTTP/2 keepalive pings to idle clients.
+    #[arg(long, env = "IPAM_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = "IPAM_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off when not set).
+    #[arg(long, env = "IPAM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "IPAM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "IPAM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS; needs --tls-cert).
+    #[arg(long, env = "IPAM_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl ServerOptions {
+    /// The defaults, with this data directory and provisioning delay (for tests and embedding).
+    pub fn new(data_dir: impl Into<PathBuf>, provisioning_delay: Duration) -> ServerOptions {
+        #[derive(Parser)]
+        struct DefaultsOnly {
+            #[command(flatten)]
+            options: ServerOptions,
+        }
+        let mut options = DefaultsOnly::parse_from(["ipam-bindings"]).options;
+        options.data_dir = data_dir.into();
+        options.provisioning_delay = provisioning_delay;
+        options
+    }
 }
 
 /// Offline operator tools over `--data-dir`.
@@ -50,4 +137,31 @@ pub enum Tool {
         #[arg(long, default_value = "-")]
         input: PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_with_humane_durations() {
+        let config = Config::parse_from([
+            "ipam-bindings",
+            "--provisioning-delay",
+            "250ms",
+            "--drain-delay",
+            "5s",
+            "--listen",
+            "0.0.0.0:9000",
+        ]);
+        assert_eq!(config.server.provisioning_delay, Duration::from_millis(250));
+        assert_eq!(config.server.drain_delay, Duration::from_secs(5));
+        assert_eq!(config.server.listen.port(), 9000);
+        assert!(
+            Config::try_parse_from(["ipam-bindings", "--tls-cert", "c.pem"]).is_err(),
+            "cert needs a key"
+        );
+        let options = ServerOptions::new("/tmp/x", Duration::ZERO);
+        assert_eq!(options.shutdown_grace, Duration::from_secs(10));
+    }
 }

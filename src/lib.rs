@@ -7,6 +7,7 @@
 //! - [`engine`]: the single writer: decide -> append + group fsync -> apply -> publish -> reply.
 //! - [`rollout`]: turns bindings ACTIVE once the provisioning delay has passed.
 //! - [`api`]: the gRPC edge (request -> command/query, domain error -> status).
+//! - [`edge`]: the tower layer in front of the services (global call cap, x-request-id).
 //! - [`server`]: wires health, reflection and the services onto a listener; graceful shutdown.
 //! - [`config`]: flags and environment.
 //! - [`pb`]: generated protobuf code; [`hex`]: the hex encoding of tokens and exports.
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod edge;
 pub mod engine;
 pub mod hex;
 pub mod log;

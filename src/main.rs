@@ -9,13 +9,13 @@ use std::path::Path;
 
 use ipam_bindings::config::{Config, Tool};
 use ipam_bindings::log::{EventLog, tools};
-use ipam_bindings::server::{ServerOptions, serve};
+use ipam_bindings::server::serve;
 use tracing::{error, info};
 
 fn main() -> ExitCode {
     let config = Config::parse();
     if let Some(tool) = &config.tool {
-        return match run_tool(tool, &config.data_dir) {
+        return match run_tool(tool, &config.server.data_dir) {
             // Reports go to stderr: an export may be writing the log to stdout.
             Ok(report) => {
                 eprintln!("{report}");
@@ -58,18 +58,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
-        .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+        .map_err(|error| format!("cannot listen on {}: {error}", config.server.listen))?;
     let address = listener
         .local_addr()
         .map_err(|error| format!("cannot read the listen address: {error}"))?;
-    info!(%address, data_dir = %config.data_dir.display(), "listening");
-    let options = ServerOptions {
-        data_dir: config.data_dir,
-        provisioning_delay: config.provisioning_delay,
-    };
-    serve(options, listener, termination())
+    info!(%address, data_dir = %config.server.data_dir.display(), "listening");
+    serve(config.server, listener, termination())
         .await
         .map_err(|error| error.to_string())
 }

@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -27,19 +26,9 @@ use crate::pb::api::prefixes_server::PrefixesServer;
 use crate::pb::api::routing_server::RoutingServer;
 use crate::pb::api::service_bindings_server::ServiceBindingsServer;
 use crate::pb::api::services_server::ServicesServer;
-use crate::{pb, rollout};
+use crate::{edge, pb, rollout};
 
-/// The largest request message accepted (a full LookupAddresses batch is well under 1 MiB).
-const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-/// How long calls in flight get to finish once shutdown starts.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// What the server needs besides its listener.
-#[derive(Clone, Debug)]
-pub struct ServerOptions {
-    pub data_dir: std::path::PathBuf,
-    pub provisioning_delay: Duration,
-}
+pub use crate::config::ServerOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -102,6 +91,9 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::NotServing).await;
 
+    // Two phases of shutdown: `draining` (health NOT_SERVING, still serving) and, after the
+    // drain delay, `stopping` (listener closed, watch streams ended, calls in flight finish).
+    let (drain_sender, mut draining) = watch::channel(false);
     let (stop_sender, stop_receiver) = watch::channel(false);
     let app = AppContext::new(stop_receiver.clone());
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -115,35 +107,38 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let max_bytes = options.max_message_bytes;
     let router = Server::builder()
+        .concurrency_limit_per_connection(options.max_calls_per_connection)
+        .load_shed(true)
+        .http2_keepalive_interval(Some(options.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(options.http2_keepalive_timeout))
+        .layer(edge::EdgeLayer::new(
+            options.max_concurrent_calls,
+            options.request_timeout,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        .add_service(PrefixesServer::new(PrefixesService::new(app.clone())).max_decoding_message_size(max_bytes))
         .add_service(
-            PrefixesServer::new(PrefixesService::new(app.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            ServiceBindingsServer::new(ServiceBindingsService::new(app.clone())).max_decoding_message_size(max_bytes),
         )
-        .add_service(
-            ServiceBindingsServer::new(ServiceBindingsService::new(app.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(ServicesServer::new(ServicesService).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(RoutingServer::new(RoutingService::new(app.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES));
+        .add_service(ServicesServer::new(ServicesService).max_decoding_message_size(max_bytes))
+        .add_service(RoutingServer::new(RoutingService::new(app.clone())).max_decoding_message_size(max_bytes));
 
-    let mut drain_signal = stop_receiver.clone();
+    let mut stop_signal = stop_receiver.clone();
     // Without TCP_NODELAY, a response's HTTP/2 frames can wait on the peer's delayed ACK (~40 ms).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-        let _ = drain_signal.wait_for(|stopping| *stopping).await;
+        let _ = stop_signal.wait_for(|stopping| *stopping).await;
     }));
     // Shutdown may be asked for while the projections still load.
-    let shutdown_requested = {
-        let stop_sender = stop_sender.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            info!("shutdown requested");
-            let _ = stop_sender.send(true);
-        })
-    };
+    let shutdown_requested = tokio::spawn(async move {
+        shutdown.await;
+        info!("shutdown requested: draining");
+        let _ = drain_sender.send(true);
+    });
 
     let loaded = tokio::task::spawn_blocking(move || Engine::start(log)).await?;
     let engine = match loaded {
@@ -151,6 +146,7 @@ pub async fn serve(
         Err(error) => {
             let _ = stop_sender.send(true);
             let _ = serving.await;
+            shutdown_requested.abort();
             return Err(ServeError::Load(error));
         }
     };
@@ -160,20 +156,29 @@ pub async fn serve(
         options.provisioning_delay,
         stop_receiver.clone(),
     ));
-    if !*stop_receiver.borrow() {
+    if !*draining.borrow() {
         set_health(&health_reporter, ServingStatus::Serving).await;
         info!("ready: health SERVING");
     }
 
-    let mut stopping = stop_receiver.clone();
-    let _ = stopping.wait_for(|stopping| *stopping).await;
+    let _ = draining.wait_for(|draining| *draining).await;
+    set_health(&health_reporter, ServingStatus::NotServing).await;
+    if !options.drain_delay.is_zero() {
+        info!(
+            drain_delay_ms = options.drain_delay.as_millis() as u64,
+            "health NOT_SERVING; still serving until the drain delay ends"
+        );
+        tokio::time::sleep(options.drain_delay).await;
+    }
+    info!("closing the listener; ending watch streams; letting calls in flight finish");
+    let _ = stop_sender.send(true);
     end_health_watches(health_reporter).await;
-    let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut serving).await {
+    let result = match tokio::time::timeout(options.shutdown_grace, &mut serving).await {
         Ok(joined) => joined?.map_err(ServeError::from),
         Err(_) => {
             serving.abort();
             warn!(
-                grace_s = SHUTDOWN_GRACE.as_secs(),
+                grace_ms = options.shutdown_grace.as_millis() as u64,
                 "calls still open after the shutdown grace; closing them"
             );
             Ok(())

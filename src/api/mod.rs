@@ -76,7 +76,9 @@ fn log_call(method: &'static str, started: Instant, error: Option<&Error>) {
             let reason = error.reason.name();
             match error.kind() {
                 ErrorKind::Internal => error!(method, ?code, reason, latency_us, message = %error.message, "call"),
-                ErrorKind::Unavailable => warn!(method, ?code, reason, latency_us, message = %error.message, "call"),
+                ErrorKind::Unavailable | ErrorKind::ResourceExhausted | ErrorKind::DeadlineExceeded => {
+                    warn!(method, ?code, reason, latency_us, message = %error.message, "call")
+                }
                 _ => info!(method, ?code, reason, latency_us, "call"),
             }
         }

@@ -19,6 +19,10 @@ pub enum ErrorKind {
     OutOfRange,
     /// Retry later, perhaps elsewhere (UNAVAILABLE).
     Unavailable,
+    /// Too much at once: back off (RESOURCE_EXHAUSTED).
+    ResourceExhausted,
+    /// The call's deadline passed before it finished (DEADLINE_EXCEEDED).
+    DeadlineExceeded,
     /// A bug or corruption on our side (INTERNAL).
     Internal,
 }
@@ -112,6 +116,11 @@ reasons! {
     StorageUnavailable = ("STORAGE_UNAVAILABLE", 1300, Unavailable),
     /// The server is starting (loading its projections) or shutting down.
     NotReady = ("NOT_READY", 1301, Unavailable),
+    /// More calls in flight than the server takes at once.
+    Overloaded = ("OVERLOADED", 1302, ResourceExhausted),
+    /// The caller's grpc-timeout (or the server's request timeout) passed first. A change may
+    /// still have been applied: read before retrying a create without a request_id.
+    DeadlineExceeded = ("DEADLINE_EXCEEDED", 1303, DeadlineExceeded),
     /// An unexpected failure on our side.
     Internal = ("INTERNAL", 1900, Internal),
 }

@@ -60,10 +60,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local addr");
         let (shutdown, signal) = oneshot::channel::<()>();
-        let options = ServerOptions {
-            data_dir: dir.to_path_buf(),
-            provisioning_delay,
-        };
+        let options = ServerOptions::new(dir.to_path_buf(), provisioning_delay);
         let task = tokio::spawn(serve(options, listener, async move {
             let _ = signal.await;
         }));

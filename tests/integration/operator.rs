@@ -59,10 +59,7 @@ async fn a_damaged_record_is_refused_by_the_server_and_by_verify() {
     );
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let options = ServerOptions {
-        data_dir: dir.path().to_path_buf(),
-        provisioning_delay: Duration::ZERO,
-    };
+    let options = ServerOptions::new(dir.path().to_path_buf(), Duration::ZERO);
     let refused = tokio::time::timeout(PATIENCE, serve(options, listener, std::future::pending()))
         .await
         .unwrap();

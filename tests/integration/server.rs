@@ -47,10 +47,7 @@ async fn a_second_server_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = TestServer::start_on(dir.path(), Duration::from_secs(60)).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let options = ipam_bindings::server::ServerOptions {
-        data_dir: dir.path().to_path_buf(),
-        provisioning_delay: Duration::ZERO,
-    };
+    let options = ipam_bindings::server::ServerOptions::new(dir.path().to_path_buf(), Duration::ZERO);
     let second = tokio::time::timeout(
         PATIENCE,
         ipam_bindings::server::serve(options, listener, std::future::pending()),

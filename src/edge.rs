@@ -1,0 +1,181 @@
+//! The HTTP edge in front of every gRPC service (a tower layer):
+//! - a global cap on calls in flight: past it a call is refused at once with
+//!   RESOURCE_EXHAUSTED instead of queueing (the permit is held until the response head is
+//!   sent, so long-lived watch streams do not count once open);
+//! - `x-request-id`: taken from the caller when well-formed, generated otherwise, passed to the
+//!   handler (for its span and log lines) and echoed on the response;
+//! - deadlines: the caller's `grpc-timeout`, capped by `--request-timeout`, bounds the time to
+//!   the response head (for unary calls, the whole call); past it the caller gets
+//!   DEADLINE_EXCEEDED. (tonic also enforces `grpc-timeout`, but answers CANCELLED; this timer
+//!   starts first, so it fires first);
+//! - a request over the message size limit is RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+use crate::domain::{Error, Reason};
+
+pub const REQUEST_ID: &str = "x-request-id";
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        let mut headers = http::HeaderMap::new();
+        for (text, expected) in [
+            ("5S", Some(Duration::from_secs(5))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("100n", Some(Duration::from_nanos(100))),
+            ("123456789S", None),
+            ("S", None),
+            ("5x", None),
+        ] {
+            headers.insert("grpc-timeout", HeaderValue::from_static(text));
+            assert_eq!(grpc_timeout(&headers), expected, "{text}");
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct EdgeLayer {
+    calls: Arc<Semaphore>,
+    request_timeout: Duration,
+}
+
+impl EdgeLayer {
+    pub fn new(max_concurrent_calls: usize, request_timeout: Duration) -> EdgeLayer {
+        EdgeLayer {
+            calls: Arc::new(Semaphore::new(max_concurrent_calls.max(1))),
+            request_timeout,
+        }
+    }
+}
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = EdgeService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        EdgeService {
+            inner,
+            calls: Arc::clone(&self.calls),
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct EdgeService<S> {
+    inner: S,
+    calls: Arc<Semaphore>,
+    request_timeout: Duration,
+}
+
+/// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value * 3600),
+        "M" => Duration::from_secs(value * 60),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+fn error_response<B: Default>(reason: Reason, message: &str, request_id: HeaderValue) -> Response<B> {
+    let mut response = tonic::Status::from(Error::new(reason, message)).into_http::<B>();
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    response
+}
+
+fn usable_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+fn fresh_request_id() -> HeaderValue {
+    // A simple-form UUID is always a valid header value.
+    HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// tonic reports a request over `max_decoding_message_size` as OUT_OF_RANGE; gRPC's
+/// convention (and our callers') is RESOURCE_EXHAUSTED.
+fn remap_oversized<B>(response: &mut Response<B>) {
+    let headers = response.headers_mut();
+    let oversized = headers.get("grpc-status").is_some_and(|status| status == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|message| {
+                message.contains("message length too large") || message.contains("message%20length%20too%20large")
+            });
+    if oversized {
+        headers.insert("grpc-status", HeaderValue::from_static("8"));
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for EdgeService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let request_id = match request.headers().get(REQUEST_ID) {
+            Some(value) if usable_request_id(value) => value.clone(),
+            _ => fresh_request_id(),
+        };
+        request.headers_mut().insert(REQUEST_ID, request_id.clone());
+        let Ok(permit) = Arc::clone(&self.calls).try_acquire_owned() else {
+            let response = error_response(
+                Reason::Overloaded,
+                "too many calls in flight on this server; retry with backoff or on another instance",
+                request_id,
+            );
+            return Box::pin(async move { Ok(response) });
+        };
+        let deadline = grpc_timeout(request.headers()).map_or(self.request_timeout, |t| t.min(self.request_timeout));
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let Ok(response) = tokio::time::timeout(deadline, future).await else {
+                return Ok(error_response(
+                    Reason::DeadlineExceeded,
+                    "the call's deadline passed before it finished; a change may still have been applied",
+                    request_id,
+                ));
+            };
+            let mut response = response?;
+            drop(permit);
+            remap_oversized(&mut response);
+            response.headers_mut().insert(REQUEST_ID, request_id);
+            Ok(response)
+        })
+    }
+}
