@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::path::Path;
 
-use ipam_bindings::config::{Config, Tool};
+use ipam_bindings::config::{Config, LogFormat, Tool};
 use ipam_bindings::log::{EventLog, tools};
 use ipam_bindings::server::serve;
 use tracing::{error, info};
@@ -27,13 +27,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging(config.log_format);
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
@@ -68,6 +62,28 @@ async fn run(config: Config) -> Result<(), String> {
     serve(config.server, listener, termination())
         .await
         .map_err(|error| error.to_string())
+}
+
+/// Log lines to stdout, filtered by RUST_LOG (default info): text, or one JSON object per
+/// line with the call's span fields (method, request_id, traceparent) at the top level.
+fn init_logging(format: LogFormat) {
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_env_filter(filter())
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter())
+            .init(),
+    }
 }
 
 /// Runs an offline operator tool; returns its report.

@@ -17,8 +17,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::watch as signal;
+use tonic::metadata::MetadataMap;
 use tonic::{Response, Status};
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::edge::REQUEST_ID;
 
 use crate::domain::{Error, ErrorKind, Reason};
 use crate::engine::Engine;
@@ -56,15 +59,41 @@ impl AppContext {
     }
 }
 
-/// Runs one unary call: times it, logs method, status and latency, and maps the error.
+/// Runs one call (a unary call, or the opening of a stream) inside a span that carries the
+/// method, the `x-request-id` (set by [`crate::edge`]) and the caller's W3C `traceparent`;
+/// times it, logs method, status and latency, and maps the error.
 pub async fn unary<T>(
     method: &'static str,
+    metadata: &MetadataMap,
     work: impl Future<Output = Result<T, Error>>,
 ) -> Result<Response<T>, Status> {
-    let started = Instant::now();
-    let result = work.await;
-    log_call(method, started, result.as_ref().err());
-    result.map(Response::new).map_err(Status::from)
+    let header = |name: &str| {
+        metadata
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+    };
+    let traceparent = Some(header("traceparent"))
+        .filter(|value| is_traceparent(value))
+        .unwrap_or_default();
+    let span = info_span!("call", method, request_id = header(REQUEST_ID), traceparent);
+    async move {
+        let started = Instant::now();
+        let result = work.await;
+        log_call(method, started, result.as_ref().err());
+        result.map(Response::new).map_err(Status::from)
+    }
+    .instrument(span)
+    .await
+}
+
+/// A W3C trace context header: version-traceid-parentid-flags, in lowercase hex.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    parts.len() == 4
+        && [2, 32, 16, 2].iter().zip(&parts).all(|(len, part)| {
+            part.len() == *len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 fn log_call(method: &'static str, started: Instant, error: Option<&Error>) {

@@ -39,8 +39,8 @@ fn prefixes_scope(account_id: &AccountId) -> page_token::ListScope<'_> {
 #[tonic::async_trait]
 impl Prefixes for PrefixesService {
     async fn create_prefix(&self, request: Request<api::CreatePrefixRequest>) -> Result<Response<api::Prefix>, Status> {
-        let request = request.into_inner();
-        unary("CreatePrefix", async {
+        let (metadata, _, request) = request.into_parts();
+        unary("CreatePrefix", &metadata, async {
             let (account_id, cidr, description) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_cidr("cidr", &request.cidr),
@@ -59,8 +59,8 @@ impl Prefixes for PrefixesService {
     }
 
     async fn get_prefix(&self, request: Request<api::GetPrefixRequest>) -> Result<Response<api::Prefix>, Status> {
-        let request = request.into_inner();
-        unary("GetPrefix", async {
+        let (metadata, _, request) = request.into_parts();
+        unary("GetPrefix", &metadata, async {
             let (account_id, prefix_id) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),
@@ -76,8 +76,8 @@ impl Prefixes for PrefixesService {
         &self,
         request: Request<api::ListPrefixesRequest>,
     ) -> Result<Response<api::ListPrefixesResponse>, Status> {
-        let request = request.into_inner();
-        unary("ListPrefixes", async {
+        let (metadata, _, request) = request.into_parts();
+        unary("ListPrefixes", &metadata, async {
             let (account_id, page_size) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::page_size("page_size", request.page_size),
@@ -99,8 +99,8 @@ impl Prefixes for PrefixesService {
     }
 
     async fn update_prefix(&self, request: Request<api::UpdatePrefixRequest>) -> Result<Response<api::Prefix>, Status> {
-        let request = request.into_inner();
-        unary("UpdatePrefix", async {
+        let (metadata, _, request) = request.into_parts();
+        unary("UpdatePrefix", &metadata, async {
             let (account_id, prefix_id, description) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),
@@ -121,8 +121,8 @@ impl Prefixes for PrefixesService {
         &self,
         request: Request<api::DeletePrefixRequest>,
     ) -> Result<Response<api::DeletePrefixResponse>, Status> {
-        let request = request.into_inner();
-        unary("DeletePrefix", async {
+        let (metadata, _, request) = request.into_parts();
+        unary("DeletePrefix", &metadata, async {
             let (account_id, prefix_id) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),

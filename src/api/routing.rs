@@ -48,8 +48,8 @@ impl Routing for RoutingService {
         &self,
         request: Request<api::LookupAddressRequest>,
     ) -> Result<Response<api::LookupAddressResponse>, Status> {
-        let request = request.into_inner();
-        unary("LookupAddress", async {
+        let (metadata, _, request) = request.into_parts();
+        unary("LookupAddress", &metadata, async {
             let address = fields::address("address", &request.address)?;
             let model = self.app.engine()?.projections().read();
             let result = resolve(&model, &request.address, address, request.active_only).ok_or_else(|| {
@@ -73,8 +73,8 @@ impl Routing for RoutingService {
         &self,
         request: Request<api::LookupAddressesRequest>,
     ) -> Result<Response<api::LookupAddressesResponse>, Status> {
-        let request = request.into_inner();
-        unary("LookupAddresses", async {
+        let (metadata, _, request) = request.into_parts();
+        unary("LookupAddresses", &metadata, async {
             if request.addresses.len() > MAX_LOOKUP_BATCH {
                 return Err(Error::field(
                     Reason::TooManyAddresses,

@@ -36,8 +36,8 @@ impl ServiceBindings for ServiceBindingsService {
         &self,
         request: Request<api::CreateServiceBindingRequest>,
     ) -> Result<Response<api::ServiceBinding>, Status> {
-        let request = request.into_inner();
-        unary("CreateServiceBinding", async {
+        let (metadata, _, request) = request.into_parts();
+        unary("CreateServiceBinding", &metadata, async {
             let (account_id, prefix_id, cidr, service, request_id) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),
@@ -65,8 +65,8 @@ impl ServiceBindings for ServiceBindingsService {
         &self,
         request: Request<api::ListServiceBindingsRequest>,
     ) -> Result<Response<api::ListServiceBindingsResponse>, Status> {
-        let request = request.into_inner();
-        unary("ListServiceBindings", async {
+        let (metadata, _, request) = request.into_parts();
+        unary("ListServiceBindings", &metadata, async {
             let (account_id, prefix_id, page_size) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),
@@ -94,8 +94,8 @@ impl ServiceBindings for ServiceBindingsService {
         &self,
         request: Request<api::GetServiceBindingRequest>,
     ) -> Result<Response<api::ServiceBinding>, Status> {
-        let request = request.into_inner();
-        unary("GetServiceBinding", async {
+        let (metadata, _, request) = request.into_parts();
+        unary("GetServiceBinding", &metadata, async {
             let (account_id, prefix_id, binding_id) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),
@@ -115,8 +115,8 @@ impl ServiceBindings for ServiceBindingsService {
         &self,
         request: Request<api::DeleteServiceBindingRequest>,
     ) -> Result<Response<api::DeleteServiceBindingResponse>, Status> {
-        let request = request.into_inner();
-        unary("DeleteServiceBinding", async {
+        let (metadata, _, request) = request.into_parts();
+        unary("DeleteServiceBinding", &metadata, async {
             let (account_id, prefix_id, binding_id) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),
@@ -142,8 +142,8 @@ impl ServiceBindings for ServiceBindingsService {
         &self,
         request: Request<api::WatchServiceBindingsRequest>,
     ) -> Result<Response<Self::WatchServiceBindingsStream>, Status> {
-        let request = request.into_inner();
-        let stream = unary("WatchServiceBindings", watch::open(&self.app, request)).await?;
+        let (metadata, _, request) = request.into_parts();
+        let stream = unary("WatchServiceBindings", &metadata, watch::open(&self.app, request)).await?;
         Ok(Response::new(Box::pin(stream.into_inner())))
     }
 }

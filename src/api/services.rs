@@ -15,8 +15,8 @@ impl Services for ServicesService {
         &self,
         request: Request<api::ListServicesRequest>,
     ) -> Result<Response<api::ListServicesResponse>, Status> {
-        let request = request.into_inner();
-        unary("ListServices", async {
+        let (metadata, _, request) = request.into_parts();
+        unary("ListServices", &metadata, async {
             fields::account_id("account_id", &request.account_id)?;
             Ok(api::ListServicesResponse {
                 services: Service::ALL.into_iter().map(convert::service).collect(),
