@@ -13,6 +13,7 @@ use tracing::{debug, error, info};
 
 use crate::domain::{Command, Error, Event, Micros, Outcome, Reason, State};
 use crate::log::{EventLog, LogError};
+use crate::metrics::Metrics;
 use crate::projection::{Projections, ReadModel};
 
 /// Most commands decided and committed as one group (one fsync).
@@ -45,7 +46,7 @@ pub struct Engine {
 impl Engine {
     /// Rebuilds the projections from the whole log, then starts the writer. Blocking: call it
     /// from a blocking context.
-    pub fn start(log: EventLog) -> Result<Engine, LogError> {
+    pub fn start(log: EventLog, metrics: Arc<Metrics>) -> Result<Engine, LogError> {
         let started = std::time::Instant::now();
         let mut model = ReadModel::default();
         for event in log.read_after(0) {
@@ -70,6 +71,7 @@ impl Engine {
             log: log.clone(),
             projections: projections.clone(),
             feed: feed.clone(),
+            metrics,
         };
         let handle = std::thread::Builder::new()
             .name("ipam-writer".into())
@@ -138,6 +140,7 @@ struct Writer {
     log: EventLog,
     projections: Projections,
     feed: broadcast::Sender<CommittedGroup>,
+    metrics: Arc<Metrics>,
 }
 
 type Reply = (oneshot::Sender<Result<Outcome, Error>>, Result<Outcome, Error>);
@@ -190,6 +193,8 @@ impl Writer {
         if !events.is_empty() {
             let started = std::time::Instant::now();
             let appended = self.log.append(&events);
+            self.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics.group_commands.observe(replies.len() as f64);
             debug!(
                 n_commands = replies.len(),
                 n_events = events.len(),
@@ -208,6 +213,7 @@ impl Writer {
                 }
                 return;
             }
+            self.metrics.events_appended.inc_by(events.len() as u64);
             self.projections.apply(&events);
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(Arc::from(events));

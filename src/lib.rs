@@ -9,6 +9,7 @@
 //! - [`api`]: the gRPC edge (request -> command/query, domain error -> status).
 //! - [`edge`]: the tower layer in front of the services (global call cap, x-request-id).
 //! - [`server`]: wires health, reflection and the services onto a listener; graceful shutdown.
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`config`]: flags and environment.
 //! - [`pb`]: generated protobuf code; [`hex`]: the hex encoding of tokens and exports.
 
@@ -19,6 +20,7 @@ pub mod edge;
 pub mod engine;
 pub mod hex;
 pub mod log;
+pub mod metrics;
 pub mod pb;
 pub mod projection;
 pub mod rollout;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use ipam_bindings::config::{Config, LogFormat, Tool};
 use ipam_bindings::log::{EventLog, tools};
-use ipam_bindings::server::serve;
+use ipam_bindings::server::{Listeners, serve};
 use tracing::{error, info};
 
 fn main() -> ExitCode {
@@ -52,14 +52,26 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|error| format!("cannot listen on {}: {error}", config.server.listen))?;
-    let address = listener
-        .local_addr()
-        .map_err(|error| format!("cannot read the listen address: {error}"))?;
+    let bind = |address: std::net::SocketAddr| async move {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|error| format!("cannot read the listen address: {error}"))?;
+        Ok::<_, String>((listener, bound))
+    };
+    let (grpc, address) = bind(config.server.listen).await?;
+    let metrics = match config.server.metrics_listen {
+        Some(metrics_address) => {
+            let (listener, bound) = bind(metrics_address).await?;
+            info!(address = %bound, "metrics at http://{bound}/metrics");
+            Some(listener)
+        }
+        None => None,
+    };
     info!(%address, data_dir = %config.server.data_dir.display(), "listening");
-    serve(config.server, listener, termination())
+    serve(config.server, Listeners { grpc, metrics }, termination())
         .await
         .map_err(|error| error.to_string())
 }

@@ -22,6 +22,7 @@ use crate::api::service_bindings::ServiceBindingsService;
 use crate::api::services::ServicesService;
 use crate::engine::Engine;
 use crate::log::{EventLog, LogError};
+use crate::metrics::{self, Metrics};
 use crate::pb::api::prefixes_server::PrefixesServer;
 use crate::pb::api::routing_server::RoutingServer;
 use crate::pb::api::service_bindings_server::ServiceBindingsServer;
@@ -74,12 +75,28 @@ async fn end_health_watches(mut reporter: HealthReporter) {
     }
 }
 
+/// Where to serve: gRPC, and optionally metrics, each already bound (so tests use port 0).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Listeners {
+        Listeners { grpc, metrics: None }
+    }
+}
+
 /// Serves until `shutdown` completes, then drains and returns.
 pub async fn serve(
     options: ServerOptions,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let Listeners {
+        grpc: listener,
+        metrics: metrics_listener,
+    } = listeners.into();
     let dir = options.data_dir.clone();
     let log = tokio::task::spawn_blocking(move || EventLog::open(&dir))
         .await?
@@ -95,7 +112,8 @@ pub async fn serve(
     // drain delay, `stopping` (listener closed, watch streams ended, calls in flight finish).
     let (drain_sender, mut draining) = watch::channel(false);
     let (stop_sender, stop_receiver) = watch::channel(false);
-    let app = AppContext::new(stop_receiver.clone());
+    let metrics = Arc::new(Metrics::new());
+    let app = AppContext::new(stop_receiver.clone(), Arc::clone(&metrics));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
@@ -124,7 +142,7 @@ pub async fn serve(
         .add_service(
             ServiceBindingsServer::new(ServiceBindingsService::new(app.clone())).max_decoding_message_size(max_bytes),
         )
-        .add_service(ServicesServer::new(ServicesService).max_decoding_message_size(max_bytes))
+        .add_service(ServicesServer::new(ServicesService::new(app.clone())).max_decoding_message_size(max_bytes))
         .add_service(RoutingServer::new(RoutingService::new(app.clone())).max_decoding_message_size(max_bytes));
 
     let mut stop_signal = stop_receiver.clone();
@@ -133,6 +151,8 @@ pub async fn serve(
     let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stop_signal.wait_for(|stopping| *stopping).await;
     }));
+    let metrics_server = metrics_listener
+        .map(|listener| tokio::spawn(metrics::serve(Arc::clone(&metrics), listener, stop_receiver.clone())));
     // Shutdown may be asked for while the projections still load.
     let shutdown_requested = tokio::spawn(async move {
         shutdown.await;
@@ -140,7 +160,8 @@ pub async fn serve(
         let _ = drain_sender.send(true);
     });
 
-    let loaded = tokio::task::spawn_blocking(move || Engine::start(log)).await?;
+    let engine_metrics = Arc::clone(&metrics);
+    let loaded = tokio::task::spawn_blocking(move || Engine::start(log, engine_metrics)).await?;
     let engine = match loaded {
         Ok(engine) => Arc::new(engine),
         Err(error) => {
@@ -151,6 +172,7 @@ pub async fn serve(
         }
     };
     app.set_engine(Arc::clone(&engine));
+    metrics.set_engine(Arc::clone(&engine));
     let rollout = tokio::spawn(rollout::run(
         Arc::clone(&engine),
         options.provisioning_delay,
@@ -185,6 +207,9 @@ pub async fn serve(
         }
     };
     let _ = rollout.await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     shutdown_requested.abort();
     engine.stop().await;
     match &result {

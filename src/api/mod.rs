@@ -25,6 +25,7 @@ use crate::edge::REQUEST_ID;
 
 use crate::domain::{Error, ErrorKind, Reason};
 use crate::engine::Engine;
+use crate::metrics::{CallLabels, MethodLabels, Metrics};
 
 /// What every handler shares: the engine, once the projections are loaded, and the shutdown
 /// signal that ends open streams.
@@ -32,14 +33,20 @@ use crate::engine::Engine;
 pub struct AppContext {
     engine: Arc<OnceLock<Arc<Engine>>>,
     shutdown: signal::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl AppContext {
-    pub fn new(shutdown: signal::Receiver<bool>) -> AppContext {
+    pub fn new(shutdown: signal::Receiver<bool>, metrics: Arc<Metrics>) -> AppContext {
         AppContext {
             engine: Arc::new(OnceLock::new()),
             shutdown,
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Makes the service ready: called once the projections are rebuilt.
@@ -63,6 +70,7 @@ impl AppContext {
 /// method, the `x-request-id` (set by [`crate::edge`]) and the caller's W3C `traceparent`;
 /// times it, logs method, status and latency, and maps the error.
 pub async fn unary<T>(
+    metrics: &Metrics,
     method: &'static str,
     metadata: &MetadataMap,
     work: impl Future<Output = Result<T, Error>>,
@@ -79,8 +87,26 @@ pub async fn unary<T>(
     let span = info_span!("call", method, request_id = header(REQUEST_ID), traceparent);
     async move {
         let started = Instant::now();
+        metrics.calls_in_flight.inc();
         let result = work.await;
+        metrics.calls_in_flight.dec();
         log_call(method, started, result.as_ref().err());
+        let code = result
+            .as_ref()
+            .err()
+            .map_or(tonic::Code::Ok, |error| status::code_of(error.kind()));
+        let labels = CallLabels {
+            method: method.to_string(),
+            code: format!("{code:?}"),
+        };
+        metrics.calls.get_or_create(&labels).inc();
+        let method_labels = MethodLabels {
+            method: method.to_string(),
+        };
+        metrics
+            .call_seconds
+            .get_or_create(&method_labels)
+            .observe(started.elapsed().as_secs_f64());
         result.map(Response::new).map_err(Status::from)
     }
     .instrument(span)

@@ -40,7 +40,7 @@ fn prefixes_scope(account_id: &AccountId) -> page_token::ListScope<'_> {
 impl Prefixes for PrefixesService {
     async fn create_prefix(&self, request: Request<api::CreatePrefixRequest>) -> Result<Response<api::Prefix>, Status> {
         let (metadata, _, request) = request.into_parts();
-        unary("CreatePrefix", &metadata, async {
+        unary(self.app.metrics(), "CreatePrefix", &metadata, async {
             let (account_id, cidr, description) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_cidr("cidr", &request.cidr),
@@ -60,7 +60,7 @@ impl Prefixes for PrefixesService {
 
     async fn get_prefix(&self, request: Request<api::GetPrefixRequest>) -> Result<Response<api::Prefix>, Status> {
         let (metadata, _, request) = request.into_parts();
-        unary("GetPrefix", &metadata, async {
+        unary(self.app.metrics(), "GetPrefix", &metadata, async {
             let (account_id, prefix_id) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),
@@ -77,7 +77,7 @@ impl Prefixes for PrefixesService {
         request: Request<api::ListPrefixesRequest>,
     ) -> Result<Response<api::ListPrefixesResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        unary("ListPrefixes", &metadata, async {
+        unary(self.app.metrics(), "ListPrefixes", &metadata, async {
             let (account_id, page_size) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::page_size("page_size", request.page_size),
@@ -100,7 +100,7 @@ impl Prefixes for PrefixesService {
 
     async fn update_prefix(&self, request: Request<api::UpdatePrefixRequest>) -> Result<Response<api::Prefix>, Status> {
         let (metadata, _, request) = request.into_parts();
-        unary("UpdatePrefix", &metadata, async {
+        unary(self.app.metrics(), "UpdatePrefix", &metadata, async {
             let (account_id, prefix_id, description) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),
@@ -122,7 +122,7 @@ impl Prefixes for PrefixesService {
         request: Request<api::DeletePrefixRequest>,
     ) -> Result<Response<api::DeletePrefixResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        unary("DeletePrefix", &metadata, async {
+        unary(self.app.metrics(), "DeletePrefix", &metadata, async {
             let (account_id, prefix_id) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),

@@ -49,7 +49,7 @@ impl Routing for RoutingService {
         request: Request<api::LookupAddressRequest>,
     ) -> Result<Response<api::LookupAddressResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        unary("LookupAddress", &metadata, async {
+        unary(self.app.metrics(), "LookupAddress", &metadata, async {
             let address = fields::address("address", &request.address)?;
             let model = self.app.engine()?.projections().read();
             let result = resolve(&model, &request.address, address, request.active_only).ok_or_else(|| {
@@ -74,7 +74,7 @@ impl Routing for RoutingService {
         request: Request<api::LookupAddressesRequest>,
     ) -> Result<Response<api::LookupAddressesResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        unary("LookupAddresses", &metadata, async {
+        unary(self.app.metrics(), "LookupAddresses", &metadata, async {
             if request.addresses.len() > MAX_LOOKUP_BATCH {
                 return Err(Error::field(
                     Reason::TooManyAddresses,

@@ -37,7 +37,7 @@ impl ServiceBindings for ServiceBindingsService {
         request: Request<api::CreateServiceBindingRequest>,
     ) -> Result<Response<api::ServiceBinding>, Status> {
         let (metadata, _, request) = request.into_parts();
-        unary("CreateServiceBinding", &metadata, async {
+        unary(self.app.metrics(), "CreateServiceBinding", &metadata, async {
             let (account_id, prefix_id, cidr, service, request_id) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),
@@ -66,7 +66,7 @@ impl ServiceBindings for ServiceBindingsService {
         request: Request<api::ListServiceBindingsRequest>,
     ) -> Result<Response<api::ListServiceBindingsResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        unary("ListServiceBindings", &metadata, async {
+        unary(self.app.metrics(), "ListServiceBindings", &metadata, async {
             let (account_id, prefix_id, page_size) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),
@@ -95,7 +95,7 @@ impl ServiceBindings for ServiceBindingsService {
         request: Request<api::GetServiceBindingRequest>,
     ) -> Result<Response<api::ServiceBinding>, Status> {
         let (metadata, _, request) = request.into_parts();
-        unary("GetServiceBinding", &metadata, async {
+        unary(self.app.metrics(), "GetServiceBinding", &metadata, async {
             let (account_id, prefix_id, binding_id) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),
@@ -116,7 +116,7 @@ impl ServiceBindings for ServiceBindingsService {
         request: Request<api::DeleteServiceBindingRequest>,
     ) -> Result<Response<api::DeleteServiceBindingResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        unary("DeleteServiceBinding", &metadata, async {
+        unary(self.app.metrics(), "DeleteServiceBinding", &metadata, async {
             let (account_id, prefix_id, binding_id) = (
                 fields::account_id("account_id", &request.account_id),
                 fields::prefix_id("prefix_id", &request.prefix_id),
@@ -143,7 +143,13 @@ impl ServiceBindings for ServiceBindingsService {
         request: Request<api::WatchServiceBindingsRequest>,
     ) -> Result<Response<Self::WatchServiceBindingsStream>, Status> {
         let (metadata, _, request) = request.into_parts();
-        let stream = unary("WatchServiceBindings", &metadata, watch::open(&self.app, request)).await?;
+        let stream = unary(
+            self.app.metrics(),
+            "WatchServiceBindings",
+            &metadata,
+            watch::open(&self.app, request),
+        )
+        .await?;
         Ok(Response::new(Box::pin(stream.into_inner())))
     }
 }

@@ -111,7 +111,10 @@ pub async fn open(
         None => head,
     };
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+    let open_streams = app.metrics().watch_streams.clone();
+    open_streams.inc();
     let watcher = Watcher {
+        open_streams,
         engine,
         filter,
         cursor,
@@ -123,6 +126,8 @@ pub async fn open(
 }
 
 struct Watcher {
+    /// The open-streams gauge, decremented when this watcher ends.
+    open_streams: prometheus_client::metrics::gauge::Gauge,
     engine: Arc<Engine>,
     filter: Filter,
     /// The last revision passed on (or skipped as not matching).
@@ -173,6 +178,7 @@ impl Watcher {
         if let Err(Stop::Fail(status)) = result {
             let _ = self.sender.send(Err(status)).await;
         }
+        self.open_streams.dec();
     }
 
     /// Sends every matching event after the cursor up to the projections' head (never past

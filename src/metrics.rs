@@ -1,0 +1,174 @@
+//! Prometheus metrics (the prometheus-client crate does the exposition format), served on
+//! their own HTTP listener (`--metrics-listen`) at `/metrics`. Counters and histograms are
+//! updated where things happen (calls in [`crate::api`], commits in [`crate::engine`]); gauges
+//! that describe state (log revision, projection sizes, rollout backlog) are read from the
+//! projections when scraped, so they cannot drift.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::engine::Engine;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub calls: Family<CallLabels, Counter>,
+    pub call_seconds: HistogramFamily,
+    pub calls_in_flight: Gauge,
+    pub watch_streams: Gauge,
+    pub events_appended: Counter,
+    pub fsync_seconds: Histogram,
+    pub group_commands: Histogram,
+    log_revision: Gauge,
+    prefixes: Gauge,
+    bindings: Gauge,
+    rollout_backlog: Gauge,
+    /// Read at scrape time for the state gauges; set once the projections are loaded.
+    engine: Mutex<Option<Arc<Engine>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ipam");
+        let calls = Family::<CallLabels, Counter>::default();
+        let call_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let calls_in_flight = Gauge::default();
+        let watch_streams = Gauge::default();
+        let events_appended = Counter::default();
+        let fsync_seconds = latency_histogram();
+        let group_commands = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let (log_revision, prefixes, bindings, rollout_backlog) =
+            (Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register("grpc_calls", "gRPC calls by method and status code", calls.clone());
+        registry.register("grpc_call_seconds", "gRPC call latency by method", call_seconds.clone());
+        registry.register(
+            "grpc_calls_in_flight",
+            "gRPC calls being handled",
+            calls_in_flight.clone(),
+        );
+        registry.register(
+            "watch_streams_open",
+            "Open WatchServiceBindings streams",
+            watch_streams.clone(),
+        );
+        registry.register(
+            "log_events_appended",
+            "Events appended to the log",
+            events_appended.clone(),
+        );
+        registry.register(
+            "log_fsync_seconds",
+            "Time to append and fsync one group",
+            fsync_seconds.clone(),
+        );
+        registry.register(
+            "log_group_commands",
+            "Commands committed per fsync (group size)",
+            group_commands.clone(),
+        );
+        registry.register("log_revision", "Head revision of the log", log_revision.clone());
+        registry.register("projection_prefixes", "Prefixes in the projections", prefixes.clone());
+        registry.register("projection_bindings", "Bindings in the projections", bindings.clone());
+        registry.register(
+            "rollout_backlog",
+            "Bindings still PROVISIONING",
+            rollout_backlog.clone(),
+        );
+        Metrics {
+            registry,
+            calls,
+            call_seconds,
+            calls_in_flight,
+            watch_streams,
+            events_appended,
+            fsync_seconds,
+            group_commands,
+            log_revision,
+            prefixes,
+            bindings,
+            rollout_backlog,
+            engine: Mutex::new(None),
+        }
+    }
+
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        if let Ok(mut slot) = self.engine.lock() {
+            *slot = Some(engine);
+        }
+    }
+
+    /// The exposition text (OpenMetrics, which Prometheus scrapes).
+    pub fn render(&self) -> String {
+        let engine = self.engine.lock().ok().and_then(|slot| slot.clone());
+        if let Some(engine) = engine {
+            let model = engine.projections().read();
+            self.log_revision.set(model.head as i64);
+            self.prefixes.set(model.state.n_prefixes() as i64);
+            self.bindings.set(model.state.n_bindings() as i64);
+            self.rollout_backlog
+                .set(model.state.provisioning_bindings().count() as i64);
+        }
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` turns true.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        })
+        .await
+}
