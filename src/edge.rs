@@ -46,6 +46,50 @@ mod tests {
             assert_eq!(grpc_timeout(&headers), expected, "{text}");
         }
     }
+
+    fn status_of(response: &Response<String>) -> (&str, Option<&str>) {
+        let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+        (header("grpc-status").unwrap_or("0"), header(REQUEST_ID))
+    }
+
+    #[tokio::test]
+    async fn a_call_past_its_deadline_is_deadline_exceeded() {
+        let never = tower::service_fn(|_: Request<()>| {
+            std::future::pending::<Result<Response<String>, std::convert::Infallible>>()
+        });
+        let mut edge = EdgeLayer::new(8, Duration::from_secs(30)).layer(never);
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert("grpc-timeout", HeaderValue::from_static("20m"));
+        request
+            .headers_mut()
+            .insert(REQUEST_ID, HeaderValue::from_static("r-1"));
+        let response = edge.call(request).await.unwrap();
+        assert_eq!(status_of(&response), ("4", Some("r-1")));
+        // The server's own --request-timeout applies without a grpc-timeout too.
+        let mut edge = EdgeLayer::new(8, Duration::from_millis(20)).layer(tower::service_fn(|_: Request<()>| {
+            std::future::pending::<Result<Response<String>, std::convert::Infallible>>()
+        }));
+        let response = edge.call(Request::new(())).await.unwrap();
+        assert_eq!(status_of(&response).0, "4");
+        assert_eq!(status_of(&response).1.map(str::len), Some(32), "a generated request id");
+    }
+
+    #[tokio::test]
+    async fn oversized_requests_become_resource_exhausted() {
+        let oversized = tower::service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(
+                tonic::Status::out_of_range(
+                    "Error, decoded message length too large: found 2000 bytes, the limit is: 1024 bytes",
+                )
+                .into_http::<String>(),
+            )
+        });
+        let mut edge = EdgeLayer::new(8, Duration::from_secs(30)).layer(oversized);
+        let response = edge.call(Request::new(())).await.unwrap();
+        assert_eq!(status_of(&response).0, "8");
+    }
 }
 
 #[derive(Clone)]

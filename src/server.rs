@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::server::NamedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
+use tonic::transport::{Certificate, Identity};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
@@ -45,6 +46,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection descriptors are invalid: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -73,6 +76,24 @@ async fn end_health_watches(mut reporter: HealthReporter) {
     for name in health_names() {
         reporter.clear_service_status(name).await;
     }
+}
+
+/// TLS from `--tls-cert`/`--tls-key`, with client certificates required when
+/// `--tls-client-ca` is set; `None` for plaintext h2c (the default, for sidecars).
+fn tls_config(options: &ServerOptions) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let (Some(cert), Some(key)) = (&options.tls_cert, &options.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|error| ServeError::Tls(format!("cannot read {}: {error}", path.display())))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(client_ca) = &options.tls_client_ca {
+        config = config
+            .client_ca_root(Certificate::from_pem(read(client_ca)?))
+            .client_auth_optional(false);
+    }
+    Ok(Some(config))
 }
 
 /// Where to serve: gRPC, and optionally metrics, each already bound (so tests use port 0).
@@ -126,7 +147,11 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let max_bytes = options.max_message_bytes;
-    let router = Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls_config(&options)? {
+        server = server.tls_config(tls)?;
+    }
+    let router = server
         .concurrency_limit_per_connection(options.max_calls_per_connection)
         .load_shed(true)
         .http2_keepalive_interval(Some(options.http2_keepalive_interval))

@@ -12,7 +12,7 @@ use ipam_bindings::pb::api::prefixes_client::PrefixesClient;
 use ipam_bindings::pb::api::routing_client::RoutingClient;
 use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
 use ipam_bindings::pb::api::services_client::ServicesClient;
-use ipam_bindings::server::{ServerOptions, serve};
+use ipam_bindings::server::{Listeners, ServerOptions, serve};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -31,6 +31,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 pub struct TestServer {
     pub address: SocketAddr,
+    /// Where `GET /metrics` is served.
+    pub metrics_address: SocketAddr,
     pub channel: Channel,
     data_dir: PathBuf,
     /// Keeps the temporary directory alive for the server's lifetime (None when the caller
@@ -57,11 +59,24 @@ impl TestServer {
     }
 
     pub async fn start_on(dir: &Path, provisioning_delay: Duration) -> TestServer {
+        TestServer::start_with_options(ServerOptions::new(dir.to_path_buf(), provisioning_delay)).await
+    }
+
+    /// A server with these options (its data dir is the caller's), serving metrics too.
+    pub async fn start_with_options(options: ServerOptions) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local addr");
+        let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind metrics");
+        let metrics_address = metrics_listener.local_addr().expect("metrics addr");
         let (shutdown, signal) = oneshot::channel::<()>();
-        let options = ServerOptions::new(dir.to_path_buf(), provisioning_delay);
-        let task = tokio::spawn(serve(options, listener, async move {
+        let (dir, provisioning_delay) = (options.data_dir.clone(), options.provisioning_delay);
+        let listeners = Listeners {
+            grpc: listener,
+            metrics: Some(metrics_listener),
+        };
+        let task = tokio::spawn(serve(options, listeners, async move {
             let _ = signal.await;
         }));
         let channel = Channel::from_shared(format!("http://{address}"))
@@ -69,6 +84,7 @@ impl TestServer {
             .connect_lazy();
         let server = TestServer {
             address,
+            metrics_address,
             channel,
             data_dir: dir.to_path_buf(),
             _temp_dir: None,

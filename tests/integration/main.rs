@@ -6,6 +6,7 @@ mod common;
 mod bindings;
 mod cli;
 mod crash;
+mod mesh;
 mod operator;
 mod prefixes;
 mod routing;
