@@ -350,3 +350,52 @@ async fn tls_and_mutual_tls() {
         "no client certificate, no service"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_while_the_projections_load() {
+    use ipam_bindings::domain::{AccountId, Change, Event, Micros, Prefix, PrefixId};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A log long enough that loading it takes a while (in a debug build, about a second).
+        let log = ipam_bindings::log::EventLog::open(dir.path()).unwrap();
+        let account_id = AccountId::generate();
+        let events: Vec<Event> = (0..80_000u32)
+            .map(|i| {
+                let prefix = Prefix {
+                    id: PrefixId::generate(),
+                    account_id,
+                    cidr: format!("{}.{}.{}.0/24", 1 + i / 65_536, (i / 256) % 256, i % 256).parse().unwrap(),
+                    asn: None,
+                    description: String::new(),
+                    created_at: Micros(1),
+                    modified_at: Micros(1),
+                };
+                Event { revision: u64::from(i) + 1, time: Micros(1), change: Change::PrefixCreated(prefix) }
+            })
+            .collect();
+        for chunk in events.chunks(10_000) {
+            log.append(chunk).unwrap();
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = ServerOptions::new(dir.path(), Duration::from_secs(3600));
+    let server = tokio::spawn(serve(options, listener, async move {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let mut watch = loop {
+        match health.watch(HealthCheckRequest { service: "addressing.v1.Prefixes".into() }).await {
+            Ok(response) => break response.into_inner(),
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::NotServing as i32, "loading");
+    let next = tokio::time::timeout(PATIENCE, watch.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.status, ServingStatus::Serving as i32, "loaded");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
