@@ -15,15 +15,17 @@ use prometheus_client::registry::Registry;
 
 use crate::engine::Engine;
 
+/// Static strings: labelling a call allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
-    pub method: String,
-    pub code: String,
+    pub method: &'static str,
+    /// The gRPC status code name (OK, INVALID_ARGUMENT, ...).
+    pub code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
-    pub method: String,
+    pub method: &'static str,
 }
 
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;

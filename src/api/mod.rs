@@ -95,17 +95,16 @@ pub async fn unary<T>(
             .as_ref()
             .err()
             .map_or(tonic::Code::Ok, |error| status::code_of(error.kind()));
-        let labels = CallLabels {
-            method: method.to_string(),
-            code: format!("{code:?}"),
-        };
-        metrics.calls.get_or_create(&labels).inc();
-        let method_labels = MethodLabels {
-            method: method.to_string(),
-        };
+        metrics
+            .calls
+            .get_or_create(&CallLabels {
+                method,
+                code: status::code_name(code),
+            })
+            .inc();
         metrics
             .call_seconds
-            .get_or_create(&method_labels)
+            .get_or_create(&MethodLabels { method })
             .observe(started.elapsed().as_secs_f64());
         result.map(Response::new).map_err(Status::from)
     }

@@ -46,7 +46,7 @@ async fn scrape(server: &TestServer) -> HashMap<String, f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_calls_are_made() {
     let server = TestServer::start().await;
-    let key = r#"ipam_grpc_calls_total{method="CreatePrefix",code="Ok"}"#;
+    let key = r#"ipam_grpc_calls_total{method="CreatePrefix",code="OK"}"#;
     let before = scrape(&server).await.get(key).copied().unwrap_or(0.0);
     let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
     server.bind(&prefix, &prefix.cidr, CDN).await;
@@ -54,7 +54,7 @@ async fn metrics_move_as_calls_are_made() {
     let after = scrape(&server).await;
     assert_eq!(after[key], before + 1.0);
     assert_eq!(
-        after[r#"ipam_grpc_calls_total{method="CreatePrefix",code="AlreadyExists"}"#],
+        after[r#"ipam_grpc_calls_total{method="CreatePrefix",code="ALREADY_EXISTS"}"#],
         1.0
     );
     assert!(after[r#"ipam_grpc_call_seconds_count{method="CreateServiceBinding"}"#] >= 1.0);
@@ -364,13 +364,19 @@ async fn health_is_not_serving_while_the_projections_load() {
                 let prefix = Prefix {
                     id: PrefixId::generate(),
                     account_id,
-                    cidr: format!("{}.{}.{}.0/24", 1 + i / 65_536, (i / 256) % 256, i % 256).parse().unwrap(),
+                    cidr: format!("{}.{}.{}.0/24", 1 + i / 65_536, (i / 256) % 256, i % 256)
+                        .parse()
+                        .unwrap(),
                     asn: None,
                     description: String::new(),
                     created_at: Micros(1),
                     modified_at: Micros(1),
                 };
-                Event { revision: u64::from(i) + 1, time: Micros(1), change: Change::PrefixCreated(prefix) }
+                Event {
+                    revision: u64::from(i) + 1,
+                    time: Micros(1),
+                    change: Change::PrefixCreated(prefix),
+                }
             })
             .collect();
         for chunk in events.chunks(10_000) {
@@ -384,17 +390,28 @@ async fn health_is_not_serving_while_the_projections_load() {
     let server = tokio::spawn(serve(options, listener, async move {
         let _ = stopped.await;
     }));
-    let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect_lazy();
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_lazy();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let mut watch = loop {
-        match health.watch(HealthCheckRequest { service: "addressing.v1.Prefixes".into() }).await {
+        match health
+            .watch(HealthCheckRequest {
+                service: "addressing.v1.Prefixes".into(),
+            })
+            .await
+        {
             Ok(response) => break response.into_inner(),
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     };
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::NotServing as i32, "loading");
-    let next = tokio::time::timeout(PATIENCE, watch.message()).await.unwrap().unwrap().unwrap();
+    let next = tokio::time::timeout(PATIENCE, watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(next.status, ServingStatus::Serving as i32, "loaded");
     let _ = stop.send(());
     server.await.unwrap().unwrap();

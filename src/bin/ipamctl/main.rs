@@ -28,6 +28,8 @@ struct Cli {
     /// The account to act as (32 lowercase hex characters).
     #[arg(long, global = true, env = "IPAM_ACCOUNT", default_value = "")]
     account: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// table (for people) or json (one object per line, for scripts).
     #[arg(long, global = true, value_enum, default_value = "table")]
     output: Format,
@@ -125,15 +127,62 @@ enum BindingCommand {
     },
 }
 
+/// TLS towards a server started with --tls-cert (and --tls-client-ca for mutual TLS).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct TlsArgs {
+    /// PEM CA that signed the server's certificate; turns TLS on (so does an https:// --server).
+    #[arg(long, global = true, env = "IPAM_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for servers that require one (mutual TLS).
+    #[arg(long, global = true, env = "IPAM_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    tls_client_cert: Option<std::path::PathBuf>,
+    /// PEM key of --tls-client-cert.
+    #[arg(long, global = true, env = "IPAM_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    tls_client_key: Option<std::path::PathBuf>,
+    /// Name to verify in the server's certificate (default: the host of --server).
+    #[arg(long, global = true, env = "IPAM_TLS_DOMAIN")]
+    tls_domain: Option<String>,
+}
+
+impl TlsArgs {
+    fn client_config(&self, server: &str) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        if self.tls_ca.is_none() && !server.starts_with("https://") {
+            return Ok(None);
+        }
+        let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = &self.tls_ca {
+            config = config.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_client_cert, &self.tls_client_key) {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(domain) = &self.tls_domain {
+            config = config.domain_name(domain.clone());
+        }
+        Ok(Some(config))
+    }
+}
+
 /// How to reach the server.
 pub struct Connection {
     server: String,
+    tls: TlsArgs,
 }
 
 impl Connection {
     pub async fn connect(&self) -> Result<Channel, String> {
-        let endpoint =
-            Channel::from_shared(self.server.clone()).map_err(|e| format!("bad --server {:?}: {e}", self.server))?;
+        // An http:// URL with a CA given means TLS: switch the scheme so tonic negotiates it.
+        let tls = self.tls.client_config(&self.server)?;
+        let url = match &tls {
+            Some(_) => self.server.replacen("http://", "https://", 1),
+            None => self.server.clone(),
+        };
+        let mut endpoint = Channel::from_shared(url).map_err(|e| format!("bad --server {:?}: {e}", self.server))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+        }
         endpoint
             .connect_timeout(Duration::from_secs(5))
             .connect()
@@ -187,6 +236,7 @@ fn service_id(name_or_id: &str) -> String {
 async fn run(cli: Cli) -> Result<(), String> {
     let connection = Connection {
         server: cli.server.clone(),
+        tls: cli.tls.clone(),
     };
     let json = cli.output == Format::Json;
     let account_id = cli.account.clone();

@@ -5,6 +5,7 @@
 //! omission). `--compare a,b` alternates scenarios in one invocation and prints their ratio,
 //! because absolute numbers drift on shared machines.
 
+pub mod plot;
 pub mod stats;
 pub mod watch;
 pub mod workload;
@@ -64,12 +65,16 @@ pub struct BenchArgs {
     /// Watchers of the watch scenario.
     #[arg(long, default_value_t = 1000)]
     pub watchers: usize,
+    /// Draw the latency percentile curve (one per scenario) to this SVG file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// One measured run.
 pub struct RunResult {
     pub scenario: String,
     pub summary: Summary,
+    pub recorder: Recorder,
 }
 
 pub async fn run(connection: &Connection, args: &BenchArgs, json: bool) -> Result<(), String> {
@@ -94,7 +99,7 @@ pub async fn run(connection: &Connection, args: &BenchArgs, json: bool) -> Resul
             if matches!(**workload, Workload::Done) {
                 continue;
             }
-            let summary = measure(Arc::clone(workload), &channels, args).await;
+            let (summary, recorder) = measure(Arc::clone(workload), &channels, args, scenario).await;
             if json {
                 let mut value = summary.to_json(scenario);
                 value["round"] = serde_json::json!(round);
@@ -107,11 +112,28 @@ pub async fn run(connection: &Connection, args: &BenchArgs, json: bool) -> Resul
             results.push(RunResult {
                 scenario: scenario.clone(),
                 summary,
+                recorder,
             });
         }
     }
     if scenarios.len() > 1 {
         print_ratios(&scenarios, &results, json);
+    }
+    if let Some(path) = &args.plot {
+        let series: Vec<(String, Recorder)> = scenarios
+            .iter()
+            .map(|scenario| {
+                let mut merged = Recorder::new();
+                results
+                    .iter()
+                    .filter(|r| &r.scenario == scenario)
+                    .for_each(|r| merged.merge(&r.recorder));
+                (scenario.clone(), merged)
+            })
+            .filter(|(_, recorder)| recorder.n_calls > 0)
+            .collect();
+        plot::draw(path, &series)?;
+        eprintln!("latency curve written to {}", path.display());
     }
     Ok(())
 }
@@ -159,9 +181,37 @@ pub async fn open_channels(connection: &Connection, n: usize) -> Result<Vec<Chan
     Ok(channels)
 }
 
+/// A progress bar over warmup + measurement on a terminal; hidden (a no-op) otherwise.
+fn progress_bar(scenario: &str, total: Duration) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total.as_millis() as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix:>14} [{bar:40}] {elapsed}/{duration}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(scenario.to_string());
+    bar
+}
+
 /// Runs the workload's workers through warmup and the measured window.
-async fn measure(workload: Arc<Workload>, channels: &[Channel], args: &BenchArgs) -> Summary {
+async fn measure(
+    workload: Arc<Workload>,
+    channels: &[Channel],
+    args: &BenchArgs,
+    scenario: &str,
+) -> (Summary, Recorder) {
     let start = Instant::now();
+    let bar = progress_bar(scenario, args.warmup + args.duration);
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(start.elapsed().as_millis() as u64);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     let measure_from = start + args.warmup;
     let measure_until = measure_from + args.duration;
     let issued = Arc::new(AtomicU64::new(0));
@@ -216,8 +266,10 @@ async fn measure(workload: Arc<Workload>, channels: &[Channel], args: &BenchArgs
             total.merge(&recorder);
         }
     }
+    ticker.abort();
+    bar.finish_and_clear();
     let elapsed = Instant::now()
         .min(measure_until)
         .saturating_duration_since(measure_from);
-    total.summary(elapsed)
+    (total.summary(elapsed), total)
 }
