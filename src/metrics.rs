@@ -128,6 +128,13 @@ impl Metrics {
         }
     }
 
+    /// Lets go of the engine at shutdown (so the database can close).
+    pub fn clear_engine(&self) {
+        if let Ok(mut slot) = self.engine.lock() {
+            *slot = None;
+        }
+    }
+
     /// The exposition text (OpenMetrics, which Prometheus scrapes).
     pub fn render(&self) -> String {
         let engine = self.engine.lock().ok().and_then(|slot| slot.clone());

@@ -96,6 +96,21 @@ fn tls_config(options: &ServerOptions) -> Result<Option<ServerTlsConfig>, ServeE
     Ok(Some(config))
 }
 
+/// Waits until nothing else holds the engine (watch tasks and connection tasks end shortly
+/// after the server stops), then drops it: the sled database closes and its lock on the data
+/// directory is released before `serve` returns, so a restart or an operator tool can open it.
+async fn release(engine: Arc<Engine>, app: AppContext, metrics: &Metrics) {
+    drop(app);
+    metrics.clear_engine();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Arc::strong_count(&engine) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    if Arc::strong_count(&engine) > 1 {
+        warn!("tasks still hold the engine; the data directory stays locked until they end");
+    }
+}
+
 /// Where to serve: gRPC, and optionally metrics, each already bound (so tests use port 0).
 pub struct Listeners {
     pub grpc: TcpListener,
@@ -237,6 +252,7 @@ pub async fn serve(
     }
     shutdown_requested.abort();
     engine.stop().await;
+    release(engine, app, &metrics).await;
     match &result {
         Ok(()) => info!("stopped; the log is durable"),
         Err(error) => error!(%error, "stopped with an error"),

@@ -43,7 +43,12 @@ async fn a_damaged_record_is_refused_by_the_server_and_by_verify() {
 
     // Flip one bit of revision 3's record, as a bad disk would.
     {
-        let db = sled::open(dir.path()).unwrap();
+        // The same sled configuration the server uses (ipam_bindings::log::EventLog::open).
+        let db = sled::Config::new()
+            .path(dir.path())
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .unwrap();
         let events = db.open_tree("events").unwrap();
         let mut record = events.get(3u64.to_be_bytes()).unwrap().unwrap().to_vec();
         let last = record.len() - 1;
