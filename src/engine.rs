@@ -5,14 +5,15 @@
 //! and the rules hold under any concurrency: decisions are serialized, and each one sees every
 //! decision before it, durable or about to be.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::domain::{Command, Error, Event, Micros, Outcome, Reason, State};
-use crate::log::{EventLog, LogError};
+use crate::log::{EventLog, LogError, codec};
 use crate::metrics::Metrics;
 use crate::projection::{Projections, ReadModel};
 
@@ -48,12 +49,16 @@ impl Engine {
     /// from a blocking context.
     pub fn start(log: EventLog, metrics: Arc<Metrics>) -> Result<Engine, LogError> {
         let started = std::time::Instant::now();
-        let mut model = ReadModel::default();
-        for event in log.read_after(0) {
+        let log_head = log.head()?;
+        let mut model = restore_snapshot(&log, log_head)?.unwrap_or_default();
+        let snapshot_revision = model.head;
+        for event in log.read_after(model.head) {
             model.apply(&event?);
         }
         info!(
             head = model.head,
+            snapshot_revision,
+            replayed = model.head - snapshot_revision,
             prefixes = model.state.n_prefixes(),
             bindings = model.state.n_bindings(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -72,6 +77,8 @@ impl Engine {
             projections: projections.clone(),
             feed: feed.clone(),
             metrics,
+            last_snapshot: snapshot_revision,
+            snapshot_running: Arc::new(AtomicBool::new(false)),
         };
         let handle = std::thread::Builder::new()
             .name("ipam-writer".into())
@@ -118,9 +125,65 @@ impl Engine {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        // A checkpoint of the final state makes the next start replay nothing.
+        let (log, projections) = (self.log.clone(), self.projections.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let model = projections.read();
+            if model.head > 0 {
+                write_snapshot(&log, model.head, &model.state);
+            }
+        })
+        .await;
         if let Err(error) = self.log.flush() {
             error!(%error, "final flush of the log failed");
         }
+    }
+}
+
+/// Events between background snapshots.
+const SNAPSHOT_EVERY: u64 = 100_000;
+
+/// The read model of the stored snapshot, if there is a usable one. A missing or unreadable
+/// snapshot is `None` (full replay). A snapshot newer than the log's head means the log lost
+/// events it once had, and a damaged record under the snapshot is damage all the same: both
+/// refuse to start rather than serve from a log that is not sound.
+fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, LogError> {
+    let record = match log.load_snapshot() {
+        Ok(Some(record)) => record,
+        Ok(None) => return Ok(None),
+        Err(error) => {
+            warn!(%error, "cannot read the snapshot; replaying the whole log");
+            return Ok(None);
+        }
+    };
+    match codec::decode_snapshot(&record) {
+        Ok((revision, _)) if revision > log_head => Err(LogError::Truncated {
+            snapshot: revision,
+            head: log_head,
+        }),
+        Ok((revision, state)) => {
+            log.check_records(revision)?;
+            Ok(Some(ReadModel::from_state(state, revision)))
+        }
+        Err(error) => {
+            warn!(%error, "the snapshot is unreadable; replaying the whole log");
+            Ok(None)
+        }
+    }
+}
+
+fn write_snapshot(log: &EventLog, revision: u64, state: &State) {
+    let started = std::time::Instant::now();
+    let record = codec::encode_snapshot(revision, state);
+    let bytes = record.len();
+    match log.save_snapshot(record) {
+        Ok(()) => info!(
+            revision,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        ),
+        Err(error) => warn!(%error, revision, "writing a snapshot failed; the log is unaffected"),
     }
 }
 
@@ -141,6 +204,10 @@ struct Writer {
     projections: Projections,
     feed: broadcast::Sender<CommittedGroup>,
     metrics: Arc<Metrics>,
+    /// Revision of the newest snapshot written (or loaded).
+    last_snapshot: u64,
+    /// Set while a background snapshot is being written, so that two never overlap.
+    snapshot_running: Arc<AtomicBool>,
 }
 
 type Reply = (oneshot::Sender<Result<Outcome, Error>>, Result<Outcome, Error>);
@@ -221,6 +288,25 @@ impl Writer {
         for (reply, result) in replies {
             // The caller may have gone away; its change is committed all the same.
             let _ = reply.send(result);
+        }
+        self.maybe_snapshot();
+    }
+
+    /// Every [`SNAPSHOT_EVERY`] events, checkpoints the state in the background: the writer
+    /// pays for a clone of its state, a helper thread for encoding and storing it.
+    fn maybe_snapshot(&mut self) {
+        let head = self.next_revision - 1;
+        if head - self.last_snapshot < SNAPSHOT_EVERY || self.snapshot_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.last_snapshot = head;
+        let (state, log, running) = (self.state.clone(), self.log.clone(), Arc::clone(&self.snapshot_running));
+        let spawned = std::thread::Builder::new().name("ipam-snapshot".into()).spawn(move || {
+            write_snapshot(&log, head, &state);
+            running.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            self.snapshot_running.store(false, Ordering::Release);
         }
     }
 

@@ -329,6 +329,55 @@ impl State {
         }
     }
 
+    // ---- snapshots ----------------------------------------------------------------------
+
+    pub fn prefixes(&self) -> impl Iterator<Item = &Prefix> {
+        self.prefixes.values()
+    }
+
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values()
+    }
+
+    /// Every idempotency key with the binding it created, as created.
+    pub fn remembered_requests(&self) -> impl Iterator<Item = (AccountId, &str, &Binding)> {
+        self.requests
+            .iter()
+            .map(|((account_id, request_id), remembered)| (*account_id, request_id.as_str(), &remembered.binding))
+    }
+
+    /// Rebuilds a state from the records a snapshot holds; equal to the state the events up to
+    /// the snapshot's revision fold into.
+    pub fn restore(
+        prefixes: impl IntoIterator<Item = Prefix>,
+        bindings: impl IntoIterator<Item = Binding>,
+        requests: impl IntoIterator<Item = (AccountId, String, Binding)>,
+    ) -> State {
+        let mut state = State::default();
+        let mut apply = |change| {
+            state.apply(&Event {
+                revision: 0,
+                time: Micros(0),
+                change,
+            })
+        };
+        for prefix in prefixes {
+            apply(Change::PrefixCreated(prefix));
+        }
+        for binding in bindings {
+            apply(Change::BindingCreated {
+                binding,
+                request_id: None,
+            });
+        }
+        for (account_id, request_id, binding) in requests {
+            state
+                .requests
+                .insert((account_id, request_id), RememberedRequest { binding });
+        }
+        state
+    }
+
     // ---- queries ------------------------------------------------------------------------
 
     /// The account's prefix; another account's is NOT_FOUND exactly like a missing one.

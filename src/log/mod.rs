@@ -11,6 +11,9 @@ use std::path::Path;
 use crate::domain::Event;
 
 const EVENTS_TREE: &str = "events";
+/// Holds one key, [`SNAPSHOT_KEY`]: the latest checkpoint of the state (see `codec`).
+const SNAPSHOTS_TREE: &str = "snapshots";
+const SNAPSHOT_KEY: &[u8] = b"latest";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -26,6 +29,10 @@ pub enum LogError {
     Gap { expected: u64, found: u64 },
     #[error("the log has a key that is not a revision: {0:?}")]
     BadKey(Vec<u8>),
+    #[error(
+        "the log ends at revision {head}, but a snapshot of revision {snapshot} was taken from it: events were lost (truncated log?)"
+    )]
+    Truncated { snapshot: u64, head: u64 },
 }
 
 /// The durable, append-only log of every accepted change.
@@ -33,6 +40,7 @@ pub enum LogError {
 pub struct EventLog {
     db: sled::Db,
     events: sled::Tree,
+    snapshots: sled::Tree,
 }
 
 impl EventLog {
@@ -47,7 +55,8 @@ impl EventLog {
             .flush_every_ms(None)
             .open()?;
         let events = db.open_tree(EVENTS_TREE)?;
-        Ok(EventLog { db, events })
+        let snapshots = db.open_tree(SNAPSHOTS_TREE)?;
+        Ok(EventLog { db, events, snapshots })
     }
 
     /// The revision of the last stored event; 0 for an empty log.
@@ -104,6 +113,44 @@ impl EventLog {
             expected += 1;
             codec::decode(revision, &value).map_err(|source| LogError::Corrupt { revision, source })
         })
+    }
+
+    /// Replaces the stored snapshot and makes it durable. The log itself is untouched.
+    pub fn save_snapshot(&self, record: Vec<u8>) -> Result<(), LogError> {
+        self.snapshots.insert(SNAPSHOT_KEY, record)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The stored snapshot record, if any.
+    pub fn load_snapshot(&self) -> Result<Option<sled::IVec>, LogError> {
+        Ok(self.snapshots.get(SNAPSHOT_KEY)?)
+    }
+
+    /// Checks the records up to `last` (revisions, format, checksum) without decoding them:
+    /// what a start from a snapshot does instead of a replay, so that damage the snapshot
+    /// covers is still found.
+    pub fn check_records(&self, last: u64) -> Result<(), LogError> {
+        let mut expected = 1;
+        for entry in self.events.range(1u64.to_be_bytes()..=last.to_be_bytes()) {
+            let (key, value) = entry?;
+            let revision = revision_of(&key)?;
+            if revision != expected {
+                return Err(LogError::Gap {
+                    expected,
+                    found: revision,
+                });
+            }
+            codec::check(&value).map_err(|source| LogError::Corrupt { revision, source })?;
+            expected += 1;
+        }
+        if expected != last + 1 {
+            return Err(LogError::Gap {
+                expected,
+                found: last + 1,
+            });
+        }
+        Ok(())
     }
 
     /// Makes everything written so far durable (used at shutdown).

@@ -7,7 +7,7 @@ pub mod routing;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use crate::domain::{Event, State};
+use crate::domain::{Change, Event, State};
 use routing::RoutingTable;
 
 /// Everything the reads need, as of `head`.
@@ -20,6 +20,21 @@ pub struct ReadModel {
 }
 
 impl ReadModel {
+    /// The read model of a restored state (a snapshot) as of `head`.
+    pub fn from_state(state: State, head: u64) -> ReadModel {
+        let mut routes = RoutingTable::default();
+        for prefix in state.prefixes() {
+            routes.apply(&Change::PrefixCreated(prefix.clone()));
+        }
+        for binding in state.bindings() {
+            routes.apply(&Change::BindingCreated {
+                binding: binding.clone(),
+                request_id: None,
+            });
+        }
+        ReadModel { state, routes, head }
+    }
+
     pub fn apply(&mut self, event: &Event) {
         self.state.apply(event);
         self.routes.apply(&event.change);

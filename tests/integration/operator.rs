@@ -136,3 +136,48 @@ async fn export_and_import_round_trip_state_and_revisions() {
     assert_eq!(histories[0], histories[1]);
     assert_eq!(histories[0].last().unwrap().revision, 7);
 }
+
+#[tokio::test]
+async fn a_damaged_snapshot_falls_back_to_a_full_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
+    fill(&server).await;
+    let prefix = server.create_prefix(&account(), "198.51.100.0/24").await;
+    let before = server.list_all_bindings(&prefix, 0).await;
+    server.stop().await.unwrap();
+    drop(server);
+    {
+        // A clean stop wrote a snapshot; damage it.
+        let db = sled::Config::new()
+            .path(dir.path())
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .unwrap();
+        let snapshots = db.open_tree("snapshots").unwrap();
+        let mut record = snapshots
+            .get(b"latest")
+            .unwrap()
+            .expect("a snapshot after a clean stop")
+            .to_vec();
+        record[10] ^= 0xff;
+        snapshots.insert(b"latest", record).unwrap();
+        db.flush().unwrap();
+    }
+    let server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
+    assert_eq!(server.list_all_bindings(&prefix, 0).await, before);
+    let request = ipam_bindings::pb::api::ListPrefixesRequest {
+        account_id: prefix.account_id.clone(),
+        page_size: 0,
+        page_token: String::new(),
+    };
+    assert_eq!(
+        server
+            .prefixes()
+            .list_prefixes(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .prefixes,
+        vec![prefix]
+    );
+}
