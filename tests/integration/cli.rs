@@ -160,6 +160,7 @@ async fn watch_resumes_after_the_server_restarts() {
         .port();
     let dir = tempfile::tempdir().unwrap();
     let start = |dir: std::path::PathBuf| async move {
+        wait_until_unlocked(&dir).await;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let options = ipam_bindings::server::ServerOptions::new(dir, std::time::Duration::from_secs(3600));

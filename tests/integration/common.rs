@@ -63,7 +63,17 @@ impl TestServer {
     }
 
     /// A server with these options (its data dir is the caller's), serving metrics too.
+    ///
+    /// sled releases a closed database's directory lock lazily (its memory reclamation runs
+    /// later, on some other thread's schedule), so right after a server in this same process
+    /// stopped, the directory may still be locked for a moment: wait for it. (A real process
+    /// releases the lock when it exits.)
     pub async fn start_with_options(options: ServerOptions) -> TestServer {
+        wait_until_unlocked(&options.data_dir).await;
+        TestServer::start_now(options).await
+    }
+
+    async fn start_now(options: ServerOptions) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local addr");
         let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -222,6 +232,25 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
+        }
+    }
+}
+
+/// Waits (bounded by [`PATIENCE`]) until no sled handle in this process holds `dir`'s lock.
+pub async fn wait_until_unlocked(dir: &Path) {
+    // sled holds an exclusive flock on <dir>/db; probe it the same way (not with sled, whose
+    // own handle would release lazily in turn).
+    let Ok(file) = std::fs::File::open(dir.join("db")) else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }

@@ -36,6 +36,7 @@ async fn a_damaged_record_is_refused_by_the_server_and_by_verify() {
     fill(&server).await;
     server.stop().await.unwrap();
     drop(server);
+    wait_until_unlocked(dir.path()).await;
 
     let (ok, _, stderr) = tool(dir.path(), &["verify"]);
     assert!(ok, "{stderr}");
@@ -56,6 +57,7 @@ async fn a_damaged_record_is_refused_by_the_server_and_by_verify() {
         events.insert(3u64.to_be_bytes(), record).unwrap();
         db.flush().unwrap();
     }
+    wait_until_unlocked(dir.path()).await;
     let (ok, _, stderr) = tool(dir.path(), &["verify"]);
     assert!(!ok);
     assert!(
@@ -63,6 +65,7 @@ async fn a_damaged_record_is_refused_by_the_server_and_by_verify() {
         "{stderr}"
     );
 
+    wait_until_unlocked(dir.path()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let options = ServerOptions::new(dir.path().to_path_buf(), Duration::ZERO);
     let refused = tokio::time::timeout(PATIENCE, serve(options, listener, std::future::pending()))
@@ -82,6 +85,7 @@ async fn export_and_import_round_trip_state_and_revisions() {
     server.delete_binding(&wide).await.unwrap();
     server.stop().await.unwrap();
     drop(server);
+    wait_until_unlocked(source_dir.path()).await;
 
     let export_file = source_dir.path().join("export.jsonl");
     let (ok, _, stderr) = tool(
@@ -100,6 +104,7 @@ async fn export_and_import_round_trip_state_and_revisions() {
     let target_dir = tempfile::tempdir().unwrap();
     let (ok, _, stderr) = tool(target_dir.path(), &["import", "--input", export_file.to_str().unwrap()]);
     assert!(ok, "{stderr}");
+    wait_until_unlocked(target_dir.path()).await;
     let (ok, _, stderr) = tool(target_dir.path(), &["import", "--input", export_file.to_str().unwrap()]);
     assert!(!ok && stderr.contains("import needs an empty one"), "{stderr}");
 
@@ -146,6 +151,7 @@ async fn a_damaged_snapshot_falls_back_to_a_full_replay() {
     let before = server.list_all_bindings(&prefix, 0).await;
     server.stop().await.unwrap();
     drop(server);
+    wait_until_unlocked(dir.path()).await;
     {
         // A clean stop wrote a snapshot; damage it.
         let db = sled::Config::new()
