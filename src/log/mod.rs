@@ -99,9 +99,16 @@ impl EventLog {
 
     /// Every event with a revision greater than `after`, in order, checked for damage and gaps.
     pub fn read_after(&self, after: u64) -> impl Iterator<Item = Result<Event, LogError>> + use<> {
-        let start = after.saturating_add(1);
-        let mut expected = start;
-        self.events.range(start.to_be_bytes()..).map(move |entry| {
+        self.records_after(after).map(|record| {
+            let (revision, value) = record?;
+            codec::decode(revision, &value).map_err(|source| LogError::Corrupt { revision, source })
+        })
+    }
+
+    /// The raw records after `after`, in order; a missing revision is a [`LogError::Gap`].
+    fn records_after(&self, after: u64) -> impl Iterator<Item = Result<(u64, sled::IVec), LogError>> + use<> {
+        let mut expected = after.saturating_add(1);
+        self.events.range(expected.to_be_bytes()..).map(move |entry| {
             let (key, value) = entry?;
             let revision = revision_of(&key)?;
             if revision != expected {
@@ -111,7 +118,7 @@ impl EventLog {
                 });
             }
             expected += 1;
-            codec::decode(revision, &value).map_err(|source| LogError::Corrupt { revision, source })
+            Ok((revision, value))
         })
     }
 
@@ -131,22 +138,18 @@ impl EventLog {
     /// what a start from a snapshot does instead of a replay, so that damage the snapshot
     /// covers is still found.
     pub fn check_records(&self, last: u64) -> Result<(), LogError> {
-        let mut expected = 1;
-        for entry in self.events.range(1u64.to_be_bytes()..=last.to_be_bytes()) {
-            let (key, value) = entry?;
-            let revision = revision_of(&key)?;
-            if revision != expected {
-                return Err(LogError::Gap {
-                    expected,
-                    found: revision,
-                });
-            }
+        let mut checked_up_to = 0;
+        for record in self
+            .records_after(0)
+            .take_while(|record| record.as_ref().map_or(true, |(r, _)| *r <= last))
+        {
+            let (revision, value) = record?;
             codec::check(&value).map_err(|source| LogError::Corrupt { revision, source })?;
-            expected += 1;
+            checked_up_to = revision;
         }
-        if expected != last + 1 {
+        if checked_up_to != last {
             return Err(LogError::Gap {
-                expected,
+                expected: checked_up_to + 1,
                 found: last + 1,
             });
         }
