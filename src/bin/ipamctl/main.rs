@@ -194,6 +194,12 @@ impl Connection {
 /// A failed call, printed with everything the status carries.
 fn describe(status: &tonic::Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
+    // A transport failure (refused TLS handshake, connection reset) says why only in its sources.
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
     if let Some(info) = status.get_details_error_info() {
         let code = info.metadata.get("code").cloned().unwrap_or_default();
         text.push_str(&format!("\n  reason: {} (code {code})", info.reason));
