@@ -69,10 +69,9 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Reports NOT_SERVING, then ends open grpc.health.v1 Watch streams (which would otherwise
-/// hold the graceful shutdown open): dropping a status's sender ends the streams on it.
+/// Ends open grpc.health.v1 Watch streams (which would otherwise hold the graceful shutdown
+/// open; they have already seen NOT_SERVING): dropping a status's sender ends the streams on it.
 async fn end_health_watches(mut reporter: HealthReporter) {
-    set_health(&reporter, ServingStatus::NotServing).await;
     for name in health_names() {
         reporter.clear_service_status(name).await;
     }

@@ -23,7 +23,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::edge::REQUEST_ID;
 
-use crate::domain::{Error, ErrorKind, Reason};
+use crate::domain::{Error, ErrorKind, Outcome, Reason};
 use crate::engine::Engine;
 use crate::metrics::{CallLabels, MethodLabels, Metrics};
 
@@ -64,6 +64,11 @@ impl AppContext {
     pub fn shutdown_signal(&self) -> signal::Receiver<bool> {
         self.shutdown.clone()
     }
+}
+
+/// The writer answered a command with an outcome of another kind: a bug, never the caller's.
+pub(crate) fn unexpected(outcome: Outcome) -> Error {
+    Error::new(Reason::Internal, format!("unexpected outcome {outcome:?}"))
 }
 
 /// Runs one call (a unary call, or the opening of a stream) inside a span that carries the

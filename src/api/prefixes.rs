@@ -2,9 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{AppContext, convert, page_token, unary};
+use super::{AppContext, convert, page_token, unary, unexpected};
 use crate::domain::error::AllFields;
-use crate::domain::{AccountId, Command, Error, Outcome, Reason, fields};
+use crate::domain::{AccountId, Command, Error, Outcome, fields};
 use crate::pb::api;
 use crate::pb::api::prefixes_server::Prefixes;
 
@@ -23,10 +23,6 @@ impl PrefixesService {
             other => Err(unexpected(other)),
         }
     }
-}
-
-pub(crate) fn unexpected(outcome: Outcome) -> Error {
-    Error::new(Reason::Internal, format!("unexpected outcome {outcome:?}"))
 }
 
 fn prefixes_scope(account_id: &AccountId) -> page_token::ListScope<'_> {

@@ -6,8 +6,7 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::prefixes::unexpected;
-use super::{AppContext, convert, page_token, unary, watch};
+use super::{AppContext, convert, page_token, unary, unexpected, watch};
 use crate::domain::error::AllFields;
 use crate::domain::{Command, Outcome, PrefixId, fields};
 use crate::pb::api;
