@@ -1,60 +1,18 @@
 //! The longest-prefix-match table behind the Routing service: for an address, the prefix that
 //! covers it and the most specific binding (or most specific ACTIVE binding) containing it.
-//! Built on the prefix-trie crate, one trie per address family and per question.
+//!
+//! Two tables, one for all bindings and one for ACTIVE ones, each holding every prefix and
+//! binding CIDR of its kind, so a lookup is one LPM search: the entry found names the prefix
+//! (prefixes never overlap and bindings lie inside them) and the binding at that CIDR, if any.
+//! A prefix-wide binding shares its prefix's CIDR and so its entry.
 
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv6Net};
 use prefix_trie::PrefixMap;
 
+use super::lpm::{HUGE_PAGES_FROM, Lpm, advise_huge_pages};
 use crate::domain::{BindingId, Change, PrefixId, ProvisioningState};
-
-/// One LPM trie per address family.
-#[derive(Clone)]
-struct DualTrie<T> {
-    v4: PrefixMap<Ipv4Net, T>,
-    v6: PrefixMap<Ipv6Net, T>,
-}
-
-impl<T> Default for DualTrie<T> {
-    fn default() -> Self {
-        DualTrie {
-            v4: PrefixMap::new(),
-            v6: PrefixMap::new(),
-        }
-    }
-}
-
-impl<T: Copy> DualTrie<T> {
-    fn insert(&mut self, network: IpNet, value: T) {
-        match network {
-            IpNet::V4(net) => {
-                self.v4.insert(net, value);
-            }
-            IpNet::V6(net) => {
-                self.v6.insert(net, value);
-            }
-        }
-    }
-
-    fn remove(&mut self, network: IpNet) {
-        match network {
-            IpNet::V4(net) => {
-                self.v4.remove(&net);
-            }
-            IpNet::V6(net) => {
-                self.v6.remove(&net);
-            }
-        }
-    }
-
-    fn longest_match(&self, address: IpAddr) -> Option<T> {
-        match address {
-            IpAddr::V4(address) => self.v4.get_lpm(&Ipv4Net::from(address)).map(|(_, value)| *value),
-            IpAddr::V6(address) => self.v6.get_lpm(&Ipv6Net::from(address)).map(|(_, value)| *value),
-        }
-    }
-}
 
 /// What a lookup found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,43 +22,146 @@ pub struct Route {
     pub binding_id: Option<BindingId>,
 }
 
+/// What one CIDR stands for in a table.
+#[derive(Clone, Copy)]
+struct Entry {
+    route: Route,
+    /// The CIDR is a prefix's (its binding, if any, is the prefix-wide one).
+    is_prefix: bool,
+}
+
+/// CIDR -> entry, for both families, with LPM search.
+#[derive(Clone, Default)]
+struct Table {
+    v4: Lpm<u32>,
+    /// IPv6 stays on prefix-trie (see `lpm`'s module comment for why).
+    v6: PrefixMap<Ipv6Net, u32>,
+    /// Indexed by the LPM values; freed slots are reused.
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+}
+
+impl Table {
+    fn slot(&self, cidr: IpNet) -> Option<u32> {
+        match cidr {
+            IpNet::V4(net) => self.v4.get(net.network().to_bits(), net.prefix_len()),
+            IpNet::V6(net) => self.v6.get(&net).copied(),
+        }
+    }
+
+    fn entry_mut(&mut self, cidr: IpNet) -> Option<&mut Entry> {
+        let slot = self.slot(cidr)?;
+        Some(&mut self.entries[slot as usize])
+    }
+
+    fn insert(&mut self, cidr: IpNet, entry: Entry) {
+        if let Some(existing) = self.entry_mut(cidr) {
+            *existing = entry;
+            return;
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.entries[slot as usize] = entry;
+                slot
+            }
+            None => {
+                let capacity = self.entries.capacity();
+                self.entries.push(entry);
+                if self.entries.capacity() != capacity && self.entries.len() >= HUGE_PAGES_FROM {
+                    advise_huge_pages(self.entries.spare_capacity_mut());
+                }
+                u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 routes")
+            }
+        };
+        match cidr {
+            IpNet::V4(net) => self.v4.insert(net.network().to_bits(), net.prefix_len(), slot),
+            IpNet::V6(net) => self.v6.insert(net, slot),
+        };
+    }
+
+    fn remove(&mut self, cidr: IpNet) {
+        let slot = match cidr {
+            IpNet::V4(net) => self.v4.remove(net.network().to_bits(), net.prefix_len()),
+            IpNet::V6(net) => self.v6.remove(&net),
+        };
+        self.free.extend(slot);
+    }
+
+    fn set_binding(&mut self, cidr: IpNet, prefix_id: PrefixId, binding_id: BindingId) {
+        match self.entry_mut(cidr) {
+            Some(entry) => entry.route.binding_id = Some(binding_id),
+            None => self.insert(
+                cidr,
+                Entry {
+                    route: Route {
+                        prefix_id,
+                        binding_id: Some(binding_id),
+                    },
+                    is_prefix: false,
+                },
+            ),
+        }
+    }
+
+    fn clear_binding(&mut self, cidr: IpNet) {
+        match self.entry_mut(cidr) {
+            Some(entry) if entry.is_prefix => entry.route.binding_id = None,
+            Some(_) => self.remove(cidr),
+            None => {}
+        }
+    }
+
+    #[inline]
+    fn longest_match(&self, address: IpAddr) -> Option<Route> {
+        let slot = match address {
+            IpAddr::V4(address) => self.v4.longest_match(address.to_bits()),
+            IpAddr::V6(address) => self.v6.get_lpm(&Ipv6Net::from(address)).map(|(_, slot)| *slot),
+        }?;
+        Some(self.entries[slot as usize].route)
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct RoutingTable {
-    prefixes: DualTrie<PrefixId>,
-    bindings: DualTrie<BindingId>,
-    active_bindings: DualTrie<BindingId>,
+    all: Table,
+    active: Table,
 }
 
 impl RoutingTable {
     pub fn apply(&mut self, change: &Change) {
         match change {
-            Change::PrefixCreated(prefix) => self.prefixes.insert(prefix.cidr, prefix.id),
+            Change::PrefixCreated(prefix) => {
+                let entry = Entry {
+                    route: Route {
+                        prefix_id: prefix.id,
+                        binding_id: None,
+                    },
+                    is_prefix: true,
+                };
+                self.all.insert(prefix.cidr, entry);
+                self.active.insert(prefix.cidr, entry);
+            }
             Change::PrefixUpdated(_) => {}
-            Change::PrefixDeleted(prefix) => self.prefixes.remove(prefix.cidr),
+            Change::PrefixDeleted(prefix) => {
+                self.all.remove(prefix.cidr);
+                self.active.remove(prefix.cidr);
+            }
             Change::BindingCreated { binding, .. } | Change::BindingProvisioningStateChanged(binding) => {
-                self.bindings.insert(binding.cidr, binding.id);
+                self.all.set_binding(binding.cidr, binding.prefix_id, binding.id);
                 if binding.state == ProvisioningState::Active {
-                    self.active_bindings.insert(binding.cidr, binding.id);
+                    self.active.set_binding(binding.cidr, binding.prefix_id, binding.id);
                 }
             }
             Change::BindingDeleted(binding) => {
-                self.bindings.remove(binding.cidr);
-                self.active_bindings.remove(binding.cidr);
+                self.all.clear_binding(binding.cidr);
+                self.active.clear_binding(binding.cidr);
             }
         }
     }
 
     /// The route for `address`, or `None` when no prefix covers it.
     pub fn lookup(&self, address: IpAddr, active_only: bool) -> Option<Route> {
-        let prefix_id = self.prefixes.longest_match(address)?;
-        let bindings = if active_only {
-            &self.active_bindings
-        } else {
-            &self.bindings
-        };
-        Some(Route {
-            prefix_id,
-            binding_id: bindings.longest_match(address),
-        })
+        let table = if active_only { &self.active } else { &self.all };
+        table.longest_match(address)
     }
 }

@@ -1,0 +1,573 @@
+//! A longest-prefix-match table over fixed-width keys (used for IPv4: `u32`) with `u32` values:
+//! a multibit trie with a root array (24 bits for IPv4) and 8-bit nodes compressed by bitmaps
+//! (in the spirit of Poptrie and Tree Bitmap).
+//!
+//! Why not the prefix-trie crate: it is a binary trie, so a lookup follows one pointer per
+//! branching bit (about 20 dependent cache misses at a million prefixes); this table follows at
+//! most one per 8 bits (IPv4: the root slot and at most one node). `benches/lookup.rs` measures both side by
+//! side; the numbers are in the README.
+//!
+//! Not used for IPv6: 8-bit strides without path compression walk up to 14 nodes to a /128,
+//! and measured 3x slower than prefix-trie's path-compressed trie on IPv6 hits; IPv6 stays on
+//! prefix-trie (see ARCHITECTURE.md).
+//!
+//! Layout. A prefix no longer than the root's bits (`R`) lives in the root: it is painted onto
+//! the `2^(R-len)` root slots it covers, each slot remembering the length that painted it so that
+//! a longer prefix is never overwritten by a shorter one. A longer prefix lives in the node
+//! whose 8 bits contain its last bit. A node keeps its own prefixes (`local`) and, derived from
+//! them, the value of each of its 256 slots, run-length encoded: `run_starts` marks where the
+//! value changes and `runs` holds one value per run, so a node with a few prefixes costs a few
+//! words. `has_value` marks the slots a local prefix covers and `has_child` the slots that
+//! continue into a child node, whose index is the rank of the slot in `has_child`.
+//!
+//! A lookup walks root → nodes, remembering the deepest node slot with a value, and reads that
+//! one value at the end: the most specific prefix always ends in the deepest node that covers
+//! the key with a value, and within a node the painting already chose the longest.
+//! Updates repaint one node (256 slots) or the root slots a short prefix covers.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+const STRIDE: u32 = 8;
+const SLOTS: usize = 1 << STRIDE;
+const NONE: u32 = u32::MAX;
+
+/// A fixed-width key, most significant bit first.
+pub trait Key: Copy + Eq + Hash {
+    const BITS: u32;
+    /// How many top bits index the root array.
+    const ROOT_BITS: u32;
+    /// `len` (1..=16) bits starting `start` bits from the top, as an index.
+    fn chunk(self, start: u32, len: u32) -> usize;
+    /// The key with all but its top `len` bits cleared.
+    fn masked(self, len: u32) -> Self;
+}
+
+impl Key for u32 {
+    const BITS: u32 = 32;
+    const ROOT_BITS: u32 = 24;
+
+    #[inline]
+    fn chunk(self, start: u32, len: u32) -> usize {
+        ((self << start) >> (Self::BITS - len)) as usize
+    }
+
+    fn masked(self, len: u32) -> Self {
+        self & u32::MAX.checked_shl(Self::BITS - len).unwrap_or(0)
+    }
+}
+
+/// 256 bits, one per node slot.
+#[derive(Clone, Copy, Default)]
+struct SlotBits([u64; 4]);
+
+impl SlotBits {
+    #[inline]
+    fn get(&self, slot: usize) -> bool {
+        self.0[slot >> 6] >> (slot & 63) & 1 == 1
+    }
+
+    fn set(&mut self, slot: usize, on: bool) {
+        let bit = 1u64 << (slot & 63);
+        if on {
+            self.0[slot >> 6] |= bit;
+        } else {
+            self.0[slot >> 6] &= !bit;
+        }
+    }
+
+    /// How many set bits come before `slot`.
+    #[inline]
+    fn rank(&self, slot: usize) -> usize {
+        let word = slot >> 6;
+        let whole: u32 = self.0[..word].iter().map(|bits| bits.count_ones()).sum();
+        let partial = if word < 4 {
+            (self.0[word] & ((1u64 << (slot & 63)) - 1)).count_ones()
+        } else {
+            0
+        };
+        (whole + partial) as usize
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
+}
+
+/// A prefix that ends inside a node: its last `len` (1..=8) bits, as an index.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Local {
+    len: u8,
+    bits: u8,
+    value: u32,
+}
+
+impl Local {
+    fn slots(&self) -> std::ops::Range<usize> {
+        let width = 1usize << (STRIDE - u32::from(self.len));
+        let first = usize::from(self.bits) * width;
+        first..first + width
+    }
+}
+
+/// The values of a node's runs: inline when few (the common case: a handful of prefixes per
+/// node), so that reading one costs no extra cache miss.
+#[derive(Clone)]
+enum Runs {
+    Inline([u32; 6]),
+    Heap(Box<[u32]>),
+}
+
+impl Runs {
+    fn new(values: &[u32]) -> Runs {
+        match values.len() {
+            len @ 0..=6 => {
+                let mut inline = [NONE; 6];
+                inline[..len].copy_from_slice(values);
+                Runs::Inline(inline)
+            }
+            _ => Runs::Heap(values.into()),
+        }
+    }
+
+    #[inline]
+    fn get(&self, index: usize) -> u32 {
+        match self {
+            Runs::Inline(values) => values[index],
+            Runs::Heap(values) => values[index],
+        }
+    }
+}
+
+impl Default for Runs {
+    fn default() -> Self {
+        Runs::new(&[])
+    }
+}
+
+/// What a lookup reads, in one 128-byte block (two cache lines the CPU fetches as a pair).
+/// The node's own prefixes, needed only by updates, live apart in `Lpm::locals`.
+#[derive(Clone, Default)]
+#[repr(C, align(128))]
+struct Node {
+    run_starts: SlotBits,
+    runs: Runs,
+    has_child: SlotBits,
+    children: Box<[u32]>,
+}
+
+impl Node {
+    fn child(&self, slot: usize) -> Option<u32> {
+        self.has_child
+            .get(slot)
+            .then(|| self.children[self.has_child.rank(slot)])
+    }
+
+    #[inline]
+    fn value(&self, slot: usize) -> u32 {
+        self.runs.get(self.run_starts.rank(slot + 1) - 1)
+    }
+
+    /// Rebuilds the slot values from the node's prefixes (sorted by length).
+    fn repaint(&mut self, locals: &[Local]) {
+        let mut slots = [NONE; SLOTS];
+        for local in locals {
+            slots[local.slots()].fill(local.value);
+        }
+        let mut runs = Vec::new();
+        self.run_starts = SlotBits::default();
+        for (slot, &value) in slots.iter().enumerate() {
+            if slot == 0 || slots[slot - 1] != value {
+                self.run_starts.set(slot, true);
+                runs.push(value);
+            }
+        }
+        self.runs = Runs::new(&runs);
+    }
+}
+
+/// The table. Keys are given with their prefix length; bits past it are ignored.
+#[derive(Clone)]
+pub struct Lpm<K: Key> {
+    /// Per root slot: value + 1 in the low half, child node + 1 in the high half (0 = none),
+    /// so one load answers both and an empty table is untouched zeroed memory (no RSS).
+    root: Box<[u64]>,
+    /// The length of the prefix that painted each root slot (meaningful where a value is).
+    root_lengths: Box<[u8]>,
+    /// Prefixes of length 0..=ROOT_BITS, which live in the root.
+    short: HashMap<(K, u8), u32>,
+    nodes: Vec<Node>,
+    /// Per node, the prefixes that end in it, sorted by length (so painting in order lets
+    /// longer prefixes win).
+    locals: Vec<Vec<Local>>,
+    free_nodes: Vec<u32>,
+    len: usize,
+}
+
+impl<K: Key> Default for Lpm<K> {
+    fn default() -> Self {
+        let root = 1usize << K::ROOT_BITS;
+        Lpm {
+            root: vec![0; root].into_boxed_slice(),
+            root_lengths: vec![0; root].into_boxed_slice(),
+            short: HashMap::new(),
+            nodes: Vec::new(),
+            locals: Vec::new(),
+            free_nodes: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<K: Key> Lpm<K> {
+    /// How many prefixes the table holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The value of the longest prefix containing `key`.
+    #[inline]
+    pub fn longest_match(&self, key: K) -> Option<u32> {
+        let root_slot = key.chunk(0, K::ROOT_BITS);
+        let root = self.root[root_slot];
+        let mut best = (root as u32).wrapping_sub(1);
+        let mut next = ((root >> 32) as u32).wrapping_sub(1);
+        let mut start = K::ROOT_BITS;
+        while next != NONE {
+            let node = &self.nodes[next as usize];
+            let slot = key.chunk(start, STRIDE);
+            let value = node.value(slot);
+            if value != NONE {
+                best = value;
+            }
+            // The last level has no children: do not touch the node's second cache line.
+            if start + STRIDE == K::BITS || !node.has_child.get(slot) {
+                break;
+            }
+            next = node.children[node.has_child.rank(slot)];
+            start += STRIDE;
+        }
+        (best != NONE).then_some(best)
+    }
+
+    /// The value stored for exactly this prefix.
+    pub fn get(&self, key: K, len: u8) -> Option<u32> {
+        let key = key.masked(u32::from(len));
+        if u32::from(len) <= K::ROOT_BITS {
+            return self.short.get(&(key, len)).copied();
+        }
+        let (node, local) = self.find_node(key, len)?;
+        self.locals[node as usize]
+            .iter()
+            .find(|l| (l.len, l.bits) == local)
+            .map(|l| l.value)
+    }
+
+    /// Stores `value` for the prefix; returns the value it replaces.
+    pub fn insert(&mut self, key: K, len: u8, value: u32) -> Option<u32> {
+        assert!(
+            u32::from(len) <= K::BITS && value != NONE,
+            "prefix length or value out of range"
+        );
+        let key = key.masked(u32::from(len));
+        let replaced = if u32::from(len) <= K::ROOT_BITS {
+            let replaced = self.short.insert((key, len), value);
+            for slot in Self::root_slots(key, len) {
+                if self.root_value(slot) == NONE || self.root_lengths[slot] <= len {
+                    self.set_root_value(slot, value);
+                    self.root_lengths[slot] = len;
+                }
+            }
+            replaced
+        } else {
+            let mut node = self.child_or_insert(None, key.chunk(0, K::ROOT_BITS));
+            let mut start = K::ROOT_BITS;
+            while u32::from(len) > start + STRIDE {
+                node = self.child_or_insert(Some(node), key.chunk(start, STRIDE));
+                start += STRIDE;
+            }
+            let (local_len, bits) = Self::local_part(key, len, start);
+            let locals = &mut self.locals[node as usize];
+            let position = locals.iter().position(|l| (l.len, l.bits) == (local_len, bits));
+            let replaced = match position {
+                Some(position) => Some(std::mem::replace(&mut locals[position].value, value)),
+                None => {
+                    let at = locals.partition_point(|l| l.len <= local_len);
+                    locals.insert(
+                        at,
+                        Local {
+                            len: local_len,
+                            bits,
+                            value,
+                        },
+                    );
+                    None
+                }
+            };
+            self.nodes[node as usize].repaint(locals);
+            replaced
+        };
+        if replaced.is_none() {
+            self.len += 1;
+            if self.len == HUGE_PAGES_FROM {
+                self.move_to_huge_pages();
+            }
+        }
+        replaced
+    }
+
+    /// Removes the prefix; returns its value.
+    pub fn remove(&mut self, key: K, len: u8) -> Option<u32> {
+        let key = key.masked(u32::from(len));
+        let removed = if u32::from(len) <= K::ROOT_BITS {
+            let removed = self.short.remove(&(key, len))?;
+            let (fallback, fallback_len) = (0..len)
+                .rev()
+                .find_map(|shorter| {
+                    let value = self.short.get(&(key.masked(u32::from(shorter)), shorter))?;
+                    Some((*value, shorter))
+                })
+                .unwrap_or((NONE, 0));
+            for slot in Self::root_slots(key, len) {
+                if self.root_value(slot) != NONE && self.root_lengths[slot] == len {
+                    self.set_root_value(slot, fallback);
+                    self.root_lengths[slot] = fallback_len;
+                }
+            }
+            removed
+        } else {
+            let path = self.path(key, len)?;
+            let (node, local) = (
+                *path.last()?,
+                Self::local_part(key, len, K::ROOT_BITS + STRIDE * (path.len() as u32 - 1)),
+            );
+            let locals = &mut self.locals[node as usize];
+            let position = locals.iter().position(|l| (l.len, l.bits) == local)?;
+            let removed = locals.remove(position).value;
+            self.nodes[node as usize].repaint(locals);
+            self.prune(key, &path);
+            removed
+        };
+        self.len -= 1;
+        Some(removed)
+    }
+
+    /// Copies the root and the nodes into memory advised for huge pages before it is touched
+    /// (the kernel only merges pages already touched slowly, in the background).
+    fn move_to_huge_pages(&mut self) {
+        let mut root = vec![0u64; self.root.len()].into_boxed_slice();
+        advise_huge_pages(&root);
+        root.copy_from_slice(&self.root);
+        self.root = root;
+        let mut nodes = Vec::with_capacity(self.nodes.capacity());
+        advise_huge_pages(nodes.spare_capacity_mut());
+        nodes.append(&mut self.nodes);
+        self.nodes = nodes;
+    }
+
+    fn root_value(&self, slot: usize) -> u32 {
+        (self.root[slot] as u32).wrapping_sub(1)
+    }
+
+    fn root_child(&self, slot: usize) -> u32 {
+        ((self.root[slot] >> 32) as u32).wrapping_sub(1)
+    }
+
+    fn set_root_value(&mut self, slot: usize, value: u32) {
+        self.root[slot] = (self.root[slot] & !u64::from(u32::MAX)) | u64::from(value.wrapping_add(1));
+    }
+
+    fn set_root_child(&mut self, slot: usize, child: u32) {
+        self.root[slot] = (self.root[slot] & u64::from(u32::MAX)) | u64::from(child.wrapping_add(1)) << 32;
+    }
+
+    fn root_slots(key: K, len: u8) -> std::ops::Range<usize> {
+        let first = key.chunk(0, K::ROOT_BITS);
+        first..first + (1usize << (K::ROOT_BITS - u32::from(len)))
+    }
+
+    /// The (length, bits) of a prefix within the node that starts `start` bits from the top.
+    fn local_part(key: K, len: u8, start: u32) -> (u8, u8) {
+        let local_len = u32::from(len) - start;
+        (local_len as u8, key.chunk(start, local_len) as u8)
+    }
+
+    /// The nodes from the root's child down to the node a prefix longer than 16 bits ends in.
+    fn path(&self, key: K, len: u8) -> Option<Vec<u32>> {
+        let mut node = self.root_child(key.chunk(0, K::ROOT_BITS));
+        let mut path = Vec::new();
+        let mut start = K::ROOT_BITS;
+        loop {
+            if node == NONE {
+                return None;
+            }
+            path.push(node);
+            if u32::from(len) <= start + STRIDE {
+                return Some(path);
+            }
+            node = self.nodes[node as usize]
+                .child(key.chunk(start, STRIDE))
+                .unwrap_or(NONE);
+            start += STRIDE;
+        }
+    }
+
+    fn find_node(&self, key: K, len: u8) -> Option<(u32, (u8, u8))> {
+        let path = self.path(key, len)?;
+        let start = K::ROOT_BITS + STRIDE * (path.len() as u32 - 1);
+        Some((*path.last()?, Self::local_part(key, len, start)))
+    }
+
+    /// The child at `slot` of `parent` (the root when `None`), created if missing.
+    fn child_or_insert(&mut self, parent: Option<u32>, slot: usize) -> u32 {
+        let existing = match parent {
+            None => Some(self.root_child(slot)).filter(|&child| child != NONE),
+            Some(parent) => self.nodes[parent as usize].child(slot),
+        };
+        if let Some(child) = existing {
+            return child;
+        }
+        let child = self.allocate();
+        match parent {
+            None => self.set_root_child(slot, child),
+            Some(parent) => {
+                let parent = &mut self.nodes[parent as usize];
+                let mut children = std::mem::take(&mut parent.children).into_vec();
+                children.insert(parent.has_child.rank(slot), child);
+                parent.children = children.into_boxed_slice();
+                parent.has_child.set(slot, true);
+            }
+        }
+        child
+    }
+
+    fn allocate(&mut self) -> u32 {
+        let mut node = Node::default();
+        node.repaint(&[]);
+        match self.free_nodes.pop() {
+            Some(index) => {
+                self.nodes[index as usize] = node;
+                self.locals[index as usize] = Vec::new();
+                index
+            }
+            None => {
+                let capacity = self.nodes.capacity();
+                self.nodes.push(node);
+                self.locals.push(Vec::new());
+                if self.nodes.capacity() != capacity && self.len >= HUGE_PAGES_FROM {
+                    advise_huge_pages(self.nodes.spare_capacity_mut());
+                }
+                u32::try_from(self.nodes.len() - 1).expect("fewer than 2^32 nodes")
+            }
+        }
+    }
+
+    /// Frees the empty nodes at the end of `path`, bottom up.
+    fn prune(&mut self, key: K, path: &[u32]) {
+        for depth in (0..path.len()).rev() {
+            let node = path[depth];
+            if !self.locals[node as usize].is_empty() || !self.nodes[node as usize].has_child.is_empty() {
+                return;
+            }
+            self.nodes[node as usize] = Node::default();
+            self.locals[node as usize] = Vec::new();
+            self.free_nodes.push(node);
+            if depth == 0 {
+                self.set_root_child(key.chunk(0, K::ROOT_BITS), NONE);
+            } else {
+                let slot = key.chunk(K::ROOT_BITS + STRIDE * (depth as u32 - 1), STRIDE);
+                let parent = &mut self.nodes[path[depth - 1] as usize];
+                let mut children = std::mem::take(&mut parent.children).into_vec();
+                children.remove(parent.has_child.rank(slot));
+                parent.children = children.into_boxed_slice();
+                parent.has_child.set(slot, false);
+            }
+        }
+    }
+}
+
+/// From this many prefixes on, a table asks for huge pages (below it, a 2 MiB page per touched
+/// region of the mostly empty root would cost more memory than the TLB misses cost time).
+pub(super) const HUGE_PAGES_FROM: usize = 65_536;
+
+/// Asks the kernel to back `memory` with transparent huge pages: the IPv4 root is 128 MiB and
+/// the nodes tens of MiB, read at random, and with 4 KiB pages nearly every lookup also missed
+/// the TLB (huge pages measured ~25% more lookups/s). Pages already touched are merged later by
+/// the kernel's khugepaged. A refusal (THP off) is harmless.
+pub(super) fn advise_huge_pages<T>(memory: &[T]) {
+    #[cfg(target_os = "linux")]
+    {
+        // madvise wants a page-aligned start; malloc's large blocks start just past a header.
+        const PAGE: usize = 4096;
+        let start = memory.as_ptr() as usize;
+        let end = start + std::mem::size_of_val(memory);
+        let aligned = start.next_multiple_of(PAGE);
+        if end >= aligned + 2 * 1024 * 1024 {
+            // SAFETY: the range lies inside `memory`'s allocation; MADV_HUGEPAGE changes how
+            // the kernel backs it, never its contents.
+            unsafe {
+                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest matching prefix by brute force.
+    fn reference(prefixes: &HashMap<(u32, u8), u32>, key: u32) -> Option<u32> {
+        (0..=32u8)
+            .rev()
+            .find_map(|len| prefixes.get(&(key.masked(u32::from(len)), len)).copied())
+    }
+
+    fn random_prefix(rng: &mut fastrand::Rng) -> (u32, u8) {
+        // A narrow key space so that prefixes nest, share nodes and cross every level.
+        // Short ones repaint up to 2^24 root slots: rare, or a debug-build test takes minutes.
+        let len = match rng.u16(..1000) {
+            0 => [0, 3, 8, 12][rng.usize(..4)],
+            _ => [15, 16, 17, 20, 23, 24, 25, 28, 31, 32][rng.usize(..10)],
+        };
+        let key = 0x0a00_0000 | (rng.u32(..) & 0x00ff_ffff & rng.u32(..));
+        (key.masked(u32::from(len)), len)
+    }
+
+    #[test]
+    fn matches_brute_force_through_inserts_and_removes() {
+        let mut rng = fastrand::Rng::with_seed(42);
+        let mut table = Lpm::<u32>::default();
+        let mut reference_set = HashMap::new();
+        for round in 0..20_000u32 {
+            let (key, len) = random_prefix(&mut rng);
+            if rng.u8(..3) == 0 {
+                assert_eq!(table.remove(key, len), reference_set.remove(&(key, len)));
+            } else {
+                assert_eq!(table.insert(key, len, round), reference_set.insert((key, len), round));
+            }
+            assert_eq!(table.len(), reference_set.len());
+            let probe = if rng.bool() {
+                random_prefix(&mut rng).0 | rng.u32(..256)
+            } else {
+                rng.u32(..)
+            };
+            assert_eq!(
+                table.longest_match(probe),
+                reference(&reference_set, probe),
+                "probe {probe:#x}"
+            );
+            assert_eq!(table.get(key, len), reference_set.get(&(key, len)).copied());
+        }
+        for (&(key, len), _) in reference_set.clone().iter() {
+            table.remove(key, len);
+        }
+        assert!(table.is_empty());
+        assert_eq!(table.longest_match(0x0a00_0001), None);
+        assert_eq!(table.nodes.len(), table.free_nodes.len(), "every node is freed");
+    }
+}
