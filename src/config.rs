@@ -49,6 +49,10 @@ pub struct ServerOptions {
     #[arg(long, env = "IPAM_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
 
+    /// Fault injection for tests (not a flag): makes appends fail as a full disk would.
+    #[arg(skip)]
+    pub storage_faults: crate::log::StorageFaults,
+
     /// How long the built-in rollout takes to report a new binding propagated (0s, 250ms, 5s, 4h).
     #[arg(long, env = "IPAM_PROVISIONING_DELAY", default_value = "5s", value_parser = duration)]
     pub provisioning_delay: Duration,

@@ -79,6 +79,7 @@ impl Engine {
             metrics,
             last_snapshot: snapshot_revision,
             snapshot_running: Arc::new(AtomicBool::new(false)),
+            log_needs_recovery: false,
         };
         let handle = std::thread::Builder::new()
             .name("ipam-writer".into())
@@ -228,6 +229,8 @@ struct Writer {
     last_snapshot: u64,
     /// Set while a background snapshot is being written, so that two never overlap.
     snapshot_running: Arc<AtomicBool>,
+    /// An append failed and the log could not be recovered yet: recover before the next one.
+    log_needs_recovery: bool,
 }
 
 type Reply = (oneshot::Sender<Result<Outcome, Error>>, Result<Outcome, Error>);
@@ -279,7 +282,7 @@ impl Writer {
     fn commit(&mut self, events: Vec<Event>, replies: Vec<Reply>) {
         if !events.is_empty() {
             let started = std::time::Instant::now();
-            let appended = self.log.append(&events);
+            let appended = self.recover_log().and_then(|()| self.log.append(&events));
             self.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
             self.metrics.group_commands.observe(replies.len() as f64);
             debug!(
@@ -290,10 +293,10 @@ impl Writer {
             );
             if let Err(error) = appended {
                 error!(%error, first_revision = events[0].revision, n_events = events.len(), "appending to the log failed");
-                self.roll_back(&events);
+                self.roll_back();
                 let unavailable = Error::new(
                     Reason::StorageUnavailable,
-                    "the change could not be stored durably; nothing was changed, retry later",
+                    format!("the change could not be stored durably ({error}); nothing was changed, retry later"),
                 );
                 for (reply, _) in replies {
                     let _ = reply.send(Err(unavailable.clone()));
@@ -331,13 +334,34 @@ impl Writer {
     }
 
     /// Forgets a group that was not made durable: the writer's state goes back to the
-    /// projections' (which never saw it) and its revisions will be reused.
-    fn roll_back(&mut self, events: &[Event]) {
-        if let Err(error) = self.log.discard_unacknowledged(events) {
-            error!(%error, "discarding the unacknowledged group failed");
-        }
+    /// projections' (which never saw it), its revisions will be reused, and the log is
+    /// recovered at once if it can be (else before the next append).
+    fn roll_back(&mut self) {
         let model = self.projections.read();
         self.state = model.state.clone();
         self.next_revision = model.head + 1;
+        drop(model);
+        self.log_needs_recovery = true;
+        let _ = self.recover_log();
+    }
+
+    /// Reopens the log after a storage failure and drops what the failed group left in it.
+    fn recover_log(&mut self) -> Result<(), LogError> {
+        if !self.log_needs_recovery {
+            return Ok(());
+        }
+        // The projections hold exactly what was acknowledged (the writer may be a group ahead).
+        let acknowledged = self.projections.read().head;
+        match self.log.recover(acknowledged) {
+            Ok(()) => {
+                warn!(acknowledged, "the log recovered from a storage failure; writes resume");
+                self.log_needs_recovery = false;
+                Ok(())
+            }
+            Err(error) => {
+                error!(%error, "the log is still failing");
+                Err(error)
+            }
+        }
     }
 }

@@ -132,8 +132,8 @@ pub async fn serve(
         grpc: listener,
         metrics: metrics_listener,
     } = listeners.into();
-    let dir = options.data_dir.clone();
-    let log = tokio::task::spawn_blocking(move || EventLog::open(&dir))
+    let (dir, faults) = (options.data_dir.clone(), options.storage_faults.clone());
+    let log = tokio::task::spawn_blocking(move || EventLog::open_with_faults(&dir, faults))
         .await?
         .map_err(|source| ServeError::Open {
             dir: options.data_dir.display().to_string(),

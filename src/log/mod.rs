@@ -2,11 +2,21 @@
 //! keys sort in revision order), value = an encoded event ([`codec`]). Revisions start at 1 and
 //! have no gaps; records are never rewritten or deleted. [`EventLog::append`] writes a whole
 //! group atomically and returns only once sled has fsynced it.
+//!
+//! Storage faults: sled 0.34 remembers an I/O error (disk full, EIO) and fails every later
+//! operation of that database, even once the disk has recovered. So a failed append closes the
+//! database and [`EventLog::recover`] opens it afresh (sled's recovery keeps whole batches or
+//! nothing) and removes the records nobody was told about; writes then resume without a
+//! restart. While closed, reads of the log (watchers catching up) fail with
+//! [`LogError::Closed`]; the projections keep serving every other read.
 
 pub mod codec;
 pub mod tools;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::domain::Event;
 
@@ -33,20 +43,43 @@ pub enum LogError {
         "the log ends at revision {head}, but a snapshot of revision {snapshot} was taken from it: events were lost (truncated log?)"
     )]
     Truncated { snapshot: u64, head: u64 },
+    #[error("the storage failed and is being reopened")]
+    Closed,
 }
 
-/// The durable, append-only log of every accepted change.
-#[derive(Clone)]
-pub struct EventLog {
+/// How long [`EventLog::recover`] waits for a closed database to release its directory lock
+/// (sled frees a dropped database's resources lazily).
+const REOPEN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A switch that makes appends fail as a full disk would: for tests of the storage-fault path
+/// through the real server (a full disk needs a small filesystem and root). Never set by the
+/// server itself; `ServerOptions::storage_faults` hands it in.
+#[derive(Clone, Debug, Default)]
+pub struct StorageFaults(Arc<AtomicBool>);
+
+impl StorageFaults {
+    pub fn set_disk_full(&self, full: bool) {
+        self.0.store(full, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), LogError> {
+        if self.0.load(Ordering::SeqCst) {
+            let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device (injected)");
+            return Err(LogError::Storage(sled::Error::Io(full)));
+        }
+        Ok(())
+    }
+}
+
+/// One open sled database and its trees.
+struct Handles {
     db: sled::Db,
     events: sled::Tree,
     snapshots: sled::Tree,
 }
 
-impl EventLog {
-    /// Opens (or creates) the log in `dir`. sled locks the directory, so a second server on the
-    /// same directory fails here instead of corrupting it.
-    pub fn open(dir: &Path) -> Result<EventLog, LogError> {
+impl Handles {
+    fn open(dir: &Path) -> Result<Handles, LogError> {
         // Every append flushes explicitly, so sled's periodic background flusher is not needed (and it
         // would delay exit by up to its period).
         let db = sled::Config::new()
@@ -56,45 +89,135 @@ impl EventLog {
             .open()?;
         let events = db.open_tree(EVENTS_TREE)?;
         let snapshots = db.open_tree(SNAPSHOTS_TREE)?;
-        Ok(EventLog { db, events, snapshots })
+        Ok(Handles { db, events, snapshots })
+    }
+}
+
+/// The durable, append-only log of every accepted change.
+#[derive(Clone)]
+pub struct EventLog {
+    dir: PathBuf,
+    /// `None` from a storage failure until [`recover`](Self::recover) reopens it.
+    handles: Arc<RwLock<Option<Handles>>>,
+    faults: StorageFaults,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `dir`. sled locks the directory, so a second server on the
+    /// same directory fails here instead of corrupting it.
+    pub fn open(dir: &Path) -> Result<EventLog, LogError> {
+        EventLog::open_with_faults(dir, StorageFaults::default())
+    }
+
+    /// [`open`](Self::open), with appends failing whenever `faults` says the disk is full.
+    pub fn open_with_faults(dir: &Path, faults: StorageFaults) -> Result<EventLog, LogError> {
+        Ok(EventLog {
+            dir: dir.to_path_buf(),
+            handles: Arc::new(RwLock::new(Some(Handles::open(dir)?))),
+            faults,
+        })
+    }
+
+    fn with<T>(&self, use_handles: impl FnOnce(&Handles) -> Result<T, LogError>) -> Result<T, LogError> {
+        let handles = self.handles.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        use_handles(handles.as_ref().ok_or(LogError::Closed)?)
+    }
+
+    fn events(&self) -> Result<sled::Tree, LogError> {
+        self.with(|handles| Ok(handles.events.clone()))
+    }
+
+    /// Closes the database after a storage failure: sled would fail every later call anyway.
+    fn close(&self) {
+        let closed = self
+            .handles
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        drop(closed);
+    }
+
+    /// After a failed append: reopens the database if it was closed, then removes every
+    /// record after `acknowledged` (a failed group that reached the disk after all) and makes
+    /// that durable, so the next append continues at `acknowledged + 1`.
+    pub fn recover(&self, acknowledged: u64) -> Result<(), LogError> {
+        if self
+            .handles
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_none()
+        {
+            let deadline = Instant::now() + REOPEN_PATIENCE;
+            let reopened = loop {
+                match Handles::open(&self.dir) {
+                    Ok(handles) => break handles,
+                    Err(LogError::Storage(sled::Error::Io(locked)))
+                        if locked.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(error) => return Err(error),
+                }
+            };
+            *self.handles.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reopened);
+        }
+        let cleaned = self.faults.check().and_then(|()| {
+            self.with(|handles| {
+                let unacknowledged: Vec<sled::IVec> = handles
+                    .events
+                    .range((acknowledged + 1).to_be_bytes()..)
+                    .keys()
+                    .collect::<Result<_, _>>()?;
+                for key in unacknowledged {
+                    handles.events.remove(key)?;
+                }
+                handles.db.flush()?;
+                Ok(())
+            })
+        });
+        if let Err(LogError::Storage(_)) = cleaned {
+            self.close();
+        }
+        cleaned
     }
 
     /// The revision of the last stored event; 0 for an empty log.
     pub fn head(&self) -> Result<u64, LogError> {
-        match self.events.last()? {
+        match self.events()?.last()? {
             None => Ok(0),
             Some((key, _)) => revision_of(&key),
         }
     }
 
     /// Stores `events` (consecutive revisions) atomically and durably: when this returns `Ok`,
-    /// they survive a crash. On `Err` none of them is acknowledged.
+    /// they survive a crash. On `Err` none of them is acknowledged, the database is closed and
+    /// the caller must [`recover`](Self::recover) before appending again.
     pub fn append(&self, events: &[Event]) -> Result<(), LogError> {
         let mut batch = sled::Batch::default();
         for event in events {
             batch.insert(&event.revision.to_be_bytes(), codec::encode(event));
         }
-        self.events.apply_batch(batch)?;
-        self.db.flush()?;
-        Ok(())
-    }
-
-    /// Removes records written by a failed [`append`](Self::append) that were never
-    /// acknowledged, so that their revisions can be reused. Best effort: the caller also
-    /// re-reads the head.
-    pub fn discard_unacknowledged(&self, events: &[Event]) -> Result<(), LogError> {
-        for event in events {
-            self.events.remove(event.revision.to_be_bytes())?;
+        let appended = self.faults.check().and_then(|()| {
+            self.with(|handles| {
+                handles.events.apply_batch(batch)?;
+                handles.db.flush()?;
+                Ok(())
+            })
+        });
+        if let Err(LogError::Storage(_)) = appended {
+            self.close();
         }
-        Ok(())
+        appended
     }
 
     /// Removes every record and makes that durable. Only for [`tools::import`] undoing a
     /// failed import into what was an empty directory: the log is otherwise never rewritten.
     pub(crate) fn clear(&self) -> Result<(), LogError> {
-        self.events.clear()?;
-        self.db.flush()?;
-        Ok(())
+        self.with(|handles| {
+            handles.events.clear()?;
+            handles.db.flush()?;
+            Ok(())
+        })
     }
 
     /// Every event with a revision greater than `after`, in order, checked for damage and gaps.
@@ -108,30 +231,44 @@ impl EventLog {
     /// The raw records after `after`, in order; a missing revision is a [`LogError::Gap`].
     fn records_after(&self, after: u64) -> impl Iterator<Item = Result<(u64, sled::IVec), LogError>> + use<> {
         let mut expected = after.saturating_add(1);
-        self.events.range(expected.to_be_bytes()..).map(move |entry| {
-            let (key, value) = entry?;
-            let revision = revision_of(&key)?;
-            if revision != expected {
-                return Err(LogError::Gap {
-                    expected,
-                    found: revision,
-                });
-            }
-            expected += 1;
-            Ok((revision, value))
-        })
+        let start = expected.to_be_bytes();
+        let (open, closed) = match self.events() {
+            Ok(events) => (Some(events), None),
+            Err(closed) => (None, Some(Err(closed))),
+        };
+        let stored = open
+            .into_iter()
+            .flat_map(move |events| events.range(start..))
+            .map(|entry| Ok(entry?));
+        closed
+            .into_iter()
+            .chain(stored)
+            .map(move |entry: Result<(sled::IVec, sled::IVec), LogError>| {
+                let (key, value) = entry?;
+                let revision = revision_of(&key)?;
+                if revision != expected {
+                    return Err(LogError::Gap {
+                        expected,
+                        found: revision,
+                    });
+                }
+                expected += 1;
+                Ok((revision, value))
+            })
     }
 
     /// Replaces the stored snapshot and makes it durable. The log itself is untouched.
     pub fn save_snapshot(&self, record: Vec<u8>) -> Result<(), LogError> {
-        self.snapshots.insert(SNAPSHOT_KEY, record)?;
-        self.db.flush()?;
-        Ok(())
+        self.with(|handles| {
+            handles.snapshots.insert(SNAPSHOT_KEY, record)?;
+            handles.db.flush()?;
+            Ok(())
+        })
     }
 
     /// The stored snapshot record, if any.
     pub fn load_snapshot(&self) -> Result<Option<sled::IVec>, LogError> {
-        Ok(self.snapshots.get(SNAPSHOT_KEY)?)
+        self.with(|handles| Ok(handles.snapshots.get(SNAPSHOT_KEY)?))
     }
 
     /// Checks the records up to `last` (revisions, format, checksum) without decoding them:
@@ -158,8 +295,10 @@ impl EventLog {
 
     /// Makes everything written so far durable (used at shutdown).
     pub fn flush(&self) -> Result<(), LogError> {
-        self.db.flush()?;
-        Ok(())
+        self.with(|handles| {
+            handles.db.flush()?;
+            Ok(())
+        })
     }
 }
 

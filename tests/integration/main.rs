@@ -11,4 +11,5 @@ mod operator;
 mod prefixes;
 mod routing;
 mod server;
+mod storage;
 mod watch;
