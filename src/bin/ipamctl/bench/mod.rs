@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// Bindings per prefix the fixture (and the load scenario) creates, the prefix-wide one included.
     #[arg(long, default_value_t = 4)]
     pub bindings_per_prefix: usize,
+    /// The load scenario's history per prefix: create and delete one more binding this many
+    /// times (two events each), so the log grows while the live set does not.
+    #[arg(long, default_value_t = 0)]
+    pub churn_per_prefix: usize,
     /// Watchers of the watch scenario.
     #[arg(long, default_value_t = 1000)]
     pub watchers: usize,

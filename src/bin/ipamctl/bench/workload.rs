@@ -221,7 +221,7 @@ async fn bind(
     prefix: &api::Prefix,
     cidr: String,
     service_id: &str,
-) -> Result<(), String> {
+) -> Result<Option<api::ServiceBinding>, String> {
     let request = api::CreateServiceBindingRequest {
         account_id: prefix.account_id.clone(),
         prefix_id: prefix.id.clone(),
@@ -230,9 +230,21 @@ async fn bind(
         request_id: String::new(),
     };
     match client.create_service_binding(request).await {
-        Ok(_) => Ok(()),
-        Err(status) if status.code() == Code::AlreadyExists => Ok(()),
+        Ok(response) => Ok(Some(response.into_inner())),
+        Err(status) if status.code() == Code::AlreadyExists => Ok(None),
         Err(status) => Err(format!("creating a fixture binding failed: {status:?}")),
+    }
+}
+
+async fn unbind(client: &mut ServiceBindingsClient<Channel>, binding: &api::ServiceBinding) -> Result<(), String> {
+    let request = api::DeleteServiceBindingRequest {
+        account_id: binding.account_id.clone(),
+        prefix_id: binding.prefix_id.clone(),
+        binding_id: binding.id.clone(),
+    };
+    match client.delete_service_binding(request).await {
+        Ok(_) => Ok(()),
+        Err(status) => Err(format!("deleting a churn binding failed: {status:?}")),
     }
 }
 
@@ -318,7 +330,7 @@ pub async fn load(channels: &[Channel], args: &BenchArgs) -> Result<(usize, usiz
         let channel = channels[worker % channels.len()].clone();
         let (account_id, next_prefix, n_bindings) = (account_id.clone(), next_prefix.clone(), n_bindings.clone());
         let n_prefixes_created = Arc::clone(&n_prefixes_created);
-        let (n_prefixes, per_prefix) = (args.prefixes as u64, args.bindings_per_prefix);
+        let (n_prefixes, per_prefix, churn) = (args.prefixes as u64, args.bindings_per_prefix, args.churn_per_prefix);
         workers.spawn(async move {
             let mut prefixes = PrefixesClient::new(channel.clone());
             let mut bindings = ServiceBindingsClient::new(channel);
@@ -354,9 +366,16 @@ pub async fn load(channels: &[Channel], args: &BenchArgs) -> Result<(usize, usiz
                     continue;
                 };
                 n_prefixes_created.fetch_add(1, Ordering::Relaxed);
+                let churn_cidr = cidrs.last().map(|(cidr, _)| cidr.clone()).unwrap_or_default();
                 for (cidr, service) in cidrs.into_iter().take(per_prefix) {
                     bind(&mut bindings, &prefix, cidr, service).await?;
                     n_bindings.fetch_add(1, Ordering::Relaxed);
+                }
+                for _ in 0..churn {
+                    let created = bind(&mut bindings, &prefix, churn_cidr.clone(), CDN).await?;
+                    if let Some(binding) = created {
+                        unbind(&mut bindings, &binding).await?;
+                    }
                 }
             }
         });
