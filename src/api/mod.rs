@@ -11,6 +11,7 @@ pub mod service_bindings;
 pub mod services;
 pub mod status;
 pub mod watch;
+pub mod wire;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

@@ -158,7 +158,8 @@ async fn uncovered_unbound_and_malformed_addresses() {
         .await
         .unwrap()
         .into_inner()
-        .results;
+        .results()
+        .unwrap();
     assert_eq!(results.len(), 3);
     assert!(results[0].found && results[0].prefix_id == prefix.id);
     assert!(!results[1].found && results[1].prefix_id.is_empty() && results[1].binding.is_none());
@@ -175,7 +176,8 @@ async fn uncovered_unbound_and_malformed_addresses() {
             .await
             .unwrap()
             .into_inner()
-            .results
+            .results()
+            .unwrap()
             .is_empty()
     );
     let one_bad = api::LookupAddressesRequest {
@@ -213,7 +215,8 @@ async fn uncovered_unbound_and_malformed_addresses() {
             .await
             .unwrap()
             .into_inner()
-            .results
+            .results()
+            .unwrap()
             .len(),
         10_000
     );
@@ -341,7 +344,8 @@ async fn randomized_lookups_match_a_brute_force_reference() {
             .await
             .unwrap()
             .into_inner()
-            .results;
+            .results()
+            .unwrap();
         assert_eq!(results.len(), chunk.len());
         for (address, result) in chunk.iter().zip(results) {
             let expected = brute_force(&bindings, *address);
@@ -384,4 +388,74 @@ async fn lookups_stay_correct_during_a_storm_of_writes() {
     stop.store(true, Ordering::Relaxed);
     let rounds = writer.await.unwrap();
     assert!(rounds > 0 && n_lookups == 300);
+}
+
+/// Batch results reuse each binding's encoded answer; every change must still show at once.
+#[tokio::test]
+async fn batch_lookups_follow_every_change_of_a_binding() {
+    let server = TestServer::start_with_delay(Duration::from_millis(300)).await;
+    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
+    let wide = server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    let batch = |active_only: bool| {
+        let request = api::LookupAddressesRequest {
+            addresses: vec!["192.0.2.1".into(), "192.0.2.2".into(), "192.0.2.1".into()],
+            active_only,
+        };
+        let mut routing = server.routing();
+        async move {
+            let results = routing
+                .lookup_addresses(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .results()
+                .unwrap();
+            results
+                .into_iter()
+                .map(|result| {
+                    let binding = result.binding.unwrap_or_default();
+                    let state = binding.provisioning.map(|p| p.state).unwrap_or_default();
+                    (result.address, binding.service_name, state)
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let provisioning = api::ProvisioningState::Provisioning as i32;
+    let active = api::ProvisioningState::Active as i32;
+    let mt = |address: &str, state| (address.to_string(), "Magic Transit".to_string(), state);
+    assert_eq!(
+        batch(false).await,
+        [
+            mt("192.0.2.1", provisioning),
+            mt("192.0.2.2", provisioning),
+            mt("192.0.2.1", provisioning)
+        ]
+    );
+    assert_eq!(batch(true).await[0].1, "", "nothing ACTIVE yet");
+
+    let host = server.bind(&prefix, "192.0.2.1/32", CDN).await;
+    assert_eq!(batch(false).await[0].1, "CDN");
+    assert_eq!(batch(false).await[2].1, "CDN");
+    assert_eq!(batch(false).await[1].1, "Magic Transit");
+
+    server.delete_binding(&host).await.unwrap();
+    assert_eq!(batch(false).await[0].1, "Magic Transit");
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while batch(false).await[1].2 != active {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never turned ACTIVE",
+            wide.id
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        batch(true).await,
+        [
+            mt("192.0.2.1", active),
+            mt("192.0.2.2", active),
+            mt("192.0.2.1", active)
+        ]
+    );
 }

@@ -437,13 +437,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                     addresses: chunk.to_vec(),
                     active_only,
                 };
-                for result in client
-                    .lookup_addresses(request)
-                    .await
-                    .map_err(fail)?
-                    .into_inner()
-                    .results
-                {
+                let response = client.lookup_addresses(request).await.map_err(fail)?.into_inner();
+                let results = response
+                    .results()
+                    .map_err(|error| fail(tonic::Status::internal(format!("undecodable response: {error}"))))?;
+                for result in results {
                     let binding = result.binding.as_ref();
                     if json {
                         println!(
