@@ -165,7 +165,9 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, 
     let (checked, decoded) = std::thread::scope(|scope| {
         let first_half = scope.spawn(|| log.check_records(0, middle));
         let second_half = scope.spawn(|| log.check_records(middle, log_head));
-        let decoded = codec::decode_snapshot(&record);
+        // The read model is built while the checks run (most of the time is theirs).
+        let decoded =
+            codec::decode_snapshot(&record).map(|(revision, state)| (revision, ReadModel::from_state(state, revision)));
         let panicked = || {
             Err(LogError::Storage(sled::Error::ReportableBug(
                 "record check panicked".into(),
@@ -180,9 +182,8 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, 
             snapshot: revision,
             head: log_head,
         }),
-        Ok((revision, state)) => {
+        Ok((revision, model)) => {
             checked?;
-            let model = ReadModel::from_state(state, revision);
             info!(
                 revision,
                 bytes = record.len(),

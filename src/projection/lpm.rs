@@ -361,7 +361,10 @@ impl<K: Key> Lpm<K> {
     fn move_to_huge_pages(&mut self) {
         let mut root = vec![0u64; self.root.len()].into_boxed_slice();
         advise_huge_pages(&root);
-        root.copy_from_slice(&self.root);
+        // Only the slots in use: writing the zeros too would make every page resident.
+        for (slot, &entry) in self.root.iter().enumerate().filter(|(_, entry)| **entry != 0) {
+            root[slot] = entry;
+        }
         self.root = root;
         let mut nodes = Vec::with_capacity(self.nodes.capacity());
         advise_huge_pages(nodes.spare_capacity_mut());
