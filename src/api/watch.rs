@@ -6,22 +6,21 @@
 //! in memory and never slows the writer or another watcher. Streams end with UNAVAILABLE at
 //! shutdown, so clients reconnect elsewhere from their last revision.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::Status;
 use tracing::{debug, error};
 
 use super::{AppContext, convert};
 use crate::domain::error::AllFields;
 use crate::domain::{AccountId, BindingId, Change, Error, Event, PrefixId, Reason, fields};
-use crate::engine::Engine;
+use crate::engine::{CommittedGroup, Engine};
+use crate::log::LogError;
 use crate::pb::api;
 
-/// Responses buffered between a watcher's task and its HTTP/2 stream.
-const STREAM_BUFFER: usize = 64;
 /// Events read from the log per blocking read during catch-up.
 const CATCH_UP_CHUNK: usize = 1024;
 
@@ -71,7 +70,7 @@ fn parse_filter(request: &api::WatchServiceBindingsRequest) -> Result<Filter, Er
 pub async fn open(
     app: &AppContext,
     request: api::WatchServiceBindingsRequest,
-) -> Result<ReceiverStream<Result<api::ServiceBindingEvent, Status>>, Error> {
+) -> Result<impl Stream<Item = Result<api::ServiceBindingEvent, Status>> + Send + use<>, Error> {
     let filter = parse_filter(&request)?;
     let engine = Arc::clone(app.engine()?);
     // Subscribe first, then read the head: every event after the head is in the feed.
@@ -110,7 +109,6 @@ pub async fn open(
         Some(after) => after,
         None => head,
     };
-    let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
     let open_streams = app.metrics().watch_streams.clone();
     open_streams.inc();
     let watcher = Watcher {
@@ -118,115 +116,135 @@ pub async fn open(
         engine,
         filter,
         cursor,
-        sender,
+        pending: VecDeque::new(),
         shutdown: app.shutdown_signal(),
+        feed,
+        replay: request.after_revision.is_some(),
+        ended: false,
     };
-    tokio::spawn(watcher.run(feed, request.after_revision.is_some()));
-    Ok(ReceiverStream::new(receiver))
+    Ok(futures_util::stream::unfold(watcher, Watcher::next))
 }
 
+/// One watch stream. It is polled by the HTTP/2 stream that carries it (no task or channel
+/// of its own in between: each message costs one wake-up less), and dropped the moment the
+/// client goes away.
 struct Watcher {
-    /// The open-streams gauge, decremented when this watcher ends.
+    /// The open-streams gauge, decremented when this watcher is dropped.
     open_streams: prometheus_client::metrics::gauge::Gauge,
     engine: Arc<Engine>,
     filter: Filter,
     /// The last revision passed on (or skipped as not matching).
     cursor: u64,
-    sender: mpsc::Sender<Result<api::ServiceBindingEvent, Status>>,
+    /// Messages ready to send: at most one committed group or one catch-up chunk.
+    pending: VecDeque<api::ServiceBindingEvent>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    feed: tokio::sync::broadcast::Receiver<CommittedGroup>,
+    /// Replay from the log before the first live event.
+    replay: bool,
+    /// The final status was sent.
+    ended: bool,
 }
 
-/// Why a watcher stops.
-enum Stop {
-    /// The client went away.
-    ClientGone,
-    /// The stream ends with this status.
-    Fail(Status),
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.open_streams.dec();
+    }
 }
 
 impl Watcher {
-    async fn run(mut self, mut feed: tokio::sync::broadcast::Receiver<crate::engine::CommittedGroup>, replay: bool) {
-        let result: Result<(), Stop> = async {
-            if replay {
-                self.catch_up().await?;
-            }
-            loop {
-                let received = tokio::select! {
-                    received = feed.recv() => received,
-                    _ = self.sender.closed() => return Err(Stop::ClientGone),
-                    _ = self.shutdown.wait_for(|stopping| *stopping) => return Err(Stop::Fail(shutting_down())),
-                };
-                match received {
-                    Ok(group) => {
-                        for event in group.iter() {
-                            self.pass_on(event).await?;
-                        }
-                    }
-                    Err(RecvError::Lagged(missed)) => {
-                        debug!(
-                            missed,
-                            cursor = self.cursor,
-                            "watcher fell behind the feed; catching up from the log"
-                        );
-                        self.catch_up().await?;
-                    }
-                    Err(RecvError::Closed) => return Err(Stop::Fail(shutting_down())),
-                }
-            }
-        }
-        .await;
-        if let Err(Stop::Fail(status)) = result {
-            let _ = self.sender.send(Err(status)).await;
-        }
-        self.open_streams.dec();
-    }
-
-    /// Sends every matching event after the cursor up to the projections' head (never past
-    /// it: later records may not be durable yet) from the log.
-    async fn catch_up(&mut self) -> Result<(), Stop> {
+    /// The stream's next item: a message, the status that ends the stream, or the end.
+    async fn next(mut self) -> Option<(Result<api::ServiceBindingEvent, Status>, Watcher)> {
         loop {
-            let head = self.engine.projections().read().head;
-            if self.cursor >= head {
-                return Ok(());
+            if let Some(message) = self.pending.pop_front() {
+                return Some((Ok(message), self));
             }
-            let log = self.engine.log().clone();
-            let after = self.cursor;
-            let chunk = tokio::task::spawn_blocking(move || {
-                log.read_after(after)
-                    .take_while(|event| event.as_ref().map_or(true, |e| e.revision <= head))
-                    .take(CATCH_UP_CHUNK)
-                    .collect::<Result<Vec<Event>, _>>()
-            })
-            .await
-            .map_err(|error| Stop::Fail(Status::internal(format!("catch-up task failed: {error}"))))?
-            .map_err(|error| {
-                error!(%error, "reading the log for a watcher failed");
-                Stop::Fail(Status::internal("the event log could not be read"))
-            })?;
-            if chunk.is_empty() {
-                return Ok(());
+            if self.ended {
+                return None;
             }
-            for event in &chunk {
-                self.pass_on(event).await?;
+            if let Err(status) = self.fill().await {
+                self.ended = true;
+                return Some((Err(status), self));
             }
         }
     }
 
-    async fn pass_on(&mut self, event: &Event) -> Result<(), Stop> {
-        if event.revision <= self.cursor {
+    /// Waits for more matching events (from the log while replaying or behind, else from the
+    /// feed) and queues them; an error is the status that ends the stream.
+    async fn fill(&mut self) -> Result<(), Status> {
+        if std::mem::take(&mut self.replay) {
+            return self.catch_up().await;
+        }
+        let received = tokio::select! {
+            received = self.feed.recv() => received,
+            _ = self.shutdown.wait_for(|stopping| *stopping) => return Err(shutting_down()),
+        };
+        match received {
+            Ok(group) => {
+                for event in group.iter() {
+                    self.queue(event);
+                }
+                Ok(())
+            }
+            Err(RecvError::Lagged(missed)) => {
+                debug!(
+                    missed,
+                    cursor = self.cursor,
+                    "watcher fell behind the feed; catching up from the log"
+                );
+                self.catch_up().await
+            }
+            Err(RecvError::Closed) => Err(shutting_down()),
+        }
+    }
+
+    /// Queues the next chunk of matching events after the cursor up to the projections' head
+    /// (never past it: later records may not be durable yet) from the log; once the cursor is
+    /// at the head, the feed takes over (it still holds what came after: it was subscribed
+    /// first).
+    async fn catch_up(&mut self) -> Result<(), Status> {
+        if *self.shutdown.borrow() {
+            return Err(shutting_down());
+        }
+        let head = self.engine.projections().read().head;
+        if self.cursor >= head {
             return Ok(());
+        }
+        let log = self.engine.log().clone();
+        let after = self.cursor;
+        let chunk = tokio::task::spawn_blocking(move || {
+            log.read_after(after)
+                .take_while(|event| event.as_ref().map_or(true, |e| e.revision <= head))
+                .take(CATCH_UP_CHUNK)
+                .collect::<Result<Vec<Event>, _>>()
+        })
+        .await
+        .map_err(|error| Status::internal(format!("catch-up task failed: {error}")))?
+        .map_err(|error| {
+            error!(%error, "reading the log for a watcher failed");
+            match error {
+                LogError::Closed => {
+                    Status::unavailable("the storage is recovering from a failure; resume from your last revision")
+                }
+                _ => Status::internal("the event log could not be read"),
+            }
+        })?;
+        for event in &chunk {
+            self.queue(event);
+        }
+        // More to read: the next poll continues the catch-up before listening to the feed.
+        self.replay = !chunk.is_empty() && self.cursor < head;
+        Ok(())
+    }
+
+    fn queue(&mut self, event: &Event) {
+        if event.revision <= self.cursor {
+            return;
         }
         self.cursor = event.revision;
         if !self.filter.matches(&event.change) {
-            return Ok(());
+            return;
         }
-        let Some(message) = to_message(event) else {
-            return Ok(());
-        };
-        tokio::select! {
-            sent = self.sender.send(Ok(message)) => sent.map_err(|_| Stop::ClientGone),
-            _ = self.shutdown.wait_for(|stopping| *stopping) => Err(Stop::Fail(shutting_down())),
-        }
+        self.pending.extend(to_message(event));
     }
 }
 
