@@ -573,4 +573,31 @@ mod tests {
         assert_eq!(table.longest_match(0x0a00_0001), None);
         assert_eq!(table.nodes.len(), table.free_nodes.len(), "every node is freed");
     }
+
+    #[test]
+    fn moving_to_huge_pages_keeps_every_prefix() {
+        let mut table = Lpm::<u32>::default();
+        // /24s from 32.0.0.0 on, every other one with a /32 inside.
+        let prefixes: Vec<(u32, u8)> = (0..HUGE_PAGES_FROM as u32 + 1000)
+            .map(|i| match i % 2 {
+                0 => ((32 << 24) + (i << 8), 24),
+                _ => ((32 << 24) + ((i - 1) << 8) + 7, 32),
+            })
+            .collect();
+        for (value, &(key, len)) in prefixes.iter().enumerate() {
+            table.insert(key, len, value as u32);
+        }
+        for (value, &(key, len)) in prefixes.iter().enumerate() {
+            assert_eq!(table.longest_match(key), Some(value as u32), "{key:#x}/{len}");
+            assert_eq!(table.get(key, len), Some(value as u32));
+        }
+        let first = 32 << 24;
+        assert_eq!(
+            table.longest_match(first + 5),
+            Some(0),
+            "inside the first /24, not its /32"
+        );
+        assert_eq!(table.longest_match(first - 1), None);
+        assert_eq!(table.longest_match(u32::MAX), None);
+    }
 }

@@ -165,3 +165,98 @@ impl RoutingTable {
         table.longest_match(address)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AccountId, Binding, Micros, Prefix, Service};
+
+    fn prefix(cidr: &str) -> Prefix {
+        Prefix {
+            id: PrefixId::generate(),
+            account_id: AccountId::generate(),
+            cidr: cidr.parse().unwrap(),
+            asn: None,
+            description: String::new(),
+            created_at: Micros(0),
+            modified_at: Micros(0),
+        }
+    }
+
+    fn binding(prefix: &Prefix, cidr: &str, state: ProvisioningState) -> Binding {
+        Binding {
+            id: BindingId::generate(),
+            account_id: prefix.account_id,
+            prefix_id: prefix.id,
+            cidr: cidr.parse().unwrap(),
+            service: Service::MagicTransit,
+            state,
+            created_at: Micros(0),
+            modified_at: Micros(0),
+        }
+    }
+
+    fn route(table: &RoutingTable, address: &str, active_only: bool) -> Option<(PrefixId, Option<BindingId>)> {
+        let route = table.lookup(address.parse().unwrap(), active_only)?;
+        Some((route.prefix_id, route.binding_id))
+    }
+
+    #[test]
+    fn a_prefix_wide_binding_shares_its_prefix_entry_through_its_whole_life() {
+        let mut table = RoutingTable::default();
+        let p = prefix("192.0.2.0/24");
+        table.apply(&Change::PrefixCreated(p.clone()));
+        assert_eq!(route(&table, "192.0.2.9", false), Some((p.id, None)));
+
+        let mut wide = binding(&p, "192.0.2.0/24", ProvisioningState::Provisioning);
+        let host = binding(&p, "192.0.2.9/32", ProvisioningState::Active);
+        table.apply(&Change::BindingCreated {
+            binding: wide.clone(),
+            request_id: None,
+        });
+        table.apply(&Change::BindingCreated {
+            binding: host.clone(),
+            request_id: None,
+        });
+        assert_eq!(route(&table, "192.0.2.8", false), Some((p.id, Some(wide.id))));
+        assert_eq!(
+            route(&table, "192.0.2.8", true),
+            Some((p.id, None)),
+            "the wide one is not ACTIVE yet"
+        );
+        assert_eq!(route(&table, "192.0.2.9", true), Some((p.id, Some(host.id))));
+
+        wide.state = ProvisioningState::Active;
+        table.apply(&Change::BindingProvisioningStateChanged(wide.clone()));
+        assert_eq!(route(&table, "192.0.2.8", true), Some((p.id, Some(wide.id))));
+
+        table.apply(&Change::BindingDeleted(host));
+        assert_eq!(route(&table, "192.0.2.9", true), Some((p.id, Some(wide.id))));
+        table.apply(&Change::BindingDeleted(wide));
+        assert_eq!(
+            route(&table, "192.0.2.9", false),
+            Some((p.id, None)),
+            "the prefix stays"
+        );
+        assert_eq!(route(&table, "192.0.2.9", true), Some((p.id, None)));
+
+        table.apply(&Change::PrefixDeleted(p));
+        assert_eq!(route(&table, "192.0.2.9", false), None);
+        assert_eq!(route(&table, "192.0.2.9", true), None);
+    }
+
+    #[test]
+    fn ipv6_routes_like_ipv4() {
+        let mut table = RoutingTable::default();
+        let p = prefix("2001:db8::/48");
+        table.apply(&Change::PrefixCreated(p.clone()));
+        let host = binding(&p, "2001:db8::1/128", ProvisioningState::Active);
+        table.apply(&Change::BindingCreated {
+            binding: host.clone(),
+            request_id: None,
+        });
+        assert_eq!(route(&table, "2001:db8::1", true), Some((p.id, Some(host.id))));
+        assert_eq!(route(&table, "2001:db8::2", false), Some((p.id, None)));
+        assert_eq!(route(&table, "2001:db9::1", false), None);
+    }
+}
