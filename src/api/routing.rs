@@ -116,8 +116,9 @@ impl Routing for RoutingService {
             let mut response = api::LookupAddressesResponse::with_capacity(addresses.len(), TYPICAL_ENTRY_BYTES);
             let cached = self.tails.read().unwrap_or_else(|poisoned| poisoned.into_inner());
             let mut fresh = TailCache::new();
-            for (text, address) in request.addresses.iter().zip(addresses) {
-                let Some(route) = model.routes.lookup(address, request.active_only) else {
+            let routes = model.routes.lookup_many(&addresses, request.active_only);
+            for (text, route) in request.addresses.iter().zip(routes) {
+                let Some(route) = route else {
                     response.push(text, &[]);
                     continue;
                 };

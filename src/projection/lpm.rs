@@ -232,8 +232,35 @@ impl<K: Key> Lpm<K> {
     /// The value of the longest prefix containing `key`.
     #[inline]
     pub fn longest_match(&self, key: K) -> Option<u32> {
-        let root_slot = key.chunk(0, K::ROOT_BITS);
-        let root = self.root[root_slot];
+        self.walk(key, self.root[key.chunk(0, K::ROOT_BITS)])
+    }
+
+    /// The longest matches of many keys, in order: each step of a group of keys is started for
+    /// all of them before any is finished (prefetching the root slots, then the nodes), so
+    /// their cache misses overlap instead of following each other.
+    pub fn longest_matches(&self, keys: &[K]) -> Vec<Option<u32>> {
+        const GROUP: usize = 16;
+        let mut matches = Vec::with_capacity(keys.len());
+        for group in keys.chunks(GROUP) {
+            for key in group {
+                prefetch(&self.root[key.chunk(0, K::ROOT_BITS)]);
+            }
+            let mut roots = [0u64; GROUP];
+            for (root, key) in roots.iter_mut().zip(group) {
+                *root = self.root[key.chunk(0, K::ROOT_BITS)];
+                let child = ((*root >> 32) as u32).wrapping_sub(1);
+                if child != NONE {
+                    prefetch(&self.nodes[child as usize]);
+                }
+            }
+            matches.extend(group.iter().zip(roots).map(|(key, root)| self.walk(*key, root)));
+        }
+        matches
+    }
+
+    /// The rest of a lookup, given the key's root entry.
+    #[inline]
+    fn walk(&self, key: K, root: u64) -> Option<u32> {
         let mut best = (root as u32).wrapping_sub(1);
         let mut next = ((root >> 32) as u32).wrapping_sub(1);
         let mut start = K::ROOT_BITS;
@@ -493,6 +520,18 @@ impl<K: Key> Lpm<K> {
     }
 }
 
+/// Asks the CPU to start loading `value`'s cache line.
+#[inline]
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults and reads nothing into the program.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((value as *const T).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 /// From this many prefixes on, a table asks for huge pages (below it, a 2 MiB page per touched
 /// region of the mostly empty root would cost more memory than the TLB misses cost time).
 pub(super) const HUGE_PAGES_FROM: usize = 65_536;
@@ -565,6 +604,11 @@ mod tests {
                 "probe {probe:#x}"
             );
             assert_eq!(table.get(key, len), reference_set.get(&(key, len)).copied());
+            if round % 1000 == 0 {
+                let probes: Vec<u32> = (0..37).map(|_| random_prefix(&mut rng).0 | rng.u32(..256)).collect();
+                let one_by_one: Vec<_> = probes.iter().map(|&probe| reference(&reference_set, probe)).collect();
+                assert_eq!(table.longest_matches(&probes), one_by_one);
+            }
         }
         for (&(key, len), _) in reference_set.clone().iter() {
             table.remove(key, len);

@@ -127,6 +127,30 @@ pub struct RoutingTable {
     active: Table,
 }
 
+impl Table {
+    /// Routes for many addresses, in order (IPv4 ones with overlapped cache misses).
+    fn longest_matches(&self, addresses: &[IpAddr]) -> Vec<Option<Route>> {
+        let v4: Vec<u32> = addresses
+            .iter()
+            .filter_map(|address| match address {
+                IpAddr::V4(address) => Some(address.to_bits()),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let mut v4_slots = self.v4.longest_matches(&v4).into_iter();
+        addresses
+            .iter()
+            .map(|address| {
+                let slot = match address {
+                    IpAddr::V4(_) => v4_slots.next().flatten(),
+                    IpAddr::V6(address) => self.v6.get_lpm(&Ipv6Net::from(*address)).map(|(_, slot)| *slot),
+                }?;
+                Some(self.entries[slot as usize].route)
+            })
+            .collect()
+    }
+}
+
 impl RoutingTable {
     pub fn apply(&mut self, change: &Change) {
         match change {
@@ -157,6 +181,12 @@ impl RoutingTable {
                 self.active.clear_binding(binding.cidr);
             }
         }
+    }
+
+    /// [`lookup`](Self::lookup) for many addresses at once, in order: faster per address.
+    pub fn lookup_many(&self, addresses: &[IpAddr], active_only: bool) -> Vec<Option<Route>> {
+        let table = if active_only { &self.active } else { &self.all };
+        table.longest_matches(addresses)
     }
 
     /// The route for `address`, or `None` when no prefix covers it.
@@ -239,6 +269,17 @@ mod tests {
             "the prefix stays"
         );
         assert_eq!(route(&table, "192.0.2.9", true), Some((p.id, None)));
+
+        let addresses = ["192.0.2.9", "2001:db8::1", "192.0.2.200", "10.0.0.1"].map(|a| a.parse().unwrap());
+        let one_by_one: Vec<_> = addresses.iter().map(|a| table.lookup(*a, false)).collect();
+        assert_eq!(table.lookup_many(&addresses, false), one_by_one);
+        assert_eq!(
+            one_by_one[2],
+            Some(Route {
+                prefix_id: p.id,
+                binding_id: None
+            })
+        );
 
         table.apply(&Change::PrefixDeleted(p));
         assert_eq!(route(&table, "192.0.2.9", false), None);
