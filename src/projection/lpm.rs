@@ -4,8 +4,8 @@
 //!
 //! Why not the prefix-trie crate: it is a binary trie, so a lookup follows one pointer per
 //! branching bit (about 20 dependent cache misses at a million prefixes); this table follows at
-//! most one per 8 bits (IPv4: the root slot and at most one node). `benches/lookup.rs` measures both side by
-//! side; the numbers are in the README.
+//! most one per 8 bits (IPv4: the root slot and at most one node). `benches/lookup.rs`
+//! measures both side by side; the numbers are in the README.
 //!
 //! Not used for IPv6: 8-bit strides without path compression walk up to 14 nodes to a /128,
 //! and measured 3x slower than prefix-trie's path-compressed trie on IPv6 hits; IPv6 stays on
@@ -14,16 +14,18 @@
 //! Layout. A prefix no longer than the root's bits (`R`) lives in the root: it is painted onto
 //! the `2^(R-len)` root slots it covers, each slot remembering the length that painted it so that
 //! a longer prefix is never overwritten by a shorter one. A longer prefix lives in the node
-//! whose 8 bits contain its last bit. A node keeps its own prefixes (`local`) and, derived from
-//! them, the value of each of its 256 slots, run-length encoded: `run_starts` marks where the
-//! value changes and `runs` holds one value per run, so a node with a few prefixes costs a few
-//! words. `has_value` marks the slots a local prefix covers and `has_child` the slots that
-//! continue into a child node, whose index is the rank of the slot in `has_child`.
+//! whose 8 bits contain its last bit. A node's own prefixes live apart (`Lpm::locals`, needed by
+//! updates only); from them the node derives the value of each of its 256 slots, run-length
+//! encoded: `run_starts` marks where the value changes and `runs` holds one value per run
+//! (inline when few), so a node with a few prefixes costs one 128-byte block. `has_child` marks
+//! the slots that continue into a child node, whose index is the rank of the slot there.
 //!
-//! A lookup walks root → nodes, remembering the deepest node slot with a value, and reads that
-//! one value at the end: the most specific prefix always ends in the deepest node that covers
-//! the key with a value, and within a node the painting already chose the longest.
-//! Updates repaint one node (256 slots) or the root slots a short prefix covers.
+//! A lookup walks root → nodes and keeps the last value it met: a deeper node's prefixes are
+//! longer than any above it, and within a node the painting already chose the longest. On the
+//! last level it does not read `has_child` (no children there), so it touches one cache line.
+//! `longest_matches` does the same for many keys, prefetching a group's root slots and nodes
+//! first so that their cache misses overlap. Updates repaint one node (256 slots) or the root
+//! slots a short prefix covers.
 
 use std::collections::HashMap;
 use std::hash::Hash;
