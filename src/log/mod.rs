@@ -47,6 +47,11 @@ pub enum LogError {
     Closed,
 }
 
+/// sled's page cache. The log is read whole only at start-up and in part by lagging watchers;
+/// sled's default (1 GiB) kept ~215 MB more resident after a start at 1.1M events, for no
+/// gain in creates/s (A/B) and a start-up time within noise.
+const PAGE_CACHE_BYTES: u64 = 64 << 20;
+
 /// How long [`EventLog::recover`] waits for a closed database to release its directory lock
 /// (sled frees a dropped database's resources lazily).
 const REOPEN_PATIENCE: Duration = Duration::from_secs(2);
@@ -86,6 +91,7 @@ impl Handles {
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
+            .cache_capacity(PAGE_CACHE_BYTES)
             .open()?;
         let events = db.open_tree(EVENTS_TREE)?;
         let snapshots = db.open_tree(SNAPSHOTS_TREE)?;
