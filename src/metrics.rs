@@ -143,8 +143,7 @@ impl Metrics {
             self.log_revision.set(model.head as i64);
             self.prefixes.set(model.state.n_prefixes() as i64);
             self.bindings.set(model.state.n_bindings() as i64);
-            self.rollout_backlog
-                .set(model.state.provisioning_bindings().count() as i64);
+            self.rollout_backlog.set(model.state.n_provisioning() as i64);
         }
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {

@@ -66,6 +66,9 @@ pub struct State {
     bindings_by_prefix: HashMap<PrefixId, BTreeMap<NetworkKey, BindingId>>,
     /// Idempotency keys, scoped to the account, kept for as long as the log exists.
     requests: HashMap<(AccountId, String), RememberedRequest>,
+    /// How many bindings are PROVISIONING (the rollout backlog), kept so that reading it does
+    /// not walk every binding.
+    n_provisioning: usize,
 }
 
 impl State {
@@ -312,10 +315,12 @@ impl State {
                     .entry(binding.prefix_id)
                     .or_default()
                     .insert(NetworkKey::of(&binding.cidr), binding.id);
-                self.bindings.insert(binding.id, binding.clone());
+                let replaced = self.bindings.insert(binding.id, binding.clone());
+                self.count_provisioning(replaced.as_ref(), Some(binding));
             }
             Change::BindingProvisioningStateChanged(binding) => {
-                self.bindings.insert(binding.id, binding.clone());
+                let replaced = self.bindings.insert(binding.id, binding.clone());
+                self.count_provisioning(replaced.as_ref(), Some(binding));
             }
             Change::BindingDeleted(binding) => {
                 if let Some(by_network) = self.bindings_by_prefix.get_mut(&binding.prefix_id) {
@@ -324,9 +329,18 @@ impl State {
                         self.bindings_by_prefix.remove(&binding.prefix_id);
                     }
                 }
-                self.bindings.remove(&binding.id);
+                let removed = self.bindings.remove(&binding.id);
+                self.count_provisioning(removed.as_ref(), None);
             }
         }
+    }
+
+    /// Keeps `n_provisioning` in step with a binding going from `before` to `after`.
+    fn count_provisioning(&mut self, before: Option<&Binding>, after: Option<&Binding>) {
+        let provisioning = |binding: Option<&Binding>| {
+            usize::from(binding.is_some_and(|b| b.state == ProvisioningState::Provisioning))
+        };
+        self.n_provisioning = self.n_provisioning + provisioning(after) - provisioning(before);
     }
 
     // ---- snapshots ----------------------------------------------------------------------
@@ -461,6 +475,11 @@ impl State {
 
     pub fn n_bindings(&self) -> usize {
         self.bindings.len()
+    }
+
+    /// How many bindings are PROVISIONING.
+    pub fn n_provisioning(&self) -> usize {
+        self.n_provisioning
     }
 
     /// The prefix that contains `network`, if any (prefixes never overlap, so there is at most
@@ -604,6 +623,41 @@ mod tests {
         }
         world.prefix(account(), "192.0.3.0/24");
         world.prefix(account(), "2001:db8::/48");
+    }
+
+    #[test]
+    fn the_provisioning_count_follows_every_binding_change() {
+        let mut world = World::new();
+        let prefix = world.prefix(account(), "192.0.2.0/24");
+        let wide = world.bind(&prefix, "192.0.2.0/24", Service::MagicTransit).unwrap();
+        let one = world.bind(&prefix, "192.0.2.1/32", Service::Cdn).unwrap();
+        let two = world.bind(&prefix, "192.0.2.2/32", Service::Cdn).unwrap();
+        let counted = |world: &World| {
+            (
+                world.state.n_provisioning(),
+                world.state.provisioning_bindings().count(),
+            )
+        };
+        assert_eq!(counted(&world), (3, 3));
+        world.run(Command::ActivateBinding { binding_id: wide.id }).unwrap();
+        world.run(Command::ActivateBinding { binding_id: wide.id }).unwrap();
+        assert_eq!(counted(&world), (2, 2), "activating twice counts once");
+        let delete = |binding: &Binding| Command::DeleteBinding {
+            account_id: binding.account_id,
+            prefix_id: binding.prefix_id,
+            binding_id: binding.id,
+        };
+        world.run(delete(&one)).unwrap();
+        assert_eq!(counted(&world), (1, 1));
+        world.run(Command::ActivateBinding { binding_id: two.id }).unwrap();
+        world.run(delete(&two)).unwrap();
+        assert_eq!(counted(&world), (0, 0));
+        let restored = State::restore(
+            world.state.prefixes().cloned(),
+            world.state.bindings().cloned().chain([one]),
+            [],
+        );
+        assert_eq!(restored.n_provisioning(), 1, "a restored state counts its bindings");
     }
 
     #[test]
