@@ -269,7 +269,7 @@ async fn request_ids_make_retries_safe() {
         .await
         .unwrap()
         .into_inner();
-    let revision_after_first = list_revision(&server, &prefix).await;
+    let revision_after_first = list_revision(&server.channel, &prefix).await;
     let retry = server
         .bindings()
         .create_service_binding(request.clone())
@@ -278,7 +278,7 @@ async fn request_ids_make_retries_safe() {
         .into_inner();
     assert_eq!(retry, first);
     assert_eq!(
-        list_revision(&server, &prefix).await,
+        list_revision(&server.channel, &prefix).await,
         revision_after_first,
         "a retry appends nothing"
     );
@@ -324,22 +324,6 @@ async fn request_ids_make_retries_safe() {
         1014,
         Some("request_id"),
     );
-}
-
-async fn list_revision(server: &TestServer, prefix: &api::Prefix) -> u64 {
-    let request = api::ListServiceBindingsRequest {
-        account_id: prefix.account_id.clone(),
-        prefix_id: prefix.id.clone(),
-        page_size: 1,
-        page_token: String::new(),
-    };
-    server
-        .bindings()
-        .list_service_bindings(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .revision
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,15 +392,15 @@ async fn state_and_revisions_survive_a_restart() {
         created.insert(server.bind(&prefix, &format!("192.0.2.{i}/32"), CDN).await.id);
     }
     let before = server.list_all_bindings(&prefix, 0).await;
-    let revision_before = list_revision(&server, &prefix).await;
+    let revision_before = list_revision(&server.channel, &prefix).await;
     assert_eq!(revision_before, 22);
 
     let server = server.restart().await;
     assert_eq!(server.list_all_bindings(&prefix, 0).await, before);
-    assert_eq!(list_revision(&server, &prefix).await, revision_before);
+    assert_eq!(list_revision(&server.channel, &prefix).await, revision_before);
     server.bind(&prefix, "192.0.2.200/32", SPECTRUM).await;
     assert_eq!(
-        list_revision(&server, &prefix).await,
+        list_revision(&server.channel, &prefix).await,
         revision_before + 1,
         "revisions continue without reuse"
     );

@@ -237,6 +237,22 @@ impl Drop for TestServer {
 }
 
 /// Waits (bounded by [`PATIENCE`]) until no sled handle in this process holds `dir`'s lock.
+/// The log revision that ListServiceBindings reports for `prefix` (the server's head).
+pub async fn list_revision(channel: &Channel, prefix: &api::Prefix) -> u64 {
+    let request = api::ListServiceBindingsRequest {
+        account_id: prefix.account_id.clone(),
+        prefix_id: prefix.id.clone(),
+        page_size: 1,
+        page_token: String::new(),
+    };
+    ServiceBindingsClient::new(channel.clone())
+        .list_service_bindings(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
+}
+
 pub async fn wait_until_unlocked(dir: &Path) {
     // sled holds an exclusive flock on <dir>/db; probe it the same way (not with sled, whose
     // own handle would release lazily in turn).

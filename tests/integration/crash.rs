@@ -60,21 +60,6 @@ fn spawn_binary(dir: &Path) -> Subprocess {
     Subprocess { child, channel }
 }
 
-async fn head_revision(channel: &Channel, prefix: &api::Prefix) -> u64 {
-    let request = api::ListServiceBindingsRequest {
-        account_id: prefix.account_id.clone(),
-        prefix_id: prefix.id.clone(),
-        page_size: 1,
-        page_token: String::new(),
-    };
-    ServiceBindingsClient::new(channel.clone())
-        .list_service_bindings(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .revision
-}
-
 async fn all_bindings(channel: &Channel, prefix: &api::Prefix) -> HashSet<String> {
     let mut ids = HashSet::new();
     let mut page_token = String::new();
@@ -129,7 +114,7 @@ async fn acknowledged_changes_survive_sigkill() {
     // Acknowledged facts, across rounds.
     let live: Arc<Mutex<HashSet<String>>> = Arc::default();
     let deleted: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let mut last_head = head_revision(&server.channel, &prefix).await;
+    let mut last_head = list_revision(&server.channel, &prefix).await;
     for round in 0..4u32 {
         let acknowledged = Arc::new(AtomicU64::new(0));
         let mut writers = tokio::task::JoinSet::new();
@@ -196,7 +181,7 @@ async fn acknowledged_changes_survive_sigkill() {
             resurrected.is_empty(),
             "round {round}: acknowledged deletes undone: {resurrected:?}"
         );
-        let head = head_revision(&server.channel, &prefix).await;
+        let head = list_revision(&server.channel, &prefix).await;
         let n_acknowledged = acknowledged.load(Ordering::Relaxed);
         assert!(
             head >= last_head + n_acknowledged,
@@ -216,7 +201,7 @@ async fn acknowledged_changes_survive_sigkill() {
         .create_service_binding(request)
         .await
         .unwrap();
-    assert_eq!(head_revision(&server.channel, &prefix).await, last_head + 1);
+    assert_eq!(list_revision(&server.channel, &prefix).await, last_head + 1);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }

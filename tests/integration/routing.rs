@@ -25,6 +25,16 @@ async fn lookup(
     server.routing().lookup_address(request).await.map(|r| r.into_inner())
 }
 
+async fn lookup_batch(
+    server: &TestServer,
+    addresses: Vec<String>,
+    active_only: bool,
+) -> Result<Vec<api::LookupAddressResult>, tonic::Status> {
+    let request = api::LookupAddressesRequest { addresses, active_only };
+    let response = server.routing().lookup_addresses(request).await?.into_inner();
+    Ok(response.results().unwrap())
+}
+
 async fn service_of(server: &TestServer, address: &str) -> Option<String> {
     lookup(server, address, false)
         .await
@@ -148,43 +158,16 @@ async fn uncovered_unbound_and_malformed_addresses() {
     }
 
     server.bind(&prefix, "203.0.113.0/24", CDN).await;
-    let request = api::LookupAddressesRequest {
-        addresses: vec!["203.0.113.1".into(), "8.8.8.8".into(), "2001:db8::1".into()],
-        active_only: false,
-    };
-    let results = server
-        .routing()
-        .lookup_addresses(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .results()
-        .unwrap();
+    let addresses = vec!["203.0.113.1".into(), "8.8.8.8".into(), "2001:db8::1".into()];
+    let results = lookup_batch(&server, addresses, false).await.unwrap();
     assert_eq!(results.len(), 3);
     assert!(results[0].found && results[0].prefix_id == prefix.id);
     assert!(!results[1].found && results[1].prefix_id.is_empty() && results[1].binding.is_none());
     assert_eq!(results[2].address, "2001:db8::1");
 
-    let empty = api::LookupAddressesRequest {
-        addresses: vec![],
-        active_only: true,
-    };
-    assert!(
-        server
-            .routing()
-            .lookup_addresses(empty)
-            .await
-            .unwrap()
-            .into_inner()
-            .results()
-            .unwrap()
-            .is_empty()
-    );
-    let one_bad = api::LookupAddressesRequest {
-        addresses: vec!["203.0.113.1".into(), "203.0.113.2".into(), "nope".into()],
-        active_only: false,
-    };
-    let status = server.routing().lookup_addresses(one_bad).await.unwrap_err();
+    assert!(lookup_batch(&server, vec![], true).await.unwrap().is_empty());
+    let one_bad = vec!["203.0.113.1".into(), "203.0.113.2".into(), "nope".into()];
+    let status = lookup_batch(&server, one_bad, false).await.unwrap_err();
     assert_error(
         &status,
         Code::InvalidArgument,
@@ -192,11 +175,8 @@ async fn uncovered_unbound_and_malformed_addresses() {
         1016,
         Some("addresses[2]"),
     );
-    let too_many = api::LookupAddressesRequest {
-        addresses: vec!["203.0.113.1".into(); 10_001],
-        active_only: false,
-    };
-    let status = server.routing().lookup_addresses(too_many).await.unwrap_err();
+    let too_many = vec!["203.0.113.1".into(); 10_001];
+    let status = lookup_batch(&server, too_many, false).await.unwrap_err();
     assert_error(
         &status,
         Code::InvalidArgument,
@@ -204,22 +184,8 @@ async fn uncovered_unbound_and_malformed_addresses() {
         1017,
         Some("addresses"),
     );
-    let at_limit = api::LookupAddressesRequest {
-        addresses: vec!["203.0.113.1".into(); 10_000],
-        active_only: false,
-    };
-    assert_eq!(
-        server
-            .routing()
-            .lookup_addresses(at_limit)
-            .await
-            .unwrap()
-            .into_inner()
-            .results()
-            .unwrap()
-            .len(),
-        10_000
-    );
+    let at_limit = vec!["203.0.113.1".into(); 10_000];
+    assert_eq!(lookup_batch(&server, at_limit, false).await.unwrap().len(), 10_000);
 }
 
 #[tokio::test]
@@ -334,18 +300,8 @@ async fn randomized_lookups_match_a_brute_force_reference() {
         addresses.push(address);
     }
     for chunk in addresses.chunks(1000) {
-        let request = api::LookupAddressesRequest {
-            addresses: chunk.iter().map(|a| a.to_string()).collect(),
-            active_only: false,
-        };
-        let results = server
-            .routing()
-            .lookup_addresses(request)
-            .await
-            .unwrap()
-            .into_inner()
-            .results()
-            .unwrap();
+        let texts = chunk.iter().map(|a| a.to_string()).collect();
+        let results = lookup_batch(&server, texts, false).await.unwrap();
         assert_eq!(results.len(), chunk.len());
         for (address, result) in chunk.iter().zip(results) {
             let expected = brute_force(&bindings, *address);
@@ -397,19 +353,10 @@ async fn batch_lookups_follow_every_change_of_a_binding() {
     let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
     let wide = server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
     let batch = |active_only: bool| {
-        let request = api::LookupAddressesRequest {
-            addresses: vec!["192.0.2.1".into(), "192.0.2.2".into(), "192.0.2.1".into()],
-            active_only,
-        };
-        let mut routing = server.routing();
+        let addresses = vec!["192.0.2.1".into(), "192.0.2.2".into(), "192.0.2.1".into()];
+        let server = &server;
         async move {
-            let results = routing
-                .lookup_addresses(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .results()
-                .unwrap();
+            let results = lookup_batch(server, addresses, active_only).await.unwrap();
             results
                 .into_iter()
                 .map(|result| {

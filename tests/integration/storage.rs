@@ -11,22 +11,6 @@ use tonic::Code;
 
 use crate::common::*;
 
-async fn head_revision(server: &TestServer, prefix: &api::Prefix) -> u64 {
-    let request = api::ListServiceBindingsRequest {
-        account_id: prefix.account_id.clone(),
-        prefix_id: prefix.id.clone(),
-        page_size: 0,
-        page_token: String::new(),
-    };
-    server
-        .bindings()
-        .list_service_bindings(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .revision
-}
-
 async fn service_at(server: &TestServer, address: &str) -> String {
     let request = api::LookupAddressRequest {
         address: address.into(),
@@ -44,7 +28,7 @@ async fn a_full_disk_fails_writes_clearly_and_they_resume_when_it_recovers() {
     let server = TestServer::start_with_options(options).await;
     let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
     server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
-    assert_eq!(head_revision(&server, &prefix).await, 2);
+    assert_eq!(list_revision(&server.channel, &prefix).await, 2);
 
     disk.set_disk_full(true);
     for _ in 0..3 {
@@ -65,13 +49,13 @@ async fn a_full_disk_fails_writes_clearly_and_they_resume_when_it_recovers() {
     // Reads are served from the projections, untouched by the failed writes.
     assert_eq!(server.list_all_bindings(&prefix, 0).await.len(), 1);
     assert_eq!(service_at(&server, "192.0.2.1").await, "Magic Transit");
-    assert_eq!(head_revision(&server, &prefix).await, 2);
+    assert_eq!(list_revision(&server.channel, &prefix).await, 2);
 
     disk.set_disk_full(false);
     let recovered = server.bind(&prefix, "192.0.2.1/32", CDN).await;
     assert_eq!(service_at(&server, "192.0.2.1").await, "CDN");
     assert_eq!(
-        head_revision(&server, &prefix).await,
+        list_revision(&server.channel, &prefix).await,
         3,
         "failed writes used up no revision"
     );
@@ -86,6 +70,6 @@ async fn a_full_disk_fails_writes_clearly_and_they_resume_when_it_recovers() {
         .collect();
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&recovered.id));
-    assert_eq!(head_revision(&server, &prefix).await, 3);
+    assert_eq!(list_revision(&server.channel, &prefix).await, 3);
     assert!(server.try_create_prefix(&account(), "198.51.100.0/24").await.is_ok());
 }
