@@ -8,7 +8,7 @@ pub mod routing;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use crate::domain::{Change, Event, State};
+use crate::domain::{Event, State};
 use routing::RoutingTable;
 
 /// Everything the reads need, as of `head`.
@@ -25,13 +25,10 @@ impl ReadModel {
     pub fn from_state(state: State, head: u64) -> ReadModel {
         let mut routes = RoutingTable::default();
         for prefix in state.prefixes() {
-            routes.apply(&Change::PrefixCreated(prefix.clone()));
+            routes.add_prefix(prefix);
         }
         for binding in state.bindings() {
-            routes.apply(&Change::BindingCreated {
-                binding: binding.clone(),
-                request_id: None,
-            });
+            routes.put_binding(binding);
         }
         ReadModel { state, routes, head }
     }

@@ -12,7 +12,7 @@ use ipnet::{IpNet, Ipv6Net};
 use prefix_trie::PrefixMap;
 
 use super::lpm::{HUGE_PAGES_FROM, Lpm, advise_huge_pages};
-use crate::domain::{BindingId, Change, PrefixId, ProvisioningState};
+use crate::domain::{Binding, BindingId, Change, Prefix, PrefixId, ProvisioningState};
 
 /// What a lookup found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,32 +154,40 @@ impl Table {
 impl RoutingTable {
     pub fn apply(&mut self, change: &Change) {
         match change {
-            Change::PrefixCreated(prefix) => {
-                let entry = Entry {
-                    route: Route {
-                        prefix_id: prefix.id,
-                        binding_id: None,
-                    },
-                    is_prefix: true,
-                };
-                self.all.insert(prefix.cidr, entry);
-                self.active.insert(prefix.cidr, entry);
-            }
+            Change::PrefixCreated(prefix) => self.add_prefix(prefix),
             Change::PrefixUpdated(_) => {}
             Change::PrefixDeleted(prefix) => {
                 self.all.remove(prefix.cidr);
                 self.active.remove(prefix.cidr);
             }
             Change::BindingCreated { binding, .. } | Change::BindingProvisioningStateChanged(binding) => {
-                self.all.set_binding(binding.cidr, binding.prefix_id, binding.id);
-                if binding.state == ProvisioningState::Active {
-                    self.active.set_binding(binding.cidr, binding.prefix_id, binding.id);
-                }
+                self.put_binding(binding)
             }
             Change::BindingDeleted(binding) => {
                 self.all.clear_binding(binding.cidr);
                 self.active.clear_binding(binding.cidr);
             }
+        }
+    }
+
+    /// Adds a prefix (covering no binding yet).
+    pub fn add_prefix(&mut self, prefix: &Prefix) {
+        let entry = Entry {
+            route: Route {
+                prefix_id: prefix.id,
+                binding_id: None,
+            },
+            is_prefix: true,
+        };
+        self.all.insert(prefix.cidr, entry);
+        self.active.insert(prefix.cidr, entry);
+    }
+
+    /// Adds a binding, or records its new state.
+    pub fn put_binding(&mut self, binding: &Binding) {
+        self.all.set_binding(binding.cidr, binding.prefix_id, binding.id);
+        if binding.state == ProvisioningState::Active {
+            self.active.set_binding(binding.cidr, binding.prefix_id, binding.id);
         }
     }
 
