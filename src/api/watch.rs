@@ -139,7 +139,8 @@ struct Watcher {
     pending: VecDeque<api::ServiceBindingEvent>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     feed: tokio::sync::broadcast::Receiver<CommittedGroup>,
-    /// Replay from the log before the first live event.
+    /// Read the log, not the feed, on the next fill: set for a replay (`after_revision`) and
+    /// while a catch-up has more to read.
     replay: bool,
     /// The final status was sent.
     ended: bool,

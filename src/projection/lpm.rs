@@ -189,7 +189,6 @@ impl Node {
 }
 
 /// The table. Keys are given with their prefix length; bits past it are ignored.
-#[derive(Clone)]
 pub struct Lpm<K: Key> {
     /// Per root slot: value + 1 in the low half, child node + 1 in the high half (0 = none),
     /// so one load answers both and an empty table is untouched zeroed memory (no RSS).

@@ -12,7 +12,7 @@ use crate::domain::{Event, State};
 use routing::RoutingTable;
 
 /// Everything the reads need, as of `head`.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct ReadModel {
     pub state: State,
     pub routes: RoutingTable,

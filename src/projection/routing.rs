@@ -31,7 +31,7 @@ struct Entry {
 }
 
 /// CIDR -> entry, for both families, with LPM search.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Table {
     v4: Lpm<u32>,
     /// IPv6 stays on prefix-trie (see `lpm`'s module comment for why).
@@ -121,7 +121,7 @@ impl Table {
     }
 }
 
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct RoutingTable {
     all: Table,
     active: Table,
