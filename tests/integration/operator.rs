@@ -22,6 +22,16 @@ fn tool(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The data dir's sled database, opened directly (under the server's `EventLog`) to damage it
+/// as a bad disk would; the mode must be the server's (`ipam_bindings::log`).
+fn open_sled(dir: &std::path::Path) -> sled::Db {
+    sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .unwrap()
+}
+
 async fn fill(server: &TestServer) {
     let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
     server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
@@ -44,12 +54,7 @@ async fn a_damaged_record_is_refused_by_the_server_and_by_verify() {
 
     // Flip one bit of revision 3's record, as a bad disk would.
     {
-        // The same sled configuration the server uses (ipam_bindings::log::EventLog::open).
-        let db = sled::Config::new()
-            .path(dir.path())
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .unwrap();
+        let db = open_sled(dir.path());
         let events = db.open_tree("events").unwrap();
         let mut record = events.get(3u64.to_be_bytes()).unwrap().unwrap().to_vec();
         let last = record.len() - 1;
@@ -154,11 +159,7 @@ async fn a_damaged_snapshot_falls_back_to_a_full_replay() {
     wait_until_unlocked(dir.path()).await;
     {
         // A clean stop wrote a snapshot; damage it.
-        let db = sled::Config::new()
-            .path(dir.path())
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .unwrap();
+        let db = open_sled(dir.path());
         let snapshots = db.open_tree("snapshots").unwrap();
         let mut record = snapshots
             .get(b"latest")
