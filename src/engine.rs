@@ -49,6 +49,9 @@ impl Engine {
     /// from a blocking context.
     pub fn start(log: EventLog, metrics: Arc<Metrics>) -> Result<Engine, LogError> {
         let started = std::time::Instant::now();
+        if let Err(error) = log.drop_legacy_snapshot() {
+            warn!(%error, "cannot drop the snapshot an earlier version kept in sled");
+        }
         let log_head = log.head()?;
         let mut model = restore_snapshot(&log, log_head)?.unwrap_or_default();
         let snapshot_revision = model.head;
@@ -214,7 +217,7 @@ fn write_snapshot(log: &EventLog, revision: u64, state: &State) {
     let started = std::time::Instant::now();
     let record = codec::encode_snapshot(revision, state);
     let bytes = record.len();
-    match log.save_snapshot(record) {
+    match log.save_snapshot(revision, &record) {
         Ok(()) => info!(
             revision,
             bytes,

@@ -114,8 +114,8 @@ fn run_tool(tool: &Tool, data_dir: &Path) -> Result<String, String> {
         Tool::Verify => {
             let verified = tools::verify(&log).map_err(|error| error.to_string())?;
             Ok(format!(
-                "ok: {} events, head revision {}",
-                verified.n_events, verified.head
+                "ok: {} events, head revision {}; {}",
+                verified.n_events, verified.head, verified.snapshot
             ))
         }
         Tool::Export { output } => {

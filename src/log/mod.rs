@@ -11,6 +11,7 @@
 //! [`LogError::Closed`]; the projections keep serving every other read.
 
 pub mod codec;
+mod snapshot_file;
 pub mod tools;
 
 use std::path::{Path, PathBuf};
@@ -20,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use crate::domain::Event;
 
+use snapshot_file::SnapshotFile;
+
 const EVENTS_TREE: &str = "events";
-/// Holds one key, [`SNAPSHOT_KEY`]: the latest checkpoint of the state (see `codec`).
-const SNAPSHOTS_TREE: &str = "snapshots";
-const SNAPSHOT_KEY: &[u8] = b"latest";
+/// Where data directories written before the snapshot moved to [`SnapshotFile`] kept it.
+const LEGACY_SNAPSHOTS_TREE: &str = "snapshots";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -35,6 +37,16 @@ pub enum LogError {
         #[source]
         source: codec::DecodeError,
     },
+    #[error("the log is damaged at revision {revision}: the storage cannot read the page that holds it ({source})")]
+    Unreadable {
+        revision: u64,
+        #[source]
+        source: sled::Error,
+    },
+    #[error(
+        "the data directory is damaged (truncated or overwritten files?): the storage panicked while recovering it: {0}"
+    )]
+    Unrecoverable(String),
     #[error("the log has a gap: expected revision {expected}, found {found}")]
     Gap { expected: u64, found: u64 },
     #[error("the log has a key that is not a revision: {0:?}")]
@@ -45,6 +57,8 @@ pub enum LogError {
     Truncated { snapshot: u64, head: u64 },
     #[error("the storage failed and is being reopened")]
     Closed,
+    #[error("snapshot file: {0}")]
+    SnapshotFile(#[source] std::io::Error),
 }
 
 /// sled's page cache. The log is read whole only at start-up and in part by lagging watchers;
@@ -76,26 +90,33 @@ impl StorageFaults {
     }
 }
 
-/// One open sled database and its trees.
+/// One open sled database and its tree.
 struct Handles {
     db: sled::Db,
     events: sled::Tree,
-    snapshots: sled::Tree,
 }
 
 impl Handles {
     fn open(dir: &Path) -> Result<Handles, LogError> {
         // Every append flushes explicitly, so sled's periodic background flusher is not needed (and it
         // would delay exit by up to its period).
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
-            .cache_capacity(PAGE_CACHE_BYTES)
-            .open()?;
+            .cache_capacity(PAGE_CACHE_BYTES);
+        // sled 0.34 panics (index out of bounds) on some damage, a truncated file among them,
+        // instead of returning an error: turn that into one (nothing it touched is used after).
+        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).map_err(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+                .unwrap_or_default();
+            LogError::Unrecoverable(message)
+        })??;
         let events = db.open_tree(EVENTS_TREE)?;
-        let snapshots = db.open_tree(SNAPSHOTS_TREE)?;
-        Ok(Handles { db, events, snapshots })
+        Ok(Handles { db, events })
     }
 }
 
@@ -105,6 +126,7 @@ pub struct EventLog {
     dir: PathBuf,
     /// `None` from a storage failure until [`recover`](Self::recover) reopens it.
     handles: Arc<RwLock<Option<Handles>>>,
+    snapshot: Arc<SnapshotFile>,
     faults: StorageFaults,
 }
 
@@ -120,6 +142,7 @@ impl EventLog {
         Ok(EventLog {
             dir: dir.to_path_buf(),
             handles: Arc::new(RwLock::new(Some(Handles::open(dir)?))),
+            snapshot: Arc::new(SnapshotFile::new(dir)),
             faults,
         })
     }
@@ -250,7 +273,14 @@ impl EventLog {
             .into_iter()
             .chain(stored)
             .map(move |entry: Result<(sled::IVec, sled::IVec), LogError>| {
-                let (key, value) = entry?;
+                let (key, value) = entry.map_err(|error| match error {
+                    // sled checksums its pages: the one it failed to read holds `expected`.
+                    LogError::Storage(source @ sled::Error::Corruption { .. }) => LogError::Unreadable {
+                        revision: expected,
+                        source,
+                    },
+                    other => other,
+                })?;
                 let revision = revision_of(&key)?;
                 if revision != expected {
                     return Err(LogError::Gap {
@@ -263,18 +293,26 @@ impl EventLog {
             })
     }
 
-    /// Replaces the stored snapshot and makes it durable. The log itself is untouched.
-    pub fn save_snapshot(&self, record: Vec<u8>) -> Result<(), LogError> {
-        self.with(|handles| {
-            handles.snapshots.insert(SNAPSHOT_KEY, record)?;
-            handles.db.flush()?;
-            Ok(())
-        })
+    /// Durably replaces the stored snapshot with `record`, the snapshot of `revision` (unless
+    /// a newer one was saved meanwhile). The log itself is untouched.
+    pub fn save_snapshot(&self, revision: u64, record: &[u8]) -> Result<(), LogError> {
+        self.snapshot.save(revision, record).map_err(LogError::SnapshotFile)
     }
 
     /// The stored snapshot record, if any.
-    pub fn load_snapshot(&self) -> Result<Option<sled::IVec>, LogError> {
-        self.with(|handles| Ok(handles.snapshots.get(SNAPSHOT_KEY)?))
+    pub fn load_snapshot(&self) -> Result<Option<Vec<u8>>, LogError> {
+        self.snapshot.load().map_err(LogError::SnapshotFile)
+    }
+
+    /// Drops the snapshot that data directories written by earlier versions kept inside sled
+    /// (see [`SnapshotFile`] for why it moved), so that sled can reclaim its blob files.
+    pub fn drop_legacy_snapshot(&self) -> Result<(), LogError> {
+        self.with(|handles| {
+            if handles.db.drop_tree(LEGACY_SNAPSHOTS_TREE)? {
+                handles.db.flush()?;
+            }
+            Ok(())
+        })
     }
 
     /// Checks the records after `after` up to `last` (revisions, format, checksum) without

@@ -34,18 +34,59 @@ pub enum ToolError {
 pub struct Verified {
     pub n_events: u64,
     pub head: u64,
+    pub snapshot: SnapshotStatus,
 }
 
-/// Reads the whole log; the first damaged record fails with its revision.
+/// The checkpoint a start would use, as [`verify`] found it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SnapshotStatus {
+    Missing,
+    At(u64),
+    Unreadable(String),
+}
+
+impl std::fmt::Display for SnapshotStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotStatus::Missing => write!(f, "no snapshot: the next start replays the whole log"),
+            SnapshotStatus::At(revision) => write!(f, "snapshot at revision {revision}"),
+            SnapshotStatus::Unreadable(why) => {
+                write!(
+                    f,
+                    "the snapshot is unreadable ({why}): the next start replays the whole log"
+                )
+            }
+        }
+    }
+}
+
+/// Reads the whole log; the first damaged record fails with its revision. A snapshot newer
+/// than the log's head fails too, as it stops a start: the log lost events it once had.
 pub fn verify(log: &EventLog) -> Result<Verified, LogError> {
     let mut n_events = 0;
     for event in log.read_after(0) {
         event?;
         n_events += 1;
     }
+    let head = log.head()?;
+    let snapshot = match log.load_snapshot() {
+        Ok(None) => SnapshotStatus::Missing,
+        Ok(Some(record)) => match codec::decode_snapshot(&record) {
+            Ok((revision, _)) if revision > head => {
+                return Err(LogError::Truncated {
+                    snapshot: revision,
+                    head,
+                });
+            }
+            Ok((revision, _)) => SnapshotStatus::At(revision),
+            Err(error) => SnapshotStatus::Unreadable(error.to_string()),
+        },
+        Err(error) => SnapshotStatus::Unreadable(error.to_string()),
+    };
     Ok(Verified {
         n_events,
-        head: log.head()?,
+        head,
+        snapshot,
     })
 }
 
@@ -186,7 +227,14 @@ mod tests {
         assert_eq!(import(&target, exported.as_slice()).unwrap(), 25);
         let imported: Vec<Event> = target.read_after(0).collect::<Result<_, _>>().unwrap();
         assert_eq!(imported, events);
-        assert_eq!(verify(&target).unwrap(), Verified { n_events: 25, head: 25 });
+        assert_eq!(
+            verify(&target).unwrap(),
+            Verified {
+                n_events: 25,
+                head: 25,
+                snapshot: SnapshotStatus::Missing
+            }
+        );
         // Importing into a non-empty directory is refused.
         assert!(matches!(
             import(&target, exported.as_slice()),

@@ -41,12 +41,7 @@ async fn fill(server: &TestServer) {
 
 #[tokio::test]
 async fn a_damaged_record_is_refused_by_the_server_and_by_verify() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
-    fill(&server).await;
-    server.stop().await.unwrap();
-    drop(server);
-    wait_until_unlocked(dir.path()).await;
+    let dir = stopped_after_fill().await;
 
     let (ok, _, stderr) = tool(dir.path(), &["verify"]);
     assert!(ok, "{stderr}");
@@ -70,14 +65,86 @@ async fn a_damaged_record_is_refused_by_the_server_and_by_verify() {
         "{stderr}"
     );
 
-    wait_until_unlocked(dir.path()).await;
+    let message = refused_start(dir.path()).await;
+    assert!(message.contains("damaged at revision 3"), "{message}");
+}
+
+/// Starts a server on `dir`, which must refuse to start; returns why.
+async fn refused_start(dir: &std::path::Path) -> String {
+    wait_until_unlocked(dir).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let options = ServerOptions::new(dir.path().to_path_buf(), Duration::ZERO);
+    let options = ServerOptions::new(dir.to_path_buf(), Duration::ZERO);
     let refused = tokio::time::timeout(PATIENCE, serve(options, listener, std::future::pending()))
         .await
         .unwrap();
-    let message = refused.unwrap_err().to_string();
-    assert!(message.contains("damaged at revision 3"), "{message}");
+    refused
+        .expect_err("the server must refuse this data directory")
+        .to_string()
+}
+
+/// A data directory with `fill`'s four events and a snapshot of revision 4 (a clean stop).
+async fn stopped_after_fill() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
+    fill(&server).await;
+    server.stop().await.unwrap();
+    drop(server);
+    wait_until_unlocked(dir.path()).await;
+    dir
+}
+
+#[tokio::test]
+async fn a_log_that_lost_its_last_events_is_refused_naming_the_revisions() {
+    let dir = stopped_after_fill().await;
+    {
+        let db = open_sled(dir.path());
+        let events = db.open_tree("events").unwrap();
+        events.remove(4u64.to_be_bytes()).unwrap().unwrap();
+        db.flush().unwrap();
+    }
+    let message = refused_start(dir.path()).await;
+    assert!(
+        message.contains("ends at revision 3") && message.contains("snapshot of revision 4"),
+        "{message}"
+    );
+    let (ok, _, stderr) = tool(dir.path(), &["verify"]);
+    assert!(!ok && stderr.contains("ends at revision 3"), "{stderr}");
+}
+
+#[tokio::test]
+async fn damaged_database_files_are_refused() {
+    // Every stored copy of one binding's CIDR, bit-flipped in the file itself: sled's own page
+    // checksums catch it, and the start names the revision it could not read (or, if sled took
+    // it for a torn write at the end of its log, the revisions the snapshot says are missing).
+    let dir = stopped_after_fill().await;
+    let file = dir.path().join("db");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let needle = b"192.0.2.2/32";
+    let at: Vec<usize> = (0..bytes.len() - needle.len())
+        .filter(|&i| &bytes[i..i + needle.len()] == needle)
+        .collect();
+    assert!(!at.is_empty(), "the record is stored as written");
+    for i in at {
+        bytes[i + 4] ^= 0x01;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    let message = refused_start(dir.path()).await;
+    assert!(message.contains("revision"), "{message}");
+    let (ok, _, stderr) = tool(dir.path(), &["verify"]);
+    assert!(!ok && stderr.contains("revision"), "{stderr}");
+
+    // Half of the file cut off.
+    let dir = stopped_after_fill().await;
+    let file = dir.path().join("db");
+    let length = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
+    let message = refused_start(dir.path()).await;
+    assert!(message.contains("truncated"), "{message}");
 }
 
 #[tokio::test]
@@ -157,19 +224,11 @@ async fn a_damaged_snapshot_falls_back_to_a_full_replay() {
     server.stop().await.unwrap();
     drop(server);
     wait_until_unlocked(dir.path()).await;
-    {
-        // A clean stop wrote a snapshot; damage it.
-        let db = open_sled(dir.path());
-        let snapshots = db.open_tree("snapshots").unwrap();
-        let mut record = snapshots
-            .get(b"latest")
-            .unwrap()
-            .expect("a snapshot after a clean stop")
-            .to_vec();
-        record[10] ^= 0xff;
-        snapshots.insert(b"latest", record).unwrap();
-        db.flush().unwrap();
-    }
+    // A clean stop wrote a snapshot; damage it.
+    let file = dir.path().join("state.snapshot");
+    let mut record = std::fs::read(&file).expect("a snapshot after a clean stop");
+    record[10] ^= 0xff;
+    std::fs::write(&file, record).unwrap();
     let server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
     assert_eq!(server.list_all_bindings(&prefix, 0).await, before);
     let request = ipam_bindings::pb::api::ListPrefixesRequest {
