@@ -1,7 +1,12 @@
-//! The event log: the only source of truth. One sled tree, key = revision (big-endian u64, so
-//! keys sort in revision order), value = an encoded event ([`codec`]). Revisions start at 1 and
-//! have no gaps; records are never rewritten or deleted. [`EventLog::append`] writes a whole
-//! group atomically and returns only once sled has fsynced it.
+//! The event log: the only source of truth. One sled tree of records, each a run of
+//! consecutive events ([`codec`]) keyed by its last event's revision (big-endian u64, so keys
+//! sort in revision order). Revisions start at 1 and have no gaps; records are never rewritten
+//! or deleted. [`EventLog::append`] writes a whole group, cut into runs of a few KiB, atomically
+//! and returns only once sled has fsynced it.
+//!
+//! Why runs: sled's cost is per record (a start checks 1.1M one-event records in 1.7-2.6 s,
+//! the same bytes as runs of 32 in 60-110 ms), and a group commit's events are durable together
+//! anyway. Data directories written with one event per record (format 1) read as runs of one.
 //!
 //! Storage faults: sled 0.34 remembers an I/O error (disk full, EIO) and fails every later
 //! operation of that database, even once the disk has recovered. So a failed append closes the
@@ -223,8 +228,8 @@ impl EventLog {
     /// the caller must [`recover`](Self::recover) before appending again.
     pub fn append(&self, events: &[Event]) -> Result<(), LogError> {
         let mut batch = sled::Batch::default();
-        for event in events {
-            batch.insert(&event.revision.to_be_bytes(), codec::encode(event));
+        for (last_revision, record) in codec::encode_runs(events) {
+            batch.insert(&last_revision.to_be_bytes(), record);
         }
         let appended = self.faults.check().and_then(|()| {
             self.with(|handles| {
@@ -250,17 +255,43 @@ impl EventLog {
     }
 
     /// Every event with a revision greater than `after`, in order, checked for damage and gaps.
+    /// Stops after the first error.
     pub fn read_after(&self, after: u64) -> impl Iterator<Item = Result<Event, LogError>> + use<> {
-        self.records_after(after).map(|record| {
-            let (revision, value) = record?;
-            codec::decode(revision, &value).map_err(|source| LogError::Corrupt { revision, source })
-        })
+        let mut continuity = Continuity::after(after);
+        let mut failed = false;
+        self.records_after(after)
+            .map_while(move |record| {
+                if failed {
+                    return None;
+                }
+                let events = record
+                    .map_err(|error| continuity.unreadable(error))
+                    .and_then(|(last_revision, value)| {
+                        let events =
+                            codec::decode_run(last_revision, &value).map_err(|source| continuity.corrupt(source))?;
+                        continuity.follow(events.len() as u64, last_revision)?;
+                        Ok(events)
+                    });
+                failed = events.is_err();
+                Some(events)
+            })
+            .flat_map(move |events| {
+                let (events, error) = match events {
+                    Ok(events) => (events, None),
+                    Err(error) => (Vec::new(), Some(error)),
+                };
+                events
+                    .into_iter()
+                    .filter(move |event| event.revision > after)
+                    .map(Ok)
+                    .chain(error.map(Err))
+            })
     }
 
-    /// The raw records after `after`, in order; a missing revision is a [`LogError::Gap`].
+    /// The raw records from the one holding revision `after + 1` on, in key order, with their
+    /// keys (each record's last revision).
     fn records_after(&self, after: u64) -> impl Iterator<Item = Result<(u64, sled::IVec), LogError>> + use<> {
-        let mut expected = after.saturating_add(1);
-        let start = expected.to_be_bytes();
+        let start = after.saturating_add(1).to_be_bytes();
         let (open, closed) = match self.events() {
             Ok(events) => (Some(events), None),
             Err(closed) => (None, Some(Err(closed))),
@@ -268,29 +299,11 @@ impl EventLog {
         let stored = open
             .into_iter()
             .flat_map(move |events| events.range(start..))
-            .map(|entry| Ok(entry?));
-        closed
-            .into_iter()
-            .chain(stored)
-            .map(move |entry: Result<(sled::IVec, sled::IVec), LogError>| {
-                let (key, value) = entry.map_err(|error| match error {
-                    // sled checksums its pages: the one it failed to read holds `expected`.
-                    LogError::Storage(source @ sled::Error::Corruption { .. }) => LogError::Unreadable {
-                        revision: expected,
-                        source,
-                    },
-                    other => other,
-                })?;
-                let revision = revision_of(&key)?;
-                if revision != expected {
-                    return Err(LogError::Gap {
-                        expected,
-                        found: revision,
-                    });
-                }
-                expected += 1;
-                Ok((revision, value))
-            })
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((revision_of(&key)?, value))
+            });
+        closed.into_iter().chain(stored)
     }
 
     /// Durably replaces the stored snapshot with `record`, the snapshot of `revision` (unless
@@ -315,22 +328,22 @@ impl EventLog {
         })
     }
 
-    /// Checks the records after `after` up to `last` (revisions, format, checksum) without
-    /// decoding them: what a start from a snapshot does instead of a replay, so that damage the
-    /// snapshot covers is still found. Ranges can be checked in parallel.
+    /// Checks the records holding revisions `after + 1` to `last` (continuity, format,
+    /// checksum) without decoding them: what a start from a snapshot does instead of a replay,
+    /// so that damage the snapshot covers is still found. Ranges can be checked in parallel.
     pub fn check_records(&self, after: u64, last: u64) -> Result<(), LogError> {
-        let mut checked_up_to = after;
-        for record in self
-            .records_after(after)
-            .take_while(|record| record.as_ref().map_or(true, |(r, _)| *r <= last))
-        {
-            let (revision, value) = record?;
-            codec::check(&value).map_err(|source| LogError::Corrupt { revision, source })?;
-            checked_up_to = revision;
+        let mut continuity = Continuity::after(after);
+        for record in self.records_after(after) {
+            if continuity.expected > last {
+                break;
+            }
+            let (last_revision, value) = record.map_err(|error| continuity.unreadable(error))?;
+            let count = codec::run_len(&value).map_err(|source| continuity.corrupt(source))?;
+            continuity.follow(count, last_revision)?;
         }
-        if checked_up_to != last {
+        if continuity.expected <= last {
             return Err(LogError::Gap {
-                expected: checked_up_to + 1,
+                expected: continuity.expected,
                 found: last + 1,
             });
         }
@@ -346,7 +359,163 @@ impl EventLog {
     }
 }
 
+/// Follows records in key order and finds gaps; knows which revision an error is about.
+struct Continuity {
+    /// The next revision the log must hold.
+    expected: u64,
+    /// Whether a record was followed: the first may start before `expected` (it holds it).
+    started: bool,
+}
+
+impl Continuity {
+    fn after(after: u64) -> Continuity {
+        Continuity {
+            expected: after.saturating_add(1),
+            started: false,
+        }
+    }
+
+    /// Takes in the record of `count` events ending at `last_revision`.
+    fn follow(&mut self, count: u64, last_revision: u64) -> Result<(), LogError> {
+        let first_revision = (last_revision + 1).saturating_sub(count);
+        let fits = if self.started {
+            first_revision == self.expected
+        } else {
+            first_revision <= self.expected
+        };
+        if count == 0 || !fits || last_revision < self.expected {
+            return Err(LogError::Gap {
+                expected: self.expected,
+                found: first_revision,
+            });
+        }
+        self.started = true;
+        self.expected = last_revision + 1;
+        Ok(())
+    }
+
+    /// A record that failed its checks holds the next expected revision.
+    fn corrupt(&self, source: codec::DecodeError) -> LogError {
+        LogError::Corrupt {
+            revision: self.expected,
+            source,
+        }
+    }
+
+    /// sled checksums its pages: one it cannot read holds the next expected revision.
+    fn unreadable(&self, error: LogError) -> LogError {
+        match error {
+            LogError::Storage(source @ sled::Error::Corruption { .. }) => LogError::Unreadable {
+                revision: self.expected,
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
 fn revision_of(key: &[u8]) -> Result<u64, LogError> {
     let bytes: [u8; 8] = key.try_into().map_err(|_| LogError::BadKey(key.to_vec()))?;
     Ok(u64::from_be_bytes(bytes))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::domain::{AccountId, Change, Micros, Prefix, PrefixId};
+
+    pub(crate) fn prefix_event(revision: u64, cidr: &str) -> Event {
+        let prefix = Prefix {
+            id: PrefixId::generate(),
+            account_id: AccountId::generate(),
+            cidr: cidr.parse().unwrap(),
+            asn: Some(64_496),
+            description: "d".into(),
+            created_at: Micros(1),
+            modified_at: Micros(1),
+        };
+        Event {
+            revision,
+            time: Micros(5),
+            change: Change::PrefixCreated(prefix),
+        }
+    }
+
+    fn events(revisions: std::ops::RangeInclusive<u64>) -> Vec<Event> {
+        revisions
+            .map(|revision| prefix_event(revision, &format!("10.{}.{}.0/24", revision / 256, revision % 256)))
+            .collect()
+    }
+
+    /// Revisions 1-3 as format-1 records (one event each, as earlier versions wrote them), then
+    /// groups of 1, 60 and 236 events as runs.
+    fn mixed_log(dir: &Path) -> (EventLog, Vec<Event>) {
+        let log = EventLog::open(dir).unwrap();
+        let all = events(1..=300);
+        let tree = log.events().unwrap();
+        for event in &all[..3] {
+            tree.insert(event.revision.to_be_bytes(), codec::encode(event)).unwrap();
+        }
+        for group in [&all[3..4], &all[4..64], &all[64..]] {
+            log.append(group).unwrap();
+        }
+        (log, all)
+    }
+
+    #[test]
+    fn runs_read_from_any_revision_and_check_in_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, all) = mixed_log(dir.path());
+        let n_records = log.events().unwrap().len();
+        assert!(
+            (7..=30).contains(&n_records),
+            "groups are cut into runs: {n_records} records"
+        );
+        assert_eq!(log.head().unwrap(), 300);
+        for after in [0, 2, 3, 4, 5, 63, 64, 100, 299, 300] {
+            let read: Vec<Event> = log.read_after(after).collect::<Result<_, _>>().unwrap();
+            assert_eq!(read, all[after as usize..], "after {after}");
+        }
+        for (after, last) in [(0, 300), (0, 150), (150, 300), (3, 4), (299, 300)] {
+            log.check_records(after, last).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_missing_run_names_its_first_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = mixed_log(dir.path());
+        let tree = log.events().unwrap();
+        // The run after the one ending at 64 starts at 65.
+        let (key, value) = tree.range(65u64.to_be_bytes()..).next().unwrap().unwrap();
+        let mut damaged = value.to_vec();
+        *damaged.last_mut().unwrap() ^= 0x01;
+        tree.insert(&key, damaged).unwrap();
+        let first_error = log.read_after(0).find_map(Result::err).unwrap();
+        assert!(
+            matches!(first_error, LogError::Corrupt { revision: 65, .. }),
+            "{first_error}"
+        );
+        assert_eq!(
+            log.read_after(0).filter(Result::is_err).count(),
+            1,
+            "reading stops at the damage"
+        );
+        assert!(matches!(
+            log.check_records(0, 300),
+            Err(LogError::Corrupt { revision: 65, .. })
+        ));
+        log.check_records(0, 64).unwrap();
+
+        tree.insert(&key, value).unwrap();
+        tree.remove(&key).unwrap();
+        assert!(matches!(
+            log.check_records(0, 300),
+            Err(LogError::Gap { expected: 65, .. })
+        ));
+        assert!(matches!(
+            log.read_after(0).find_map(Result::err),
+            Some(LogError::Gap { expected: 65, .. })
+        ));
+    }
 }

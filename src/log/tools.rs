@@ -195,24 +195,8 @@ fn binding_json(binding: &Binding) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AccountId, Event, Micros, PrefixId};
-
-    fn prefix_event(revision: u64, cidr: &str) -> Event {
-        let prefix = Prefix {
-            id: PrefixId::generate(),
-            account_id: AccountId::generate(),
-            cidr: cidr.parse().unwrap(),
-            asn: Some(64_496),
-            description: "d".into(),
-            created_at: Micros(1),
-            modified_at: Micros(1),
-        };
-        Event {
-            revision,
-            time: Micros(5),
-            change: Change::PrefixCreated(prefix),
-        }
-    }
+    use crate::domain::Event;
+    use crate::log::tests::prefix_event;
 
     #[test]
     fn export_then_import_gives_the_same_log() {
