@@ -29,6 +29,8 @@ use crate::domain::Event;
 use snapshot_file::SnapshotFile;
 
 const EVENTS_TREE: &str = "events";
+/// The file in which sled keeps its log and pages.
+const SLED_FILE: &str = "db";
 /// Where data directories written before the snapshot moved to [`SnapshotFile`] kept it.
 const LEGACY_SNAPSHOTS_TREE: &str = "snapshots";
 
@@ -99,6 +101,8 @@ impl StorageFaults {
 struct Handles {
     db: sled::Db,
     events: sled::Tree,
+    /// sled's data file, for [`make_durable`](Handles::make_durable).
+    file: std::fs::File,
 }
 
 impl Handles {
@@ -121,7 +125,20 @@ impl Handles {
             LogError::Unrecoverable(message)
         })??;
         let events = db.open_tree(EVENTS_TREE)?;
-        Ok(Handles { db, events })
+        let file = std::fs::File::open(dir.join(SLED_FILE)).map_err(sled::Error::Io)?;
+        // The data file's directory entry, durable once (sled creates the file).
+        std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(sled::Error::Io)?;
+        Ok(Handles { db, events, file })
+    }
+
+    /// Writes out everything sled buffered, durably. sled's `flush` ends with
+    /// `sync_file_range`, which neither flushes the drive's write cache nor persists the file's
+    /// size (the file grows as the log does), so a power cut could lose an acknowledged group:
+    /// `fdatasync` does both.
+    fn make_durable(&self) -> Result<(), LogError> {
+        self.db.flush()?;
+        self.file.sync_data().map_err(sled::Error::Io)?;
+        Ok(())
     }
 }
 
@@ -205,7 +222,7 @@ impl EventLog {
                 for key in unacknowledged {
                     handles.events.remove(key)?;
                 }
-                handles.db.flush()?;
+                handles.make_durable()?;
                 Ok(())
             })
         });
@@ -234,7 +251,7 @@ impl EventLog {
         let appended = self.faults.check().and_then(|()| {
             self.with(|handles| {
                 handles.events.apply_batch(batch)?;
-                handles.db.flush()?;
+                handles.make_durable()?;
                 Ok(())
             })
         });
@@ -249,7 +266,7 @@ impl EventLog {
     pub(crate) fn clear(&self) -> Result<(), LogError> {
         self.with(|handles| {
             handles.events.clear()?;
-            handles.db.flush()?;
+            handles.make_durable()?;
             Ok(())
         })
     }
@@ -322,7 +339,7 @@ impl EventLog {
     pub fn drop_legacy_snapshot(&self) -> Result<(), LogError> {
         self.with(|handles| {
             if handles.db.drop_tree(LEGACY_SNAPSHOTS_TREE)? {
-                handles.db.flush()?;
+                handles.make_durable()?;
             }
             Ok(())
         })
@@ -353,7 +370,7 @@ impl EventLog {
     /// Makes everything written so far durable (used at shutdown).
     pub fn flush(&self) -> Result<(), LogError> {
         self.with(|handles| {
-            handles.db.flush()?;
+            handles.make_durable()?;
             Ok(())
         })
     }
