@@ -27,6 +27,17 @@ const FEED_CAPACITY: usize = 4096;
 /// A group of events, durable and applied, in revision order.
 pub type CommittedGroup = Arc<[Event]>;
 
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("checking the stored records failed unexpectedly (damaged storage?): {0}")]
+    CheckPanicked(String),
+    #[error("cannot start the writer thread: {0}")]
+    WriterThread(#[source] std::io::Error),
+}
+
 enum Job {
     Execute {
         command: Command,
@@ -47,7 +58,7 @@ pub struct Engine {
 impl Engine {
     /// Rebuilds the projections from the whole log, then starts the writer. Blocking: call it
     /// from a blocking context.
-    pub fn start(log: EventLog, metrics: Arc<Metrics>) -> Result<Engine, LogError> {
+    pub fn start(log: EventLog, metrics: Arc<Metrics>) -> Result<Engine, StartError> {
         let started = std::time::Instant::now();
         if let Err(error) = log.drop_legacy_snapshot() {
             warn!(%error, "cannot drop the snapshot an earlier version kept in sled");
@@ -87,7 +98,7 @@ impl Engine {
         let handle = std::thread::Builder::new()
             .name("ipam-writer".into())
             .spawn(move || writer.run())
-            .map_err(|error| LogError::Storage(sled::Error::Io(error)))?;
+            .map_err(StartError::WriterThread)?;
         Ok(Engine {
             jobs,
             projections,
@@ -151,7 +162,7 @@ const SNAPSHOT_EVERY: u64 = 100_000;
 /// snapshot is `None` (full replay). A snapshot newer than the log's head means the log lost
 /// events it once had, and a damaged record under the snapshot is damage all the same: both
 /// refuse to start rather than serve from a log that is not sound.
-fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, LogError> {
+fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, StartError> {
     let record = match log.load_snapshot() {
         Ok(Some(record)) => record,
         Ok(None) => return Ok(None),
@@ -169,20 +180,19 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, 
         let check = scope.spawn(|| log.check_records(0, log_head));
         let decoded =
             codec::decode_snapshot(&record).map(|(revision, state)| (revision, ReadModel::from_state(state, revision)));
-        let checked = check.join().unwrap_or_else(|_| {
-            Err(LogError::Storage(sled::Error::ReportableBug(
-                "record check panicked".into(),
-            )))
-        });
+        let checked = check
+            .join()
+            .map_err(|panic| StartError::CheckPanicked(crate::log::panic_message(panic.as_ref())));
         (checked, decoded)
     });
     match decoded {
         Ok((revision, _)) if revision > log_head => Err(LogError::Truncated {
             snapshot: revision,
             head: log_head,
-        }),
+        }
+        .into()),
         Ok((revision, model)) => {
-            checked?;
+            checked??;
             info!(
                 revision,
                 bytes = record.len(),

@@ -21,7 +21,7 @@ use crate::api::prefixes::PrefixesService;
 use crate::api::routing::RoutingService;
 use crate::api::service_bindings::ServiceBindingsService;
 use crate::api::services::ServicesService;
-use crate::engine::Engine;
+use crate::engine::{Engine, StartError};
 use crate::log::{EventLog, LogError};
 use crate::metrics::{self, Metrics};
 use crate::pb::api::prefixes_server::PrefixesServer;
@@ -41,7 +41,7 @@ pub enum ServeError {
         source: LogError,
     },
     #[error("cannot load the event log: {0}")]
-    Load(#[source] LogError),
+    Load(#[source] StartError),
     #[error("gRPC transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection descriptors are invalid: {0}")]

@@ -116,18 +116,14 @@ impl Handles {
             .cache_capacity(PAGE_CACHE_BYTES);
         // sled 0.34 panics (index out of bounds) on some damage, a truncated file among them,
         // instead of returning an error: turn that into one (nothing it touched is used after).
-        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).map_err(|panic| {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
-                .unwrap_or_default();
-            LogError::Unrecoverable(message)
-        })??;
+        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+            .map_err(|panic| LogError::Unrecoverable(panic_message(panic.as_ref())))??;
         let events = db.open_tree(EVENTS_TREE)?;
         let file = std::fs::File::open(dir.join(SLED_FILE)).map_err(sled::Error::Io)?;
         // The data file's directory entry, durable once (sled creates the file).
-        std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(sled::Error::Io)?;
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(sled::Error::Io)?;
         Ok(Handles { db, events, file })
     }
 
@@ -429,6 +425,15 @@ impl Continuity {
             other => other,
         }
     }
+}
+
+/// What a caught panic (sled's, on damaged files) said.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+        .unwrap_or_default()
 }
 
 fn revision_of(key: &[u8]) -> Result<u64, LogError> {

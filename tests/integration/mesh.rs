@@ -104,7 +104,10 @@ async fn a_drain_reports_not_serving_while_still_serving_then_stops() {
         .list_services(request)
         .await
         .expect("served during the drain delay");
+    // The open Watch stream does not hold the shutdown open: the stop completes and ends it.
     stopping.await.unwrap().unwrap();
+    let end = tokio::time::timeout(PATIENCE, watch.message()).await.unwrap();
+    assert!(!matches!(end, Ok(Some(_))), "the Watch stream ended: {end:?}");
 }
 
 #[tokio::test]
