@@ -15,7 +15,7 @@ use ipam_bindings::pb::api::prefixes_client::PrefixesClient;
 use ipam_bindings::pb::api::routing_client::RoutingClient;
 use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
 use ipam_bindings::pb::api::services_client::ServicesClient;
-use output::{Format, binding_json, binding_table, prefix_json, prefix_table};
+use output::{Format, binding_json};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
@@ -252,151 +252,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     let channel = connection.connect().await?;
     let fail = |status: tonic::Status| describe(&status);
     match cli.command {
-        Command::Prefixes(command) => {
-            let mut client = PrefixesClient::new(channel);
-            let prefix = match command {
-                PrefixCommand::Create { cidr, asn, description } => {
-                    let request = api::CreatePrefixRequest {
-                        account_id,
-                        cidr,
-                        asn,
-                        description,
-                    };
-                    client.create_prefix(request).await.map_err(fail)?.into_inner()
-                }
-                PrefixCommand::Get { id } => client
-                    .get_prefix(api::GetPrefixRequest {
-                        account_id,
-                        prefix_id: id,
-                    })
-                    .await
-                    .map_err(fail)?
-                    .into_inner(),
-                PrefixCommand::Update { id, description } => {
-                    let request = api::UpdatePrefixRequest {
-                        account_id,
-                        prefix_id: id,
-                        description,
-                    };
-                    client.update_prefix(request).await.map_err(fail)?.into_inner()
-                }
-                PrefixCommand::Delete { id } => {
-                    let request = api::DeletePrefixRequest {
-                        account_id,
-                        prefix_id: id,
-                    };
-                    let deleted = client.delete_prefix(request).await.map_err(fail)?.into_inner();
-                    print_deleted(&deleted.id, json);
-                    return Ok(());
-                }
-                PrefixCommand::List { page_size, page_token } => {
-                    let follow = page_size.is_none() && page_token.is_none();
-                    let (all, token) = collect_pages(follow, page_token.unwrap_or_default(), |page_token| {
-                        let mut client = client.clone();
-                        let request = api::ListPrefixesRequest {
-                            account_id: account_id.clone(),
-                            page_size: page_size.unwrap_or(0),
-                            page_token,
-                        };
-                        async move {
-                            let page = client
-                                .list_prefixes(request)
-                                .await
-                                .map_err(|s| describe(&s))?
-                                .into_inner();
-                            Ok((page.prefixes, page.next_page_token))
-                        }
-                    })
-                    .await?;
-                    if json {
-                        all.iter().for_each(|p| println!("{}", prefix_json(p)));
-                    } else {
-                        println!("{}", prefix_table(&all).render());
-                    }
-                    print_next_token(&token, follow, json);
-                    return Ok(());
-                }
-            };
-            if json {
-                println!("{}", prefix_json(&prefix))
-            } else {
-                println!("{}", prefix_table(&[prefix]).render())
-            }
-        }
+        Command::Prefixes(command) => prefixes(PrefixesClient::new(channel), account_id, command, cli.output).await?,
         Command::Bindings(command) => {
-            let mut client = ServiceBindingsClient::new(channel);
-            let binding = match command {
-                BindingCommand::Create {
-                    prefix,
-                    cidr,
-                    service,
-                    request_id,
-                } => {
-                    let request = api::CreateServiceBindingRequest {
-                        account_id,
-                        prefix_id: prefix,
-                        cidr,
-                        service_id: service_id(&service),
-                        request_id,
-                    };
-                    client.create_service_binding(request).await.map_err(fail)?.into_inner()
-                }
-                BindingCommand::Get { prefix, id } => {
-                    let request = api::GetServiceBindingRequest {
-                        account_id,
-                        prefix_id: prefix,
-                        binding_id: id,
-                    };
-                    client.get_service_binding(request).await.map_err(fail)?.into_inner()
-                }
-                BindingCommand::Delete { prefix, id } => {
-                    let request = api::DeleteServiceBindingRequest {
-                        account_id,
-                        prefix_id: prefix,
-                        binding_id: id,
-                    };
-                    let deleted = client.delete_service_binding(request).await.map_err(fail)?.into_inner();
-                    print_deleted(&deleted.id, json);
-                    return Ok(());
-                }
-                BindingCommand::List {
-                    prefix,
-                    page_size,
-                    page_token,
-                } => {
-                    let follow = page_size.is_none() && page_token.is_none();
-                    let (all, token) = collect_pages(follow, page_token.unwrap_or_default(), |page_token| {
-                        let mut client = client.clone();
-                        let request = api::ListServiceBindingsRequest {
-                            account_id: account_id.clone(),
-                            prefix_id: prefix.clone(),
-                            page_size: page_size.unwrap_or(0),
-                            page_token,
-                        };
-                        async move {
-                            let page = client
-                                .list_service_bindings(request)
-                                .await
-                                .map_err(|s| describe(&s))?
-                                .into_inner();
-                            Ok((page.bindings, page.next_page_token))
-                        }
-                    })
-                    .await?;
-                    if json {
-                        all.iter().for_each(|b| println!("{}", binding_json(b)));
-                    } else {
-                        println!("{}", binding_table(&all).render());
-                    }
-                    print_next_token(&token, follow, json);
-                    return Ok(());
-                }
-            };
-            if json {
-                println!("{}", binding_json(&binding))
-            } else {
-                println!("{}", binding_table(&[binding]).render())
-            }
+            bindings(ServiceBindingsClient::new(channel), account_id, command, cli.output).await?
         }
         Command::Services => {
             let services = ServicesClient::new(channel)
@@ -477,6 +335,141 @@ async fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
+async fn prefixes(
+    mut client: PrefixesClient<Channel>,
+    account_id: String,
+    command: PrefixCommand,
+    format: Format,
+) -> Result<(), String> {
+    let fail = |status: tonic::Status| describe(&status);
+    let prefix = match command {
+        PrefixCommand::Create { cidr, asn, description } => {
+            let request = api::CreatePrefixRequest {
+                account_id,
+                cidr,
+                asn,
+                description,
+            };
+            client.create_prefix(request).await.map_err(fail)?.into_inner()
+        }
+        PrefixCommand::Get { id } => {
+            let request = api::GetPrefixRequest {
+                account_id,
+                prefix_id: id,
+            };
+            client.get_prefix(request).await.map_err(fail)?.into_inner()
+        }
+        PrefixCommand::Update { id, description } => {
+            let request = api::UpdatePrefixRequest {
+                account_id,
+                prefix_id: id,
+                description,
+            };
+            client.update_prefix(request).await.map_err(fail)?.into_inner()
+        }
+        PrefixCommand::Delete { id } => {
+            let request = api::DeletePrefixRequest {
+                account_id,
+                prefix_id: id,
+            };
+            let deleted = client.delete_prefix(request).await.map_err(fail)?.into_inner();
+            print_deleted(&deleted.id, format);
+            return Ok(());
+        }
+        PrefixCommand::List { page_size, page_token } => {
+            let follow = page_size.is_none() && page_token.is_none();
+            let (all, token) = collect_pages(follow, page_token.unwrap_or_default(), |page_token| {
+                let mut client = client.clone();
+                let request = api::ListPrefixesRequest {
+                    account_id: account_id.clone(),
+                    page_size: page_size.unwrap_or(0),
+                    page_token,
+                };
+                async move {
+                    let page = client.list_prefixes(request).await.map_err(fail)?.into_inner();
+                    Ok((page.prefixes, page.next_page_token))
+                }
+            })
+            .await?;
+            output::print(&all, format);
+            print_next_token(&token, follow, format);
+            return Ok(());
+        }
+    };
+    output::print(&[prefix], format);
+    Ok(())
+}
+
+async fn bindings(
+    mut client: ServiceBindingsClient<Channel>,
+    account_id: String,
+    command: BindingCommand,
+    format: Format,
+) -> Result<(), String> {
+    let fail = |status: tonic::Status| describe(&status);
+    let binding = match command {
+        BindingCommand::Create {
+            prefix,
+            cidr,
+            service,
+            request_id,
+        } => {
+            let request = api::CreateServiceBindingRequest {
+                account_id,
+                prefix_id: prefix,
+                cidr,
+                service_id: service_id(&service),
+                request_id,
+            };
+            client.create_service_binding(request).await.map_err(fail)?.into_inner()
+        }
+        BindingCommand::Get { prefix, id } => {
+            let request = api::GetServiceBindingRequest {
+                account_id,
+                prefix_id: prefix,
+                binding_id: id,
+            };
+            client.get_service_binding(request).await.map_err(fail)?.into_inner()
+        }
+        BindingCommand::Delete { prefix, id } => {
+            let request = api::DeleteServiceBindingRequest {
+                account_id,
+                prefix_id: prefix,
+                binding_id: id,
+            };
+            let deleted = client.delete_service_binding(request).await.map_err(fail)?.into_inner();
+            print_deleted(&deleted.id, format);
+            return Ok(());
+        }
+        BindingCommand::List {
+            prefix,
+            page_size,
+            page_token,
+        } => {
+            let follow = page_size.is_none() && page_token.is_none();
+            let (all, token) = collect_pages(follow, page_token.unwrap_or_default(), |page_token| {
+                let mut client = client.clone();
+                let request = api::ListServiceBindingsRequest {
+                    account_id: account_id.clone(),
+                    prefix_id: prefix.clone(),
+                    page_size: page_size.unwrap_or(0),
+                    page_token,
+                };
+                async move {
+                    let page = client.list_service_bindings(request).await.map_err(fail)?.into_inner();
+                    Ok((page.bindings, page.next_page_token))
+                }
+            })
+            .await?;
+            output::print(&all, format);
+            print_next_token(&token, follow, format);
+            return Ok(());
+        }
+    };
+    output::print(&[binding], format);
+    Ok(())
+}
+
 /// Fetches pages until the last one, or just one page when the caller chose the page
 /// (`follow` false). Returns the items and the token of the page after them.
 async fn collect_pages<T, Page>(
@@ -499,17 +492,17 @@ where
     }
 }
 
-fn print_deleted(id: &str, json: bool) {
-    if json {
+fn print_deleted(id: &str, format: Format) {
+    if format == Format::Json {
         println!("{}", serde_json::json!({"deleted": id}))
     } else {
         println!("deleted {id}")
     }
 }
 
-fn print_next_token(token: &str, followed: bool, json: bool) {
+fn print_next_token(token: &str, followed: bool, format: Format) {
     if !followed && !token.is_empty() {
-        if json {
+        if format == Format::Json {
             println!("{}", serde_json::json!({"next_page_token": token}));
         } else {
             println!("next page: --page-token {token}");

@@ -28,7 +28,40 @@ fn state(binding: &api::ServiceBinding) -> &'static str {
     }
 }
 
-pub fn prefix_json(prefix: &api::Prefix) -> Value {
+/// A resource printed as one JSON object per line or as a table, alone or as a list.
+pub trait Printable: Sized {
+    fn json(&self) -> Value;
+    fn table(items: &[Self]) -> Table;
+}
+
+impl Printable for api::Prefix {
+    fn json(&self) -> Value {
+        prefix_json(self)
+    }
+
+    fn table(items: &[Self]) -> Table {
+        prefix_table(items)
+    }
+}
+
+impl Printable for api::ServiceBinding {
+    fn json(&self) -> Value {
+        binding_json(self)
+    }
+
+    fn table(items: &[Self]) -> Table {
+        binding_table(items)
+    }
+}
+
+pub fn print<R: Printable>(items: &[R], format: Format) {
+    match format {
+        Format::Json => items.iter().for_each(|item| println!("{}", item.json())),
+        Format::Table => println!("{}", R::table(items).render()),
+    }
+}
+
+fn prefix_json(prefix: &api::Prefix) -> Value {
     json!({
         "id": prefix.id, "account_id": prefix.account_id, "cidr": prefix.cidr, "asn": prefix.asn,
         "description": prefix.description, "created_at": time(&prefix.created_at), "modified_at": time(&prefix.modified_at),
@@ -82,7 +115,7 @@ impl Table {
     }
 }
 
-pub fn prefix_table(prefixes: &[api::Prefix]) -> Table {
+fn prefix_table(prefixes: &[api::Prefix]) -> Table {
     let mut table = Table::new(vec!["ID", "CIDR", "ASN", "DESCRIPTION", "CREATED"]);
     for p in prefixes {
         table.push(vec![
@@ -96,7 +129,7 @@ pub fn prefix_table(prefixes: &[api::Prefix]) -> Table {
     table
 }
 
-pub fn binding_table(bindings: &[api::ServiceBinding]) -> Table {
+fn binding_table(bindings: &[api::ServiceBinding]) -> Table {
     let mut table = Table::new(vec!["ID", "CIDR", "SERVICE", "STATE", "PREFIX", "CREATED"]);
     for b in bindings {
         table.push(vec![
