@@ -110,7 +110,7 @@ impl Routing for RoutingService {
                 .addresses
                 .iter()
                 .enumerate()
-                .map(|(index, text)| fields::address(&format!("addresses[{index}]"), text))
+                .map(|(index, text)| fields::address_at("addresses", index, text))
                 .collect::<Result<Vec<_>, _>>()?;
             let model = self.app.engine()?.projections().read();
             let mut response = api::LookupAddressesResponse::with_capacity(addresses.len(), TYPICAL_ENTRY_BYTES);

@@ -144,14 +144,25 @@ pub fn page_size(field: &str, requested: i32) -> Result<usize, Error> {
 /// An IPv4 or IPv6 address in any standard textual form. IPv4-mapped IPv6 addresses
 /// (::ffff:192.0.2.1) are looked up as the IPv4 address they carry.
 pub fn address(field: &str, text: &str) -> Result<IpAddr, Error> {
-    let address: IpAddr = text.parse().map_err(|_| {
-        Error::field(
-            Reason::InvalidAddress,
-            field,
-            format!("{text:?} is not an IPv4 or IPv6 address"),
-        )
-    })?;
-    Ok(address.to_canonical())
+    parse_address(text).ok_or_else(|| not_an_address(field, text))
+}
+
+/// [`address`] for entry `index` of a repeated field, named `field[index]` in an error (and
+/// only then: a batch parses thousands).
+pub fn address_at(field: &str, index: usize, text: &str) -> Result<IpAddr, Error> {
+    parse_address(text).ok_or_else(|| not_an_address(&format!("{field}[{index}]"), text))
+}
+
+fn parse_address(text: &str) -> Option<IpAddr> {
+    text.parse::<IpAddr>().ok().map(|address| address.to_canonical())
+}
+
+fn not_an_address(field: &str, text: &str) -> Error {
+    Error::field(
+        Reason::InvalidAddress,
+        field,
+        format!("{text:?} is not an IPv4 or IPv6 address"),
+    )
 }
 
 #[cfg(test)]
