@@ -1,7 +1,6 @@
 //! addressing.v1.Routing: longest-prefix-match lookups over every binding of every account,
 //! answered from the routing projection under one short read lock per call.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::RwLock;
 
@@ -9,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{AppContext, convert, unary, wire};
 use crate::domain::fields::MAX_LOOKUP_BATCH;
-use crate::domain::{Binding, BindingId, Error, Micros, PrefixId, ProvisioningState, Reason, fields};
+use crate::domain::{Binding, BindingId, Error, IdMap, Micros, PrefixId, ProvisioningState, Reason, fields};
 use crate::pb::api;
 use crate::pb::api::routing_server::Routing;
 use crate::projection::ReadModel;
@@ -21,7 +20,7 @@ const TYPICAL_ENTRY_BYTES: usize = 256;
 const MAX_CACHED_TAILS: usize = 1 << 20;
 
 /// An encoded result tail (see `wire`), valid while its binding's version is unchanged.
-type TailCache = HashMap<(PrefixId, Option<BindingId>), (Version, Vec<u8>)>;
+type TailCache = IdMap<(PrefixId, Option<BindingId>), (Version, Vec<u8>)>;
 /// A binding's modification time and state (`None`: no binding).
 type Version = Option<(Micros, ProvisioningState)>;
 
@@ -115,7 +114,7 @@ impl Routing for RoutingService {
             let model = self.app.engine()?.projections().read();
             let mut response = api::LookupAddressesResponse::with_capacity(addresses.len(), TYPICAL_ENTRY_BYTES);
             let cached = self.tails.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let mut fresh = TailCache::new();
+            let mut fresh = TailCache::default();
             let routes = model.routes.lookup_many(&addresses, request.active_only);
             for (text, route) in request.addresses.iter().zip(routes) {
                 let Some(route) = route else {

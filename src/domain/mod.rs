@@ -18,4 +18,4 @@ pub use event::{Change, Event};
 pub use ids::{AccountId, BindingId, PrefixId, ServiceId};
 pub use model::{Binding, Micros, Prefix, ProvisioningState};
 pub use service::Service;
-pub use state::State;
+pub use state::{IdMap, State};

@@ -53,17 +53,21 @@ pub struct Page<'a, T> {
     pub next_after: Option<NetworkKey>,
 }
 
+/// A map keyed by ids this server generated (random UUIDs): a fast hash is safe for them.
+/// Keys a caller chooses (request ids) keep std's DoS-resistant SipHash.
+pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Clone, Debug, Default)]
 pub struct State {
-    prefixes: HashMap<PrefixId, Prefix>,
+    prefixes: IdMap<PrefixId, Prefix>,
     /// Every prefix by network, across accounts: the overlap check and the lookup of the
     /// prefix that covers an address.
     prefixes_by_network: BTreeMap<NetworkKey, PrefixId>,
     /// Each account's prefixes in list order.
-    prefixes_by_account: HashMap<AccountId, BTreeMap<NetworkKey, PrefixId>>,
-    bindings: HashMap<BindingId, Binding>,
+    prefixes_by_account: IdMap<AccountId, BTreeMap<NetworkKey, PrefixId>>,
+    bindings: IdMap<BindingId, Binding>,
     /// Each prefix's bindings in list order (absent when the prefix has none).
-    bindings_by_prefix: HashMap<PrefixId, BTreeMap<NetworkKey, BindingId>>,
+    bindings_by_prefix: IdMap<PrefixId, BTreeMap<NetworkKey, BindingId>>,
     /// Idempotency keys, scoped to the account, kept for as long as the log exists.
     requests: HashMap<(AccountId, String), RememberedRequest>,
     /// How many bindings are PROVISIONING (the rollout backlog), kept so that reading it does
