@@ -33,6 +33,10 @@ struct Cli {
     /// table (for people) or json (one object per line, for scripts).
     #[arg(long, global = true, value_enum, default_value = "table")]
     output: Format,
+    /// tokio worker threads of the client (0: one per core). On a machine shared with the
+    /// server, fewer leave it more room.
+    #[arg(long, global = true, env = "IPAMCTL_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -214,7 +218,11 @@ fn describe(status: &tonic::Status) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cli.worker_threads > 0 {
+        builder.worker_threads(cli.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("ipamctl: {error}");
