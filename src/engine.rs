@@ -178,20 +178,30 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, 
     let started = std::time::Instant::now();
     let (checked, decoded) = std::thread::scope(|scope| {
         let check = scope.spawn(|| log.check_records(0, log_head));
-        let decoded =
-            codec::decode_snapshot(&record).map(|(revision, state)| (revision, ReadModel::from_state(state, revision)));
+        let decoded = codec::decode_snapshot(&record).map(|snapshot| {
+            let model = ReadModel::from_state(snapshot.state, snapshot.revision);
+            (snapshot.revision, snapshot.log_record_checksum, model)
+        });
         let checked = check
             .join()
             .map_err(|panic| StartError::CheckPanicked(crate::log::panic_message(panic.as_ref())));
         (checked, decoded)
     });
     match decoded {
-        Ok((revision, _)) if revision > log_head => Err(LogError::Truncated {
+        Ok((revision, _, _)) if revision > log_head => Err(LogError::Truncated {
             snapshot: revision,
             head: log_head,
         }
         .into()),
-        Ok((revision, model)) => {
+        Ok((revision, checksum, _)) if !log.snapshot_belongs(revision, checksum)? => {
+            checked??;
+            warn!(
+                revision,
+                "the snapshot was not taken from this log (its record at that revision differs); replaying the whole log"
+            );
+            Ok(None)
+        }
+        Ok((revision, _, model)) => {
             checked??;
             info!(
                 revision,
@@ -210,7 +220,17 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, 
 
 fn write_snapshot(log: &EventLog, revision: u64, state: &State) {
     let started = std::time::Instant::now();
-    let record = codec::encode_snapshot(revision, state);
+    let checksum = match log.record_checksum(revision) {
+        Ok(Some(checksum)) => checksum,
+        missing => {
+            warn!(
+                ?missing,
+                revision, "no log record ends at the snapshot's revision; no snapshot written"
+            );
+            return;
+        }
+    };
+    let record = codec::encode_snapshot(revision, Some(checksum), state);
     let bytes = record.len();
     match log.save_snapshot(revision, &record) {
         Ok(()) => info!(

@@ -131,10 +131,26 @@ fn run_count(payload: &[u8]) -> Result<(u64, &[u8]), DecodeError> {
     }
 }
 
-/// The stored form of a snapshot of `state` as of `revision` (same header as an event).
-pub fn encode_snapshot(revision: u64, state: &State) -> Vec<u8> {
+/// A decoded snapshot.
+pub struct Snapshot {
+    pub revision: u64,
+    /// The [`checksum`] of the log record ending at `revision` when it was taken.
+    pub log_record_checksum: Option<u32>,
+    pub state: State,
+}
+
+/// The checksum a record's header holds (checked or not).
+pub fn checksum(record: &[u8]) -> Option<u32> {
+    let bytes = record.get(1..HEADER_LEN)?;
+    Some(u32::from_le_bytes(bytes.try_into().ok()?))
+}
+
+/// The stored form of a snapshot of `state` as of `revision` (same header as an event), with
+/// the checksum of the log record ending at `revision`.
+pub fn encode_snapshot(revision: u64, log_record_checksum: Option<u32>, state: &State) -> Vec<u8> {
     let snapshot = stored::Snapshot {
         revision,
+        log_record_checksum,
         prefixes: state.prefixes().map(prefix_record).collect(),
         bindings: state.bindings().map(binding_record).collect(),
         requests: state
@@ -149,8 +165,7 @@ pub fn encode_snapshot(revision: u64, state: &State) -> Vec<u8> {
     seal(SINGLE, &[], &snapshot.encode_to_vec())
 }
 
-/// A snapshot's revision and state.
-pub fn decode_snapshot(record: &[u8]) -> Result<(u64, State), DecodeError> {
+pub fn decode_snapshot(record: &[u8]) -> Result<Snapshot, DecodeError> {
     let body = match unseal(record)? {
         (SINGLE, body) => body,
         (found, _) => {
@@ -184,7 +199,11 @@ pub fn decode_snapshot(record: &[u8]) -> Result<(u64, State), DecodeError> {
         bindings.map_err(DecodeError::Body)?,
         requests.map_err(DecodeError::Body)?,
     );
-    Ok((snapshot.revision, state))
+    Ok(Snapshot {
+        revision: snapshot.revision,
+        log_record_checksum: snapshot.log_record_checksum,
+        state,
+    })
 }
 
 /// `format`, the CRC-32 of `head` and `body` together, `head`, `body`.
@@ -448,8 +467,12 @@ mod tests {
             },
         );
 
-        let (snapshot_revision, restored) = decode_snapshot(&encode_snapshot(5, &state)).unwrap();
-        assert_eq!(snapshot_revision, 5);
+        let Snapshot {
+            revision,
+            log_record_checksum,
+            state: restored,
+        } = decode_snapshot(&encode_snapshot(5, Some(7), &state)).unwrap();
+        assert_eq!((revision, log_record_checksum), (5, Some(7)));
         let listing = |state: &State| {
             let prefixes: Vec<Prefix> = state
                 .list_prefixes(account_id, None, 100)

@@ -330,6 +330,22 @@ impl EventLog {
         self.snapshot.load().map_err(LogError::SnapshotFile)
     }
 
+    /// The checksum of the record that ends at `revision`, if one does: what a snapshot of
+    /// `revision` stores to tie itself to this log.
+    pub fn record_checksum(&self, revision: u64) -> Result<Option<u32>, LogError> {
+        let record = self.with(|handles| Ok(handles.events.get(revision.to_be_bytes())?))?;
+        Ok(record.as_deref().and_then(codec::checksum))
+    }
+
+    /// Whether a snapshot of `revision` that stored `checksum` was taken from this log (older
+    /// snapshots stored none and are taken on trust).
+    pub fn snapshot_belongs(&self, revision: u64, checksum: Option<u32>) -> Result<bool, LogError> {
+        match checksum {
+            None => Ok(true),
+            Some(checksum) => Ok(self.record_checksum(revision)? == Some(checksum)),
+        }
+    }
+
     /// Drops the snapshot that data directories written by earlier versions kept inside sled
     /// (see [`SnapshotFile`] for why it moved), so that sled can reclaim its blob files.
     pub fn drop_legacy_snapshot(&self) -> Result<(), LogError> {

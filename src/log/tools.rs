@@ -27,6 +27,8 @@ pub enum ToolError {
     BadLine { line: usize, message: String },
     #[error("the data directory already holds {0} events; import needs an empty one")]
     NotEmpty(u64),
+    #[error("the data directory holds a snapshot (of another log); import needs an empty one")]
+    HoldsSnapshot,
 }
 
 /// What [`verify`] found in a sound log.
@@ -72,13 +74,19 @@ pub fn verify(log: &EventLog) -> Result<Verified, LogError> {
     let snapshot = match log.load_snapshot() {
         Ok(None) => SnapshotStatus::Missing,
         Ok(Some(record)) => match codec::decode_snapshot(&record) {
-            Ok((revision, _)) if revision > head => {
+            Ok(snapshot) if snapshot.revision > head => {
                 return Err(LogError::Truncated {
-                    snapshot: revision,
+                    snapshot: snapshot.revision,
                     head,
                 });
             }
-            Ok((revision, _)) => SnapshotStatus::At(revision),
+            Ok(snapshot) if !log.snapshot_belongs(snapshot.revision, snapshot.log_record_checksum)? => {
+                SnapshotStatus::Unreadable(format!(
+                    "taken from another log: its record at revision {} differs",
+                    snapshot.revision
+                ))
+            }
+            Ok(snapshot) => SnapshotStatus::At(snapshot.revision),
             Err(error) => SnapshotStatus::Unreadable(error.to_string()),
         },
         Err(error) => SnapshotStatus::Unreadable(error.to_string()),
@@ -115,6 +123,10 @@ pub fn import(log: &EventLog, input: impl BufRead) -> Result<u64, ToolError> {
     let head = log.head()?;
     if head > 0 {
         return Err(ToolError::NotEmpty(head));
+    }
+    // A start would take its state for the imported log's.
+    if log.load_snapshot()?.is_some() {
+        return Err(ToolError::HoldsSnapshot);
     }
     let imported = import_into_empty(log, input);
     if imported.is_err() {
@@ -219,11 +231,19 @@ mod tests {
                 snapshot: SnapshotStatus::Missing
             }
         );
-        // Importing into a non-empty directory is refused.
+        // Importing into a non-empty directory is refused, and so is one holding a snapshot.
         assert!(matches!(
             import(&target, exported.as_slice()),
             Err(ToolError::NotEmpty(25))
         ));
+        let stray_dir = tempfile::tempdir().unwrap();
+        let stray = EventLog::open(stray_dir.path()).unwrap();
+        stray.save_snapshot(25, b"a snapshot of some other log").unwrap();
+        assert!(matches!(
+            import(&stray, exported.as_slice()),
+            Err(ToolError::HoldsSnapshot)
+        ));
+        assert_eq!(stray.head().unwrap(), 0);
     }
 
     #[test]

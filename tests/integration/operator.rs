@@ -111,6 +111,51 @@ async fn a_log_that_lost_its_last_events_is_refused_naming_the_revisions() {
     assert!(!ok && stderr.contains("ends at revision 3"), "{stderr}");
 }
 
+/// The prefix `fill` created first in the (stopped) server's data directory, read offline.
+fn first_prefix(dir: &std::path::Path) -> ipam_bindings::domain::Prefix {
+    let log = ipam_bindings::log::EventLog::open(dir).unwrap();
+    match log.read_after(0).next().unwrap().unwrap().change {
+        ipam_bindings::domain::Change::PrefixCreated(prefix) => prefix,
+        other => panic!("fill starts with a prefix, not {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_from_another_log_is_not_used() {
+    // Two logs of the same length; one's snapshot put beside the other's records.
+    let (ours, theirs) = (stopped_after_fill().await, stopped_after_fill().await);
+    let (our_prefix, their_prefix) = (first_prefix(ours.path()), first_prefix(theirs.path()));
+    std::fs::copy(theirs.path().join("state.snapshot"), ours.path().join("state.snapshot")).unwrap();
+    wait_until_unlocked(ours.path()).await;
+    let (ok, _, stderr) = tool(ours.path(), &["verify"]);
+    assert!(ok && stderr.contains("taken from another log"), "{stderr}");
+
+    wait_until_unlocked(ours.path()).await;
+    let server = TestServer::start_on(ours.path(), Duration::from_secs(3600)).await;
+    let listed = |prefix: &ipam_bindings::domain::Prefix| ipam_bindings::pb::api::ListPrefixesRequest {
+        account_id: prefix.account_id.to_string(),
+        page_size: 0,
+        page_token: String::new(),
+    };
+    let mut client = server.prefixes();
+    let ours_listed = client
+        .list_prefixes(listed(&our_prefix))
+        .await
+        .unwrap()
+        .into_inner()
+        .prefixes;
+    let theirs_listed = client
+        .list_prefixes(listed(&their_prefix))
+        .await
+        .unwrap()
+        .into_inner()
+        .prefixes;
+    // Rebuilt from our log, not loaded from their snapshot.
+    assert_eq!(ours_listed.len(), 1);
+    assert_eq!(ours_listed[0].id, our_prefix.id.to_string());
+    assert!(theirs_listed.is_empty());
+}
+
 #[tokio::test]
 async fn damaged_database_files_are_refused() {
     // Every stored copy of one binding's CIDR, bit-flipped in the file itself: sled's own page
