@@ -159,7 +159,8 @@ impl Engine {
 const SNAPSHOT_EVERY: u64 = 100_000;
 
 /// The read model of the stored snapshot, if there is a usable one. A missing or unreadable
-/// snapshot is `None` (full replay). A snapshot newer than the log's head means the log lost
+/// snapshot, or one taken from another log, is `None` (full replay). A snapshot newer than the
+/// log's head means the log lost
 /// events it once had, and a damaged record under the snapshot is damage all the same: both
 /// refuse to start rather than serve from a log that is not sound.
 fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, StartError> {
