@@ -520,6 +520,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn random_groups_read_back_from_random_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        let mut rng = fastrand::Rng::with_seed(5);
+        let all = events(1..=3000);
+        let mut written = 0;
+        while written < all.len() {
+            let size = rng.usize(1..=400).min(all.len() - written);
+            log.append(&all[written..written + size]).unwrap();
+            written += size;
+        }
+        assert_eq!(log.head().unwrap(), 3000);
+        for _ in 0..40 {
+            let after = rng.u64(0..=3000);
+            let read: Vec<u64> = log.read_after(after).map(|event| event.unwrap().revision).collect();
+            assert_eq!(read, (after + 1..=3000).collect::<Vec<_>>(), "after {after}");
+            let (a, b) = (rng.u64(0..3000), rng.u64(0..3000));
+            log.check_records(a.min(b), a.max(b) + 1).unwrap();
+        }
+    }
+
+    #[test]
     fn a_damaged_or_missing_run_names_its_first_revision() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = mixed_log(dir.path());
