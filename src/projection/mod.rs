@@ -21,18 +21,6 @@ pub struct ReadModel {
 }
 
 impl ReadModel {
-    /// The read model of a restored state (a snapshot) as of `head`.
-    pub fn from_state(state: State, head: u64) -> ReadModel {
-        let mut routes = RoutingTable::default();
-        for prefix in state.prefixes() {
-            routes.add_prefix(prefix);
-        }
-        for binding in state.bindings() {
-            routes.put_binding(binding);
-        }
-        ReadModel { state, routes, head }
-    }
-
     pub fn apply(&mut self, event: &Event) {
         self.state.apply(event);
         self.routes.apply(&event.change);

@@ -12,7 +12,7 @@ use ipnet::{IpNet, Ipv6Net};
 use prefix_trie::PrefixMap;
 
 use super::lpm::{HUGE_PAGES_FROM, Lpm, advise_huge_pages};
-use crate::domain::{Binding, BindingId, Change, Prefix, PrefixId, ProvisioningState};
+use crate::domain::{Binding, BindingId, Change, Prefix, PrefixId, ProvisioningState, State};
 
 /// What a lookup found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +152,18 @@ impl Table {
 }
 
 impl RoutingTable {
+    /// The routes of every prefix and binding of `state`.
+    pub fn of(state: &State) -> RoutingTable {
+        let mut routes = RoutingTable::default();
+        for prefix in state.prefixes() {
+            routes.add_prefix(prefix);
+        }
+        for binding in state.bindings() {
+            routes.put_binding(binding);
+        }
+        routes
+    }
+
     pub fn apply(&mut self, change: &Change) {
         match change {
             Change::PrefixCreated(prefix) => self.add_prefix(prefix),

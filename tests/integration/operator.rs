@@ -121,6 +121,45 @@ fn first_prefix(dir: &std::path::Path) -> ipam_bindings::domain::Prefix {
 }
 
 #[tokio::test]
+async fn a_snapshot_behind_the_log_is_caught_up_for_reads_and_writes() {
+    // A snapshot of revision 4 (fill's events), then two more events, then a start from that
+    // older snapshot: the tail is replayed into the reads and into the writer's state.
+    let dir = stopped_after_fill().await;
+    let behind = std::fs::read(dir.path().join("state.snapshot")).unwrap();
+    let prefix = first_prefix(dir.path());
+    let prefix = ipam_bindings::pb::api::Prefix {
+        id: prefix.id.to_string(),
+        account_id: prefix.account_id.to_string(),
+        cidr: prefix.cidr.to_string(),
+        ..Default::default()
+    };
+    let mut server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
+    let tail = server.bind(&prefix, "192.0.2.128/25", CDN).await;
+    server.bind(&prefix, "192.0.2.64/26", SPECTRUM).await;
+    server.stop().await.unwrap();
+    drop(server);
+    std::fs::write(dir.path().join("state.snapshot"), behind).unwrap();
+
+    wait_until_unlocked(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
+    assert_eq!(
+        server.list_all_bindings(&prefix, 0).await.len(),
+        5,
+        "reads see the tail"
+    );
+    let again = server.try_bind(&prefix, &tail.cidr, CDN).await.unwrap_err();
+    assert_error(
+        &again,
+        tonic::Code::AlreadyExists,
+        "BINDING_ALREADY_EXISTS",
+        1108,
+        Some("cidr"),
+    );
+    server.bind(&prefix, "192.0.2.32/27", CDN).await;
+    assert_eq!(list_revision(&server.channel, &prefix).await, 7, "no revision reused");
+}
+
+#[tokio::test]
 async fn a_snapshot_from_another_log_is_not_used() {
     // Two logs of the same length; one's snapshot put beside the other's records.
     let (ours, theirs) = (stopped_after_fill().await, stopped_after_fill().await);
