@@ -39,6 +39,12 @@ pub enum StartError {
     WriterThread(#[source] std::io::Error),
 }
 
+impl StartError {
+    fn panicked(panic: Box<dyn std::any::Any + Send>) -> StartError {
+        StartError::Panicked(crate::log::panic_message(panic.as_ref()))
+    }
+}
+
 enum Job {
     Execute {
         command: Command,
@@ -188,9 +194,7 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
     let (checked, decoded) = std::thread::scope(|scope| {
         let check = scope.spawn(|| log.check_records(0, log_head));
         let decoded = codec::decode_snapshot(&record);
-        let checked = check
-            .join()
-            .map_err(|panic| StartError::Panicked(crate::log::panic_message(panic.as_ref())));
+        let checked = check.join().map_err(StartError::panicked);
         (checked, decoded)
     });
     let snapshot = match decoded {
@@ -200,15 +204,9 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
             return Ok(None);
         }
     };
-    if snapshot.revision > log_head {
-        return Err(LogError::Truncated {
-            snapshot: snapshot.revision,
-            head: log_head,
-        }
-        .into());
-    }
+    let fits = log.snapshot_fits(&snapshot, log_head)?;
     checked??;
-    if !log.snapshot_belongs(snapshot.revision, snapshot.log_record_checksum)? {
+    if !fits {
         warn!(
             revision = snapshot.revision,
             "the snapshot was not taken from this log (its record at that revision differs); replaying the whole log"
@@ -223,7 +221,7 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
         let routes = RoutingTable::of(&state);
         (copy.join(), routes)
     });
-    let writer_state = writer_state.map_err(|panic| StartError::Panicked(crate::log::panic_message(panic.as_ref())))?;
+    let writer_state = writer_state.map_err(StartError::panicked)?;
     info!(
         revision = snapshot.revision,
         bytes = record.len(),

@@ -208,24 +208,31 @@ impl EventLog {
             };
             *self.handles.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reopened);
         }
-        let cleaned = self.faults.check().and_then(|()| {
+        self.write_durably(|events| {
+            let unacknowledged: Vec<sled::IVec> = events
+                .range((acknowledged + 1).to_be_bytes()..)
+                .keys()
+                .collect::<Result<_, _>>()?;
+            for key in unacknowledged {
+                events.remove(key)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `change` on the events tree and makes it durable. A storage failure closes the
+    /// database (sled would fail every later call anyway): [`recover`](Self::recover) reopens it.
+    fn write_durably(&self, change: impl FnOnce(&sled::Tree) -> Result<(), LogError>) -> Result<(), LogError> {
+        let written = self.faults.check().and_then(|()| {
             self.with(|handles| {
-                let unacknowledged: Vec<sled::IVec> = handles
-                    .events
-                    .range((acknowledged + 1).to_be_bytes()..)
-                    .keys()
-                    .collect::<Result<_, _>>()?;
-                for key in unacknowledged {
-                    handles.events.remove(key)?;
-                }
-                handles.make_durable()?;
-                Ok(())
+                change(&handles.events)?;
+                handles.make_durable()
             })
         });
-        if let Err(LogError::Storage(_)) = cleaned {
+        if let Err(LogError::Storage(_)) = written {
             self.close();
         }
-        cleaned
+        written
     }
 
     /// The revision of the last stored event; 0 for an empty log.
@@ -244,17 +251,7 @@ impl EventLog {
         for (last_revision, record) in codec::encode_runs(events) {
             batch.insert(&last_revision.to_be_bytes(), record);
         }
-        let appended = self.faults.check().and_then(|()| {
-            self.with(|handles| {
-                handles.events.apply_batch(batch)?;
-                handles.make_durable()?;
-                Ok(())
-            })
-        });
-        if let Err(LogError::Storage(_)) = appended {
-            self.close();
-        }
-        appended
+        self.write_durably(|events| Ok(events.apply_batch(batch)?))
     }
 
     /// Removes every record and makes that durable. Only for [`tools::import`] undoing a
@@ -337,12 +334,20 @@ impl EventLog {
         Ok(record.as_deref().and_then(codec::checksum))
     }
 
-    /// Whether a snapshot of `revision` that stored `checksum` was taken from this log (older
-    /// snapshots stored none and are taken on trust).
-    pub fn snapshot_belongs(&self, revision: u64, checksum: Option<u32>) -> Result<bool, LogError> {
-        match checksum {
+    /// Whether `snapshot` can stand in for this log up to its revision, the log's head being
+    /// `head`: not when it was taken from another log (`Ok(false)`: its record checksum differs;
+    /// older snapshots stored none and are taken on trust), and never when it is newer than the
+    /// head ([`LogError::Truncated`]: the log lost events it once had).
+    pub fn snapshot_fits(&self, snapshot: &codec::Snapshot, head: u64) -> Result<bool, LogError> {
+        if snapshot.revision > head {
+            return Err(LogError::Truncated {
+                snapshot: snapshot.revision,
+                head,
+            });
+        }
+        match snapshot.log_record_checksum {
             None => Ok(true),
-            Some(checksum) => Ok(self.record_checksum(revision)? == Some(checksum)),
+            Some(checksum) => Ok(self.record_checksum(snapshot.revision)? == Some(checksum)),
         }
     }
 

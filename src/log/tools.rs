@@ -74,19 +74,11 @@ pub fn verify(log: &EventLog) -> Result<Verified, LogError> {
     let snapshot = match log.load_snapshot() {
         Ok(None) => SnapshotStatus::Missing,
         Ok(Some(record)) => match codec::decode_snapshot(&record) {
-            Ok(snapshot) if snapshot.revision > head => {
-                return Err(LogError::Truncated {
-                    snapshot: snapshot.revision,
-                    head,
-                });
-            }
-            Ok(snapshot) if !log.snapshot_belongs(snapshot.revision, snapshot.log_record_checksum)? => {
-                SnapshotStatus::Unreadable(format!(
-                    "taken from another log: its record at revision {} differs",
-                    snapshot.revision
-                ))
-            }
-            Ok(snapshot) => SnapshotStatus::At(snapshot.revision),
+            Ok(snapshot) if log.snapshot_fits(&snapshot, head)? => SnapshotStatus::At(snapshot.revision),
+            Ok(snapshot) => SnapshotStatus::Unreadable(format!(
+                "taken from another log: its record at revision {} differs",
+                snapshot.revision
+            )),
             Err(error) => SnapshotStatus::Unreadable(error.to_string()),
         },
         Err(error) => SnapshotStatus::Unreadable(error.to_string()),
