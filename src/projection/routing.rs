@@ -6,7 +6,7 @@
 //! (prefixes never overlap and bindings lie inside them) and the binding at that CIDR, if any.
 //! A prefix-wide binding shares its prefix's CIDR and so its entry.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv6Net};
 use prefix_trie::PrefixMap;
@@ -55,10 +55,14 @@ impl Table {
     }
 
     fn insert(&mut self, cidr: IpNet, entry: Entry) {
-        if let Some(existing) = self.entry_mut(cidr) {
-            *existing = entry;
-            return;
+        match self.entry_mut(cidr) {
+            Some(existing) => *existing = entry,
+            None => self.insert_new(cidr, entry),
         }
+    }
+
+    /// Inserts a CIDR the table does not hold yet.
+    fn insert_new(&mut self, cidr: IpNet, entry: Entry) {
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.entries[slot as usize] = entry;
@@ -90,7 +94,7 @@ impl Table {
     fn set_binding(&mut self, cidr: IpNet, prefix_id: PrefixId, binding_id: BindingId) {
         match self.entry_mut(cidr) {
             Some(entry) => entry.route.binding_id = Some(binding_id),
-            None => self.insert(
+            None => self.insert_new(
                 cidr,
                 Entry {
                     route: Route {
@@ -115,19 +119,11 @@ impl Table {
     fn longest_match(&self, address: IpAddr) -> Option<Route> {
         let slot = match address {
             IpAddr::V4(address) => self.v4.longest_match(address.to_bits()),
-            IpAddr::V6(address) => self.v6.get_lpm(&Ipv6Net::from(address)).map(|(_, slot)| *slot),
+            IpAddr::V6(address) => self.v6_longest_match(address),
         }?;
         Some(self.entries[slot as usize].route)
     }
-}
 
-#[derive(Default)]
-pub struct RoutingTable {
-    all: Table,
-    active: Table,
-}
-
-impl Table {
     /// Routes for many addresses, in order (IPv4 ones with overlapped cache misses).
     fn longest_matches(&self, addresses: &[IpAddr]) -> Vec<Option<Route>> {
         let v4: Vec<u32> = addresses
@@ -143,12 +139,22 @@ impl Table {
             .map(|address| {
                 let slot = match address {
                     IpAddr::V4(_) => v4_slots.next().flatten(),
-                    IpAddr::V6(address) => self.v6.get_lpm(&Ipv6Net::from(*address)).map(|(_, slot)| *slot),
+                    IpAddr::V6(address) => self.v6_longest_match(*address),
                 }?;
                 Some(self.entries[slot as usize].route)
             })
             .collect()
     }
+
+    fn v6_longest_match(&self, address: Ipv6Addr) -> Option<u32> {
+        self.v6.get_lpm(&Ipv6Net::from(address)).map(|(_, slot)| *slot)
+    }
+}
+
+#[derive(Default)]
+pub struct RoutingTable {
+    all: Table,
+    active: Table,
 }
 
 impl RoutingTable {
