@@ -54,14 +54,7 @@ pub fn encode(event: &Event) -> Vec<u8> {
 
 /// The event of a format-1 record, at `revision`.
 pub fn decode(revision: u64, record: &[u8]) -> Result<Event, DecodeError> {
-    let (format, payload) = unseal(record)?;
-    if format != SINGLE {
-        return Err(DecodeError::WrongFormat {
-            found: format,
-            expected: SINGLE,
-        });
-    }
-    decode_event(revision, payload)
+    decode_event(revision, unseal_single(record)?)
 }
 
 fn decode_event(revision: u64, body: &[u8]) -> Result<Event, DecodeError> {
@@ -166,16 +159,8 @@ pub fn encode_snapshot(revision: u64, log_record_checksum: Option<u32>, state: &
 }
 
 pub fn decode_snapshot(record: &[u8]) -> Result<Snapshot, DecodeError> {
-    let body = match unseal(record)? {
-        (SINGLE, body) => body,
-        (found, _) => {
-            return Err(DecodeError::WrongFormat {
-                found,
-                expected: SINGLE,
-            });
-        }
-    };
-    let snapshot = stored::Snapshot::decode(body).map_err(|error| DecodeError::Body(error.to_string()))?;
+    let snapshot =
+        stored::Snapshot::decode(unseal_single(record)?).map_err(|error| DecodeError::Body(error.to_string()))?;
     let prefixes = snapshot
         .prefixes
         .into_iter()
@@ -217,6 +202,17 @@ fn seal(format: u8, head: &[u8], body: &[u8]) -> Vec<u8> {
     record.extend_from_slice(head);
     record.extend_from_slice(body);
     record
+}
+
+/// The message of a format-1 record (an event or a snapshot).
+fn unseal_single(record: &[u8]) -> Result<&[u8], DecodeError> {
+    match unseal(record)? {
+        (SINGLE, body) => Ok(body),
+        (found, _) => Err(DecodeError::WrongFormat {
+            found,
+            expected: SINGLE,
+        }),
+    }
 }
 
 /// The format and payload of a record, once the format is known and the checksum matches.

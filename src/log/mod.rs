@@ -327,6 +327,11 @@ impl EventLog {
         self.snapshot.load().map_err(LogError::SnapshotFile)
     }
 
+    /// Whether a snapshot is stored (without reading it).
+    pub fn has_snapshot(&self) -> Result<bool, LogError> {
+        self.snapshot.exists().map_err(LogError::SnapshotFile)
+    }
+
     /// The checksum of the record that ends at `revision`, if one does: what a snapshot of
     /// `revision` stores to tie itself to this log.
     pub fn record_checksum(&self, revision: u64) -> Result<Option<u32>, LogError> {

@@ -39,6 +39,11 @@ impl SnapshotFile {
         }
     }
 
+    /// Whether a record is stored.
+    pub fn exists(&self) -> io::Result<bool> {
+        self.dir.join(FILE_NAME).try_exists()
+    }
+
     /// Durably replaces the stored record with `record`, the snapshot of `revision`, unless
     /// this process already saved a newer one. A crash at any point leaves either the old
     /// record or the new one.

@@ -44,6 +44,8 @@ pub struct Verified {
 pub enum SnapshotStatus {
     Missing,
     At(u64),
+    /// Its record checksum at this revision differs from the log's.
+    OfAnotherLog(u64),
     Unreadable(String),
 }
 
@@ -52,6 +54,11 @@ impl std::fmt::Display for SnapshotStatus {
         match self {
             SnapshotStatus::Missing => write!(f, "no snapshot: the next start replays the whole log"),
             SnapshotStatus::At(revision) => write!(f, "snapshot at revision {revision}"),
+            SnapshotStatus::OfAnotherLog(revision) => write!(
+                f,
+                "the snapshot was taken from another log (its record at revision {revision} differs): \
+                 the next start replays the whole log"
+            ),
             SnapshotStatus::Unreadable(why) => {
                 write!(
                     f,
@@ -75,10 +82,7 @@ pub fn verify(log: &EventLog) -> Result<Verified, LogError> {
         Ok(None) => SnapshotStatus::Missing,
         Ok(Some(record)) => match codec::decode_snapshot(&record) {
             Ok(snapshot) if log.snapshot_fits(&snapshot, head)? => SnapshotStatus::At(snapshot.revision),
-            Ok(snapshot) => SnapshotStatus::Unreadable(format!(
-                "taken from another log: its record at revision {} differs",
-                snapshot.revision
-            )),
+            Ok(snapshot) => SnapshotStatus::OfAnotherLog(snapshot.revision),
             Err(error) => SnapshotStatus::Unreadable(error.to_string()),
         },
         Err(error) => SnapshotStatus::Unreadable(error.to_string()),
@@ -117,7 +121,7 @@ pub fn import(log: &EventLog, input: impl BufRead) -> Result<u64, ToolError> {
         return Err(ToolError::NotEmpty(head));
     }
     // A start would take its state for the imported log's.
-    if log.load_snapshot()?.is_some() {
+    if log.has_snapshot()? {
         return Err(ToolError::HoldsSnapshot);
     }
     let imported = import_into_empty(log, input);
