@@ -427,7 +427,8 @@ impl<K: Key> Lpm<K> {
         (local_len as u8, key.chunk(start, local_len) as u8)
     }
 
-    /// The nodes from the root's child down to the node a prefix longer than 16 bits ends in.
+    /// The nodes from the root's child down to the node a prefix longer than the root's
+    /// `ROOT_BITS` ends in.
     fn path(&self, key: K, len: u8) -> Option<Vec<u32>> {
         let mut node = self.root_child(key.chunk(0, K::ROOT_BITS));
         let mut path = Vec::new();
