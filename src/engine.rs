@@ -8,12 +8,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::domain::{Command, Error, Event, Micros, Outcome, Reason, State};
-use crate::log::{EventLog, LogError, codec};
+use crate::log::{CheckpointStatus, EventLog, LogError, Witness, codec};
 use crate::metrics::Metrics;
 use crate::projection::routing::RoutingTable;
 use crate::projection::{Projections, ReadModel};
@@ -24,6 +25,9 @@ const MAX_GROUP: usize = 1024;
 const QUEUE_DEPTH: usize = 8192;
 /// Committed groups buffered for watchers; a watcher further behind catches up from the log.
 const FEED_CAPACITY: usize = 4096;
+/// How often, at most, the log's length mark is rewritten while writes come in: events
+/// acknowledged since the last mark are the ones a file cut short could lose unnoticed.
+const MARK_EVERY: Duration = Duration::from_secs(1);
 
 /// A group of events, durable and applied, in revision order.
 pub type CommittedGroup = Arc<[Event]>;
@@ -35,8 +39,8 @@ pub enum StartError {
     Log(#[from] LogError),
     #[error("a start-up thread failed unexpectedly (damaged storage?): {0}")]
     Panicked(String),
-    #[error("cannot start the writer thread: {0}")]
-    WriterThread(#[source] std::io::Error),
+    #[error("cannot start the engine's threads: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 impl StartError {
@@ -60,6 +64,7 @@ pub struct Engine {
     feed: broadcast::Sender<CommittedGroup>,
     log: EventLog,
     writer: Mutex<Option<JoinHandle<()>>>,
+    marker: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -71,6 +76,16 @@ impl Engine {
             warn!(%error, "cannot drop the snapshot an earlier version kept in sled");
         }
         let log_head = log.head()?;
+        match log.check_mark(log_head)? {
+            CheckpointStatus::OfAnotherLog(revision) => {
+                warn!(
+                    revision,
+                    "the length mark was written by another log (its record differs); ignored"
+                )
+            }
+            CheckpointStatus::Unreadable(why) => warn!(why, "the length mark is unreadable; ignored"),
+            CheckpointStatus::Missing | CheckpointStatus::At(_) => {}
+        }
         let (mut model, mut writer_state) = match restore_snapshot(&log, log_head)? {
             Some((model, writer_state)) => (model, Some(writer_state)),
             None => (ReadModel::default(), None),
@@ -98,6 +113,7 @@ impl Engine {
         let projections = Projections::new(model);
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let (marks, marker) = spawn_marker(log.clone()).map_err(StartError::Thread)?;
         let writer = Writer {
             queue,
             state: writer_state,
@@ -110,17 +126,20 @@ impl Engine {
             snapshot_running: Arc::new(AtomicBool::new(false)),
             log_needs_recovery: false,
             runtime: tokio::runtime::Handle::try_current().ok(),
+            marks,
+            last_mark: None,
         };
         let handle = std::thread::Builder::new()
             .name("ipam-writer".into())
             .spawn(move || writer.run())
-            .map_err(StartError::WriterThread)?;
+            .map_err(StartError::Thread)?;
         Ok(Engine {
             jobs,
             projections,
             feed,
             log,
             writer: Mutex::new(Some(handle)),
+            marker: Mutex::new(Some(marker)),
         })
     }
 
@@ -152,16 +171,19 @@ impl Engine {
     /// commands fail with NOT_READY.
     pub async fn stop(&self) {
         let _ = self.jobs.send(Job::Stop).await;
-        let handle = self.writer.lock().ok().and_then(|mut writer| writer.take());
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
+        // The marker ends once the writer (which feeds it) has.
+        let threads =
+            [&self.writer, &self.marker].map(|thread| thread.lock().ok().and_then(|mut thread| thread.take()));
+        let _ =
+            tokio::task::spawn_blocking(move || threads.into_iter().flatten().for_each(|thread| drop(thread.join())))
+                .await;
         // A checkpoint of the final state makes the next start replay nothing.
         let (log, projections) = (self.log.clone(), self.projections.clone());
         let _ = tokio::task::spawn_blocking(move || {
             let model = projections.read();
             if model.head > 0 {
                 write_snapshot(&log, model.head, &model.state);
+                save_mark(&log, model.head);
             }
         })
         .await;
@@ -193,7 +215,7 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
     // events per record, checking 1.1M events takes ~0.1 s; decoding the snapshot ~0.6 s.
     let started = std::time::Instant::now();
     let (checked, decoded) = std::thread::scope(|scope| {
-        let check = scope.spawn(|| log.check_records(0, log_head));
+        let check = scope.spawn(|| crate::log::expecting_storage_panics(|| log.check_records(0, log_head)));
         let decoded = codec::decode_snapshot(&record);
         let checked = check.join().map_err(StartError::panicked);
         (checked, decoded)
@@ -205,7 +227,7 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
             return Ok(None);
         }
     };
-    let fits = log.snapshot_fits(&snapshot, log_head)?;
+    let fits = log.fits(snapshot.position(), log_head, Witness::Snapshot(snapshot.revision))?;
     checked??;
     if !fits {
         warn!(
@@ -262,6 +284,25 @@ fn write_snapshot(log: &EventLog, revision: u64, state: &State) {
     }
 }
 
+/// The thread that rewrites the log's length mark: it takes the newest revision sent (older
+/// ones queued meanwhile are skipped) and ends when the sender is dropped.
+fn spawn_marker(log: EventLog) -> std::io::Result<(std::sync::mpsc::Sender<u64>, JoinHandle<()>)> {
+    let (marks, revisions) = std::sync::mpsc::channel::<u64>();
+    let handle = std::thread::Builder::new().name("ipam-marker".into()).spawn(move || {
+        while let Ok(mut revision) = revisions.recv() {
+            revision = revisions.try_iter().last().unwrap_or(revision);
+            save_mark(&log, revision);
+        }
+    })?;
+    Ok((marks, handle))
+}
+
+fn save_mark(log: &EventLog, revision: u64) {
+    if let Err(error) = log.save_mark(revision) {
+        warn!(%error, revision, "writing the log's length mark failed; the log is unaffected");
+    }
+}
+
 fn shutting_down() -> Error {
     Error::new(
         Reason::NotReady,
@@ -287,6 +328,10 @@ struct Writer {
     log_needs_recovery: bool,
     /// The runtime the callers wait on (none when started outside one, as in unit tests).
     runtime: Option<tokio::runtime::Handle>,
+    /// Durable heads for the marker thread.
+    marks: std::sync::mpsc::Sender<u64>,
+    /// When the last head was sent to the marker (none yet: the first commit sends one).
+    last_mark: Option<Instant>,
 }
 
 type Reply = (oneshot::Sender<Result<Outcome, Error>>, Result<Outcome, Error>);
@@ -360,6 +405,7 @@ impl Writer {
                 return;
             }
             self.metrics.events_appended.inc_by(events.len() as u64);
+            self.maybe_mark();
             self.projections.apply(&events);
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(Arc::from(events));
@@ -378,6 +424,16 @@ impl Writer {
             None => deliver(),
         }
         self.maybe_snapshot();
+    }
+
+    /// At most every [`MARK_EVERY`], has the marker record the durable head (a group's last
+    /// revision, which ends a record).
+    fn maybe_mark(&mut self) {
+        if self.last_mark.is_some_and(|sent| sent.elapsed() < MARK_EVERY) {
+            return;
+        }
+        self.last_mark = Some(Instant::now());
+        let _ = self.marks.send(self.next_revision - 1);
     }
 
     /// Every [`SNAPSHOT_EVERY`] events, checkpoints the state in the background: the writer

@@ -13,6 +13,8 @@ use ipam_bindings::server::{Listeners, serve};
 use tracing::{error, info};
 
 fn main() -> ExitCode {
+    // sled panics on some damaged files; the log reports those as errors of its own.
+    ipam_bindings::log::quiet_storage_panics();
     let config = Config::parse();
     if let Some(tool) = &config.tool {
         return match run_tool(tool, &config.server.data_dir) {
@@ -119,10 +121,7 @@ fn run_tool(tool: &Tool, data_dir: &Path) -> Result<String, String> {
     match tool {
         Tool::Verify => {
             let verified = tools::verify(&log).map_err(|error| error.to_string())?;
-            Ok(format!(
-                "ok: {} events, head revision {}; {}",
-                verified.n_events, verified.head, verified.snapshot
-            ))
+            Ok(verified.to_string())
         }
         Tool::Export { output } => {
             let n_events = if output.as_os_str() == "-" {

@@ -132,6 +132,40 @@ pub struct Snapshot {
     pub state: State,
 }
 
+impl Snapshot {
+    pub fn position(&self) -> LogPosition {
+        LogPosition {
+            revision: self.revision,
+            log_record_checksum: self.log_record_checksum,
+        }
+    }
+}
+
+/// A point a log is known to have reached: a revision, and the [`checksum`] of the record
+/// that ends there (absent in snapshots written before it was stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogPosition {
+    pub revision: u64,
+    pub log_record_checksum: Option<u32>,
+}
+
+/// The stored form of the log's length mark (same header as an event).
+pub fn encode_mark(revision: u64, log_record_checksum: u32) -> Vec<u8> {
+    let mark = stored::LogMark {
+        revision,
+        log_record_checksum,
+    };
+    seal(SINGLE, &[], &mark.encode_to_vec())
+}
+
+pub fn decode_mark(record: &[u8]) -> Result<LogPosition, DecodeError> {
+    let mark = stored::LogMark::decode(unseal_single(record)?).map_err(|error| DecodeError::Body(error.to_string()))?;
+    Ok(LogPosition {
+        revision: mark.revision,
+        log_record_checksum: Some(mark.log_record_checksum),
+    })
+}
+
 /// The checksum a record's header holds (checked or not).
 pub fn checksum(record: &[u8]) -> Option<u32> {
     let bytes = record.get(1..HEADER_LEN)?;

@@ -15,8 +15,8 @@
 //! restart. While closed, reads of the log (watchers catching up) fail with
 //! [`LogError::Closed`]; the projections keep serving every other read.
 
+mod atomic_file;
 pub mod codec;
-mod snapshot_file;
 pub mod tools;
 
 use std::path::{Path, PathBuf};
@@ -26,12 +26,16 @@ use std::time::{Duration, Instant};
 
 use crate::domain::Event;
 
-use snapshot_file::SnapshotFile;
+use atomic_file::AtomicFile;
 
 const EVENTS_TREE: &str = "events";
 /// The file in which sled keeps its log and pages.
 const SLED_FILE: &str = "db";
-/// Where data directories written before the snapshot moved to [`SnapshotFile`] kept it.
+/// The checkpoint of the state, beside sled's files.
+const SNAPSHOT_FILE: &str = "state.snapshot";
+/// The log's length mark, beside sled's files.
+const MARK_FILE: &str = "log.mark";
+/// Where data directories written before the snapshot moved to its own file kept it.
 const LEGACY_SNAPSHOTS_TREE: &str = "snapshots";
 
 #[derive(Debug, thiserror::Error)]
@@ -50,22 +54,50 @@ pub enum LogError {
         #[source]
         source: sled::Error,
     },
-    #[error(
-        "the data directory is damaged (truncated or overwritten files?): the storage panicked while recovering it: {0}"
-    )]
-    Unrecoverable(String),
+    /// Damage that cannot be pinned to a revision: sled panicking in its recovery, or the log's
+    /// last record unreadable.
+    #[error("the data directory is damaged (truncated or overwritten files?): {0}")]
+    Damaged(String),
     #[error("the log has a gap: expected revision {expected}, found {found}")]
     Gap { expected: u64, found: u64 },
     #[error("the log has a key that is not a revision: {0:?}")]
     BadKey(Vec<u8>),
-    #[error(
-        "the log ends at revision {head}, but a snapshot of revision {snapshot} was taken from it: events were lost (truncated log?)"
-    )]
-    Truncated { snapshot: u64, head: u64 },
+    #[error("the log ends at revision {head}, but {witness}: events were lost (truncated log?)")]
+    Truncated { head: u64, witness: Witness },
     #[error("the storage failed and is being reopened")]
     Closed,
-    #[error("snapshot file: {0}")]
-    SnapshotFile(#[source] std::io::Error),
+    #[error("{0}: {1}")]
+    CheckpointFile(&'static str, #[source] std::io::Error),
+}
+
+/// A file beside the log that records a point the log reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Witness {
+    /// `state.snapshot`, taken at this revision.
+    Snapshot(u64),
+    /// `log.mark`, saying the log reached this revision.
+    Mark(u64),
+}
+
+impl std::fmt::Display for Witness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Witness::Snapshot(revision) => write!(f, "a snapshot of revision {revision} was taken from it"),
+            Witness::Mark(revision) => write!(f, "it had reached revision {revision} ({MARK_FILE})"),
+        }
+    }
+}
+
+/// What a checkpoint file (the snapshot or the mark) says about this log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CheckpointStatus {
+    Missing,
+    /// It fits the log at this revision.
+    At(u64),
+    /// Its record checksum at this revision differs from the log's: not used.
+    OfAnotherLog(u64),
+    /// It cannot be decoded: not used.
+    Unreadable(String),
 }
 
 /// sled's page cache. The log is read whole only at start-up and in part by lagging watchers;
@@ -116,8 +148,19 @@ impl Handles {
             .cache_capacity(PAGE_CACHE_BYTES);
         // sled 0.34 panics (index out of bounds) on some damage, a truncated file among them,
         // instead of returning an error: turn that into one (nothing it touched is used after).
-        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
-            .map_err(|panic| LogError::Unrecoverable(panic_message(panic.as_ref())))??;
+        let db = expecting_storage_panics(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())))
+            .map_err(|panic| {
+                LogError::Damaged(format!(
+                    "the storage panicked while recovering it: {}",
+                    panic_message(panic.as_ref())
+                ))
+            })?
+            .map_err(|error| match error {
+                error if is_damage(&error) => {
+                    LogError::Damaged(format!("the storage cannot read its own files ({error})"))
+                }
+                other => LogError::Storage(other),
+            })?;
         let events = db.open_tree(EVENTS_TREE)?;
         let file = std::fs::File::open(dir.join(SLED_FILE)).map_err(sled::Error::Io)?;
         // The data file's directory entry, durable once (sled creates the file).
@@ -144,7 +187,8 @@ pub struct EventLog {
     dir: PathBuf,
     /// `None` from a storage failure until [`recover`](Self::recover) reopens it.
     handles: Arc<RwLock<Option<Handles>>>,
-    snapshot: Arc<SnapshotFile>,
+    snapshot: Arc<AtomicFile>,
+    mark: Arc<AtomicFile>,
     faults: StorageFaults,
 }
 
@@ -160,7 +204,8 @@ impl EventLog {
         Ok(EventLog {
             dir: dir.to_path_buf(),
             handles: Arc::new(RwLock::new(Some(Handles::open(dir)?))),
-            snapshot: Arc::new(SnapshotFile::new(dir)),
+            snapshot: Arc::new(AtomicFile::new(dir, SNAPSHOT_FILE)),
+            mark: Arc::new(AtomicFile::new(dir, MARK_FILE)),
             faults,
         })
     }
@@ -237,7 +282,13 @@ impl EventLog {
 
     /// The revision of the last stored event; 0 for an empty log.
     pub fn head(&self) -> Result<u64, LogError> {
-        match self.events()?.last()? {
+        let last = self.events()?.last().map_err(|error| match error {
+            error if is_damage(&error) => {
+                LogError::Damaged(format!("the storage cannot read the log's last record ({error})"))
+            }
+            other => LogError::Storage(other),
+        })?;
+        match last {
             None => Ok(0),
             Some((key, _)) => revision_of(&key),
         }
@@ -317,47 +368,79 @@ impl EventLog {
     }
 
     /// Durably replaces the stored snapshot with `record`, the snapshot of `revision` (unless
-    /// a newer one was saved meanwhile). The log itself is untouched.
+    /// a newer one was saved meanwhile).
     pub fn save_snapshot(&self, revision: u64, record: &[u8]) -> Result<(), LogError> {
-        self.snapshot.save(revision, record).map_err(LogError::SnapshotFile)
+        self.snapshot
+            .save(revision, record)
+            .map_err(|error| LogError::CheckpointFile(SNAPSHOT_FILE, error))
     }
 
     /// The stored snapshot record, if any.
     pub fn load_snapshot(&self) -> Result<Option<Vec<u8>>, LogError> {
-        self.snapshot.load().map_err(LogError::SnapshotFile)
+        self.snapshot
+            .load()
+            .map_err(|error| LogError::CheckpointFile(SNAPSHOT_FILE, error))
     }
 
-    /// Whether a snapshot is stored (without reading it).
-    pub fn has_snapshot(&self) -> Result<bool, LogError> {
-        self.snapshot.exists().map_err(LogError::SnapshotFile)
+    /// Whether a snapshot or a mark is stored (without reading them).
+    pub fn has_checkpoint(&self) -> Result<bool, LogError> {
+        for (file, name) in [(&self.snapshot, SNAPSHOT_FILE), (&self.mark, MARK_FILE)] {
+            if file.exists().map_err(|error| LogError::CheckpointFile(name, error))? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
-    /// The checksum of the record that ends at `revision`, if one does: what a snapshot of
-    /// `revision` stores to tie itself to this log.
+    /// Durably records that the log reached `revision`, which must end a record (a group's
+    /// last event): a later start refuses a log that ends before it.
+    pub fn save_mark(&self, revision: u64) -> Result<(), LogError> {
+        let Some(checksum) = self.record_checksum(revision)? else {
+            return Ok(());
+        };
+        self.mark
+            .save(revision, &codec::encode_mark(revision, checksum))
+            .map_err(|error| LogError::CheckpointFile(MARK_FILE, error))
+    }
+
+    /// What the mark says about this log, whose head is `head`: [`LogError::Truncated`] when
+    /// the log ends before it.
+    pub fn check_mark(&self, head: u64) -> Result<CheckpointStatus, LogError> {
+        let record = match self.mark.load() {
+            Ok(None) => return Ok(CheckpointStatus::Missing),
+            Ok(Some(record)) => record,
+            Err(error) => return Ok(CheckpointStatus::Unreadable(error.to_string())),
+        };
+        match codec::decode_mark(&record) {
+            Ok(mark) if self.fits(mark, head, Witness::Mark(mark.revision))? => Ok(CheckpointStatus::At(mark.revision)),
+            Ok(mark) => Ok(CheckpointStatus::OfAnotherLog(mark.revision)),
+            Err(error) => Ok(CheckpointStatus::Unreadable(error.to_string())),
+        }
+    }
+
+    /// The checksum of the record that ends at `revision`, if one does: what a snapshot or a
+    /// mark of `revision` stores to tie itself to this log.
     pub fn record_checksum(&self, revision: u64) -> Result<Option<u32>, LogError> {
         let record = self.with(|handles| Ok(handles.events.get(revision.to_be_bytes())?))?;
         Ok(record.as_deref().and_then(codec::checksum))
     }
 
-    /// Whether `snapshot` can stand in for this log up to its revision, the log's head being
-    /// `head`: not when it was taken from another log (`Ok(false)`: its record checksum differs;
-    /// older snapshots stored none and are taken on trust), and never when it is newer than the
-    /// head ([`LogError::Truncated`]: the log lost events it once had).
-    pub fn snapshot_fits(&self, snapshot: &codec::Snapshot, head: u64) -> Result<bool, LogError> {
-        if snapshot.revision > head {
-            return Err(LogError::Truncated {
-                snapshot: snapshot.revision,
-                head,
-            });
+    /// Whether a checkpoint (`witness`) at `position` can stand for this log, whose head is
+    /// `head`: not when it was taken from another log (`Ok(false)`: its record checksum
+    /// differs; older snapshots stored none and are taken on trust), and never when it is
+    /// beyond the head ([`LogError::Truncated`]: the log lost events it once had).
+    pub fn fits(&self, position: codec::LogPosition, head: u64, witness: Witness) -> Result<bool, LogError> {
+        if position.revision > head {
+            return Err(LogError::Truncated { head, witness });
         }
-        match snapshot.log_record_checksum {
+        match position.log_record_checksum {
             None => Ok(true),
-            Some(checksum) => Ok(self.record_checksum(snapshot.revision)? == Some(checksum)),
+            Some(checksum) => Ok(self.record_checksum(position.revision)? == Some(checksum)),
         }
     }
 
     /// Drops the snapshot that data directories written by earlier versions kept inside sled
-    /// (see [`SnapshotFile`] for why it moved), so that sled can reclaim its blob files.
+    /// (see [`atomic_file`] for why it moved), so that sled can reclaim its blob files.
     pub fn drop_legacy_snapshot(&self) -> Result<(), LogError> {
         self.with(|handles| {
             if handles.db.drop_tree(LEGACY_SNAPSHOTS_TREE)? {
@@ -441,16 +524,53 @@ impl Continuity {
         }
     }
 
-    /// sled checksums its pages: one it cannot read holds the next expected revision.
+    /// sled checksums its pages: one it cannot read (or that lies past the end of a file cut
+    /// short) holds the next expected revision.
     fn unreadable(&self, error: LogError) -> LogError {
         match error {
-            LogError::Storage(source @ sled::Error::Corruption { .. }) => LogError::Unreadable {
+            LogError::Storage(source) if is_damage(&source) => LogError::Unreadable {
                 revision: self.expected,
                 source,
             },
             other => other,
         }
     }
+}
+
+/// Whether a sled read error means damaged files rather than a failing device: a page whose
+/// checksum does not match, or one that lies past the end of the file.
+fn is_damage(error: &sled::Error) -> bool {
+    match error {
+        sled::Error::Corruption { .. } => true,
+        sled::Error::Io(io) => io.kind() == std::io::ErrorKind::UnexpectedEof,
+        _ => false,
+    }
+}
+
+thread_local! {
+    /// Set while this thread runs sled code that may panic on damaged files.
+    static EXPECTING_STORAGE_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with [`quiet_storage_panics`]' hook silent on this thread: a panic there is caught
+/// and reported as damage, so the default hook's message and backtrace would only be noise.
+pub(crate) fn expecting_storage_panics<T>(f: impl FnOnce() -> T) -> T {
+    let before = EXPECTING_STORAGE_PANICS.replace(true);
+    let result = f();
+    EXPECTING_STORAGE_PANICS.set(before);
+    result
+}
+
+/// Installs a panic hook that stays silent for sled's panics on damaged files (which the log
+/// catches and reports as a damaged data directory) and prints every other panic as before.
+/// For binaries: the hook is process-wide.
+pub fn quiet_storage_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !EXPECTING_STORAGE_PANICS.get() {
+            default(info);
+        }
+    }));
 }
 
 /// What a caught panic (sled's, on damaged files) said.

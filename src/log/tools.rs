@@ -10,7 +10,7 @@ use std::io::{BufRead, Write};
 
 use serde_json::{Value, json};
 
-use super::{EventLog, LogError, codec};
+use super::{CheckpointStatus, EventLog, LogError, Witness, codec};
 use crate::domain::{Binding, Change, Prefix, ProvisioningState};
 use crate::hex;
 
@@ -27,8 +27,8 @@ pub enum ToolError {
     BadLine { line: usize, message: String },
     #[error("the data directory already holds {0} events; import needs an empty one")]
     NotEmpty(u64),
-    #[error("the data directory holds a snapshot (of another log); import needs an empty one")]
-    HoldsSnapshot,
+    #[error("the data directory holds a snapshot or a length mark (of another log); import needs an empty one")]
+    HoldsCheckpoint,
 }
 
 /// What [`verify`] found in a sound log.
@@ -36,41 +36,43 @@ pub enum ToolError {
 pub struct Verified {
     pub n_events: u64,
     pub head: u64,
-    pub snapshot: SnapshotStatus,
+    pub snapshot: CheckpointStatus,
+    pub mark: CheckpointStatus,
 }
 
-/// The checkpoint a start would use, as [`verify`] found it.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SnapshotStatus {
-    Missing,
-    At(u64),
-    /// Its record checksum at this revision differs from the log's.
-    OfAnotherLog(u64),
-    Unreadable(String),
-}
-
-impl std::fmt::Display for SnapshotStatus {
+impl std::fmt::Display for Verified {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SnapshotStatus::Missing => write!(f, "no snapshot: the next start replays the whole log"),
-            SnapshotStatus::At(revision) => write!(f, "snapshot at revision {revision}"),
-            SnapshotStatus::OfAnotherLog(revision) => write!(
+        write!(f, "ok: {} events, head revision {}; ", self.n_events, self.head)?;
+        match &self.snapshot {
+            CheckpointStatus::Missing => write!(f, "no snapshot: the next start replays the whole log"),
+            CheckpointStatus::At(revision) => write!(f, "snapshot at revision {revision}"),
+            CheckpointStatus::OfAnotherLog(revision) => write!(
                 f,
                 "the snapshot was taken from another log (its record at revision {revision} differs): \
                  the next start replays the whole log"
             ),
-            SnapshotStatus::Unreadable(why) => {
+            CheckpointStatus::Unreadable(why) => {
                 write!(
                     f,
                     "the snapshot is unreadable ({why}): the next start replays the whole log"
                 )
             }
+        }?;
+        match &self.mark {
+            CheckpointStatus::Missing => write!(f, "; no length mark"),
+            CheckpointStatus::At(revision) => write!(f, "; length mark at revision {revision}"),
+            CheckpointStatus::OfAnotherLog(revision) => write!(
+                f,
+                "; the length mark is another log's (its record at revision {revision} differs): not used"
+            ),
+            CheckpointStatus::Unreadable(why) => write!(f, "; the length mark is unreadable ({why}): not used"),
         }
     }
 }
 
-/// Reads the whole log; the first damaged record fails with its revision. A snapshot newer
-/// than the log's head fails too, as it stops a start: the log lost events it once had.
+/// Reads the whole log; the first damaged record fails with its revision. A snapshot or a
+/// length mark beyond the log's head fails too, as it stops a start: the log lost events it
+/// once had.
 pub fn verify(log: &EventLog) -> Result<Verified, LogError> {
     let mut n_events = 0;
     for event in log.read_after(0) {
@@ -78,19 +80,23 @@ pub fn verify(log: &EventLog) -> Result<Verified, LogError> {
         n_events += 1;
     }
     let head = log.head()?;
+    let mark = log.check_mark(head)?;
     let snapshot = match log.load_snapshot() {
-        Ok(None) => SnapshotStatus::Missing,
+        Ok(None) => CheckpointStatus::Missing,
         Ok(Some(record)) => match codec::decode_snapshot(&record) {
-            Ok(snapshot) if log.snapshot_fits(&snapshot, head)? => SnapshotStatus::At(snapshot.revision),
-            Ok(snapshot) => SnapshotStatus::OfAnotherLog(snapshot.revision),
-            Err(error) => SnapshotStatus::Unreadable(error.to_string()),
+            Ok(snapshot) if log.fits(snapshot.position(), head, Witness::Snapshot(snapshot.revision))? => {
+                CheckpointStatus::At(snapshot.revision)
+            }
+            Ok(snapshot) => CheckpointStatus::OfAnotherLog(snapshot.revision),
+            Err(error) => CheckpointStatus::Unreadable(error.to_string()),
         },
-        Err(error) => SnapshotStatus::Unreadable(error.to_string()),
+        Err(error) => CheckpointStatus::Unreadable(error.to_string()),
     };
     Ok(Verified {
         n_events,
         head,
         snapshot,
+        mark,
     })
 }
 
@@ -120,9 +126,10 @@ pub fn import(log: &EventLog, input: impl BufRead) -> Result<u64, ToolError> {
     if head > 0 {
         return Err(ToolError::NotEmpty(head));
     }
-    // A start would take its state for the imported log's.
-    if log.has_snapshot()? {
-        return Err(ToolError::HoldsSnapshot);
+    // A start would take another log's snapshot for the imported log's state, or its mark
+    // for a length the imported log must reach.
+    if log.has_checkpoint()? {
+        return Err(ToolError::HoldsCheckpoint);
     }
     let imported = import_into_empty(log, input);
     if imported.is_err() {
@@ -224,10 +231,12 @@ mod tests {
             Verified {
                 n_events: 25,
                 head: 25,
-                snapshot: SnapshotStatus::Missing
+                snapshot: CheckpointStatus::Missing,
+                mark: CheckpointStatus::Missing,
             }
         );
-        // Importing into a non-empty directory is refused, and so is one holding a snapshot.
+        // Importing into a non-empty directory is refused, and so is one holding a snapshot
+        // or a length mark.
         assert!(matches!(
             import(&target, exported.as_slice()),
             Err(ToolError::NotEmpty(25))
@@ -237,9 +246,18 @@ mod tests {
         stray.save_snapshot(25, b"a snapshot of some other log").unwrap();
         assert!(matches!(
             import(&stray, exported.as_slice()),
-            Err(ToolError::HoldsSnapshot)
+            Err(ToolError::HoldsCheckpoint)
         ));
         assert_eq!(stray.head().unwrap(), 0);
+        source.save_mark(25).unwrap();
+        assert_eq!(verify(&source).unwrap().mark, CheckpointStatus::At(25));
+        let marked_dir = tempfile::tempdir().unwrap();
+        std::fs::copy(source_dir.path().join("log.mark"), marked_dir.path().join("log.mark")).unwrap();
+        let marked = EventLog::open(marked_dir.path()).unwrap();
+        assert!(matches!(
+            import(&marked, exported.as_slice()),
+            Err(ToolError::HoldsCheckpoint)
+        ));
     }
 
     #[test]

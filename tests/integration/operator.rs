@@ -102,13 +102,20 @@ async fn a_log_that_lost_its_last_events_is_refused_naming_the_revisions() {
         events.remove(4u64.to_be_bytes()).unwrap().unwrap();
         db.flush().unwrap();
     }
+    // Both the length mark and the snapshot know that the log reached revision 4.
+    let message = refused_start(dir.path()).await;
+    assert!(
+        message.contains("ends at revision 3") && message.contains("it had reached revision 4 (log.mark)"),
+        "{message}"
+    );
+    let (ok, _, stderr) = tool(dir.path(), &["verify"]);
+    assert!(!ok && stderr.contains("ends at revision 3"), "{stderr}");
+    std::fs::remove_file(dir.path().join("log.mark")).unwrap();
     let message = refused_start(dir.path()).await;
     assert!(
         message.contains("ends at revision 3") && message.contains("snapshot of revision 4"),
         "{message}"
     );
-    let (ok, _, stderr) = tool(dir.path(), &["verify"]);
-    assert!(!ok && stderr.contains("ends at revision 3"), "{stderr}");
 }
 
 /// The prefix `fill` created first in the (stopped) server's data directory, read offline.
@@ -160,14 +167,17 @@ async fn a_snapshot_behind_the_log_is_caught_up_for_reads_and_writes() {
 }
 
 #[tokio::test]
-async fn a_snapshot_from_another_log_is_not_used() {
+async fn a_snapshot_and_a_mark_from_another_log_are_not_used() {
     // Two logs of the same length; one's snapshot put beside the other's records.
     let (ours, theirs) = (stopped_after_fill().await, stopped_after_fill().await);
     let (our_prefix, their_prefix) = (first_prefix(ours.path()), first_prefix(theirs.path()));
-    std::fs::copy(theirs.path().join("state.snapshot"), ours.path().join("state.snapshot")).unwrap();
+    for checkpoint in ["state.snapshot", "log.mark"] {
+        std::fs::copy(theirs.path().join(checkpoint), ours.path().join(checkpoint)).unwrap();
+    }
     wait_until_unlocked(ours.path()).await;
     let (ok, _, stderr) = tool(ours.path(), &["verify"]);
     assert!(ok && stderr.contains("taken from another log"), "{stderr}");
+    assert!(stderr.contains("the length mark is another log's"), "{stderr}");
 
     wait_until_unlocked(ours.path()).await;
     let server = TestServer::start_on(ours.path(), Duration::from_secs(3600)).await;
@@ -229,6 +239,38 @@ async fn damaged_database_files_are_refused() {
         .unwrap();
     let message = refused_start(dir.path()).await;
     assert!(message.contains("truncated"), "{message}");
+}
+
+#[tokio::test]
+async fn a_log_cut_short_without_a_snapshot_is_refused_or_complete() {
+    // After a crash there may be no snapshot to say how long the log was: sled's own checks or
+    // the length mark (`log.mark`) must catch a cut. Each length is either refused as damage
+    // or a truncated log, or still holds every event; never a start with fewer events.
+    for percent_kept in [10, 30, 50, 70, 90, 99] {
+        let dir = stopped_after_fill().await;
+        std::fs::remove_file(dir.path().join("state.snapshot")).unwrap();
+        let file = dir.path().join("db");
+        let length = std::fs::metadata(&file).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(length * percent_kept / 100)
+            .unwrap();
+        let (ok, _, stderr) = tool(dir.path(), &["verify"]);
+        if ok {
+            assert!(
+                stderr.contains("4 events, head revision 4"),
+                "{percent_kept}% kept: {stderr}"
+            );
+        } else {
+            assert!(
+                stderr.contains("damaged") || stderr.contains("it had reached revision 4 (log.mark)"),
+                "{percent_kept}% kept: {stderr}"
+            );
+            assert!(!stderr.contains("panicked at"), "no panic report: {stderr}");
+        }
+    }
 }
 
 #[tokio::test]
