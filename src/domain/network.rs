@@ -45,6 +45,18 @@ pub struct NetworkKey {
 }
 
 impl NetworkKey {
+    /// Below and above every key: the bounds of a scan over all networks.
+    pub const MIN: NetworkKey = NetworkKey {
+        family: 0,
+        address: 0,
+        prefix_len: 0,
+    };
+    pub const MAX: NetworkKey = NetworkKey {
+        family: u8::MAX,
+        address: u128::MAX,
+        prefix_len: u8::MAX,
+    };
+
     pub fn of(network: &IpNet) -> NetworkKey {
         match network {
             IpNet::V4(v4) => NetworkKey {

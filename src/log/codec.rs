@@ -524,6 +524,7 @@ mod tests {
             (prefixes, bindings, requests)
         };
         assert_eq!(listing(&restored), listing(&state));
+        assert_eq!(restored.n_provisioning(), state.n_provisioning());
         assert_eq!(
             listing(&restored).2.len(),
             2,
