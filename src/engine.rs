@@ -227,7 +227,7 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
             return Ok(None);
         }
     };
-    let fits = log.fits(snapshot.position(), log_head, Witness::Snapshot(snapshot.revision))?;
+    let fits = log.fits(snapshot.position(), log_head, Witness::Snapshot)?;
     checked??;
     if !fits {
         warn!(

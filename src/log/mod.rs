@@ -155,12 +155,7 @@ impl Handles {
                     panic_message(panic.as_ref())
                 ))
             })?
-            .map_err(|error| match error {
-                error if is_damage(&error) => {
-                    LogError::Damaged(format!("the storage cannot read its own files ({error})"))
-                }
-                other => LogError::Storage(other),
-            })?;
+            .map_err(|error| damage_or_failure(error, "the storage cannot read its own files"))?;
         let events = db.open_tree(EVENTS_TREE)?;
         let file = std::fs::File::open(dir.join(SLED_FILE)).map_err(sled::Error::Io)?;
         // The data file's directory entry, durable once (sled creates the file).
@@ -282,12 +277,8 @@ impl EventLog {
 
     /// The revision of the last stored event; 0 for an empty log.
     pub fn head(&self) -> Result<u64, LogError> {
-        let last = self.events()?.last().map_err(|error| match error {
-            error if is_damage(&error) => {
-                LogError::Damaged(format!("the storage cannot read the log's last record ({error})"))
-            }
-            other => LogError::Storage(other),
-        })?;
+        let last = (self.events()?.last())
+            .map_err(|error| damage_or_failure(error, "the storage cannot read the log's last record"))?;
         match last {
             None => Ok(0),
             Some((key, _)) => revision_of(&key),
@@ -412,7 +403,7 @@ impl EventLog {
             Err(error) => return Ok(CheckpointStatus::Unreadable(error.to_string())),
         };
         match codec::decode_mark(&record) {
-            Ok(mark) if self.fits(mark, head, Witness::Mark(mark.revision))? => Ok(CheckpointStatus::At(mark.revision)),
+            Ok(mark) if self.fits(mark, head, Witness::Mark)? => Ok(CheckpointStatus::At(mark.revision)),
             Ok(mark) => Ok(CheckpointStatus::OfAnotherLog(mark.revision)),
             Err(error) => Ok(CheckpointStatus::Unreadable(error.to_string())),
         }
@@ -429,9 +420,12 @@ impl EventLog {
     /// `head`: not when it was taken from another log (`Ok(false)`: its record checksum
     /// differs; older snapshots stored none and are taken on trust), and never when it is
     /// beyond the head ([`LogError::Truncated`]: the log lost events it once had).
-    pub fn fits(&self, position: codec::LogPosition, head: u64, witness: Witness) -> Result<bool, LogError> {
+    pub fn fits(&self, position: codec::LogPosition, head: u64, witness: fn(u64) -> Witness) -> Result<bool, LogError> {
         if position.revision > head {
-            return Err(LogError::Truncated { head, witness });
+            return Err(LogError::Truncated {
+                head,
+                witness: witness(position.revision),
+            });
         }
         match position.log_record_checksum {
             None => Ok(true),
@@ -547,6 +541,16 @@ fn is_damage(error: &sled::Error) -> bool {
     }
 }
 
+/// A sled error where no revision can be named: damage ([`LogError::Damaged`], saying what
+/// could not be done) or a failing device.
+fn damage_or_failure(error: sled::Error, what: &str) -> LogError {
+    if is_damage(&error) {
+        LogError::Damaged(format!("{what} ({error})"))
+    } else {
+        LogError::Storage(error)
+    }
+}
+
 thread_local! {
     /// Set while this thread runs sled code that may panic on damaged files.
     static EXPECTING_STORAGE_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -555,10 +559,15 @@ thread_local! {
 /// Runs `f` with [`quiet_storage_panics`]' hook silent on this thread: a panic there is caught
 /// and reported as damage, so the default hook's message and backtrace would only be noise.
 pub(crate) fn expecting_storage_panics<T>(f: impl FnOnce() -> T) -> T {
-    let before = EXPECTING_STORAGE_PANICS.replace(true);
-    let result = f();
-    EXPECTING_STORAGE_PANICS.set(before);
-    result
+    /// Restores the flag however `f` ends, unwinding included.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            EXPECTING_STORAGE_PANICS.set(self.0);
+        }
+    }
+    let _restore = Restore(EXPECTING_STORAGE_PANICS.replace(true));
+    f()
 }
 
 /// Installs a panic hook that stays silent for sled's panics on damaged files (which the log

@@ -84,7 +84,7 @@ pub fn verify(log: &EventLog) -> Result<Verified, LogError> {
     let snapshot = match log.load_snapshot() {
         Ok(None) => CheckpointStatus::Missing,
         Ok(Some(record)) => match codec::decode_snapshot(&record) {
-            Ok(snapshot) if log.fits(snapshot.position(), head, Witness::Snapshot(snapshot.revision))? => {
+            Ok(snapshot) if log.fits(snapshot.position(), head, Witness::Snapshot)? => {
                 CheckpointStatus::At(snapshot.revision)
             }
             Ok(snapshot) => CheckpointStatus::OfAnotherLog(snapshot.revision),
