@@ -286,19 +286,33 @@ impl State {
 
     /// Folds one event into the state. Events are facts: nothing here can refuse them.
     pub fn apply(&mut self, event: &Event) {
+        self.apply_to_records(event);
+        self.apply_to_indexes(event);
+    }
+
+    /// Folds a whole log into a state: the records event by event, the indexes built once at
+    /// the end from the final records (a start without a snapshot; ~2x faster than keeping
+    /// the ordered indexes up to date through every event).
+    pub fn replay<E>(events: impl IntoIterator<Item = Result<Event, E>>) -> Result<(State, u64), E> {
+        let mut state = State::default();
+        let mut head = 0;
+        for event in events {
+            let event = event?;
+            state.apply_to_records(&event);
+            head = event.revision;
+        }
+        state.rebuild_indexes();
+        Ok((state, head))
+    }
+
+    /// The records (by id), idempotency keys and counters.
+    fn apply_to_records(&mut self, event: &Event) {
         match &event.change {
             Change::PrefixCreated(prefix) | Change::PrefixUpdated(prefix) => {
-                let key = NetworkKey::of(&prefix.cidr);
-                self.prefixes_by_network.insert(key, prefix.id);
-                self.prefixes_by_account.insert((prefix.account_id, key), prefix.id);
                 self.prefixes.insert(prefix.id, prefix.clone());
             }
             Change::PrefixDeleted(prefix) => {
-                let key = NetworkKey::of(&prefix.cidr);
-                self.prefixes_by_network.remove(&key);
-                self.prefixes_by_account.remove(&(prefix.account_id, key));
                 self.prefixes.remove(&prefix.id);
-                // A prefix is deleted only without bindings: nothing left under it here.
             }
             Change::BindingCreated { binding, request_id } => {
                 if let Some(request_id) = request_id {
@@ -309,8 +323,6 @@ impl State {
                         },
                     );
                 }
-                self.bindings_by_prefix
-                    .insert((binding.prefix_id, NetworkKey::of(&binding.cidr)), binding.id);
                 let replaced = self.bindings.insert(binding.id, binding.clone());
                 self.count_provisioning(replaced.as_ref(), Some(binding));
             }
@@ -319,12 +331,50 @@ impl State {
                 self.count_provisioning(replaced.as_ref(), Some(binding));
             }
             Change::BindingDeleted(binding) => {
-                self.bindings_by_prefix
-                    .remove(&(binding.prefix_id, NetworkKey::of(&binding.cidr)));
                 let removed = self.bindings.remove(&binding.id);
                 self.count_provisioning(removed.as_ref(), None);
             }
         }
+    }
+
+    /// The ordered indexes over the records.
+    fn apply_to_indexes(&mut self, event: &Event) {
+        match &event.change {
+            Change::PrefixCreated(prefix) | Change::PrefixUpdated(prefix) => {
+                let key = NetworkKey::of(&prefix.cidr);
+                self.prefixes_by_network.insert(key, prefix.id);
+                self.prefixes_by_account.insert((prefix.account_id, key), prefix.id);
+            }
+            Change::PrefixDeleted(prefix) => {
+                // A prefix is deleted only without bindings: nothing left under it here.
+                let key = NetworkKey::of(&prefix.cidr);
+                self.prefixes_by_network.remove(&key);
+                self.prefixes_by_account.remove(&(prefix.account_id, key));
+            }
+            Change::BindingCreated { binding, .. } => {
+                self.bindings_by_prefix
+                    .insert((binding.prefix_id, NetworkKey::of(&binding.cidr)), binding.id);
+            }
+            Change::BindingProvisioningStateChanged(_) => {}
+            Change::BindingDeleted(binding) => {
+                self.bindings_by_prefix
+                    .remove(&(binding.prefix_id, NetworkKey::of(&binding.cidr)));
+            }
+        }
+    }
+
+    /// Builds the ordered indexes from the records in one go (sorted runs, packed nodes).
+    fn rebuild_indexes(&mut self) {
+        let prefixes = self.prefixes.values();
+        self.prefixes_by_network = (prefixes.clone())
+            .map(|prefix| (NetworkKey::of(&prefix.cidr), prefix.id))
+            .collect();
+        self.prefixes_by_account = prefixes
+            .map(|prefix| ((prefix.account_id, NetworkKey::of(&prefix.cidr)), prefix.id))
+            .collect();
+        self.bindings_by_prefix = (self.bindings.values())
+            .map(|binding| ((binding.prefix_id, NetworkKey::of(&binding.cidr)), binding.id))
+            .collect();
     }
 
     /// Keeps `n_provisioning` in step with a binding going from `before` to `after`.
@@ -362,16 +412,7 @@ impl State {
     ) -> State {
         let prefixes: IdMap<PrefixId, Prefix> = prefixes.into_iter().map(|prefix| (prefix.id, prefix)).collect();
         let bindings: IdMap<BindingId, Binding> = bindings.into_iter().map(|binding| (binding.id, binding)).collect();
-        State {
-            prefixes_by_network: (prefixes.values())
-                .map(|prefix| (NetworkKey::of(&prefix.cidr), prefix.id))
-                .collect(),
-            prefixes_by_account: (prefixes.values())
-                .map(|prefix| ((prefix.account_id, NetworkKey::of(&prefix.cidr)), prefix.id))
-                .collect(),
-            bindings_by_prefix: (bindings.values())
-                .map(|binding| ((binding.prefix_id, NetworkKey::of(&binding.cidr)), binding.id))
-                .collect(),
+        let mut state = State {
             n_provisioning: (bindings.values())
                 .filter(|binding| binding.state == ProvisioningState::Provisioning)
                 .count(),
@@ -380,7 +421,10 @@ impl State {
                 .collect(),
             prefixes,
             bindings,
-        }
+            ..State::default()
+        };
+        state.rebuild_indexes();
+        state
     }
 
     // ---- queries ------------------------------------------------------------------------
@@ -548,6 +592,8 @@ mod tests {
     struct World {
         state: State,
         revision: u64,
+        /// Every event applied, in order.
+        log: Vec<Event>,
     }
 
     impl World {
@@ -555,6 +601,7 @@ mod tests {
             World {
                 state: State::default(),
                 revision: 0,
+                log: Vec::new(),
             }
         }
 
@@ -562,11 +609,13 @@ mod tests {
             let decision = self.state.decide(&command, NOW)?;
             for change in decision.changes {
                 self.revision += 1;
-                self.state.apply(&Event {
+                let event = Event {
                     revision: self.revision,
                     time: NOW,
                     change,
-                });
+                };
+                self.state.apply(&event);
+                self.log.push(event);
             }
             Ok(decision.outcome)
         }
@@ -815,5 +864,71 @@ mod tests {
         assert_eq!(second.next_after, None);
         let exact = world.state.list_prefixes(account_id, None, 4);
         assert_eq!(exact.next_after, None);
+    }
+
+    #[test]
+    fn a_replay_builds_the_state_that_applying_each_event_does() {
+        let mut world = World::new();
+        let (account_id, other_account) = (account(), account());
+        let kept = world.prefix(account_id, "192.0.2.0/24");
+        let gone = world.prefix(account_id, "198.51.100.0/24");
+        let elsewhere = world.prefix(other_account, "10.0.0.0/8");
+        world.bind(&kept, "192.0.2.0/24", Service::MagicTransit).unwrap();
+        let narrow = world.bind(&kept, "192.0.2.1/32", Service::Cdn).unwrap();
+        let wide = world.bind(&gone, "198.51.100.0/24", Service::Cdn).unwrap();
+        world.bind(&elsewhere, "10.0.0.0/8", Service::Spectrum).unwrap();
+        world.run(Command::ActivateBinding { binding_id: narrow.id }).unwrap();
+        world
+            .run(Command::DeleteBinding {
+                account_id,
+                prefix_id: gone.id,
+                binding_id: wide.id,
+            })
+            .unwrap();
+        world
+            .run(Command::DeletePrefix {
+                account_id,
+                prefix_id: gone.id,
+            })
+            .unwrap();
+
+        let (replayed, head) = State::replay(world.log.iter().cloned().map(Ok::<_, ()>)).unwrap();
+        assert_eq!(head, world.revision);
+        let view = |state: &State| {
+            let prefixes = |account| -> Vec<Prefix> {
+                state
+                    .list_prefixes(account, None, 100)
+                    .items
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            };
+            let bindings = |prefix: &Prefix| -> Vec<Binding> {
+                state
+                    .list_bindings(prefix.id, None, 100)
+                    .items
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            };
+            (
+                prefixes(account_id),
+                prefixes(other_account),
+                bindings(&kept),
+                bindings(&gone),
+                bindings(&elsewhere),
+                state.n_prefixes(),
+                state.n_bindings(),
+                state.n_provisioning(),
+                state.covering_prefix(&net("192.0.2.7/32")).map(|prefix| prefix.id),
+            )
+        };
+        assert_eq!(view(&replayed), view(&world.state));
+        assert_eq!(
+            view(&replayed).3,
+            Vec::<Binding>::new(),
+            "the deleted prefix's binding is gone"
+        );
+        assert_eq!(view(&replayed).7, 2, "two bindings still provisioning");
     }
 }
