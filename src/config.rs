@@ -57,6 +57,11 @@ pub struct ServerOptions {
     #[arg(long, env = "IPAM_PROVISIONING_DELAY", default_value = "5s", value_parser = duration)]
     pub provisioning_delay: Duration,
 
+    /// Events between background snapshots of the state (restarts replay at most this many
+    /// events past the last one; each costs a copy of the state, taken a chunk per commit).
+    #[arg(long, env = "IPAM_SNAPSHOT_EVERY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every: u64,
+
     /// On SIGTERM: how long to keep serving with health NOT_SERVING, so the mesh stops routing
     /// new calls here before the listener closes.
     #[arg(long, env = "IPAM_DRAIN_DELAY", default_value = "0s", value_parser = duration)]

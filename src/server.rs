@@ -200,7 +200,8 @@ pub async fn serve(
     });
 
     let engine_metrics = Arc::clone(&metrics);
-    let loaded = tokio::task::spawn_blocking(move || Engine::start(log, engine_metrics)).await?;
+    let snapshot_every = options.snapshot_every;
+    let loaded = tokio::task::spawn_blocking(move || Engine::start(log, engine_metrics, snapshot_every)).await?;
     let engine = match loaded {
         Ok(engine) => Arc::new(engine),
         Err(error) => {

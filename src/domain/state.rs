@@ -427,6 +427,21 @@ impl State {
         state
     }
 
+    /// Starts a copy of the records that is taken a chunk at a time ([`RecordCopy::copy_from`])
+    /// while the state keeps changing: what a background snapshot needs without stopping
+    /// writes for a whole copy.
+    pub fn start_copy(&self) -> RecordCopy {
+        RecordCopy {
+            prefix_ids: self.prefixes.keys().copied().collect(),
+            binding_ids: self.bindings.keys().copied().collect(),
+            request_keys: self.requests.keys().cloned().collect(),
+            copied: 0,
+            prefixes: Vec::new(),
+            bindings: Vec::new(),
+            requests: Vec::new(),
+        }
+    }
+
     // ---- queries ------------------------------------------------------------------------
 
     /// The account's prefix; another account's is NOT_FOUND exactly like a missing one.
@@ -551,6 +566,55 @@ fn scoped<S: Ord + Copy, Id>(
     scope: S,
 ) -> std::collections::btree_map::Range<'_, (S, NetworkKey), Id> {
     index.range((scope, NetworkKey::MIN)..=(scope, NetworkKey::MAX))
+}
+
+/// A copy of a state's records, taken in chunks while the state changes: the ids are those
+/// of the state it started from; each record is copied as it is when its chunk is taken
+/// (one deleted meanwhile is left out). So the copy mixes the states between its start and
+/// its end, and is exact once the events after its start are applied to it
+/// ([`into_state`](Self::into_state), then [`State::apply`] each): every event carries the
+/// full record it sets or removes, so applying one that the copy already reflects sets the
+/// same value again. Records and keys never change their network or scope, so the indexes
+/// rebuilt from the copy hold no conflicting entries.
+pub struct RecordCopy {
+    prefix_ids: Vec<PrefixId>,
+    binding_ids: Vec<BindingId>,
+    request_keys: Vec<(AccountId, String)>,
+    /// How many ids (prefixes, then bindings, then request keys) have been copied.
+    copied: usize,
+    prefixes: Vec<Prefix>,
+    bindings: Vec<Binding>,
+    requests: Vec<(AccountId, String, Binding)>,
+}
+
+impl RecordCopy {
+    /// Copies up to `max` more records from `state`; `true` once every id is copied.
+    pub fn copy_from(&mut self, state: &State, max: usize) -> bool {
+        let (n_prefixes, n_bindings) = (self.prefix_ids.len(), self.binding_ids.len());
+        let total = n_prefixes + n_bindings + self.request_keys.len();
+        let end = total.min(self.copied + max);
+        for index in self.copied..end {
+            if index < n_prefixes {
+                self.prefixes
+                    .extend(state.prefixes.get(&self.prefix_ids[index]).cloned());
+            } else if index < n_prefixes + n_bindings {
+                let id = self.binding_ids[index - n_prefixes];
+                self.bindings.extend(state.bindings.get(&id).cloned());
+            } else {
+                let key = &self.request_keys[index - n_prefixes - n_bindings];
+                if let Some(remembered) = state.requests.get(key) {
+                    self.requests.push((key.0, key.1.clone(), remembered.binding.clone()));
+                }
+            }
+        }
+        self.copied = end;
+        end == total
+    }
+
+    /// The state of the copied records (see the type's doc for what it still lacks).
+    pub fn into_state(self) -> State {
+        State::restore(self.prefixes, self.bindings, self.requests)
+    }
 }
 
 fn page<'a, S: Ord + Copy, Id, T>(
@@ -864,6 +928,141 @@ mod tests {
         assert_eq!(second.next_after, None);
         let exact = world.state.list_prefixes(account_id, None, 4);
         assert_eq!(exact.next_after, None);
+    }
+
+    /// Everything a state answers, for comparing two of them.
+    fn everything(state: &State, accounts: &[AccountId], prefix_ids: &[PrefixId]) -> impl PartialEq + std::fmt::Debug {
+        let prefixes: Vec<Vec<Prefix>> = (accounts.iter())
+            .map(|account| {
+                state
+                    .list_prefixes(*account, None, 10_000)
+                    .items
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            })
+            .collect();
+        let bindings: Vec<Vec<Binding>> = (prefix_ids.iter())
+            .map(|prefix| {
+                state
+                    .list_bindings(*prefix, None, 10_000)
+                    .items
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            })
+            .collect();
+        let mut requests: Vec<(AccountId, String, Binding)> = (state.remembered_requests())
+            .map(|(account, id, binding)| (account, id.to_string(), binding.clone()))
+            .collect();
+        requests.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut all_bindings: Vec<Binding> = state.bindings().cloned().collect();
+        all_bindings.sort_by_key(|binding| binding.id);
+        (
+            prefixes,
+            bindings,
+            requests,
+            all_bindings,
+            state.n_prefixes(),
+            state.n_provisioning(),
+        )
+    }
+
+    #[test]
+    fn a_copy_taken_in_chunks_while_writes_go_on_is_exact_after_the_events_since_its_start() {
+        for seed in 0..20 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut world = World::new();
+            let accounts = [account(), account()];
+            let mut prefixes: Vec<Prefix> = Vec::new();
+            let mut bindings: Vec<Binding> = Vec::new();
+            let mut step = |world: &mut World, rng: &mut fastrand::Rng| match rng.u8(0..20) {
+                0..=3 => {
+                    let cidr = format!("10.{}.{}.0/24", rng.u8(0..4), rng.u8(0..4));
+                    let command = Command::CreatePrefix {
+                        account_id: accounts[rng.usize(0..2)],
+                        cidr: net(&cidr),
+                        asn: None,
+                        description: format!("d{}", rng.u8(..)),
+                    };
+                    if let Ok(Outcome::Prefix(prefix)) = world.run(command) {
+                        prefixes.push(prefix);
+                    }
+                }
+                4..=13 if !prefixes.is_empty() => {
+                    let prefix = prefixes[rng.usize(0..prefixes.len())].clone();
+                    let base = u32::from(match prefix.cidr {
+                        IpNet::V4(v4) => v4.network(),
+                        IpNet::V6(_) => unreachable!(),
+                    });
+                    let cidr = match rng.u8(0..3) {
+                        0 => prefix.cidr.to_string(),
+                        _ => format!("{}/32", std::net::Ipv4Addr::from(base + rng.u32(0..64))),
+                    };
+                    let request_id = rng.bool().then(|| format!("r{}", rng.u16(0..1000)));
+                    let command = Command::CreateBinding {
+                        account_id: prefix.account_id,
+                        prefix_id: prefix.id,
+                        cidr: net(&cidr),
+                        service: Service::ALL[rng.usize(0..3)],
+                        request_id,
+                    };
+                    if let Ok(Outcome::Binding(binding)) = world.run(command) {
+                        bindings.push(binding);
+                    }
+                }
+                14 | 15 if !bindings.is_empty() => {
+                    let binding = &bindings[rng.usize(0..bindings.len())];
+                    let _ = world.run(Command::ActivateBinding { binding_id: binding.id });
+                }
+                16..=18 if !bindings.is_empty() => {
+                    let binding = &bindings[rng.usize(0..bindings.len())];
+                    let _ = world.run(Command::DeleteBinding {
+                        account_id: binding.account_id,
+                        prefix_id: binding.prefix_id,
+                        binding_id: binding.id,
+                    });
+                }
+                _ if !prefixes.is_empty() => {
+                    let prefix = &prefixes[rng.usize(0..prefixes.len())];
+                    let _ = world.run(Command::DeletePrefix {
+                        account_id: prefix.account_id,
+                        prefix_id: prefix.id,
+                    });
+                }
+                _ => {}
+            };
+            for _ in 0..1000 {
+                step(&mut world, &mut rng);
+            }
+            let started_at = world.revision;
+            let mut copy = world.state.start_copy();
+            loop {
+                for _ in 0..rng.usize(0..8) {
+                    step(&mut world, &mut rng);
+                }
+                if copy.copy_from(&world.state, 1) {
+                    break;
+                }
+            }
+            let mut copied = copy.into_state();
+            for event in world.log.iter().filter(|event| event.revision > started_at) {
+                copied.apply(event);
+            }
+            let prefix_ids: Vec<PrefixId> = prefixes.iter().map(|prefix| prefix.id).collect();
+            assert!(
+                world.revision > started_at + 20,
+                "seed {seed}: writes went on during the copy ({started_at} -> {}, {} prefixes, {} bindings)",
+                world.revision,
+                world.state.n_prefixes(),
+                world.state.n_bindings()
+            );
+            assert_eq!(
+                everything(&copied, &accounts, &prefix_ids),
+                everything(&world.state, &accounts, &prefix_ids),
+                "seed {seed}"
+            );
+        }
     }
 
     #[test]

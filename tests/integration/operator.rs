@@ -373,3 +373,73 @@ async fn a_damaged_snapshot_falls_back_to_a_full_replay() {
         vec![prefix]
     );
 }
+
+#[tokio::test]
+async fn background_snapshots_taken_during_writes_hold_the_state_at_their_revision() {
+    // A snapshot every 100 events while eight writers create and delete bindings and the
+    // rollout activates them: the writer copies the state between commits and the snapshot
+    // thread completes the copy with the events since it started. Each snapshot must be the
+    // state the log folds into at its revision.
+    use ipam_bindings::domain::{Binding, Prefix, State};
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ServerOptions::new(dir.path().to_path_buf(), Duration::ZERO);
+    options.snapshot_every = 100;
+    let mut server = TestServer::start_with_options(options).await;
+    let account_id = account();
+    let mut prefixes = Vec::new();
+    for i in 0..8 {
+        let prefix = server.create_prefix(&account_id, &format!("10.{i}.0.0/16")).await;
+        server.bind(&prefix, &prefix.cidr, MAGIC_TRANSIT).await;
+        prefixes.push(prefix);
+    }
+    let writers = prefixes.iter().enumerate().map(|(i, prefix)| {
+        let server = &server;
+        async move {
+            for n in 0..60 {
+                let binding = server.bind(prefix, &format!("10.{i}.{n}.1/32"), CDN).await;
+                if n % 3 == 0 {
+                    server.delete_binding(&binding).await.unwrap();
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(writers).await;
+    // The last background snapshot, read while the server still runs.
+    let snapshot = dir.path().join("state.snapshot");
+    let mut record = None;
+    for _ in 0..100 {
+        if let Ok(bytes) = std::fs::read(&snapshot) {
+            record = Some(bytes);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let record = record.expect("a background snapshot was written");
+    server.stop().await.unwrap();
+    drop(server);
+    wait_until_unlocked(dir.path()).await;
+
+    let snapshot = ipam_bindings::log::codec::decode_snapshot(&record).unwrap();
+    let log = ipam_bindings::log::EventLog::open(dir.path()).unwrap();
+    let head = log.head().unwrap();
+    assert!(
+        snapshot.revision >= 100 && snapshot.revision < head,
+        "{} of {head}",
+        snapshot.revision
+    );
+    let up_to_snapshot = log
+        .read_after(0)
+        .take_while(|event| event.as_ref().map_or(true, |event| event.revision <= snapshot.revision));
+    let (replayed, replayed_head) = State::replay(up_to_snapshot).unwrap();
+    assert_eq!(replayed_head, snapshot.revision);
+    let contents = |state: &State| {
+        let mut prefixes: Vec<Prefix> = state.prefixes().cloned().collect();
+        prefixes.sort_by_key(|prefix| prefix.id);
+        let mut bindings: Vec<Binding> = state.bindings().cloned().collect();
+        bindings.sort_by_key(|binding| binding.id);
+        (prefixes, bindings, state.n_provisioning())
+    };
+    let (expected, found) = (contents(&replayed), contents(&snapshot.state));
+    assert!(expected.1.len() > 8, "bindings were written before the snapshot");
+    assert_eq!(found, expected);
+}
