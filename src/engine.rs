@@ -5,7 +5,6 @@
 //! and the rules hold under any concurrency: decisions are serialized, and each one sees every
 //! decision before it, durable or about to be.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -69,11 +68,11 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Rebuilds the projections from the whole log, then starts the writer. Blocking: call it
-    /// from a blocking context.
-    /// A background snapshot is taken every `snapshot_every` events.
+    /// Rebuilds the projections from the log (from the snapshot when one is usable), then
+    /// starts the writer, which takes a background snapshot every `snapshot_every` events.
+    /// Blocking: call it from a blocking context.
     pub fn start(log: EventLog, metrics: Arc<Metrics>, snapshot_every: u64) -> Result<Engine, StartError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         if let Err(error) = log.drop_legacy_snapshot() {
             warn!(%error, "cannot drop the snapshot an earlier version kept in sled");
         }
@@ -127,8 +126,8 @@ impl Engine {
             feed: feed.clone(),
             metrics,
             last_snapshot: snapshot_revision,
-            snapshot_running: Arc::new(AtomicBool::new(false)),
             snapshot_every,
+            snapshot_thread: None,
             snapshot_copy: None,
             log_needs_recovery: false,
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -187,9 +186,9 @@ impl Engine {
         let (log, projections) = (self.log.clone(), self.projections.clone());
         let _ = tokio::task::spawn_blocking(move || {
             let model = projections.read();
-            if model.head > 0 {
-                write_snapshot(&log, model.head, &model.state);
-                save_mark(&log, model.head);
+            if let Some(checksum) = checksum_at(&log, model.head) {
+                write_snapshot(&log, model.head, checksum, &model.state);
+                save_mark(&log, model.head, checksum);
             }
         })
         .await;
@@ -226,7 +225,7 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
     // The records under the snapshot are checked (not decoded) while the snapshot decodes:
     // damage there must still stop the start, as a full replay would have. With runs of ~32
     // events per record, checking 1.1M events takes ~0.1 s; decoding the snapshot ~0.6 s.
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let (checked, decoded) = std::thread::scope(|scope| {
         let check = scope.spawn(|| crate::log::expecting_storage_panics(|| log.check_records(0, log_head)));
         let decoded = codec::decode_snapshot(&record);
@@ -292,21 +291,30 @@ fn complete_snapshot(log: &EventLog, started_at: u64, head: u64, copy: RecordCop
         elapsed_ms = started.elapsed().as_millis() as u64,
         "snapshot copy completed"
     );
-    write_snapshot(log, head, &state);
+    if let Some(checksum) = checksum_at(log, head) {
+        write_snapshot(log, head, checksum, &state);
+    }
 }
 
-fn write_snapshot(log: &EventLog, revision: u64, state: &State) {
-    let started = std::time::Instant::now();
-    let checksum = match log.record_checksum(revision) {
-        Ok(Some(checksum)) => checksum,
+/// The checksum of the log record ending at `revision`, which a snapshot or a mark of it
+/// stores; `None` (logged) when there is none, as in an empty log.
+fn checksum_at(log: &EventLog, revision: u64) -> Option<u32> {
+    match log.record_checksum(revision) {
+        Ok(Some(checksum)) => Some(checksum),
+        Ok(None) if revision == 0 => None,
         missing => {
             warn!(
                 ?missing,
-                revision, "no log record ends at the snapshot's revision; no snapshot written"
+                revision, "no log record ends at this revision; no checkpoint written"
             );
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Stores `state` as the snapshot of `revision`, whose log record has `checksum`.
+fn write_snapshot(log: &EventLog, revision: u64, checksum: u32, state: &State) {
+    let started = Instant::now();
     let record = codec::encode_snapshot(revision, Some(checksum), state);
     let bytes = record.len();
     match log.save_snapshot(revision, &record) {
@@ -322,19 +330,25 @@ fn write_snapshot(log: &EventLog, revision: u64, state: &State) {
 
 /// The thread that rewrites the log's length mark: it takes the newest revision sent (older
 /// ones queued meanwhile are skipped) and ends when the sender is dropped.
-fn spawn_marker(log: EventLog) -> std::io::Result<(std::sync::mpsc::Sender<u64>, JoinHandle<()>)> {
-    let (marks, revisions) = std::sync::mpsc::channel::<u64>();
+fn spawn_marker(log: EventLog) -> std::io::Result<(std::sync::mpsc::Sender<Mark>, JoinHandle<()>)> {
+    let (marks, heads) = std::sync::mpsc::channel::<Mark>();
     let handle = std::thread::Builder::new().name("ipam-marker".into()).spawn(move || {
-        while let Ok(mut revision) = revisions.recv() {
-            revision = revisions.try_iter().last().unwrap_or(revision);
-            save_mark(&log, revision);
+        while let Ok(mut mark) = heads.recv() {
+            mark = heads.try_iter().last().unwrap_or(mark);
+            save_mark(&log, mark.revision, mark.checksum);
         }
     })?;
     Ok((marks, handle))
 }
 
-fn save_mark(log: &EventLog, revision: u64) {
-    if let Err(error) = log.save_mark(revision) {
+/// A durable head for the marker: a group's last revision and its log record's checksum.
+struct Mark {
+    revision: u64,
+    checksum: u32,
+}
+
+fn save_mark(log: &EventLog, revision: u64, checksum: u32) {
+    if let Err(error) = log.save_mark(revision, checksum) {
         warn!(%error, revision, "writing the log's length mark failed; the log is unaffected");
     }
 }
@@ -358,10 +372,12 @@ struct Writer {
     metrics: Arc<Metrics>,
     /// Revision of the newest snapshot written (or loaded).
     last_snapshot: u64,
-    /// Set while a background snapshot is being copied or written, so that two never overlap.
-    snapshot_running: Arc<AtomicBool>,
     /// Events between background snapshots.
     snapshot_every: u64,
+    /// The thread completing and storing the last background snapshot: a new one waits until
+    /// it has finished, and the writer joins it before it ends (so that a stopped engine holds
+    /// no handle on the log).
+    snapshot_thread: Option<JoinHandle<()>>,
     /// The background snapshot being copied, if one is.
     snapshot_copy: Option<SnapshotCopy>,
     /// An append failed and the log could not be recovered yet: recover before the next one.
@@ -369,7 +385,7 @@ struct Writer {
     /// The runtime the callers wait on (none when started outside one, as in unit tests).
     runtime: Option<tokio::runtime::Handle>,
     /// Durable heads for the marker thread.
-    marks: std::sync::mpsc::Sender<u64>,
+    marks: std::sync::mpsc::Sender<Mark>,
     /// When the last head was sent to the marker (none yet: the first commit sends one).
     last_mark: Option<Instant>,
 }
@@ -401,6 +417,9 @@ impl Writer {
             }
             self.commit(events, replies);
         }
+        if let Some(snapshot) = self.snapshot_thread.take() {
+            let _ = snapshot.join();
+        }
         // Anything queued after Stop is refused: the receiver is dropped here.
     }
 
@@ -422,7 +441,7 @@ impl Writer {
 
     fn commit(&mut self, events: Vec<Event>, replies: Vec<Reply>) {
         if !events.is_empty() {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let appended = self.recover_log().and_then(|()| self.log.append(&events));
             self.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
             self.metrics.group_commands.observe(replies.len() as f64);
@@ -432,20 +451,25 @@ impl Writer {
                 fsync_us = started.elapsed().as_micros() as u64,
                 "group committed"
             );
-            if let Err(error) = appended {
-                error!(%error, first_revision = events[0].revision, n_events = events.len(), "appending to the log failed");
-                self.roll_back();
-                let unavailable = Error::new(
-                    Reason::StorageUnavailable,
-                    format!("the change could not be stored durably ({error}); nothing was changed, retry later"),
-                );
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(unavailable.clone()));
+            let last_checksum = match appended {
+                Ok(last_checksum) => last_checksum,
+                Err(error) => {
+                    error!(%error, first_revision = events[0].revision, n_events = events.len(), "appending to the log failed");
+                    self.roll_back();
+                    let unavailable = Error::new(
+                        Reason::StorageUnavailable,
+                        format!("the change could not be stored durably ({error}); nothing was changed, retry later"),
+                    );
+                    for (reply, _) in replies {
+                        let _ = reply.send(Err(unavailable.clone()));
+                    }
+                    return;
                 }
-                return;
-            }
+            };
             self.metrics.events_appended.inc_by(events.len() as u64);
-            self.maybe_mark();
+            if let Some(checksum) = last_checksum {
+                self.maybe_mark(checksum);
+            }
             self.projections.apply(&events);
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(Arc::from(events));
@@ -466,14 +490,17 @@ impl Writer {
         self.maybe_snapshot();
     }
 
-    /// At most every [`MARK_EVERY`], has the marker record the durable head (a group's last
-    /// revision, which ends a record).
-    fn maybe_mark(&mut self) {
+    /// At most every [`MARK_EVERY`], has the marker record the durable head: the group's last
+    /// revision, whose record has `checksum`.
+    fn maybe_mark(&mut self, checksum: u32) {
         if self.last_mark.is_some_and(|sent| sent.elapsed() < MARK_EVERY) {
             return;
         }
         self.last_mark = Some(Instant::now());
-        let _ = self.marks.send(self.next_revision - 1);
+        let _ = self.marks.send(Mark {
+            revision: self.next_revision - 1,
+            checksum,
+        });
     }
 
     /// Every `snapshot_every` events, checkpoints the state in the background without
@@ -486,19 +513,26 @@ impl Writer {
         if let Some(copying) = self.snapshot_copy.as_mut() {
             if copying.copy.copy_from(&self.state, SNAPSHOT_CHUNK) {
                 let SnapshotCopy { started_at, copy } = self.snapshot_copy.take().expect("copying");
-                let (log, running) = (self.log.clone(), Arc::clone(&self.snapshot_running));
-                let spawned = std::thread::Builder::new().name("ipam-snapshot".into()).spawn(move || {
-                    complete_snapshot(&log, started_at, head, copy);
-                    running.store(false, Ordering::Release);
-                });
-                if spawned.is_err() {
-                    self.snapshot_running.store(false, Ordering::Release);
+                let log = self.log.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("ipam-snapshot".into())
+                    .spawn(move || complete_snapshot(&log, started_at, head, copy));
+                match spawned {
+                    Ok(thread) => self.snapshot_thread = Some(thread),
+                    Err(error) => warn!(%error, "cannot start the snapshot thread; no snapshot written"),
                 }
             }
             return;
         }
-        if head - self.last_snapshot < self.snapshot_every || self.snapshot_running.swap(true, Ordering::AcqRel) {
+        let still_writing = self
+            .snapshot_thread
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished());
+        if head - self.last_snapshot < self.snapshot_every || still_writing {
             return;
+        }
+        if let Some(finished) = self.snapshot_thread.take() {
+            let _ = finished.join();
         }
         self.last_snapshot = head;
         self.snapshot_copy = Some(SnapshotCopy {

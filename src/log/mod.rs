@@ -288,12 +288,18 @@ impl EventLog {
     /// Stores `events` (consecutive revisions) atomically and durably: when this returns `Ok`,
     /// they survive a crash. On `Err` none of them is acknowledged, the database is closed and
     /// the caller must [`recover`](Self::recover) before appending again.
-    pub fn append(&self, events: &[Event]) -> Result<(), LogError> {
+    ///
+    /// Returns the checksum of the record that ends at the last event (what a length mark of
+    /// that revision stores), `None` for no events.
+    pub fn append(&self, events: &[Event]) -> Result<Option<u32>, LogError> {
         let mut batch = sled::Batch::default();
+        let mut last_checksum = None;
         for (last_revision, record) in codec::encode_runs(events) {
+            last_checksum = codec::checksum(&record);
             batch.insert(&last_revision.to_be_bytes(), record);
         }
-        self.write_durably(|events| Ok(events.apply_batch(batch)?))
+        self.write_durably(|events| Ok(events.apply_batch(batch)?))?;
+        Ok(last_checksum)
     }
 
     /// Removes every record and makes that durable. Only for [`tools::import`] undoing a
@@ -383,12 +389,10 @@ impl EventLog {
         Ok(false)
     }
 
-    /// Durably records that the log reached `revision`, which must end a record (a group's
-    /// last event): a later start refuses a log that ends before it.
-    pub fn save_mark(&self, revision: u64) -> Result<(), LogError> {
-        let Some(checksum) = self.record_checksum(revision)? else {
-            return Ok(());
-        };
+    /// Durably records that the log reached `revision`, where a record with `checksum` ends
+    /// (a group's last event, whose checksum [`append`](Self::append) returned): a later
+    /// start refuses a log that ends before it. Writes only the mark file.
+    pub fn save_mark(&self, revision: u64, checksum: u32) -> Result<(), LogError> {
         self.mark
             .save(revision, &codec::encode_mark(revision, checksum))
             .map_err(|error| LogError::CheckpointFile(MARK_FILE, error))

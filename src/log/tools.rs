@@ -249,7 +249,8 @@ mod tests {
             Err(ToolError::HoldsCheckpoint)
         ));
         assert_eq!(stray.head().unwrap(), 0);
-        source.save_mark(25).unwrap();
+        let checksum = source.record_checksum(25).unwrap().unwrap();
+        source.save_mark(25, checksum).unwrap();
         assert_eq!(verify(&source).unwrap().mark, CheckpointStatus::At(25));
         let marked_dir = tempfile::tempdir().unwrap();
         std::fs::copy(source_dir.path().join("log.mark"), marked_dir.path().join("log.mark")).unwrap();
