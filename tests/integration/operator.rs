@@ -187,18 +187,16 @@ async fn a_snapshot_and_a_mark_from_another_log_are_not_used() {
         page_token: String::new(),
     };
     let mut client = server.prefixes();
-    let ours_listed = client
-        .list_prefixes(listed(&our_prefix))
-        .await
-        .unwrap()
-        .into_inner()
-        .prefixes;
-    let theirs_listed = client
-        .list_prefixes(listed(&their_prefix))
-        .await
-        .unwrap()
-        .into_inner()
-        .prefixes;
+    let mut list = async |prefix| {
+        client
+            .list_prefixes(listed(prefix))
+            .await
+            .unwrap()
+            .into_inner()
+            .prefixes
+    };
+    let ours_listed = list(&our_prefix).await;
+    let theirs_listed = list(&their_prefix).await;
     // Rebuilt from our log, not loaded from their snapshot.
     assert_eq!(ours_listed.len(), 1);
     assert_eq!(ours_listed[0].id, our_prefix.id.to_string());
@@ -229,16 +227,21 @@ async fn damaged_database_files_are_refused() {
 
     // Half of the file cut off.
     let dir = stopped_after_fill().await;
-    let file = dir.path().join("db");
+    cut_sled_file(dir.path(), |length| length / 2);
+    let message = refused_start(dir.path()).await;
+    assert!(message.contains("truncated"), "{message}");
+}
+
+/// Cuts sled's file in `dir` to `new_length(its length)` bytes.
+fn cut_sled_file(dir: &std::path::Path, new_length: impl FnOnce(u64) -> u64) {
+    let file = dir.join("db");
     let length = std::fs::metadata(&file).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
         .open(&file)
         .unwrap()
-        .set_len(length / 2)
+        .set_len(new_length(length))
         .unwrap();
-    let message = refused_start(dir.path()).await;
-    assert!(message.contains("truncated"), "{message}");
 }
 
 #[tokio::test]
@@ -249,14 +252,7 @@ async fn a_log_cut_short_without_a_snapshot_is_refused_or_complete() {
     for percent_kept in [10, 30, 50, 70, 90, 99] {
         let dir = stopped_after_fill().await;
         std::fs::remove_file(dir.path().join("state.snapshot")).unwrap();
-        let file = dir.path().join("db");
-        let length = std::fs::metadata(&file).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_len(length * percent_kept / 100)
-            .unwrap();
+        cut_sled_file(dir.path(), |length| length * percent_kept / 100);
         let (ok, _, stderr) = tool(dir.path(), &["verify"]);
         if ok {
             assert!(
