@@ -1,6 +1,6 @@
 //! Prometheus metrics (the prometheus-client crate does the exposition format), served on
 //! their own HTTP listener (`--metrics-listen`) at `/metrics`. Counters and histograms are
-//! updated where things happen (calls in [`crate::api`], commits in [`crate::engine`]); gauges
+//! updated where things happen (calls in [`crate::api`], commits in the engine's writer); gauges
 //! that describe state (log revision, projection sizes, rollout backlog) are read from the
 //! projections when scraped, so they cannot drift.
 
@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::engine::Engine;
+use crate::projection::Projections;
 
 /// Static strings: labelling a call allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,15 +41,21 @@ pub struct Metrics {
     pub call_seconds: HistogramFamily,
     pub calls_in_flight: Gauge,
     pub watch_streams: Gauge,
-    pub events_appended: Counter,
-    pub fsync_seconds: Histogram,
-    pub group_commands: Histogram,
+    /// The writer's own, handed to the engine.
+    pub writes: Arc<WriteMetrics>,
     log_revision: Gauge,
     prefixes: Gauge,
     bindings: Gauge,
     rollout_backlog: Gauge,
     /// Read at scrape time for the state gauges; set once the projections are loaded.
-    engine: Mutex<Option<Arc<Engine>>>,
+    projections: Mutex<Option<Projections>>,
+}
+
+/// What the writer records about each group it commits.
+pub struct WriteMetrics {
+    pub events_appended: Counter,
+    pub fsync_seconds: Histogram,
+    pub group_commands: Histogram,
 }
 
 impl Default for Metrics {
@@ -111,35 +117,37 @@ impl Metrics {
             call_seconds,
             calls_in_flight,
             watch_streams,
-            events_appended,
-            fsync_seconds,
-            group_commands,
+            writes: Arc::new(WriteMetrics {
+                events_appended,
+                fsync_seconds,
+                group_commands,
+            }),
             log_revision,
             prefixes,
             bindings,
             rollout_backlog,
-            engine: Mutex::new(None),
+            projections: Mutex::new(None),
         }
     }
 
-    pub fn set_engine(&self, engine: Arc<Engine>) {
-        if let Ok(mut slot) = self.engine.lock() {
-            *slot = Some(engine);
+    pub fn set_projections(&self, projections: Projections) {
+        if let Ok(mut slot) = self.projections.lock() {
+            *slot = Some(projections);
         }
     }
 
-    /// Lets go of the engine at shutdown (so the database can close).
-    pub fn clear_engine(&self) {
-        if let Ok(mut slot) = self.engine.lock() {
+    /// Lets go of the projections at shutdown.
+    pub fn clear_projections(&self) {
+        if let Ok(mut slot) = self.projections.lock() {
             *slot = None;
         }
     }
 
     /// The exposition text (OpenMetrics, which Prometheus scrapes).
     pub fn render(&self) -> String {
-        let engine = self.engine.lock().ok().and_then(|slot| slot.clone());
-        if let Some(engine) = engine {
-            let model = engine.projections().read();
+        let projections = self.projections.lock().ok().and_then(|slot| slot.clone());
+        if let Some(projections) = projections {
+            let model = projections.read();
             self.log_revision.set(model.head as i64);
             self.prefixes.set(model.state.n_prefixes() as i64);
             self.bindings.set(model.state.n_bindings() as i64);

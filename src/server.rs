@@ -100,7 +100,7 @@ fn tls_config(options: &ServerOptions) -> Result<Option<ServerTlsConfig>, ServeE
 /// directory is released before `serve` returns, so a restart or an operator tool can open it.
 async fn release(engine: Arc<Engine>, app: AppContext, metrics: &Metrics) {
     drop(app);
-    metrics.clear_engine();
+    metrics.clear_projections();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while Arc::strong_count(&engine) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -199,7 +199,7 @@ pub async fn serve(
         let _ = drain_sender.send(true);
     });
 
-    let engine_metrics = Arc::clone(&metrics);
+    let engine_metrics = Arc::clone(&metrics.writes);
     let snapshot_every = options.snapshot_every;
     let loaded = tokio::task::spawn_blocking(move || Engine::start(log, engine_metrics, snapshot_every)).await?;
     let engine = match loaded {
@@ -212,7 +212,7 @@ pub async fn serve(
         }
     };
     app.set_engine(Arc::clone(&engine));
-    metrics.set_engine(Arc::clone(&engine));
+    metrics.set_projections(engine.projections().clone());
     let rollout = tokio::spawn(rollout::run(
         Arc::clone(&engine),
         options.provisioning_delay,

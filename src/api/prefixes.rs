@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::{AppContext, convert, page_token, unary, unexpected};
 use crate::domain::error::AllFields;
-use crate::domain::{AccountId, Command, Error, Outcome, fields};
+use crate::domain::{AccountId, Command, Error, Outcome, PrefixId, fields};
 use crate::pb::api;
 use crate::pb::api::prefixes_server::Prefixes;
 
@@ -44,6 +44,7 @@ impl Prefixes for PrefixesService {
             )
                 .all_fields()?;
             self.run(Command::CreatePrefix {
+                id: PrefixId::generate(),
                 account_id,
                 cidr,
                 asn: request.asn,

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{AppContext, convert, page_token, unary, unexpected, watch};
 use crate::domain::error::AllFields;
-use crate::domain::{Command, Outcome, PrefixId, fields};
+use crate::domain::{BindingId, Command, Outcome, PrefixId, fields};
 use crate::pb::api;
 use crate::pb::api::service_bindings_server::ServiceBindings;
 
@@ -46,6 +46,7 @@ impl ServiceBindings for ServiceBindingsService {
             )
                 .all_fields()?;
             let command = Command::CreateBinding {
+                id: BindingId::generate(),
                 account_id,
                 prefix_id,
                 cidr,
@@ -142,13 +143,18 @@ impl ServiceBindings for ServiceBindingsService {
         request: Request<api::WatchServiceBindingsRequest>,
     ) -> Result<Response<Self::WatchServiceBindingsStream>, Status> {
         let (metadata, _, request) = request.into_parts();
-        let stream = unary(
+        let opened = unary(
             self.app.metrics(),
             "WatchServiceBindings",
             &metadata,
             watch::open(&self.app, request),
         )
-        .await?;
-        Ok(Response::new(Box::pin(stream.into_inner())))
+        .await?
+        .into_inner();
+        let mut response = Response::new(Box::pin(opened.stream) as Self::WatchServiceBindingsStream);
+        response
+            .metadata_mut()
+            .insert(watch::START_REVISION_HEADER, opened.start_revision.into());
+        Ok(response)
     }
 }

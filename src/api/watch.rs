@@ -18,7 +18,6 @@ use super::{AppContext, convert};
 use crate::domain::error::AllFields;
 use crate::domain::{AccountId, BindingId, Change, Error, Event, PrefixId, Reason, fields};
 use crate::engine::{CommittedGroup, Engine};
-use crate::log::LogError;
 use crate::pb::api;
 
 /// Events read from the log per blocking read during catch-up.
@@ -66,11 +65,22 @@ fn parse_filter(request: &api::WatchServiceBindingsRequest) -> Result<Filter, Er
     })
 }
 
+/// The response header that carries the revision a watch starts after: every matching event
+/// with a larger revision is delivered. A live watch (no `after_revision`) starts after the
+/// head at the moment it was registered, so a client that reconnects with it misses nothing.
+pub const START_REVISION_HEADER: &str = "x-watch-start-revision";
+
+/// An opened watch: the revision it starts after and its stream.
+pub struct Opened<S> {
+    pub start_revision: u64,
+    pub stream: S,
+}
+
 /// Checks the request, registers the watcher and returns its stream.
 pub async fn open(
     app: &AppContext,
     request: api::WatchServiceBindingsRequest,
-) -> Result<impl Stream<Item = Result<api::ServiceBindingEvent, Status>> + Send + use<>, Error> {
+) -> Result<Opened<impl Stream<Item = Result<api::ServiceBindingEvent, Status>> + Send + use<>>, Error> {
     let filter = parse_filter(&request)?;
     let engine = Arc::clone(app.engine()?);
     // Subscribe first, then read the head: every event after the head is in the feed.
@@ -122,7 +132,10 @@ pub async fn open(
         replay: request.after_revision.is_some(),
         ended: false,
     };
-    Ok(futures_util::stream::unfold(watcher, Watcher::next))
+    Ok(Opened {
+        start_revision: cursor,
+        stream: futures_util::stream::unfold(watcher, Watcher::next),
+    })
 }
 
 /// One watch stream. It is polled by the HTTP/2 stream that carries it (no task or channel
@@ -210,25 +223,16 @@ impl Watcher {
         if self.cursor >= head {
             return Ok(());
         }
-        let log = self.engine.log().clone();
+        let engine = Arc::clone(&self.engine);
         let after = self.cursor;
-        let chunk = tokio::task::spawn_blocking(move || {
-            log.read_after(after)
-                .take_while(|event| event.as_ref().map_or(true, |e| e.revision <= head))
-                .take(CATCH_UP_CHUNK)
-                .collect::<Result<Vec<Event>, _>>()
-        })
-        .await
-        .map_err(|error| Status::internal(format!("catch-up task failed: {error}")))?
-        .map_err(|error| {
-            error!(%error, "reading the log for a watcher failed");
-            match error {
-                LogError::Closed => {
-                    Status::unavailable("the storage is recovering from a failure; resume from your last revision")
-                }
-                _ => Status::internal("the event log could not be read"),
-            }
-        })?;
+        let chunk = tokio::task::spawn_blocking(move || engine.history(after, head, CATCH_UP_CHUNK))
+            .await
+            .map_err(|error| Error::new(Reason::Internal, format!("the catch-up task failed: {error}")))
+            .and_then(|read| read)
+            .map_err(|error| {
+                error!(%error, "reading the log for a watcher failed");
+                Status::from(error)
+            })?;
         for event in &chunk {
             self.queue(event);
         }

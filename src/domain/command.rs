@@ -11,6 +11,8 @@ use super::service::Service;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     CreatePrefix {
+        /// The new prefix's id, chosen by the caller's edge so that deciding is deterministic.
+        id: PrefixId,
         account_id: AccountId,
         cidr: IpNet,
         asn: Option<u32>,
@@ -26,6 +28,8 @@ pub enum Command {
         prefix_id: PrefixId,
     },
     CreateBinding {
+        /// The new binding's id (unused when a remembered request_id answers instead).
+        id: BindingId,
         account_id: AccountId,
         prefix_id: PrefixId,
         cidr: IpNet,

@@ -16,17 +16,24 @@
 //! [`LogError::Closed`]; the projections keep serving every other read.
 
 mod atomic_file;
+mod checkpoints;
 pub mod codec;
+mod error;
+mod store;
 pub mod tools;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::domain::Event;
 
 use atomic_file::AtomicFile;
+pub use codec::Snapshot;
+pub use error::{CheckpointStatus, LogError, Witness};
+use store::{Handles, damage_or_failure, is_damage};
+pub use store::{StorageFaults, quiet_storage_panics};
+pub(crate) use store::{expecting_storage_panics, panic_message};
 
 const EVENTS_TREE: &str = "events";
 /// The file in which sled keeps its log and pages.
@@ -38,144 +45,9 @@ const MARK_FILE: &str = "log.mark";
 /// Where data directories written before the snapshot moved to its own file kept it.
 const LEGACY_SNAPSHOTS_TREE: &str = "snapshots";
 
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
-    #[error("the log is damaged at revision {revision}: {source}")]
-    Corrupt {
-        revision: u64,
-        #[source]
-        source: codec::DecodeError,
-    },
-    #[error("the log is damaged at revision {revision}: the storage cannot read the page that holds it ({source})")]
-    Unreadable {
-        revision: u64,
-        #[source]
-        source: sled::Error,
-    },
-    /// Damage that cannot be pinned to a revision: sled panicking in its recovery, or the log's
-    /// last record unreadable.
-    #[error("the data directory is damaged (truncated or overwritten files?): {0}")]
-    Damaged(String),
-    #[error("the log has a gap: expected revision {expected}, found {found}")]
-    Gap { expected: u64, found: u64 },
-    #[error("the log has a key that is not a revision: {0:?}")]
-    BadKey(Vec<u8>),
-    #[error("the log ends at revision {head}, but {witness}: events were lost (truncated log?)")]
-    Truncated { head: u64, witness: Witness },
-    #[error("the storage failed and is being reopened")]
-    Closed,
-    #[error("{0}: {1}")]
-    CheckpointFile(&'static str, #[source] std::io::Error),
-}
-
-/// A file beside the log that records a point the log reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Witness {
-    /// `state.snapshot`, taken at this revision.
-    Snapshot(u64),
-    /// `log.mark`, saying the log reached this revision.
-    Mark(u64),
-}
-
-impl std::fmt::Display for Witness {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Witness::Snapshot(revision) => write!(f, "a snapshot of revision {revision} was taken from it"),
-            Witness::Mark(revision) => write!(f, "it had reached revision {revision} ({MARK_FILE})"),
-        }
-    }
-}
-
-/// What a checkpoint file (the snapshot or the mark) says about this log.
-#[derive(Debug, PartialEq, Eq)]
-pub enum CheckpointStatus {
-    Missing,
-    /// It fits the log at this revision.
-    At(u64),
-    /// Its record checksum at this revision differs from the log's: not used.
-    OfAnotherLog(u64),
-    /// It cannot be decoded: not used.
-    Unreadable(String),
-}
-
-/// sled's page cache. The log is read whole only at start-up and in part by lagging watchers;
-/// sled's default (1 GiB) kept ~215 MB more resident after a start at 1.1M events, for no
-/// gain in creates/s (A/B) and a start-up time within noise.
-const PAGE_CACHE_BYTES: u64 = 64 << 20;
-
 /// How long [`EventLog::recover`] waits for a closed database to release its directory lock
 /// (sled frees a dropped database's resources lazily).
 const REOPEN_PATIENCE: Duration = Duration::from_secs(2);
-
-/// A switch that makes appends fail as a full disk would: for tests of the storage-fault path
-/// through the real server (a full disk needs a small filesystem and root). Never set by the
-/// server itself; `ServerOptions::storage_faults` hands it in.
-#[derive(Clone, Debug, Default)]
-pub struct StorageFaults(Arc<AtomicBool>);
-
-impl StorageFaults {
-    pub fn set_disk_full(&self, full: bool) {
-        self.0.store(full, Ordering::SeqCst);
-    }
-
-    fn check(&self) -> Result<(), LogError> {
-        if self.0.load(Ordering::SeqCst) {
-            let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device (injected)");
-            return Err(LogError::Storage(sled::Error::Io(full)));
-        }
-        Ok(())
-    }
-}
-
-/// One open sled database and its tree.
-struct Handles {
-    db: sled::Db,
-    events: sled::Tree,
-    /// sled's data file, for [`make_durable`](Handles::make_durable).
-    file: std::fs::File,
-}
-
-impl Handles {
-    fn open(dir: &Path) -> Result<Handles, LogError> {
-        // Every append flushes explicitly, so sled's periodic background flusher is not needed (and it
-        // would delay exit by up to its period).
-        let config = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .cache_capacity(PAGE_CACHE_BYTES);
-        // sled 0.34 panics (index out of bounds) on some damage, a truncated file among them,
-        // instead of returning an error: turn that into one (nothing it touched is used after).
-        let db = expecting_storage_panics(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())))
-            .map_err(|panic| {
-                LogError::Damaged(format!(
-                    "the storage panicked while recovering it: {}",
-                    panic_message(panic.as_ref())
-                ))
-            })?
-            .map_err(|error| damage_or_failure(error, "the storage cannot read its own files"))?;
-        let events = db.open_tree(EVENTS_TREE)?;
-        let file = std::fs::File::open(dir.join(SLED_FILE)).map_err(sled::Error::Io)?;
-        // The data file's directory entry, durable once (sled creates the file).
-        std::fs::File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(sled::Error::Io)?;
-        Ok(Handles { db, events, file })
-    }
-
-    /// Writes out everything sled buffered, durably. sled's `flush` ends with
-    /// `sync_file_range`, which neither flushes the drive's write cache nor persists the file's
-    /// size (the file grows as the log does), so a power cut could lose an acknowledged group:
-    /// `fdatasync` does both.
-    fn make_durable(&self) -> Result<(), LogError> {
-        self.db.flush()?;
-        self.file.sync_data().map_err(sled::Error::Io)?;
-        Ok(())
-    }
-}
-
 /// The durable, append-only log of every accepted change.
 #[derive(Clone)]
 pub struct EventLog {
@@ -364,90 +236,6 @@ impl EventLog {
         closed.into_iter().chain(stored)
     }
 
-    /// Durably replaces the stored snapshot with `record`, the snapshot of `revision` (unless
-    /// a newer one was saved meanwhile).
-    pub fn save_snapshot(&self, revision: u64, record: &[u8]) -> Result<(), LogError> {
-        self.snapshot
-            .save(revision, record)
-            .map_err(|error| LogError::CheckpointFile(SNAPSHOT_FILE, error))
-    }
-
-    /// The stored snapshot record, if any.
-    pub fn load_snapshot(&self) -> Result<Option<Vec<u8>>, LogError> {
-        self.snapshot
-            .load()
-            .map_err(|error| LogError::CheckpointFile(SNAPSHOT_FILE, error))
-    }
-
-    /// Whether a snapshot or a mark is stored (without reading them).
-    pub fn has_checkpoint(&self) -> Result<bool, LogError> {
-        for (file, name) in [(&self.snapshot, SNAPSHOT_FILE), (&self.mark, MARK_FILE)] {
-            if file.exists().map_err(|error| LogError::CheckpointFile(name, error))? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// Durably records that the log reached `revision`, where a record with `checksum` ends
-    /// (a group's last event, whose checksum [`append`](Self::append) returned): a later
-    /// start refuses a log that ends before it. Writes only the mark file.
-    pub fn save_mark(&self, revision: u64, checksum: u32) -> Result<(), LogError> {
-        self.mark
-            .save(revision, &codec::encode_mark(revision, checksum))
-            .map_err(|error| LogError::CheckpointFile(MARK_FILE, error))
-    }
-
-    /// What the mark says about this log, whose head is `head`: [`LogError::Truncated`] when
-    /// the log ends before it.
-    pub fn check_mark(&self, head: u64) -> Result<CheckpointStatus, LogError> {
-        let record = match self.mark.load() {
-            Ok(None) => return Ok(CheckpointStatus::Missing),
-            Ok(Some(record)) => record,
-            Err(error) => return Ok(CheckpointStatus::Unreadable(error.to_string())),
-        };
-        match codec::decode_mark(&record) {
-            Ok(mark) if self.fits(mark, head, Witness::Mark)? => Ok(CheckpointStatus::At(mark.revision)),
-            Ok(mark) => Ok(CheckpointStatus::OfAnotherLog(mark.revision)),
-            Err(error) => Ok(CheckpointStatus::Unreadable(error.to_string())),
-        }
-    }
-
-    /// The checksum of the record that ends at `revision`, if one does: what a snapshot or a
-    /// mark of `revision` stores to tie itself to this log.
-    pub fn record_checksum(&self, revision: u64) -> Result<Option<u32>, LogError> {
-        let record = self.with(|handles| Ok(handles.events.get(revision.to_be_bytes())?))?;
-        Ok(record.as_deref().and_then(codec::checksum))
-    }
-
-    /// Whether a checkpoint (`witness`) at `position` can stand for this log, whose head is
-    /// `head`: not when it was taken from another log (`Ok(false)`: its record checksum
-    /// differs; older snapshots stored none and are taken on trust), and never when it is
-    /// beyond the head ([`LogError::Truncated`]: the log lost events it once had).
-    pub fn fits(&self, position: codec::LogPosition, head: u64, witness: fn(u64) -> Witness) -> Result<bool, LogError> {
-        if position.revision > head {
-            return Err(LogError::Truncated {
-                head,
-                witness: witness(position.revision),
-            });
-        }
-        match position.log_record_checksum {
-            None => Ok(true),
-            Some(checksum) => Ok(self.record_checksum(position.revision)? == Some(checksum)),
-        }
-    }
-
-    /// Drops the snapshot that data directories written by earlier versions kept inside sled
-    /// (see [`atomic_file`] for why it moved), so that sled can reclaim its blob files.
-    pub fn drop_legacy_snapshot(&self) -> Result<(), LogError> {
-        self.with(|handles| {
-            if handles.db.drop_tree(LEGACY_SNAPSHOTS_TREE)? {
-                handles.make_durable()?;
-            }
-            Ok(())
-        })
-    }
-
     /// Checks the records holding revisions `after + 1` to `last` (continuity, format,
     /// checksum) without decoding them: what a start from a snapshot does instead of a replay,
     /// so that damage the snapshot covers is still found. Ranges can be checked in parallel.
@@ -533,66 +321,6 @@ impl Continuity {
             other => other,
         }
     }
-}
-
-/// Whether a sled read error means damaged files rather than a failing device: a page whose
-/// checksum does not match, or one that lies past the end of the file.
-fn is_damage(error: &sled::Error) -> bool {
-    match error {
-        sled::Error::Corruption { .. } => true,
-        sled::Error::Io(io) => io.kind() == std::io::ErrorKind::UnexpectedEof,
-        _ => false,
-    }
-}
-
-/// A sled error where no revision can be named: damage ([`LogError::Damaged`], saying what
-/// could not be done) or a failing device.
-fn damage_or_failure(error: sled::Error, what: &str) -> LogError {
-    if is_damage(&error) {
-        LogError::Damaged(format!("{what} ({error})"))
-    } else {
-        LogError::Storage(error)
-    }
-}
-
-thread_local! {
-    /// Set while this thread runs sled code that may panic on damaged files.
-    static EXPECTING_STORAGE_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with [`quiet_storage_panics`]' hook silent on this thread: a panic there is caught
-/// and reported as damage, so the default hook's message and backtrace would only be noise.
-pub(crate) fn expecting_storage_panics<T>(f: impl FnOnce() -> T) -> T {
-    /// Restores the flag however `f` ends, unwinding included.
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            EXPECTING_STORAGE_PANICS.set(self.0);
-        }
-    }
-    let _restore = Restore(EXPECTING_STORAGE_PANICS.replace(true));
-    f()
-}
-
-/// Installs a panic hook that stays silent for sled's panics on damaged files (which the log
-/// catches and reports as a damaged data directory) and prints every other panic as before.
-/// For binaries: the hook is process-wide.
-pub fn quiet_storage_panics() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if !EXPECTING_STORAGE_PANICS.get() {
-            default(info);
-        }
-    }));
-}
-
-/// What a caught panic (sled's, on damaged files) said.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
-        .unwrap_or_default()
 }
 
 fn revision_of(key: &[u8]) -> Result<u64, LogError> {

@@ -10,7 +10,7 @@ use std::io::{BufRead, Write};
 
 use serde_json::{Value, json};
 
-use super::{CheckpointStatus, EventLog, LogError, Witness, codec};
+use super::{CheckpointStatus, EventLog, LogError, codec};
 use crate::domain::{Binding, Change, Prefix, ProvisioningState};
 use crate::hex;
 
@@ -81,17 +81,7 @@ pub fn verify(log: &EventLog) -> Result<Verified, LogError> {
     }
     let head = log.head()?;
     let mark = log.check_mark(head)?;
-    let snapshot = match log.load_snapshot() {
-        Ok(None) => CheckpointStatus::Missing,
-        Ok(Some(record)) => match codec::decode_snapshot(&record) {
-            Ok(snapshot) if log.fits(snapshot.position(), head, Witness::Snapshot)? => {
-                CheckpointStatus::At(snapshot.revision)
-            }
-            Ok(snapshot) => CheckpointStatus::OfAnotherLog(snapshot.revision),
-            Err(error) => CheckpointStatus::Unreadable(error.to_string()),
-        },
-        Err(error) => CheckpointStatus::Unreadable(error.to_string()),
-    };
+    let snapshot = log.check_snapshot(head)?;
     Ok(Verified {
         n_events,
         head,
@@ -243,7 +233,7 @@ mod tests {
         ));
         let stray_dir = tempfile::tempdir().unwrap();
         let stray = EventLog::open(stray_dir.path()).unwrap();
-        stray.save_snapshot(25, b"a snapshot of some other log").unwrap();
+        stray.save_snapshot(25, 7, &crate::domain::State::default()).unwrap();
         assert!(matches!(
             import(&stray, exported.as_slice()),
             Err(ToolError::HoldsCheckpoint)

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::Connection;
+use crate::connection::Connection;
 use stats::{Recorder, Summary};
 use workload::Workload;
 

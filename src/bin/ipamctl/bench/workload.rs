@@ -16,9 +16,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use super::BenchArgs;
 
-pub const MAGIC_TRANSIT: &str = "8a1b6bd5c1e24f3e9d3b7a0f5c2e4d61";
-pub const CDN: &str = "c2f0e7a4b9d84b6c8e1f3a5d7b9c0e12";
-pub const SPECTRUM: &str = "5e7d9c1b3a2f4e6d8c0b1a3f5e7d9c23";
+use ipam_bindings::domain::service::{CDN_ID as CDN, MAGIC_TRANSIT_ID as MAGIC_TRANSIT, SPECTRUM_ID as SPECTRUM};
 
 /// One worker's clients (cheap clones over one channel).
 pub struct Clients {

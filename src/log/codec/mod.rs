@@ -4,16 +4,15 @@
 //! writes, is a run of consecutive events: a u32 count (little endian), then an `EventRun`.
 //! Protobuf lets the schema grow without breaking old data; the format byte lets a server
 //! refuse data written by a newer one; the checksum catches a damaged disk before a wrong state
-//! is served.
+//! is served. [`schema`] maps the domain's types to the stored schema and back.
 
-use ipnet::IpNet;
+mod schema;
+
 use prost::Message;
 
-use crate::domain::{
-    AccountId, Binding, BindingId, Change, Event, Micros, Prefix, PrefixId, ProvisioningState, Service, ServiceId,
-    State,
-};
+use crate::domain::{Event, State};
 use crate::pb::events as stored;
+use schema::{from_stored, to_stored};
 
 /// The newest record format this build reads (and the one it writes to the log).
 pub const FORMAT_VERSION: u8 = RUN;
@@ -127,6 +126,8 @@ fn run_count(payload: &[u8]) -> Result<(u64, &[u8]), DecodeError> {
 /// A decoded snapshot.
 pub struct Snapshot {
     pub revision: u64,
+    /// The size of its stored record.
+    pub encoded_len: usize,
     /// The [`checksum`] of the log record ending at `revision` when it was taken.
     pub log_record_checksum: Option<u32>,
     pub state: State,
@@ -175,53 +176,21 @@ pub fn checksum(record: &[u8]) -> Option<u32> {
 /// The stored form of a snapshot of `state` as of `revision` (same header as an event), with
 /// the checksum of the log record ending at `revision`.
 pub fn encode_snapshot(revision: u64, log_record_checksum: Option<u32>, state: &State) -> Vec<u8> {
-    let snapshot = stored::Snapshot {
-        revision,
-        log_record_checksum,
-        prefixes: state.prefixes().map(prefix_record).collect(),
-        bindings: state.bindings().map(binding_record).collect(),
-        requests: state
-            .remembered_requests()
-            .map(|(account_id, request_id, binding)| stored::RememberedRequest {
-                account_id: account_id.as_bytes().to_vec(),
-                request_id: request_id.to_string(),
-                binding: Some(binding_record(binding)),
-            })
-            .collect(),
-    };
-    seal(SINGLE, &[], &snapshot.encode_to_vec())
+    seal(
+        SINGLE,
+        &[],
+        &schema::snapshot_record(revision, log_record_checksum, state).encode_to_vec(),
+    )
 }
 
 pub fn decode_snapshot(record: &[u8]) -> Result<Snapshot, DecodeError> {
     let snapshot =
         stored::Snapshot::decode(unseal_single(record)?).map_err(|error| DecodeError::Body(error.to_string()))?;
-    let prefixes = snapshot
-        .prefixes
-        .into_iter()
-        .map(|record| prefix(Some(record)))
-        .collect::<Result<Vec<_>, _>>();
-    let bindings = snapshot
-        .bindings
-        .into_iter()
-        .map(|record| binding(Some(record)))
-        .collect::<Result<Vec<_>, _>>();
-    let requests = snapshot
-        .requests
-        .into_iter()
-        .map(|request| {
-            let account_id = AccountId::from_bytes(&request.account_id).ok_or("bad account id")?;
-            Ok((account_id, request.request_id, binding(request.binding)?))
-        })
-        .collect::<Result<Vec<_>, String>>();
-    let state = State::restore(
-        prefixes.map_err(DecodeError::Body)?,
-        bindings.map_err(DecodeError::Body)?,
-        requests.map_err(DecodeError::Body)?,
-    );
     Ok(Snapshot {
         revision: snapshot.revision,
+        encoded_len: record.len(),
         log_record_checksum: snapshot.log_record_checksum,
-        state,
+        state: schema::state_of(snapshot).map_err(DecodeError::Body)?,
     })
 }
 
@@ -271,128 +240,10 @@ fn unseal(record: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
     Ok((format, payload))
 }
 
-fn to_stored(event: &Event) -> stored::Event {
-    use stored::event::Change as Stored;
-    let change = match &event.change {
-        Change::PrefixCreated(prefix) => Stored::PrefixCreated(stored::PrefixCreated {
-            prefix: Some(prefix_record(prefix)),
-        }),
-        Change::PrefixUpdated(prefix) => Stored::PrefixUpdated(stored::PrefixUpdated {
-            prefix: Some(prefix_record(prefix)),
-        }),
-        Change::PrefixDeleted(prefix) => Stored::PrefixDeleted(stored::PrefixDeleted {
-            prefix: Some(prefix_record(prefix)),
-        }),
-        Change::BindingCreated { binding, request_id } => Stored::BindingCreated(stored::BindingCreated {
-            binding: Some(binding_record(binding)),
-            request_id: request_id.clone().unwrap_or_default(),
-        }),
-        Change::BindingProvisioningStateChanged(binding) => {
-            Stored::BindingProvisioningStateChanged(stored::BindingProvisioningStateChanged {
-                binding: Some(binding_record(binding)),
-            })
-        }
-        Change::BindingDeleted(binding) => Stored::BindingDeleted(stored::BindingDeleted {
-            binding: Some(binding_record(binding)),
-        }),
-    };
-    stored::Event {
-        time_micros: event.time.0,
-        change: Some(change),
-    }
-}
-
-fn from_stored(revision: u64, event: stored::Event) -> Result<Event, String> {
-    use stored::event::Change as Stored;
-    let change = match event.change.ok_or("event has no change")? {
-        Stored::PrefixCreated(created) => Change::PrefixCreated(prefix(created.prefix)?),
-        Stored::PrefixUpdated(updated) => Change::PrefixUpdated(prefix(updated.prefix)?),
-        Stored::PrefixDeleted(deleted) => Change::PrefixDeleted(prefix(deleted.prefix)?),
-        Stored::BindingCreated(created) => Change::BindingCreated {
-            binding: binding(created.binding)?,
-            request_id: Some(created.request_id).filter(|id| !id.is_empty()),
-        },
-        Stored::BindingProvisioningStateChanged(changed) => {
-            Change::BindingProvisioningStateChanged(binding(changed.binding)?)
-        }
-        Stored::BindingDeleted(deleted) => Change::BindingDeleted(binding(deleted.binding)?),
-    };
-    Ok(Event {
-        revision,
-        time: Micros(event.time_micros),
-        change,
-    })
-}
-
-fn prefix_record(prefix: &Prefix) -> stored::PrefixRecord {
-    stored::PrefixRecord {
-        id: prefix.id.as_bytes().to_vec(),
-        account_id: prefix.account_id.as_bytes().to_vec(),
-        cidr: prefix.cidr.to_string(),
-        asn: prefix.asn,
-        description: prefix.description.clone(),
-        created_at_micros: prefix.created_at.0,
-        modified_at_micros: prefix.modified_at.0,
-    }
-}
-
-fn binding_record(binding: &Binding) -> stored::BindingRecord {
-    let state = match binding.state {
-        ProvisioningState::Provisioning => stored::ProvisioningState::Provisioning,
-        ProvisioningState::Active => stored::ProvisioningState::Active,
-    };
-    stored::BindingRecord {
-        id: binding.id.as_bytes().to_vec(),
-        account_id: binding.account_id.as_bytes().to_vec(),
-        prefix_id: binding.prefix_id.as_bytes().to_vec(),
-        cidr: binding.cidr.to_string(),
-        service_id: binding.service.id().as_bytes().to_vec(),
-        state: state as i32,
-        created_at_micros: binding.created_at.0,
-        modified_at_micros: binding.modified_at.0,
-    }
-}
-
-fn prefix(record: Option<stored::PrefixRecord>) -> Result<Prefix, String> {
-    let record = record.ok_or("prefix record missing")?;
-    Ok(Prefix {
-        id: PrefixId::from_bytes(&record.id).ok_or("bad prefix id")?,
-        account_id: AccountId::from_bytes(&record.account_id).ok_or("bad account id")?,
-        cidr: cidr(&record.cidr)?,
-        asn: record.asn,
-        description: record.description,
-        created_at: Micros(record.created_at_micros),
-        modified_at: Micros(record.modified_at_micros),
-    })
-}
-
-fn binding(record: Option<stored::BindingRecord>) -> Result<Binding, String> {
-    let record = record.ok_or("binding record missing")?;
-    let service_id = ServiceId::from_bytes(&record.service_id).ok_or("bad service id")?;
-    let state = match stored::ProvisioningState::try_from(record.state) {
-        Ok(stored::ProvisioningState::Provisioning) => ProvisioningState::Provisioning,
-        Ok(stored::ProvisioningState::Active) => ProvisioningState::Active,
-        _ => return Err(format!("unknown provisioning state {}", record.state)),
-    };
-    Ok(Binding {
-        id: BindingId::from_bytes(&record.id).ok_or("bad binding id")?,
-        account_id: AccountId::from_bytes(&record.account_id).ok_or("bad account id")?,
-        prefix_id: PrefixId::from_bytes(&record.prefix_id).ok_or("bad prefix id")?,
-        cidr: cidr(&record.cidr)?,
-        service: Service::from_id(service_id).ok_or_else(|| format!("unknown service {service_id}"))?,
-        state,
-        created_at: Micros(record.created_at_micros),
-        modified_at: Micros(record.modified_at_micros),
-    })
-}
-
-fn cidr(text: &str) -> Result<IpNet, String> {
-    text.parse().map_err(|_| format!("bad cidr {text:?}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{AccountId, Binding, BindingId, Change, Micros, Prefix, PrefixId, ProvisioningState, Service};
 
     fn sample() -> Event {
         let binding = Binding {
@@ -466,6 +317,7 @@ mod tests {
         };
         let account_id = AccountId::generate();
         let create = Command::CreatePrefix {
+            id: PrefixId::generate(),
             account_id,
             cidr: "192.0.2.0/24".parse().unwrap(),
             asn: Some(1),
@@ -475,6 +327,7 @@ mod tests {
             panic!()
         };
         let bind = |cidr: &str, service, request_id: &str| Command::CreateBinding {
+            id: BindingId::generate(),
             account_id,
             prefix_id: prefix.id,
             cidr: cidr.parse().unwrap(),
@@ -500,6 +353,7 @@ mod tests {
         let Snapshot {
             revision,
             log_record_checksum,
+            encoded_len: _,
             state: restored,
         } = decode_snapshot(&encode_snapshot(5, Some(7), &state)).unwrap();
         assert_eq!((revision, log_record_checksum), (5, Some(7)));

@@ -1,0 +1,161 @@
+//! Reaching the server: the endpoint (a scheme is optional), TLS, and connection failures
+//! explained in words (refused, unknown host, TLS against a plaintext server and back), and
+//! failed calls printed with everything their status carries.
+
+use std::time::Duration;
+
+use clap::Args;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic_types::StatusExt;
+
+/// TLS towards a server started with --tls-cert (and --tls-client-ca for mutual TLS).
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "TLS options")]
+pub struct TlsArgs {
+    /// PEM CA that signed the server's certificate; turns TLS on (so does an https:// --server).
+    #[arg(long, global = true, env = "IPAM_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for servers that require one (mutual TLS).
+    #[arg(long, global = true, env = "IPAM_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    pub tls_client_cert: Option<std::path::PathBuf>,
+    /// PEM key of --tls-client-cert.
+    #[arg(long, global = true, env = "IPAM_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    pub tls_client_key: Option<std::path::PathBuf>,
+    /// Name to verify in the server's certificate (default: the host of --server).
+    #[arg(long, global = true, env = "IPAM_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+}
+
+impl TlsArgs {
+    fn client_config(&self, url: &str) -> Result<Option<ClientTlsConfig>, String> {
+        if self.tls_ca.is_none() && !url.starts_with("https://") {
+            return Ok(None);
+        }
+        let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = &self.tls_ca {
+            config = config.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_client_cert, &self.tls_client_key) {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(domain) = &self.tls_domain {
+            config = config.domain_name(domain.clone());
+        }
+        Ok(Some(config))
+    }
+}
+
+/// How to reach the server.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub server: String,
+    pub tls: TlsArgs,
+}
+
+impl Connection {
+    /// The URL to dial: `HOST:PORT` as grpcurl users type it means `http://HOST:PORT`, and
+    /// `https://` when a CA is given (an `http://` URL with a CA too).
+    fn url(&self) -> String {
+        let tls = self.tls.tls_ca.is_some();
+        match self.server.split_once("://") {
+            None if tls => format!("https://{}", self.server),
+            None => format!("http://{}", self.server),
+            Some(("http", rest)) if tls => format!("https://{rest}"),
+            Some(_) => self.server.clone(),
+        }
+    }
+
+    pub async fn connect(&self) -> Result<Channel, String> {
+        let url = self.url();
+        let tls = self.tls.client_config(&url)?;
+        let mut endpoint =
+            Channel::from_shared(url.clone()).map_err(|e| format!("bad --server {:?}: {e}", self.server))?;
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS: {e}"))?;
+        }
+        endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|error| explain_connect_error(&url, tls.is_some(), &error))
+    }
+}
+
+/// A connection failure in words, with the chain of causes after it.
+fn explain_connect_error(url: &str, tls: bool, error: &(dyn std::error::Error + 'static)) -> String {
+    let causes = causes(error);
+    let lower = causes.to_ascii_lowercase();
+    let io_kind = std::iter::successors(Some(error), |error| error.source())
+        .find_map(|error| error.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    let why = if io_kind == Some(std::io::ErrorKind::ConnectionRefused) {
+        "connection refused: is ipam-bindings running there?".to_string()
+    } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        "unknown host".to_string()
+    } else if tls
+        && (lower.contains("corrupt message") || lower.contains("invalidcontenttype") || lower.contains("tls"))
+    {
+        "the TLS handshake failed: is the server plaintext? Use an http:// --server without --tls-ca".to_string()
+    } else if !tls && (lower.contains("connection reset") || lower.contains("closed") || lower.contains("frame")) {
+        "the server hung up on plaintext HTTP/2: does it serve TLS? Use https:// or --tls-ca".to_string()
+    } else if lower.contains("timed out") {
+        "no answer within 5 s".to_string()
+    } else {
+        "connection failed".to_string()
+    };
+    format!("cannot connect to {url}: {why} ({causes})")
+}
+
+/// An error and its sources, joined with ": ".
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(error), |error| error.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// A failed call, printed with everything the status carries.
+pub fn describe(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    // A transport failure (refused TLS handshake, connection reset) says why only in its sources.
+    if let Some(source) = std::error::Error::source(status) {
+        text.push_str(&format!(": {}", causes(source)));
+    }
+    if let Some(info) = status.get_details_error_info() {
+        let code = info.metadata.get("code").cloned().unwrap_or_default();
+        text.push_str(&format!("\n  reason: {} (code {code})", info.reason));
+    }
+    if let Some(bad_request) = status.get_details_bad_request() {
+        for violation in bad_request.field_violations {
+            text.push_str(&format!("\n  field {}: {}", violation.field, violation.description));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(server: &str, tls_ca: bool) -> String {
+        let tls = TlsArgs {
+            tls_ca: tls_ca.then(|| "ca.pem".into()),
+            ..TlsArgs::default()
+        };
+        Connection {
+            server: server.into(),
+            tls,
+        }
+        .url()
+    }
+
+    #[test]
+    fn a_server_without_a_scheme_is_accepted() {
+        assert_eq!(url("localhost:50051", false), "http://localhost:50051");
+        assert_eq!(url("localhost:50051", true), "https://localhost:50051");
+        assert_eq!(url("http://localhost:50051", true), "https://localhost:50051");
+        assert_eq!(url("https://h:1", false), "https://h:1");
+        assert_eq!(url("http://h:1", false), "http://h:1");
+    }
+}

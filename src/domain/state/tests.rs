@@ -1,0 +1,498 @@
+//! Given events, when a command, expect events or an error.
+use super::*;
+use crate::domain::{Command, Micros, Outcome, Service};
+
+const NOW: Micros = Micros(1_700_000_000_000_000);
+
+fn account() -> AccountId {
+    AccountId::generate()
+}
+
+fn net(text: &str) -> IpNet {
+    text.parse().unwrap()
+}
+
+struct World {
+    state: State,
+    revision: u64,
+    /// Every event applied, in order.
+    log: Vec<Event>,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            state: State::default(),
+            revision: 0,
+            log: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, command: Command) -> Result<Outcome, Error> {
+        let decision = self.state.decide(&command, NOW)?;
+        for change in decision.changes {
+            self.revision += 1;
+            let event = Event {
+                revision: self.revision,
+                time: NOW,
+                change,
+            };
+            self.state.apply(&event);
+            self.log.push(event);
+        }
+        Ok(decision.outcome)
+    }
+
+    fn prefix(&mut self, account_id: AccountId, cidr: &str) -> Prefix {
+        let command = Command::CreatePrefix {
+            id: PrefixId::generate(),
+            account_id,
+            cidr: net(cidr),
+            asn: None,
+            description: String::new(),
+        };
+        match self.run(command).unwrap() {
+            Outcome::Prefix(prefix) => prefix,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn bind(&mut self, prefix: &Prefix, cidr: &str, service: Service) -> Result<Binding, Error> {
+        let command = Command::CreateBinding {
+            id: BindingId::generate(),
+            account_id: prefix.account_id,
+            prefix_id: prefix.id,
+            cidr: net(cidr),
+            service,
+            request_id: None,
+        };
+        self.run(command).map(|outcome| match outcome {
+            Outcome::Binding(binding) => binding,
+            other => panic!("{other:?}"),
+        })
+    }
+}
+
+fn reason<T: std::fmt::Debug>(result: Result<T, Error>) -> Reason {
+    result.unwrap_err().reason
+}
+
+#[test]
+fn prefixes_never_overlap_across_accounts() {
+    let mut world = World::new();
+    world.prefix(account(), "192.0.2.0/24");
+    for cidr in ["192.0.2.0/24", "192.0.0.0/16", "0.0.0.0/0"] {
+        let command = Command::CreatePrefix {
+            id: PrefixId::generate(),
+            account_id: account(),
+            cidr: net(cidr),
+            asn: None,
+            description: String::new(),
+        };
+        assert_eq!(reason(world.run(command)), Reason::PrefixOverlaps, "{cidr}");
+    }
+    world.prefix(account(), "192.0.3.0/24");
+    world.prefix(account(), "2001:db8::/48");
+}
+
+#[test]
+fn the_provisioning_count_follows_every_binding_change() {
+    let mut world = World::new();
+    let prefix = world.prefix(account(), "192.0.2.0/24");
+    let wide = world.bind(&prefix, "192.0.2.0/24", Service::MagicTransit).unwrap();
+    let one = world.bind(&prefix, "192.0.2.1/32", Service::Cdn).unwrap();
+    let two = world.bind(&prefix, "192.0.2.2/32", Service::Cdn).unwrap();
+    let counted = |world: &World| {
+        (
+            world.state.n_provisioning(),
+            world.state.provisioning_bindings().count(),
+        )
+    };
+    assert_eq!(counted(&world), (3, 3));
+    world.run(Command::ActivateBinding { binding_id: wide.id }).unwrap();
+    world.run(Command::ActivateBinding { binding_id: wide.id }).unwrap();
+    assert_eq!(counted(&world), (2, 2), "activating twice counts once");
+    let delete = |binding: &Binding| Command::DeleteBinding {
+        account_id: binding.account_id,
+        prefix_id: binding.prefix_id,
+        binding_id: binding.id,
+    };
+    world.run(delete(&one)).unwrap();
+    assert_eq!(counted(&world), (1, 1));
+    world.run(Command::ActivateBinding { binding_id: two.id }).unwrap();
+    world.run(delete(&two)).unwrap();
+    assert_eq!(counted(&world), (0, 0));
+    let restored = State::restore(
+        world.state.prefixes().cloned(),
+        world.state.bindings().cloned().chain([one]),
+        [],
+    );
+    assert_eq!(restored.n_provisioning(), 1, "a restored state counts its bindings");
+}
+
+#[test]
+fn first_binding_must_cover_the_prefix() {
+    let mut world = World::new();
+    let prefix = world.prefix(account(), "192.0.2.0/24");
+    assert_eq!(
+        reason(world.bind(&prefix, "192.0.2.0/25", Service::Cdn)),
+        Reason::FirstBindingMustCoverPrefix
+    );
+    let binding = world.bind(&prefix, "192.0.2.0/24", Service::Spectrum).unwrap();
+    assert_eq!(binding.state, ProvisioningState::Provisioning);
+}
+
+#[test]
+fn later_bindings_are_inside_same_family_unique_and_layered() {
+    let mut world = World::new();
+    let prefix = world.prefix(account(), "192.0.2.0/24");
+    world.bind(&prefix, "192.0.2.0/24", Service::MagicTransit).unwrap();
+    assert_eq!(
+        reason(world.bind(&prefix, "2001:db8::/64", Service::Cdn)),
+        Reason::CidrFamilyMismatch
+    );
+    assert_eq!(
+        reason(world.bind(&prefix, "192.0.3.0/32", Service::Cdn)),
+        Reason::CidrOutsidePrefix
+    );
+    assert_eq!(
+        reason(world.bind(&prefix, "192.0.0.0/16", Service::Cdn)),
+        Reason::CidrOutsidePrefix
+    );
+    assert_eq!(
+        reason(world.bind(&prefix, "192.0.2.0/24", Service::Cdn)),
+        Reason::BindingAlreadyExists
+    );
+    assert_eq!(
+        reason(world.bind(&prefix, "192.0.2.1/32", Service::MagicTransit)),
+        Reason::ServiceLayeringNotAllowed
+    );
+    world.bind(&prefix, "192.0.2.1/32", Service::Cdn).unwrap();
+    assert_eq!(
+        reason(world.bind(&prefix, "192.0.2.1/32", Service::Spectrum)),
+        Reason::BindingAlreadyExists
+    );
+    // Layering is judged against the prefix-wide binding only.
+    world.bind(&prefix, "192.0.2.0/31", Service::Spectrum).unwrap();
+}
+
+#[test]
+fn deletes_keep_the_prefix_wide_binding_last() {
+    let mut world = World::new();
+    let prefix = world.prefix(account(), "192.0.2.0/24");
+    let wide = world.bind(&prefix, "192.0.2.0/24", Service::Cdn).unwrap();
+    let narrow = world.bind(&prefix, "192.0.2.128/25", Service::Spectrum).unwrap();
+    let delete = |binding: &Binding| Command::DeleteBinding {
+        account_id: prefix.account_id,
+        prefix_id: prefix.id,
+        binding_id: binding.id,
+    };
+    let delete_prefix = Command::DeletePrefix {
+        account_id: prefix.account_id,
+        prefix_id: prefix.id,
+    };
+    assert_eq!(reason(world.run(delete(&wide))), Reason::PrefixWideBindingInUse);
+    assert_eq!(reason(world.run(delete_prefix.clone())), Reason::PrefixHasBindings);
+    world.run(delete(&narrow)).unwrap();
+    world.run(delete(&wide)).unwrap();
+    assert_eq!(reason(world.run(delete(&wide))), Reason::BindingNotFound);
+    world.run(delete_prefix.clone()).unwrap();
+    assert_eq!(reason(world.run(delete_prefix)), Reason::PrefixNotFound);
+}
+
+#[test]
+fn other_accounts_see_not_found() {
+    let mut world = World::new();
+    let prefix = world.prefix(account(), "192.0.2.0/24");
+    let binding = world.bind(&prefix, "192.0.2.0/24", Service::Cdn).unwrap();
+    let stranger = account();
+    assert_eq!(reason(world.state.prefix(stranger, prefix.id)), Reason::PrefixNotFound);
+    assert_eq!(
+        reason(world.state.binding(stranger, prefix.id, binding.id)),
+        Reason::PrefixNotFound
+    );
+    let other_prefix = world.prefix(prefix.account_id, "198.51.100.0/24");
+    assert_eq!(
+        reason(world.state.binding(prefix.account_id, other_prefix.id, binding.id)),
+        Reason::BindingNotFound
+    );
+}
+
+#[test]
+fn request_ids_replay_the_first_binding_and_refuse_other_fields() {
+    let mut world = World::new();
+    let prefix = world.prefix(account(), "192.0.2.0/24");
+    let create = |cidr: &str, service| Command::CreateBinding {
+        id: BindingId::generate(),
+        account_id: prefix.account_id,
+        prefix_id: prefix.id,
+        cidr: net(cidr),
+        service,
+        request_id: Some("retry-me".into()),
+    };
+    let first = world.run(create("192.0.2.0/24", Service::Cdn)).unwrap();
+    let revision = world.revision;
+    assert_eq!(world.run(create("192.0.2.0/24", Service::Cdn)).unwrap(), first);
+    assert_eq!(world.revision, revision, "a retry appends nothing");
+    assert_eq!(
+        reason(world.run(create("192.0.2.0/24", Service::Spectrum))),
+        Reason::RequestIdReused
+    );
+    // Another account may use the same key.
+    let other = world.prefix(account(), "198.51.100.0/24");
+    let command = Command::CreateBinding {
+        id: BindingId::generate(),
+        account_id: other.account_id,
+        prefix_id: other.id,
+        cidr: other.cidr,
+        service: Service::Cdn,
+        request_id: Some("retry-me".into()),
+    };
+    assert!(world.run(command).is_ok());
+}
+
+#[test]
+fn activation_happens_once_and_never_after_delete() {
+    let mut world = World::new();
+    let prefix = world.prefix(account(), "192.0.2.0/24");
+    let binding = world.bind(&prefix, "192.0.2.0/24", Service::Cdn).unwrap();
+    let activate = Command::ActivateBinding { binding_id: binding.id };
+    assert!(
+        matches!(world.run(activate.clone()).unwrap(), Outcome::Binding(b) if b.state == ProvisioningState::Active)
+    );
+    let revision = world.revision;
+    assert_eq!(world.run(activate.clone()).unwrap(), Outcome::Nothing);
+    let second = world.bind(&prefix, "192.0.2.0/25", Service::Spectrum).unwrap();
+    world
+        .run(Command::DeleteBinding {
+            account_id: prefix.account_id,
+            prefix_id: prefix.id,
+            binding_id: second.id,
+        })
+        .unwrap();
+    assert_eq!(
+        world.run(Command::ActivateBinding { binding_id: second.id }).unwrap(),
+        Outcome::Nothing
+    );
+    assert_eq!(world.revision, revision + 2);
+}
+
+#[test]
+fn pages_follow_network_order() {
+    let mut world = World::new();
+    let account_id = account();
+    for cidr in ["2001:db8::/48", "198.51.100.0/24", "10.0.0.0/8", "192.0.2.0/24"] {
+        world.prefix(account_id, cidr);
+    }
+    let first = world.state.list_prefixes(account_id, None, 3);
+    let cidrs: Vec<_> = first.items.iter().map(|p| p.cidr.to_string()).collect();
+    assert_eq!(cidrs, ["10.0.0.0/8", "192.0.2.0/24", "198.51.100.0/24"]);
+    let second = world.state.list_prefixes(account_id, first.next_after, 3);
+    assert_eq!(second.items.len(), 1);
+    assert_eq!(second.next_after, None);
+    let exact = world.state.list_prefixes(account_id, None, 4);
+    assert_eq!(exact.next_after, None);
+}
+
+/// Everything a state answers, for comparing two of them.
+fn everything(state: &State, accounts: &[AccountId], prefix_ids: &[PrefixId]) -> impl PartialEq + std::fmt::Debug {
+    let prefixes: Vec<Vec<Prefix>> = (accounts.iter())
+        .map(|account| {
+            state
+                .list_prefixes(*account, None, 10_000)
+                .items
+                .into_iter()
+                .cloned()
+                .collect()
+        })
+        .collect();
+    let bindings: Vec<Vec<Binding>> = (prefix_ids.iter())
+        .map(|prefix| {
+            state
+                .list_bindings(*prefix, None, 10_000)
+                .items
+                .into_iter()
+                .cloned()
+                .collect()
+        })
+        .collect();
+    let mut requests: Vec<(AccountId, String, Binding)> = (state.remembered_requests())
+        .map(|(account, id, binding)| (account, id.to_string(), binding.clone()))
+        .collect();
+    requests.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut all_bindings: Vec<Binding> = state.bindings().cloned().collect();
+    all_bindings.sort_by_key(|binding| binding.id);
+    (
+        prefixes,
+        bindings,
+        requests,
+        all_bindings,
+        state.n_prefixes(),
+        state.n_provisioning(),
+    )
+}
+
+#[test]
+fn a_copy_taken_in_chunks_while_writes_go_on_is_exact_after_the_events_since_its_start() {
+    for seed in 0..20 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut world = World::new();
+        let accounts = [account(), account()];
+        let mut prefixes: Vec<Prefix> = Vec::new();
+        let mut bindings: Vec<Binding> = Vec::new();
+        let mut step = |world: &mut World, rng: &mut fastrand::Rng| match rng.u8(0..20) {
+            0..=3 => {
+                let cidr = format!("10.{}.{}.0/24", rng.u8(0..4), rng.u8(0..4));
+                let command = Command::CreatePrefix {
+                    id: PrefixId::generate(),
+                    account_id: accounts[rng.usize(0..2)],
+                    cidr: net(&cidr),
+                    asn: None,
+                    description: format!("d{}", rng.u8(..)),
+                };
+                if let Ok(Outcome::Prefix(prefix)) = world.run(command) {
+                    prefixes.push(prefix);
+                }
+            }
+            4..=13 if !prefixes.is_empty() => {
+                let prefix = prefixes[rng.usize(0..prefixes.len())].clone();
+                let base = u32::from(match prefix.cidr {
+                    IpNet::V4(v4) => v4.network(),
+                    IpNet::V6(_) => unreachable!(),
+                });
+                let cidr = match rng.u8(0..3) {
+                    0 => prefix.cidr.to_string(),
+                    _ => format!("{}/32", std::net::Ipv4Addr::from(base + rng.u32(0..64))),
+                };
+                let request_id = rng.bool().then(|| format!("r{}", rng.u16(0..1000)));
+                let command = Command::CreateBinding {
+                    id: BindingId::generate(),
+                    account_id: prefix.account_id,
+                    prefix_id: prefix.id,
+                    cidr: net(&cidr),
+                    service: Service::ALL[rng.usize(0..3)],
+                    request_id,
+                };
+                if let Ok(Outcome::Binding(binding)) = world.run(command) {
+                    bindings.push(binding);
+                }
+            }
+            14 | 15 if !bindings.is_empty() => {
+                let binding = &bindings[rng.usize(0..bindings.len())];
+                let _ = world.run(Command::ActivateBinding { binding_id: binding.id });
+            }
+            16..=18 if !bindings.is_empty() => {
+                let binding = &bindings[rng.usize(0..bindings.len())];
+                let _ = world.run(Command::DeleteBinding {
+                    account_id: binding.account_id,
+                    prefix_id: binding.prefix_id,
+                    binding_id: binding.id,
+                });
+            }
+            _ if !prefixes.is_empty() => {
+                let prefix = &prefixes[rng.usize(0..prefixes.len())];
+                let _ = world.run(Command::DeletePrefix {
+                    account_id: prefix.account_id,
+                    prefix_id: prefix.id,
+                });
+            }
+            _ => {}
+        };
+        for _ in 0..1000 {
+            step(&mut world, &mut rng);
+        }
+        let started_at = world.revision;
+        let mut copy = world.state.start_copy();
+        loop {
+            for _ in 0..rng.usize(0..8) {
+                step(&mut world, &mut rng);
+            }
+            if copy.copy_from(&world.state, 1) {
+                break;
+            }
+        }
+        let mut copied = copy.into_state();
+        for event in world.log.iter().filter(|event| event.revision > started_at) {
+            copied.apply(event);
+        }
+        let prefix_ids: Vec<PrefixId> = prefixes.iter().map(|prefix| prefix.id).collect();
+        assert!(
+            world.revision > started_at + 20,
+            "seed {seed}: writes went on during the copy ({started_at} -> {}, {} prefixes, {} bindings)",
+            world.revision,
+            world.state.n_prefixes(),
+            world.state.n_bindings()
+        );
+        assert_eq!(
+            everything(&copied, &accounts, &prefix_ids),
+            everything(&world.state, &accounts, &prefix_ids),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn a_replay_builds_the_state_that_applying_each_event_does() {
+    let mut world = World::new();
+    let (account_id, other_account) = (account(), account());
+    let kept = world.prefix(account_id, "192.0.2.0/24");
+    let gone = world.prefix(account_id, "198.51.100.0/24");
+    let elsewhere = world.prefix(other_account, "10.0.0.0/8");
+    world.bind(&kept, "192.0.2.0/24", Service::MagicTransit).unwrap();
+    let narrow = world.bind(&kept, "192.0.2.1/32", Service::Cdn).unwrap();
+    let wide = world.bind(&gone, "198.51.100.0/24", Service::Cdn).unwrap();
+    world.bind(&elsewhere, "10.0.0.0/8", Service::Spectrum).unwrap();
+    world.run(Command::ActivateBinding { binding_id: narrow.id }).unwrap();
+    world
+        .run(Command::DeleteBinding {
+            account_id,
+            prefix_id: gone.id,
+            binding_id: wide.id,
+        })
+        .unwrap();
+    world
+        .run(Command::DeletePrefix {
+            account_id,
+            prefix_id: gone.id,
+        })
+        .unwrap();
+
+    let (replayed, head) = State::replay(world.log.iter().cloned().map(Ok::<_, ()>)).unwrap();
+    assert_eq!(head, world.revision);
+    let view = |state: &State| {
+        let prefixes = |account| -> Vec<Prefix> {
+            state
+                .list_prefixes(account, None, 100)
+                .items
+                .into_iter()
+                .cloned()
+                .collect()
+        };
+        let bindings = |prefix: &Prefix| -> Vec<Binding> {
+            state
+                .list_bindings(prefix.id, None, 100)
+                .items
+                .into_iter()
+                .cloned()
+                .collect()
+        };
+        (
+            prefixes(account_id),
+            prefixes(other_account),
+            bindings(&kept),
+            bindings(&gone),
+            bindings(&elsewhere),
+            state.n_prefixes(),
+            state.n_bindings(),
+            state.n_provisioning(),
+            state.covering_prefix(&net("192.0.2.7/32")).map(|prefix| prefix.id),
+        )
+    };
+    assert_eq!(view(&replayed), view(&world.state));
+    assert_eq!(
+        view(&replayed).3,
+        Vec::<Binding>::new(),
+        "the deleted prefix's binding is gone"
+    );
+    assert_eq!(view(&replayed).7, 2, "two bindings still provisioning");
+}

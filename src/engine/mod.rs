@@ -1,0 +1,203 @@
+//! The write side of the service. Every change goes through one thread, in this order:
+//! decide (against the writer's own copy of the state) -> append the group to the log and fsync
+//! once -> apply to the read projections -> publish to watchers -> reply. Commands that queue up
+//! while an fsync runs form the next group, so concurrent writers share fsyncs (group commit)
+//! and the rules hold under any concurrency: decisions are serialized, and each one sees every
+//! decision before it, durable or about to be.
+//!
+//! Rooms: this file is the handle callers hold ([`Engine`]); [`startup`] rebuilds the state
+//! from the log; [`writer`] is the writer thread (group commit, roll-back); [`checkpoint`]
+//! keeps the snapshot and the length mark beside the log.
+
+mod checkpoint;
+mod startup;
+mod writer;
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::domain::{Command, Error, Event, Outcome, Reason};
+use crate::log::{CheckpointStatus, EventLog, LogError};
+use crate::metrics::WriteMetrics;
+use crate::projection::Projections;
+
+/// Commands waiting for the writer before callers wait to enqueue.
+const QUEUE_DEPTH: usize = 8192;
+/// Committed groups buffered for watchers; a watcher further behind catches up from the log.
+const FEED_CAPACITY: usize = 4096;
+
+/// A group of events, durable and applied, in revision order.
+pub type CommittedGroup = Arc<[Event]>;
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("a start-up thread failed unexpectedly (damaged storage?): {0}")]
+    Panicked(String),
+    #[error("cannot start the engine's threads: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+impl StartError {
+    fn panicked(panic: Box<dyn std::any::Any + Send>) -> StartError {
+        StartError::Panicked(crate::log::panic_message(panic.as_ref()))
+    }
+}
+
+/// What the writer thread is asked to do.
+enum Job {
+    Execute {
+        command: Command,
+        reply: oneshot::Sender<Result<Outcome, Error>>,
+    },
+    Stop,
+}
+
+/// The write side of the service: submit commands, read projections, follow commits.
+pub struct Engine {
+    jobs: mpsc::Sender<Job>,
+    projections: Projections,
+    feed: broadcast::Sender<CommittedGroup>,
+    log: EventLog,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    marker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Rebuilds the projections from the log (from the snapshot when one is usable), then
+    /// starts the writer, which takes a background snapshot every `snapshot_every` events.
+    /// Blocking: call it from a blocking context.
+    pub fn start(log: EventLog, metrics: Arc<WriteMetrics>, snapshot_every: u64) -> Result<Engine, StartError> {
+        let started = Instant::now();
+        if let Err(error) = log.drop_legacy_snapshot() {
+            warn!(%error, "cannot drop the snapshot an earlier version kept in sled");
+        }
+        let log_head = log.head()?;
+        match log.check_mark(log_head)? {
+            CheckpointStatus::OfAnotherLog(revision) => {
+                warn!(
+                    revision,
+                    "the length mark was written by another log (its record differs); ignored"
+                )
+            }
+            CheckpointStatus::Unreadable(why) => warn!(why, "the length mark is unreadable; ignored"),
+            CheckpointStatus::Missing | CheckpointStatus::At(_) => {}
+        }
+        let rebuilt = startup::rebuild(&log, log_head)?;
+        let model = &rebuilt.model;
+        info!(
+            head = model.head,
+            snapshot_revision = rebuilt.snapshot_revision,
+            replayed = model.head - rebuilt.snapshot_revision,
+            prefixes = model.state.n_prefixes(),
+            bindings = model.state.n_bindings(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "projections rebuilt from the log"
+        );
+        let head = model.head;
+        let projections = Projections::new(rebuilt.model);
+        let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let (marks, marker) = checkpoint::spawn_marker(log.clone()).map_err(StartError::Thread)?;
+        let writer = writer::Writer::new(writer::WriterParts {
+            queue,
+            state: rebuilt.writer_state,
+            head,
+            log: log.clone(),
+            projections: projections.clone(),
+            feed: feed.clone(),
+            metrics,
+            snapshots: checkpoint::Snapshots::new(rebuilt.snapshot_revision, snapshot_every),
+            marks,
+        });
+        let handle = std::thread::Builder::new()
+            .name("ipam-writer".into())
+            .spawn(move || writer.run())
+            .map_err(StartError::Thread)?;
+        Ok(Engine {
+            jobs,
+            projections,
+            feed,
+            log,
+            writer: Mutex::new(Some(handle)),
+            marker: Mutex::new(Some(marker)),
+        })
+    }
+
+    /// Runs a command through the writer; returns once its events are durable and visible to
+    /// reads (read-your-writes).
+    pub async fn execute(&self, command: Command) -> Result<Outcome, Error> {
+        let (reply, outcome) = oneshot::channel();
+        self.jobs
+            .send(Job::Execute { command, reply })
+            .await
+            .map_err(|_| shutting_down())?;
+        outcome.await.map_err(|_| shutting_down())?
+    }
+
+    pub fn projections(&self) -> &Projections {
+        &self.projections
+    }
+
+    /// Every group committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<CommittedGroup> {
+        self.feed.subscribe()
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    /// Up to `max` events after revision `after`, none past `up_to`, read from the log: what
+    /// a watcher that fell behind the feed catches up with. Blocking: call it from a blocking
+    /// context.
+    pub fn history(&self, after: u64, up_to: u64, max: usize) -> Result<Vec<Event>, Error> {
+        self.log
+            .read_after(after)
+            .take_while(|event| event.as_ref().map_or(true, |event| event.revision <= up_to))
+            .take(max)
+            .collect::<Result<Vec<Event>, _>>()
+            .map_err(|error| match error {
+                LogError::Closed => Error::new(
+                    Reason::StorageUnavailable,
+                    "the storage is recovering from a failure; resume from your last revision",
+                ),
+                error => Error::new(Reason::Internal, format!("the event log could not be read: {error}")),
+            })
+    }
+
+    /// Lets the writer finish what is queued, makes the log durable and stops it. Later
+    /// commands fail with NOT_READY.
+    pub async fn stop(&self) {
+        let _ = self.jobs.send(Job::Stop).await;
+        // The marker ends once the writer (which feeds it) has.
+        let threads =
+            [&self.writer, &self.marker].map(|thread| thread.lock().ok().and_then(|mut thread| thread.take()));
+        let _ =
+            tokio::task::spawn_blocking(move || threads.into_iter().flatten().for_each(|thread| drop(thread.join())))
+                .await;
+        // A checkpoint of the final state makes the next start replay nothing.
+        let (log, projections) = (self.log.clone(), self.projections.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let model = projections.read();
+            checkpoint::checkpoint_final(&log, model.head, &model.state);
+        })
+        .await;
+        if let Err(error) = self.log.flush() {
+            error!(%error, "final flush of the log failed");
+        }
+    }
+}
+
+fn shutting_down() -> Error {
+    Error::new(
+        Reason::NotReady,
+        "the server is shutting down; retry on another instance",
+    )
+}

@@ -1,0 +1,110 @@
+//! Start-up: the read model and the writer's copy of the state, rebuilt from the log, from
+//! the snapshot when one is usable.
+
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::StartError;
+use crate::domain::State;
+use crate::log::{EventLog, Witness};
+use crate::projection::ReadModel;
+use crate::projection::routing::RoutingTable;
+
+/// What a start rebuilt from the log.
+pub(super) struct Rebuilt {
+    pub model: ReadModel,
+    /// The writer's own copy of the state, equal to the model's.
+    pub writer_state: State,
+    /// The revision of the snapshot the start began from (0: none).
+    pub snapshot_revision: u64,
+}
+
+/// The state as of the log's head (`log_head`): the snapshot plus the tail after it, or the
+/// whole log when no snapshot is usable.
+pub(super) fn rebuild(log: &EventLog, log_head: u64) -> Result<Rebuilt, StartError> {
+    let (mut model, mut writer_state) = match restore_snapshot(log, log_head)? {
+        Some(restored) => restored,
+        None => {
+            // No usable snapshot: the whole log, its records folded event by event and the
+            // indexes and routing tables built once at the end.
+            let (state, head) = State::replay(log.read_after(0))?;
+            read_model_of(state, head)?
+        }
+    };
+    let snapshot_revision = model.head;
+    // The tail past the snapshot (nothing after a full replay).
+    for event in log.read_after(model.head) {
+        let event = event?;
+        model.apply(&event);
+        writer_state.apply(&event);
+    }
+    Ok(Rebuilt {
+        model,
+        writer_state,
+        snapshot_revision,
+    })
+}
+
+/// The read model of the stored snapshot and the writer's copy of its state, if there is a
+/// usable snapshot. A missing or unreadable snapshot, or one taken from another log, is `None`
+/// (full replay). A snapshot newer than the log's head means the log lost events it once had,
+/// and a damaged record under the snapshot is damage all the same: both refuse to start rather
+/// than serve from a log that is not sound.
+fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, State)>, StartError> {
+    match log.has_snapshot() {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(error) => {
+            warn!(%error, "cannot read the snapshot; replaying the whole log");
+            return Ok(None);
+        }
+    }
+    // The records under the snapshot are checked (not decoded) while the snapshot decodes:
+    // damage there must still stop the start, as a full replay would have. Checking runs is
+    // quick next to decoding the snapshot (docs/benchmarks.md, Restart).
+    let started = Instant::now();
+    let (checked, loaded) = std::thread::scope(|scope| {
+        let check = scope.spawn(|| crate::log::expecting_storage_panics(|| log.check_records(0, log_head)));
+        let loaded = log.load_snapshot();
+        let checked = check.join().map_err(StartError::panicked);
+        (checked, loaded)
+    });
+    let snapshot = match loaded {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => return Ok(None),
+        Err(error) => {
+            warn!(%error, "cannot read the snapshot; replaying the whole log");
+            return Ok(None);
+        }
+    };
+    let fits = log.fits(snapshot.position(), log_head, Witness::Snapshot)?;
+    checked??;
+    if !fits {
+        warn!(
+            revision = snapshot.revision,
+            "the snapshot was not taken from this log (its record at that revision differs); replaying the whole log"
+        );
+        return Ok(None);
+    }
+    let restored = read_model_of(snapshot.state, snapshot.revision)?;
+    info!(
+        revision = snapshot.revision,
+        bytes = snapshot.encoded_len,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "snapshot restored"
+    );
+    Ok(Some(restored))
+}
+
+/// The read model over `state` (as of `head`) and the writer's copy of it: the copy is made
+/// while the routing tables are built, on another thread.
+fn read_model_of(state: State, head: u64) -> Result<(ReadModel, State), StartError> {
+    let (writer_state, routes) = std::thread::scope(|scope| {
+        let copy = scope.spawn(|| state.clone());
+        let routes = RoutingTable::of(&state);
+        (copy.join(), routes)
+    });
+    let writer_state = writer_state.map_err(StartError::panicked)?;
+    Ok((ReadModel { state, routes, head }, writer_state))
+}

@@ -1,0 +1,218 @@
+//! The writer thread: takes the queued commands as one group, decides each against its own
+//! copy of the state, appends the group's events to the log with one fsync, applies them to
+//! the projections, publishes them and replies. A failed append rolls the group back: no one
+//! in it gets a success, and the log is recovered before the next append.
+
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::Instant;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, error, warn};
+
+use super::checkpoint::{MARK_EVERY, Mark, Snapshots};
+use super::{CommittedGroup, Job};
+use crate::domain::{Command, Error, Event, Micros, Outcome, Reason, State};
+use crate::log::{EventLog, LogError};
+use crate::metrics::WriteMetrics;
+use crate::projection::Projections;
+
+/// Most commands decided and committed as one group (one fsync).
+const MAX_GROUP: usize = 1024;
+
+type Reply = (oneshot::Sender<Result<Outcome, Error>>, Result<Outcome, Error>);
+
+/// What a writer is made of (see [`Writer`]'s fields).
+pub(super) struct WriterParts {
+    pub queue: mpsc::Receiver<Job>,
+    pub state: State,
+    /// The log's head, as of `state`.
+    pub head: u64,
+    pub log: EventLog,
+    pub projections: Projections,
+    pub feed: broadcast::Sender<CommittedGroup>,
+    pub metrics: Arc<WriteMetrics>,
+    pub snapshots: Snapshots,
+    pub marks: std_mpsc::Sender<Mark>,
+}
+
+pub(super) struct Writer {
+    queue: mpsc::Receiver<Job>,
+    /// The writer's own copy of the state: it runs ahead of the projections by the group being
+    /// committed, so that each decision sees the ones before it.
+    state: State,
+    next_revision: u64,
+    log: EventLog,
+    projections: Projections,
+    feed: broadcast::Sender<CommittedGroup>,
+    metrics: Arc<WriteMetrics>,
+    snapshots: Snapshots,
+    /// An append failed and the log could not be recovered yet: recover before the next one.
+    log_needs_recovery: bool,
+    /// The runtime the callers wait on (none when started outside one, as in unit tests).
+    runtime: Option<tokio::runtime::Handle>,
+    /// Durable heads for the marker thread.
+    marks: std_mpsc::Sender<Mark>,
+    /// When the last head was sent to the marker (none yet: the first commit sends one).
+    last_mark: Option<Instant>,
+}
+
+impl Writer {
+    pub(super) fn new(parts: WriterParts) -> Writer {
+        Writer {
+            queue: parts.queue,
+            state: parts.state,
+            next_revision: parts.head + 1,
+            log: parts.log,
+            projections: parts.projections,
+            feed: parts.feed,
+            metrics: parts.metrics,
+            snapshots: parts.snapshots,
+            log_needs_recovery: false,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            marks: parts.marks,
+            last_mark: None,
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let mut stopping = false;
+        while !stopping {
+            let Some(first) = self.queue.blocking_recv() else { break };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match self.queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut events = Vec::new();
+            let mut replies: Vec<Reply> = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                match job {
+                    Job::Execute { command, reply } => {
+                        let result = self.decide(&command, &mut events);
+                        replies.push((reply, result));
+                    }
+                    Job::Stop => stopping = true,
+                }
+            }
+            self.commit(events, replies);
+        }
+        self.snapshots.finish();
+        // Anything queued after Stop is refused: the receiver is dropped here.
+    }
+
+    fn decide(&mut self, command: &Command, events: &mut Vec<Event>) -> Result<Outcome, Error> {
+        let now = Micros::now();
+        let decision = self.state.decide(command, now)?;
+        for change in decision.changes {
+            let event = Event {
+                revision: self.next_revision,
+                time: now,
+                change,
+            };
+            self.next_revision += 1;
+            self.state.apply(&event);
+            events.push(event);
+        }
+        Ok(decision.outcome)
+    }
+
+    fn commit(&mut self, events: Vec<Event>, replies: Vec<Reply>) {
+        if !events.is_empty() {
+            let started = Instant::now();
+            let appended = self.recover_log().and_then(|()| self.log.append(&events));
+            self.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics.group_commands.observe(replies.len() as f64);
+            debug!(
+                n_commands = replies.len(),
+                n_events = events.len(),
+                fsync_us = started.elapsed().as_micros() as u64,
+                "group committed"
+            );
+            let last_checksum = match appended {
+                Ok(last_checksum) => last_checksum,
+                Err(error) => {
+                    error!(%error, first_revision = events[0].revision, n_events = events.len(), "appending to the log failed");
+                    self.roll_back();
+                    let unavailable = Error::new(
+                        Reason::StorageUnavailable,
+                        format!("the change could not be stored durably ({error}); nothing was changed, retry later"),
+                    );
+                    for (reply, _) in replies {
+                        let _ = reply.send(Err(unavailable.clone()));
+                    }
+                    return;
+                }
+            };
+            self.metrics.events_appended.inc_by(events.len() as u64);
+            if let Some(checksum) = last_checksum {
+                self.maybe_mark(checksum);
+            }
+            self.projections.apply(&events);
+            // No receivers is fine: nobody is watching.
+            let _ = self.feed.send(Arc::from(events));
+        }
+        let deliver = move || {
+            for (reply, result) in replies {
+                // The caller may have gone away; its change is committed all the same.
+                let _ = reply.send(result);
+            }
+        };
+        // Waking each caller from this thread costs a trip through the runtime's shared queue
+        // (and often a futex wake) per reply; one task hands out the whole group's replies from
+        // a worker, whose wakes stay on its local queue (docs/benchmarks.md, durable creates).
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn(async move { deliver() })),
+            None => deliver(),
+        }
+        self.snapshots
+            .after_commit(&self.state, self.next_revision - 1, &self.log);
+    }
+
+    /// At most every [`MARK_EVERY`], has the marker record the durable head: the group's last
+    /// revision, whose record has `checksum`.
+    fn maybe_mark(&mut self, checksum: u32) {
+        if self.last_mark.is_some_and(|sent| sent.elapsed() < MARK_EVERY) {
+            return;
+        }
+        self.last_mark = Some(Instant::now());
+        let _ = self.marks.send(Mark {
+            revision: self.next_revision - 1,
+            checksum,
+        });
+    }
+
+    /// Forgets a group that was not made durable: the writer's state goes back to the
+    /// projections' (which never saw it), its revisions will be reused, and the log is
+    /// recovered at once if it can be (else before the next append).
+    fn roll_back(&mut self) {
+        let model = self.projections.read();
+        self.state = model.state.clone();
+        self.next_revision = model.head + 1;
+        drop(model);
+        self.log_needs_recovery = true;
+        let _ = self.recover_log();
+    }
+
+    /// Reopens the log after a storage failure and drops what the failed group left in it.
+    fn recover_log(&mut self) -> Result<(), LogError> {
+        if !self.log_needs_recovery {
+            return Ok(());
+        }
+        // The projections hold exactly what was acknowledged (the writer may be a group ahead).
+        let acknowledged = self.projections.read().head;
+        match self.log.recover(acknowledged) {
+            Ok(()) => {
+                warn!(acknowledged, "the log recovered from a storage failure; writes resume");
+                self.log_needs_recovery = false;
+                Ok(())
+            }
+            Err(error) => {
+                error!(%error, "the log is still failing");
+                Err(error)
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The mapping between domain types and the stored schema (`addressing.events.v1`): events,
+//! records and snapshots. What is framed around them (format, checksum, runs) is the parent
+//! module's.
+
+use ipnet::IpNet;
+
+use crate::domain::{
+    AccountId, Binding, BindingId, Change, Event, Micros, Prefix, PrefixId, ProvisioningState, Service, ServiceId,
+    State,
+};
+use crate::pb::events as stored;
+
+/// The stored form of a snapshot of `state` as of `revision`.
+pub(super) fn snapshot_record(revision: u64, log_record_checksum: Option<u32>, state: &State) -> stored::Snapshot {
+    stored::Snapshot {
+        revision,
+        log_record_checksum,
+        prefixes: state.prefixes().map(prefix_record).collect(),
+        bindings: state.bindings().map(binding_record).collect(),
+        requests: state
+            .remembered_requests()
+            .map(|(account_id, request_id, binding)| stored::RememberedRequest {
+                account_id: account_id.as_bytes().to_vec(),
+                request_id: request_id.to_string(),
+                binding: Some(binding_record(binding)),
+            })
+            .collect(),
+    }
+}
+
+/// The state a stored snapshot holds.
+pub(super) fn state_of(snapshot: stored::Snapshot) -> Result<State, String> {
+    let prefixes = snapshot
+        .prefixes
+        .into_iter()
+        .map(|record| prefix(Some(record)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bindings = snapshot
+        .bindings
+        .into_iter()
+        .map(|record| binding(Some(record)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let requests = snapshot
+        .requests
+        .into_iter()
+        .map(|request| {
+            let account_id = AccountId::from_bytes(&request.account_id).ok_or("bad account id")?;
+            Ok((account_id, request.request_id, binding(request.binding)?))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(State::restore(prefixes, bindings, requests))
+}
+
+pub(super) fn to_stored(event: &Event) -> stored::Event {
+    use stored::event::Change as Stored;
+    let change = match &event.change {
+        Change::PrefixCreated(prefix) => Stored::PrefixCreated(stored::PrefixCreated {
+            prefix: Some(prefix_record(prefix)),
+        }),
+        Change::PrefixUpdated(prefix) => Stored::PrefixUpdated(stored::PrefixUpdated {
+            prefix: Some(prefix_record(prefix)),
+        }),
+        Change::PrefixDeleted(prefix) => Stored::PrefixDeleted(stored::PrefixDeleted {
+            prefix: Some(prefix_record(prefix)),
+        }),
+        Change::BindingCreated { binding, request_id } => Stored::BindingCreated(stored::BindingCreated {
+            binding: Some(binding_record(binding)),
+            request_id: request_id.clone().unwrap_or_default(),
+        }),
+        Change::BindingProvisioningStateChanged(binding) => {
+            Stored::BindingProvisioningStateChanged(stored::BindingProvisioningStateChanged {
+                binding: Some(binding_record(binding)),
+            })
+        }
+        Change::BindingDeleted(binding) => Stored::BindingDeleted(stored::BindingDeleted {
+            binding: Some(binding_record(binding)),
+        }),
+    };
+    stored::Event {
+        time_micros: event.time.0,
+        change: Some(change),
+    }
+}
+
+pub(super) fn from_stored(revision: u64, event: stored::Event) -> Result<Event, String> {
+    use stored::event::Change as Stored;
+    let change = match event.change.ok_or("event has no change")? {
+        Stored::PrefixCreated(created) => Change::PrefixCreated(prefix(created.prefix)?),
+        Stored::PrefixUpdated(updated) => Change::PrefixUpdated(prefix(updated.prefix)?),
+        Stored::PrefixDeleted(deleted) => Change::PrefixDeleted(prefix(deleted.prefix)?),
+        Stored::BindingCreated(created) => Change::BindingCreated {
+            binding: binding(created.binding)?,
+            request_id: Some(created.request_id).filter(|id| !id.is_empty()),
+        },
+        Stored::BindingProvisioningStateChanged(changed) => {
+            Change::BindingProvisioningStateChanged(binding(changed.binding)?)
+        }
+        Stored::BindingDeleted(deleted) => Change::BindingDeleted(binding(deleted.binding)?),
+    };
+    Ok(Event {
+        revision,
+        time: Micros(event.time_micros),
+        change,
+    })
+}
+
+pub(super) fn prefix_record(prefix: &Prefix) -> stored::PrefixRecord {
+    stored::PrefixRecord {
+        id: prefix.id.as_bytes().to_vec(),
+        account_id: prefix.account_id.as_bytes().to_vec(),
+        cidr: prefix.cidr.to_string(),
+        asn: prefix.asn,
+        description: prefix.description.clone(),
+        created_at_micros: prefix.created_at.0,
+        modified_at_micros: prefix.modified_at.0,
+    }
+}
+
+pub(super) fn binding_record(binding: &Binding) -> stored::BindingRecord {
+    let state = match binding.state {
+        ProvisioningState::Provisioning => stored::ProvisioningState::Provisioning,
+        ProvisioningState::Active => stored::ProvisioningState::Active,
+    };
+    stored::BindingRecord {
+        id: binding.id.as_bytes().to_vec(),
+        account_id: binding.account_id.as_bytes().to_vec(),
+        prefix_id: binding.prefix_id.as_bytes().to_vec(),
+        cidr: binding.cidr.to_string(),
+        service_id: binding.service.id().as_bytes().to_vec(),
+        state: state as i32,
+        created_at_micros: binding.created_at.0,
+        modified_at_micros: binding.modified_at.0,
+    }
+}
+
+pub(super) fn prefix(record: Option<stored::PrefixRecord>) -> Result<Prefix, String> {
+    let record = record.ok_or("prefix record missing")?;
+    Ok(Prefix {
+        id: PrefixId::from_bytes(&record.id).ok_or("bad prefix id")?,
+        account_id: AccountId::from_bytes(&record.account_id).ok_or("bad account id")?,
+        cidr: cidr(&record.cidr)?,
+        asn: record.asn,
+        description: record.description,
+        created_at: Micros(record.created_at_micros),
+        modified_at: Micros(record.modified_at_micros),
+    })
+}
+
+pub(super) fn binding(record: Option<stored::BindingRecord>) -> Result<Binding, String> {
+    let record = record.ok_or("binding record missing")?;
+    let service_id = ServiceId::from_bytes(&record.service_id).ok_or("bad service id")?;
+    let state = match stored::ProvisioningState::try_from(record.state) {
+        Ok(stored::ProvisioningState::Provisioning) => ProvisioningState::Provisioning,
+        Ok(stored::ProvisioningState::Active) => ProvisioningState::Active,
+        _ => return Err(format!("unknown provisioning state {}", record.state)),
+    };
+    Ok(Binding {
+        id: BindingId::from_bytes(&record.id).ok_or("bad binding id")?,
+        account_id: AccountId::from_bytes(&record.account_id).ok_or("bad account id")?,
+        prefix_id: PrefixId::from_bytes(&record.prefix_id).ok_or("bad prefix id")?,
+        cidr: cidr(&record.cidr)?,
+        service: Service::from_id(service_id).ok_or_else(|| format!("unknown service {service_id}"))?,
+        state,
+        created_at: Micros(record.created_at_micros),
+        modified_at: Micros(record.modified_at_micros),
+    })
+}
+
+fn cidr(text: &str) -> Result<IpNet, String> {
+    text.parse().map_err(|_| format!("bad cidr {text:?}"))
+}
