@@ -8,7 +8,7 @@ use clap::Parser;
 use std::path::Path;
 
 use ipam_bindings::config::{Config, LogFormat, Tool};
-use ipam_bindings::log::{EventLog, tools};
+use ipam_bindings::log::{EventLog, LogError, tools};
 use ipam_bindings::server::{Listeners, serve};
 use tracing::{error, info};
 
@@ -20,7 +20,9 @@ fn main() -> ExitCode {
         return match run_tool(tool, &config.server.data_dir) {
             // Reports go to stderr: an export may be writing the log to stdout.
             Ok(report) => {
-                eprintln!("{report}");
+                if !report.is_empty() {
+                    eprintln!("{report}");
+                }
                 ExitCode::SUCCESS
             }
             Err(message) => {
@@ -37,9 +39,8 @@ fn main() -> ExitCode {
     // the connection task runs after every single stream that gives it a frame: one writev per
     // watch message (308,682 writevs for 301,000 deliveries, measured). Without it the
     // connection task queues behind the other woken streams and writes their frames together.
-    // A/B, same binary: watch lag p99 12.2-13.2 ms vs 20.1-23.6 ms at 1000 watchers; lookups
-    // +6-16%/s; creates unchanged (README, Benchmarks). Needs `--cfg tokio_unstable`
-    // (.cargo/config.toml).
+    // It is off: watch fan-out latency and lookups improved, creates did not change
+    // (docs/benchmarks.md, "tokio's LIFO slot"). Needs `--cfg tokio_unstable` (.cargo/config.toml).
     #[cfg(tokio_unstable)]
     runtime.disable_lifo_slot();
     // A RUSTFLAGS variable replaces .cargo/config.toml's flags, and with them this setting.
@@ -58,11 +59,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let log_format = config.log_format;
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            error!("{message}");
-            eprintln!("ipam-bindings: {message}");
+            // Once: a JSON log line for log shippers, or a plain line on stderr for people
+            // (text logs go to stdout, so logging it too would show it twice on a terminal).
+            match log_format {
+                LogFormat::Json => error!("{message}"),
+                LogFormat::Text => eprintln!("ipam-bindings: {message}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -117,21 +123,32 @@ fn init_logging(format: LogFormat) {
 
 /// Runs an offline operator tool; returns its report.
 fn run_tool(tool: &Tool, data_dir: &Path) -> Result<String, String> {
-    let log = EventLog::open(data_dir).map_err(|error| format!("cannot open {}: {error}", data_dir.display()))?;
+    // Opening creates a missing directory: right for an import, wrong for reading one.
+    if !matches!(tool, Tool::Import { .. }) && !data_dir.is_dir() {
+        return Err(format!("{} does not exist or is not a directory", data_dir.display()));
+    }
+    let log = EventLog::open(data_dir).map_err(|error| match error {
+        LogError::InUse(_) => format!("{error} (stop the server first)"),
+        error => format!("cannot open {}: {error}", data_dir.display()),
+    })?;
     match tool {
         Tool::Verify => {
             let verified = tools::verify(&log).map_err(|error| error.to_string())?;
             Ok(verified.to_string())
         }
         Tool::Export { output } => {
-            let n_events = if output.as_os_str() == "-" {
+            let exported = if output.as_os_str() == "-" {
                 tools::export(&log, &mut std::io::stdout().lock())
             } else {
                 let file = std::fs::File::create(output).map_err(|error| format!("{}: {error}", output.display()))?;
                 tools::export(&log, &mut std::io::BufWriter::new(file))
+            };
+            match exported {
+                Ok(n_events) => Ok(format!("exported {n_events} events")),
+                // The reader had enough (`export | head`): not an error, and nothing to report.
+                Err(tools::ToolError::Io(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(String::new()),
+                Err(error) => Err(error.to_string()),
             }
-            .map_err(|error| error.to_string())?;
-            Ok(format!("exported {n_events} events"))
         }
         Tool::Import { input } => {
             let n_events = if input.as_os_str() == "-" {

@@ -14,7 +14,7 @@ use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
 use tonic::transport::{Certificate, Identity};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::api::AppContext;
 use crate::api::prefixes::PrefixesService;
@@ -40,6 +40,9 @@ pub enum ServeError {
         #[source]
         source: LogError,
     },
+    /// Another server has the data directory.
+    #[error(transparent)]
+    InUse(LogError),
     #[error("cannot load the event log: {0}")]
     Load(#[source] StartError),
     #[error("gRPC transport failed: {0}")]
@@ -135,9 +138,12 @@ pub async fn serve(
     let (dir, faults) = (options.data_dir.clone(), options.storage_faults.clone());
     let log = tokio::task::spawn_blocking(move || EventLog::open_with_faults(&dir, faults))
         .await?
-        .map_err(|source| ServeError::Open {
-            dir: options.data_dir.display().to_string(),
-            source,
+        .map_err(|source| match source {
+            LogError::InUse(_) => ServeError::InUse(source),
+            source => ServeError::Open {
+                dir: options.data_dir.display().to_string(),
+                source,
+            },
         })?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -253,9 +259,9 @@ pub async fn serve(
     shutdown_requested.abort();
     engine.stop().await;
     release(engine, app, &metrics).await;
-    match &result {
-        Ok(()) => info!("stopped; the log is durable"),
-        Err(error) => error!(%error, "stopped with an error"),
+    if result.is_ok() {
+        info!("stopped; the log is durable");
     }
+    // An error is reported once, by the caller.
     result
 }

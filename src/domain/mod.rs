@@ -6,6 +6,8 @@ pub mod command;
 pub mod error;
 pub mod event;
 pub mod fields;
+#[cfg(test)]
+pub mod fixtures;
 pub mod ids;
 pub mod model;
 pub mod network;

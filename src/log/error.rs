@@ -30,6 +30,10 @@ pub enum LogError {
     BadKey(Vec<u8>),
     #[error("the log ends at revision {head}, but {witness}: events were lost (truncated log?)")]
     Truncated { head: u64, witness: Witness },
+    /// sled's lock on the directory is held: another process (or a database this one has
+    /// not finished closing) has it open.
+    #[error("{0} is in use by another ipam-bindings process")]
+    InUse(String),
     #[error("the storage failed and is being reopened")]
     Closed,
     #[error("the snapshot cannot be decoded: {0}")]

@@ -110,9 +110,7 @@ impl EventLog {
             let reopened = loop {
                 match Handles::open(&self.dir) {
                     Ok(handles) => break handles,
-                    Err(LogError::Storage(sled::Error::Io(locked)))
-                        if locked.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                    {
+                    Err(LogError::InUse(_)) if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(20))
                     }
                     Err(error) => return Err(error),
@@ -329,26 +327,9 @@ fn revision_of(key: &[u8]) -> Result<u64, LogError> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::domain::{AccountId, Change, Micros, Prefix, PrefixId};
-
-    pub(crate) fn prefix_event(revision: u64, cidr: &str) -> Event {
-        let prefix = Prefix {
-            id: PrefixId::generate(),
-            account_id: AccountId::generate(),
-            cidr: cidr.parse().unwrap(),
-            asn: Some(64_496),
-            description: "d".into(),
-            created_at: Micros(1),
-            modified_at: Micros(1),
-        };
-        Event {
-            revision,
-            time: Micros(5),
-            change: Change::PrefixCreated(prefix),
-        }
-    }
+    use crate::domain::fixtures::prefix_event;
 
     fn events(revisions: std::ops::RangeInclusive<u64>) -> Vec<Event> {
         revisions

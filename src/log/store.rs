@@ -59,7 +59,10 @@ impl Handles {
                     panic_message(panic.as_ref())
                 ))
             })?
-            .map_err(|error| damage_or_failure(error, "the storage cannot read its own files"))?;
+            .map_err(|error| match error {
+                sled::Error::Io(io) if is_lock_held(&io) => LogError::InUse(dir.display().to_string()),
+                error => damage_or_failure(error, "the storage cannot read its own files"),
+            })?;
         let events = db.open_tree(EVENTS_TREE)?;
         let file = std::fs::File::open(dir.join(SLED_FILE)).map_err(sled::Error::Io)?;
         // The data file's directory entry, durable once (sled creates the file).
@@ -78,6 +81,13 @@ impl Handles {
         self.file.sync_data().map_err(sled::Error::Io)?;
         Ok(())
     }
+}
+
+/// Whether opening failed because sled's exclusive lock on its file is held. sled 0.34 reports
+/// that as an `ErrorKind::Other` whose text names it (with the `WouldBlock` of the failed
+/// `flock` inside), so the kind alone does not tell.
+fn is_lock_held(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::WouldBlock || error.to_string().starts_with("could not acquire lock")
 }
 
 /// Whether a sled read error means damaged files rather than a failing device: a page whose

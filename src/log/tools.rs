@@ -201,7 +201,7 @@ fn binding_json(binding: &Binding) -> Value {
 mod tests {
     use super::*;
     use crate::domain::Event;
-    use crate::log::tests::prefix_event;
+    use crate::domain::fixtures::prefix_event;
 
     #[test]
     fn export_then_import_gives_the_same_log() {

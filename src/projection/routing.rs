@@ -225,31 +225,12 @@ impl RoutingTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AccountId, Binding, Micros, Prefix, Service};
+    use crate::domain::{Binding, Prefix, Service};
 
-    fn prefix(cidr: &str) -> Prefix {
-        Prefix {
-            id: PrefixId::generate(),
-            account_id: AccountId::generate(),
-            cidr: cidr.parse().unwrap(),
-            asn: None,
-            description: String::new(),
-            created_at: Micros(0),
-            modified_at: Micros(0),
-        }
-    }
+    use crate::domain::fixtures::prefix;
 
     fn binding(prefix: &Prefix, cidr: &str, state: ProvisioningState) -> Binding {
-        Binding {
-            id: BindingId::generate(),
-            account_id: prefix.account_id,
-            prefix_id: prefix.id,
-            cidr: cidr.parse().unwrap(),
-            service: Service::MagicTransit,
-            state,
-            created_at: Micros(0),
-            modified_at: Micros(0),
-        }
+        crate::domain::fixtures::binding(prefix, cidr, Service::MagicTransit, state)
     }
 
     fn route(table: &RoutingTable, address: &str, active_only: bool) -> Option<(PrefixId, Option<BindingId>)> {

@@ -1,5 +1,6 @@
 //! ipamctl against a real server: create -> list -> lookup -> delete in JSON, an error path,
-//! and watch printing events.
+//! watch printing events and resuming across restarts (also a live watch), and what a new user
+//! meets: service names, a missing account, a server given without a scheme or not running.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -268,4 +269,177 @@ async fn watch_prints_events_from_a_revision() {
         (Some(2), Some("CREATED"))
     );
     assert_eq!(event["binding"]["cidr"], "198.51.100.0/24");
+}
+
+/// ipamctl with these arguments only (no --server or --account added).
+fn ipamctl_raw(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ipamctl"))
+        .env_remove("IPAM_ACCOUNT")
+        .env_remove("IPAM_SERVER")
+        .args(args)
+        .output()
+        .expect("run ipamctl");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into(),
+        String::from_utf8_lossy(&output.stderr).into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_names_accounts_and_servers_as_a_new_user_types_them() {
+    let server = TestServer::start().await;
+    let account_id = account();
+    let bare = server.address.to_string(); // 127.0.0.1:PORT, no scheme
+    let (ok, stdout, stderr) = ipamctl_raw(&[
+        "--server",
+        &bare,
+        "--account",
+        &account_id,
+        "--output",
+        "json",
+        "prefixes",
+        "create",
+        "192.0.2.0/24",
+    ]);
+    assert!(ok, "{stderr}");
+    let prefix_id = json_lines(&stdout)[0]["id"].as_str().unwrap().to_string();
+    // The names `ipamctl services` prints, as printed or in any case.
+    for (cidr, service, name) in [
+        ("192.0.2.0/24", "Magic Transit", "Magic Transit"),
+        ("192.0.2.1/32", "CDN", "CDN"),
+        ("192.0.2.2/32", "SPECTRUM", "Spectrum"),
+        ("192.0.2.3/32", "cdn", "CDN"),
+    ] {
+        let (ok, stdout, stderr) = ipamctl(
+            &server,
+            &account_id,
+            &["bindings", "create", "--prefix", &prefix_id, cidr, "--service", service],
+        );
+        assert!(ok, "{service}: {stderr}");
+        assert_eq!(json_lines(&stdout)[0]["service_name"], name);
+    }
+    let (ok, _, stderr) = ipamctl(
+        &server,
+        &account_id,
+        &[
+            "bindings",
+            "create",
+            "--prefix",
+            &prefix_id,
+            "192.0.2.4/32",
+            "--service",
+            "akamai",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown service \"akamai\"") && stderr.contains("\"Magic Transit\" (magic-transit)"),
+        "{stderr}"
+    );
+
+    let (ok, _, stderr) = ipamctl_raw(&["--server", &bare, "prefixes", "list"]);
+    assert!(!ok);
+    assert!(stderr.contains("--account or IPAM_ACCOUNT is required"), "{stderr}");
+
+    // Nothing listens on a port just released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (ok, _, stderr) = ipamctl_raw(&["--server", &closed.to_string(), "--account", &account_id, "services"]);
+    assert!(!ok);
+    assert!(stderr.contains("connection refused"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let (ok, stdout, _) = ipamctl_raw(&["completions", "bash"]);
+    assert!(ok && stdout.contains("_ipamctl") && stdout.contains("bindings"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_watch_resumes_from_the_head_it_started_at() {
+    // The client's server port; changes made while the client cannot reach any server (on
+    // another port) must still reach it once the server is back where it watches.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let start_on_port = |port: u16| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            wait_until_unlocked(&dir).await;
+            let grpc = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let metrics_address = metrics.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let options = ipam_bindings::server::ServerOptions::new(dir, std::time::Duration::from_secs(3600));
+            let listeners = ipam_bindings::server::Listeners {
+                grpc,
+                metrics: Some(metrics),
+            };
+            let task = tokio::spawn(ipam_bindings::server::serve(options, listeners, async move {
+                let _ = stopped.await;
+            }));
+            let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect_lazy();
+            wait_until_serving(&channel).await;
+            (stop, task, channel, metrics_address)
+        }
+    };
+    let (stop, task, channel, metrics_address) = start_on_port(port).await;
+    let server_view = Api::new(channel.clone());
+    let account_id = account();
+    let prefix = server_view.create_prefix(&account_id, "192.0.2.0/24").await;
+    server_view.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ipamctl"))
+        .args(["--server", &format!("127.0.0.1:{port}"), "--account", &account_id])
+        .args(["--output", "json", "watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Registered: the server counts the open stream.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if scrape_metrics(metrics_address).await.get("ipam_watch_streams_open") == Some(&1.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the watch never opened");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let stdout = child.stdout.take().unwrap();
+    let (lines_sender, mut lines) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_sender.send(serde_json::from_str(&line).unwrap());
+        }
+    });
+
+    // The server goes away before the watch saw any event; a change is made elsewhere.
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    let other_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (stop, task, channel, _) = start_on_port(other_port).await;
+    Api::new(channel).bind(&prefix, "192.0.2.1/32", CDN).await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+
+    let (stop, task, _, _) = start_on_port(port).await;
+    let event = tokio::time::timeout(PATIENCE, lines.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (event["revision"].as_u64(), event["binding"]["cidr"].as_str()),
+        (Some(3), Some("192.0.2.1/32"))
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
 }

@@ -1,8 +1,8 @@
 //! The test fixture: start a real server on port 0 over a temp dir, wait until health says
-//! SERVING, hand out clients, and shut it down (or restart it on the same dir).
+//! SERVING, hand out clients ([`Api`], which a [`TestServer`] derefs to), and shut it down
+//! (or restart it on the same dir). Also what many tests check: errors, metrics.
 
-#![allow(dead_code)]
-
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use ipam_bindings::pb::api::routing_client::RoutingClient;
 use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
 use ipam_bindings::pb::api::services_client::ServicesClient;
 use ipam_bindings::server::{Listeners, ServerOptions, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -21,19 +22,22 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
-pub const MAGIC_TRANSIT: &str = "8a1b6bd5c1e24f3e9d3b7a0f5c2e4d61";
-pub const CDN: &str = "c2f0e7a4b9d84b6c8e1f3a5d7b9c0e12";
-pub const SPECTRUM: &str = "5e7d9c1b3a2f4e6d8c0b1a3f5e7d9c23";
+pub use ipam_bindings::domain::service::{CDN_ID as CDN, MAGIC_TRANSIT_ID as MAGIC_TRANSIT, SPECTRUM_ID as SPECTRUM};
 
 /// Upper bound for anything a test waits on, so a broken server fails the test instead of
 /// hanging it.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Clients of one server, and shortcuts for the calls most tests make.
+pub struct Api {
+    pub channel: Channel,
+}
+
 pub struct TestServer {
     pub address: SocketAddr,
     /// Where `GET /metrics` is served.
     pub metrics_address: SocketAddr,
-    pub channel: Channel,
+    api: Api,
     data_dir: PathBuf,
     /// Keeps the temporary directory alive for the server's lifetime (None when the caller
     /// owns the directory).
@@ -95,7 +99,7 @@ impl TestServer {
         let server = TestServer {
             address,
             metrics_address,
-            channel,
+            api: Api { channel },
             data_dir: dir.to_path_buf(),
             _temp_dir: None,
             shutdown: Some(shutdown),
@@ -126,6 +130,20 @@ impl TestServer {
         let mut next = TestServer::start_on(&self.data_dir.clone(), self.provisioning_delay).await;
         next._temp_dir = self._temp_dir.take();
         next
+    }
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Api {
+    pub fn new(channel: Channel) -> Api {
+        Api { channel }
     }
 
     pub fn prefixes(&self) -> PrefixesClient<Channel> {
@@ -236,7 +254,6 @@ impl Drop for TestServer {
     }
 }
 
-/// Waits (bounded by [`PATIENCE`]) until no sled handle in this process holds `dir`'s lock.
 /// The log revision that ListServiceBindings reports for `prefix` (the server's head).
 pub async fn list_revision(channel: &Channel, prefix: &api::Prefix) -> u64 {
     let request = api::ListServiceBindingsRequest {
@@ -253,6 +270,7 @@ pub async fn list_revision(channel: &Channel, prefix: &api::Prefix) -> u64 {
         .revision
 }
 
+/// Waits (bounded by [`PATIENCE`]) until no sled handle in this process holds `dir`'s lock.
 pub async fn wait_until_unlocked(dir: &Path) {
     // sled holds an exclusive flock on <dir>/db; probe it the same way (not with sled, whose
     // own handle would release lazily in turn).
@@ -317,4 +335,31 @@ pub fn assert_error(status: &Status, code: Code, reason: &str, numeric: u32, fie
         ),
         None => assert!(fields.is_empty(), "unexpected field violations {fields:?}"),
     }
+}
+
+/// Scrapes `GET /metrics` and parses the text exposition into sample `name{labels}` -> value.
+pub async fn scrape_metrics(address: SocketAddr) -> HashMap<String, f64> {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut samples = HashMap::new();
+    for line in body
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+    {
+        // Chunked transfer encoding puts chunk sizes on their own lines: skip what is not a sample.
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if let Ok(value) = value.parse::<f64>() {
+            samples.insert(name.to_string(), value);
+        }
+    }
+    samples
 }

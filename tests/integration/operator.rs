@@ -439,3 +439,50 @@ async fn background_snapshots_taken_during_writes_hold_the_state_at_their_revisi
     assert!(expected.1.len() > 8, "bindings were written before the snapshot");
     assert_eq!(found, expected);
 }
+
+#[tokio::test]
+async fn tools_refuse_a_missing_directory_and_a_live_one_and_export_stops_quietly_for_head() {
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("missing");
+    for tool_name in ["verify", "export"] {
+        let (ok, _, stderr) = tool(&missing, &[tool_name]);
+        assert!(!ok, "{tool_name}");
+        assert!(stderr.contains("does not exist"), "{tool_name}: {stderr}");
+        assert!(!missing.exists(), "{tool_name} created the directory");
+    }
+
+    let mut server = TestServer::start_on(parent.path(), Duration::from_secs(3600)).await;
+    // Enough events that the export outgrows a pipe's buffer (64 KiB).
+    let prefix = server.create_prefix(&account(), "10.0.0.0/15").await;
+    server.bind(&prefix, "10.0.0.0/15", MAGIC_TRANSIT).await;
+    for index in 0..300 {
+        server
+            .bind(&prefix, &format!("10.{}.{}.0/24", index / 256, index % 256), CDN)
+            .await;
+    }
+    let (ok, _, stderr) = tool(parent.path(), &["verify"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("is in use by another ipam-bindings process") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    server.stop().await.unwrap();
+    wait_until_unlocked(parent.path()).await;
+
+    // `export | head -1`: the reader goes away; the export ends quietly and successfully.
+    let mut export = Command::new(env!("CARGO_BIN_EXE_ipam-bindings"))
+        .arg("--data-dir")
+        .arg(parent.path())
+        .arg("export")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = export.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let output = export.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}

@@ -72,67 +72,33 @@ async fn nested_three_deep_ipv6_and_mapped_addresses() {
     server.bind(&v4, "198.51.100.0/25", CDN).await;
     server.bind(&v4, "198.51.100.0/26", SPECTRUM).await;
     server.bind(&v4, "198.51.100.7/32", CDN).await;
+    // address asked -> the CIDR of the most specific binding that holds it
+    for (address, cidr) in [
+        ("198.51.100.7", "198.51.100.7/32"),
+        ("198.51.100.8", "198.51.100.0/26"),
+        ("198.51.100.100", "198.51.100.0/25"),
+        ("198.51.100.200", "198.51.100.0/24"),
+        ("::ffff:198.51.100.7", "198.51.100.7/32"),
+    ] {
+        let found = lookup(&server, address, false).await.unwrap();
+        assert_eq!(found.binding.unwrap().cidr, cidr, "{address}");
+    }
     assert_eq!(service_of(&server, "198.51.100.7").await.as_deref(), Some("CDN"));
-    assert_eq!(
-        lookup(&server, "198.51.100.7", false)
-            .await
-            .unwrap()
-            .binding
-            .unwrap()
-            .cidr,
-        "198.51.100.7/32"
-    );
-    assert_eq!(
-        lookup(&server, "198.51.100.8", false)
-            .await
-            .unwrap()
-            .binding
-            .unwrap()
-            .cidr,
-        "198.51.100.0/26"
-    );
-    assert_eq!(
-        lookup(&server, "198.51.100.100", false)
-            .await
-            .unwrap()
-            .binding
-            .unwrap()
-            .cidr,
-        "198.51.100.0/25"
-    );
-    assert_eq!(
-        lookup(&server, "198.51.100.200", false)
-            .await
-            .unwrap()
-            .binding
-            .unwrap()
-            .cidr,
-        "198.51.100.0/24"
-    );
-    assert_eq!(
-        lookup(&server, "::ffff:198.51.100.7", false)
-            .await
-            .unwrap()
-            .binding
-            .unwrap()
-            .cidr,
-        "198.51.100.7/32"
-    );
 
     let v6 = server.create_prefix(&account(), "2001:db8:abcd::/48").await;
     server.bind(&v6, "2001:db8:abcd::/48", CDN).await;
     server.bind(&v6, "2001:db8:abcd:12::/64", SPECTRUM).await;
-    assert_eq!(
-        service_of(&server, "2001:DB8:ABCD:12::1").await.as_deref(),
-        Some("Spectrum")
-    );
-    assert_eq!(
-        service_of(&server, "2001:db8:abcd:0012:0000:0000:0000:0001")
-            .await
-            .as_deref(),
-        Some("Spectrum")
-    );
-    assert_eq!(service_of(&server, "2001:db8:abcd:13::1").await.as_deref(), Some("CDN"));
+    for (address, service) in [
+        ("2001:DB8:ABCD:12::1", "Spectrum"),
+        ("2001:db8:abcd:0012:0000:0000:0000:0001", "Spectrum"),
+        ("2001:db8:abcd:13::1", "CDN"),
+    ] {
+        assert_eq!(
+            service_of(&server, address).await.as_deref(),
+            Some(service),
+            "{address}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -31,7 +31,7 @@ async fn health_reports_the_server_and_each_service() {
         watch.message().await.unwrap().unwrap().status,
         ServingStatus::Serving as i32
     );
-    // What a drain does to health: mesh.rs.
+    // What a drain does to health: lifecycle.rs.
 }
 
 #[tokio::test]
@@ -47,5 +47,23 @@ async fn a_second_server_on_the_same_directory_is_refused() {
     .await
     .expect("refused at once");
     let message = second.unwrap_err().to_string();
-    assert!(message.contains("cannot open the data directory"), "{message}");
+    assert_eq!(
+        message,
+        format!("{} is in use by another ipam-bindings process", dir.path().display())
+    );
+    // The binary says it once, on stderr, in one line.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ipam-bindings"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!("ipam-bindings: {message}"),
+        "stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
 }

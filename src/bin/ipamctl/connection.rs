@@ -107,12 +107,32 @@ fn explain_connect_error(url: &str, tls: bool, error: &(dyn std::error::Error + 
     format!("cannot connect to {url}: {why} ({causes})")
 }
 
-/// An error and its sources, joined with ": ".
+/// An error and its sources, joined with ": " (a source that only repeats the text before
+/// it is left out: tonic's errors print their source inside their own text).
 fn causes(error: &(dyn std::error::Error + 'static)) -> String {
-    std::iter::successors(Some(error), |error| error.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+    let mut texts: Vec<String> = Vec::new();
+    for text in std::iter::successors(Some(error), |error| error.source()).map(ToString::to_string) {
+        if texts.last().is_none_or(|last| !last.ends_with(&text)) {
+            texts.push(text);
+        }
+    }
+    texts.join(": ")
+}
+
+/// A plaintext HTTP/2 client talking to a TLS server connects (TCP) but its first call fails:
+/// the TLS server's answer read as HTTP/2 is a framing error, or it hangs up.
+fn plaintext_to_tls_hint(status: &tonic::Status) -> Option<&'static str> {
+    let message = status.message();
+    let broke = [
+        "frame with invalid size",
+        "invalid HTTP version",
+        "broken pipe",
+        "connection reset",
+    ];
+    broke
+        .iter()
+        .any(|symptom| message.contains(symptom))
+        .then_some("the connection broke on the first call: if the server serves TLS, use https:// or --tls-ca")
 }
 
 /// A failed call, printed with everything the status carries.
@@ -121,6 +141,9 @@ pub fn describe(status: &tonic::Status) -> String {
     // A transport failure (refused TLS handshake, connection reset) says why only in its sources.
     if let Some(source) = std::error::Error::source(status) {
         text.push_str(&format!(": {}", causes(source)));
+    }
+    if let Some(hint) = plaintext_to_tls_hint(status) {
+        text.push_str(&format!("\n  {hint}"));
     }
     if let Some(info) = status.get_details_error_info() {
         let code = info.metadata.get("code").cloned().unwrap_or_default();

@@ -243,19 +243,13 @@ fn unseal(record: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AccountId, Binding, BindingId, Change, Micros, Prefix, PrefixId, ProvisioningState, Service};
+    use crate::domain::{
+        AccountId, Binding, BindingId, Change, Micros, Prefix, PrefixId, ProvisioningState, Service, fixtures,
+    };
 
     fn sample() -> Event {
-        let binding = Binding {
-            id: BindingId::generate(),
-            account_id: AccountId::generate(),
-            prefix_id: PrefixId::generate(),
-            cidr: "192.0.2.0/24".parse().unwrap(),
-            service: Service::Cdn,
-            state: ProvisioningState::Provisioning,
-            created_at: Micros(1),
-            modified_at: Micros(2),
-        };
+        let prefix = fixtures::prefix("192.0.2.0/24");
+        let binding = fixtures::binding(&prefix, "192.0.2.0/24", Service::Cdn, ProvisioningState::Provisioning);
         Event {
             revision: 7,
             time: Micros(3),

@@ -1,0 +1,145 @@
+//! The edge in front of every call: x-request-id, traceparent in JSON logs, size and
+//! concurrency limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipam_bindings::pb::api;
+use ipam_bindings::pb::api::services_client::ServicesClient;
+use ipam_bindings::server::ServerOptions;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let server = TestServer::start().await;
+    let mut request = tonic::Request::new(api::ListServicesRequest { account_id: account() });
+    request.metadata_mut().insert("x-request-id", "req-42".parse().unwrap());
+    let response = server.services().list_services(request).await.unwrap();
+    assert_eq!(response.metadata().get("x-request-id").unwrap(), "req-42");
+    let response = server
+        .services()
+        .list_services(api::ListServicesRequest { account_id: account() })
+        .await
+        .unwrap();
+    assert_eq!(
+        response.metadata().get("x-request-id").unwrap().len(),
+        32,
+        "a generated id"
+    );
+    // Errors carry it too.
+    let mut request = tonic::Request::new(api::ListServicesRequest {
+        account_id: "bad".into(),
+    });
+    request.metadata_mut().insert("x-request-id", "req-43".parse().unwrap());
+    let status = server.services().list_services(request).await.unwrap_err();
+    assert_eq!(status.metadata().get("x-request-id").unwrap(), "req-43");
+}
+
+/// Requests over --max-message-bytes are RESOURCE_EXHAUSTED. (Deadlines: tonic's client
+/// enforces grpc-timeout itself and reports the expiry locally, so the server's
+/// DEADLINE_EXCEEDED answer is unit-tested in `edge.rs` with a call that never finishes.)
+#[tokio::test]
+async fn requests_over_the_size_limit_are_resource_exhausted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ServerOptions::new(dir.path(), Duration::from_secs(3600));
+    options.max_message_bytes = 1024;
+    let server = TestServer::start_with_options(options).await;
+    let big = api::LookupAddressesRequest {
+        addresses: vec!["192.0.2.1".into(); 200],
+        active_only: false,
+    };
+    let status = server.routing().lookup_addresses(big).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let small = api::LookupAddressesRequest {
+        addresses: vec!["192.0.2.1".into(); 10],
+        active_only: false,
+    };
+    server.routing().lookup_addresses(small).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_request_id_and_traceparent() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ipam-bindings"))
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_sender, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_sender.send(line);
+        }
+    });
+    let next_json =
+        |line: String| serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+    let address = loop {
+        let line = tokio::time::timeout(PATIENCE, lines.recv()).await.unwrap().unwrap();
+        let value = next_json(line);
+        if value["message"] == "listening" {
+            break value["address"].as_str().unwrap().to_string();
+        }
+    };
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_lazy();
+    wait_until_serving(&channel).await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut request = tonic::Request::new(api::ListServicesRequest { account_id: account() });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-json-1".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    ServicesClient::new(channel).list_services(request).await.unwrap();
+    let call = loop {
+        let value = next_json(tokio::time::timeout(PATIENCE, lines.recv()).await.unwrap().unwrap());
+        if value["message"] == "call" && value["method"] == "ListServices" {
+            break value;
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(call["span"]["request_id"], "req-json-1", "{call}");
+    assert_eq!(call["span"]["traceparent"], traceparent, "{call}");
+    assert_eq!(call["code"], "OK");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_the_concurrency_cap_are_refused_not_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ServerOptions::new(dir.path(), Duration::from_secs(3600));
+    options.max_concurrent_calls = 1;
+    let server = Arc::new(TestServer::start_with_options(options).await);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let server = Arc::clone(&server);
+        calls.spawn(async move {
+            let request = api::LookupAddressesRequest {
+                addresses: vec!["10.1.2.3".into(); 10_000],
+                active_only: false,
+            };
+            server.routing().lookup_addresses(request).await.map(|_| ())
+        });
+    }
+    let (mut ok, mut refused) = (0, 0);
+    while let Some(result) = calls.join_next().await {
+        match result.unwrap() {
+            Ok(()) => ok += 1,
+            Err(status) => {
+                assert_error(&status, Code::ResourceExhausted, "OVERLOADED", 1302, None);
+                refused += 1;
+            }
+        }
+    }
+    assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
+}
