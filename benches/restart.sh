@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5's restart benchmark, end to end: fills a fresh data dir with 1,100,000 events
+# The restart benchmark, end to end: fills a fresh data dir with 1,100,000 events
 # (100,000 prefixes, 200,000 live bindings, each prefix with four create/delete pairs of
 # history), stops the server cleanly (which writes a snapshot), reports the data dir's size and
 # bytes per event, then times starts to health SERVING with the snapshot and without it.

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     runtime.enable_all();
     // tokio runs a task woken by the running one next (the LIFO slot). For HTTP/2 that means
     // the connection task runs after every single stream that gives it a frame: one writev per
-    // watch message (308,682 writevs for 301,000 deliveries, measured). Without it the
+    // watch message. Without it the
     // connection task queues behind the other woken streams and writes their frames together.
     // It is off: watch fan-out latency and lookups improved, creates did not change
     // (docs/benchmarks.md, "tokio's LIFO slot"). Needs `--cfg tokio_unstable` (.cargo/config.toml).

@@ -5,10 +5,9 @@
 //!
 //! The snapshot is not a sled value: sled 0.34 stores a large value as a blob file, re-reads
 //! and checksums every blob its own log still mentions at each open, and deletes a replaced
-//! blob only when the segment that pointed at it is reused. With a 30 MB snapshot per clean
-//! stop, each restart left one more blob behind and opened slower (34 blobs: ~0.45 s of a
-//! 2.2 s start). The mark must not be in sled either: it is there to tell when sled's file
-//! lost events.
+//! blob only when the segment that pointed at it is reused: with a snapshot per clean stop,
+//! each restart left one more blob behind and opened slower. The mark must not be in sled
+//! either: it is there to tell when sled's file lost events.
 
 use std::fs::{self, File};
 use std::io::{self, Write};

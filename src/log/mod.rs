@@ -4,9 +4,9 @@
 //! or deleted. [`EventLog::append`] writes a whole group, cut into runs of a few KiB, atomically
 //! and returns only once sled has fsynced it.
 //!
-//! Why runs: sled's cost is per record (a start checks 1.1M one-event records in 1.7-2.6 s,
-//! the same bytes as runs of 32 in 60-110 ms), and a group commit's events are durable together
-//! anyway. Data directories written with one event per record (format 1) read as runs of one.
+//! Why runs: sled's cost is per record (a start checks the same bytes many times faster as
+//! runs than as one record per event: docs/benchmarks.md, Restart), and a group commit's
+//! events are durable together anyway. Data directories written with one event per record (format 1) read as runs of one.
 //!
 //! Storage faults: sled 0.34 remembers an I/O error (disk full, EIO) and fails every later
 //! operation of that database, even once the disk has recovered. So a failed append closes the

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::{EVENTS_TREE, LogError, SLED_FILE};
 
 /// sled's page cache. The log is read whole only at start-up and in part by lagging watchers;
-/// sled's default (1 GiB) kept ~215 MB more resident after a start at 1.1M events, for no
-/// gain in creates/s (A/B) and a start-up time within noise.
+/// sled's default (1 GiB) kept far more memory resident after a start, for no gain in
+/// creates/s or start-up time (docs/benchmarks.md, Restart).
 const PAGE_CACHE_BYTES: u64 = 64 << 20;
 
 /// A switch that makes appends fail as a full disk would: for tests of the storage-fault path

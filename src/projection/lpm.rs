@@ -5,10 +5,10 @@
 //! Why not the prefix-trie crate: it is a binary trie, so a lookup follows one pointer per
 //! branching bit (about 20 dependent cache misses at a million prefixes); this table follows at
 //! most one per 8 bits (IPv4: the root slot and at most one node). `benches/lookup.rs`
-//! measures both side by side; the numbers are in the README.
+//! measures both side by side; the numbers are in docs/benchmarks.md.
 //!
 //! Not used for IPv6: 8-bit strides without path compression walk up to 14 nodes to a /128,
-//! and measured 3x slower than prefix-trie's path-compressed trie on IPv6 hits; IPv6 stays on
+//! and measured slower than prefix-trie's path-compressed trie on IPv6 hits; IPv6 stays on
 //! prefix-trie (see ARCHITECTURE.md).
 //!
 //! Layout. A prefix no longer than the root's bits (`R`) lives in the root: it is painted onto
@@ -540,7 +540,7 @@ pub(super) const HUGE_PAGES_FROM: usize = 65_536;
 
 /// Asks the kernel to back `memory` with transparent huge pages: the IPv4 root is 128 MiB and
 /// the nodes tens of MiB, read at random, and with 4 KiB pages nearly every lookup also missed
-/// the TLB (huge pages measured ~25% more lookups/s). Pages already touched are merged later by
+/// the TLB (docs/benchmarks.md, in-process lookups). Pages already touched are merged later by
 /// the kernel's khugepaged. A refusal (THP off) is harmless.
 pub(super) fn advise_huge_pages<T>(memory: &[T]) {
     #[cfg(target_os = "linux")]

@@ -49,7 +49,7 @@ pub struct State {
     /// prefix that covers an address.
     prefixes_by_network: BTreeMap<NetworkKey, PrefixId>,
     /// Each account's prefixes in list order. One tree keyed by (account, network) rather
-    /// than a tree per account (and below, per prefix): 100,000 small trees cost a node
+    /// than a tree per account (and below, per prefix): many small trees cost a node
     /// allocation each, in memory, at a restore and in every copy of the state.
     prefixes_by_account: BTreeMap<(AccountId, NetworkKey), PrefixId>,
     bindings: IdMap<BindingId, Binding>,
@@ -73,8 +73,8 @@ impl State {
     }
 
     /// Folds a whole log into a state: the records event by event, the indexes built once at
-    /// the end from the final records (a start without a snapshot; ~2x faster than keeping
-    /// the ordered indexes up to date through every event).
+    /// the end from the final records (a start without a snapshot; faster than keeping the
+    /// ordered indexes up to date through every event).
     pub fn replay<E>(events: impl IntoIterator<Item = Result<Event, E>>) -> Result<(State, u64), E> {
         let mut state = State::default();
         let mut head = 0;

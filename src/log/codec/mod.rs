@@ -25,8 +25,8 @@ const COUNT_LEN: usize = 4;
 
 /// Most bytes of events per run record. sled keeps up to 17 records in a leaf and writes a leaf
 /// over 128 KiB as a separate blob file, which it re-reads at every open; small runs stay
-/// inline. Larger runs are no faster to scan: 32 events (~4 KiB) per record already read the
-/// benchmark's 1.1M events in 60-110 ms, against 1.7-2.6 s for one record per event.
+/// inline. Larger runs are no faster to scan: at this size a start already checks the whole
+/// log a small fraction of the time one record per event took (docs/benchmarks.md, Restart).
 pub const RUN_BYTES: usize = 4096;
 
 /// Why a stored record cannot be turned back into events.
