@@ -152,94 +152,6 @@ async fn create_list_lookup_delete_and_an_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_resumes_after_the_server_restarts() {
-    // A fixed port, so that the restarted server is where the client reconnects.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let start = |dir: std::path::PathBuf| async move {
-        wait_until_unlocked(&dir).await;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let options = ipam_bindings::server::ServerOptions::new(dir, std::time::Duration::from_secs(3600));
-        let task = tokio::spawn(ipam_bindings::server::serve(options, listener, async move {
-            let _ = stopped.await;
-        }));
-        let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect_lazy();
-        wait_until_serving(&channel).await;
-        (stop, task, channel)
-    };
-    let (stop, task, channel) = start(dir.path().to_path_buf()).await;
-    let account_id = account();
-    let mut prefixes = ipam_bindings::pb::api::prefixes_client::PrefixesClient::new(channel.clone());
-    let request = ipam_bindings::pb::api::CreatePrefixRequest {
-        account_id: account_id.clone(),
-        cidr: "192.0.2.0/24".into(),
-        asn: None,
-        description: String::new(),
-    };
-    let prefix = prefixes.create_prefix(request).await.unwrap().into_inner();
-    let bind = |channel: tonic::transport::Channel, cidr: &str, service: &str| {
-        let request = ipam_bindings::pb::api::CreateServiceBindingRequest {
-            account_id: prefix.account_id.clone(),
-            prefix_id: prefix.id.clone(),
-            cidr: cidr.into(),
-            service_id: service.into(),
-            request_id: String::new(),
-        };
-        async move {
-            let mut client = ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient::new(channel);
-            client.create_service_binding(request).await.unwrap();
-        }
-    };
-    bind(channel.clone(), "192.0.2.0/24", MAGIC_TRANSIT).await;
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ipamctl"))
-        .args([
-            "--server",
-            &format!("http://127.0.0.1:{port}"),
-            "--account",
-            &account_id,
-            "--output",
-            "json",
-        ])
-        .args(["watch", "--after-revision", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_sender, mut lines) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_sender.send(serde_json::from_str(&line).unwrap());
-        }
-    });
-    let first = tokio::time::timeout(PATIENCE, lines.recv()).await.unwrap().unwrap();
-    assert_eq!(first["revision"], 2);
-
-    // Restart the server; the client reconnects and resumes after revision 2.
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
-    let (stop, task, channel) = start(dir.path().to_path_buf()).await;
-    bind(channel.clone(), "192.0.2.1/32", CDN).await;
-    let second = tokio::time::timeout(PATIENCE, lines.recv()).await.unwrap().unwrap();
-    assert_eq!(
-        (second["revision"].as_u64(), second["binding"]["cidr"].as_str()),
-        (Some(3), Some("192.0.2.1/32"))
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prints_events_from_a_revision() {
     let server = TestServer::start().await;
     let prefix = server.create_prefix(&account(), "198.51.100.0/24").await;
@@ -356,90 +268,141 @@ async fn service_names_accounts_and_servers_as_a_new_user_types_them() {
     assert!(ok && stdout.contains("_ipamctl") && stdout.contains("bindings"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_watch_resumes_from_the_head_it_started_at() {
-    // The client's server port; changes made while the client cannot reach any server (on
-    // another port) must still reach it once the server is back where it watches.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A port nothing listens on (just released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let start_on_port = |port: u16| {
-        let dir = dir.path().to_path_buf();
-        async move {
-            wait_until_unlocked(&dir).await;
-            let grpc = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-            let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let metrics_address = metrics.local_addr().unwrap();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let options = ipam_bindings::server::ServerOptions::new(dir, std::time::Duration::from_secs(3600));
-            let listeners = ipam_bindings::server::Listeners {
-                grpc,
-                metrics: Some(metrics),
-            };
-            let task = tokio::spawn(ipam_bindings::server::serve(options, listeners, async move {
-                let _ = stopped.await;
-            }));
-            let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-                .unwrap()
-                .connect_lazy();
-            wait_until_serving(&channel).await;
-            (stop, task, channel, metrics_address)
-        }
-    };
-    let (stop, task, channel, metrics_address) = start_on_port(port).await;
-    let server_view = Api::new(channel.clone());
-    let account_id = account();
-    let prefix = server_view.create_prefix(&account_id, "192.0.2.0/24").await;
-    server_view.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+        .port()
+}
 
+/// A server on a chosen port over a chosen directory, so that a restarted one is found where
+/// a client reconnects.
+struct PortServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ipam_bindings::server::ServeError>>,
+    api: Api,
+    metrics_address: std::net::SocketAddr,
+}
+
+impl PortServer {
+    async fn start(dir: &std::path::Path, port: u16) -> PortServer {
+        wait_until_unlocked(dir).await;
+        let grpc = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_address = metrics.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options =
+            ipam_bindings::server::ServerOptions::new(dir.to_path_buf(), std::time::Duration::from_secs(3600));
+        let listeners = ipam_bindings::server::Listeners {
+            grpc,
+            metrics: Some(metrics),
+        };
+        let task = tokio::spawn(ipam_bindings::server::serve(options, listeners, async move {
+            let _ = stopped.await;
+        }));
+        let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        wait_until_serving(&channel).await;
+        PortServer {
+            stop,
+            task,
+            api: Api::new(channel),
+            metrics_address,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// `ipamctl watch` (JSON) against the server on `port`, with `args` after `watch`; its
+/// events arrive on the receiver.
+fn spawn_watch(
+    port: u16,
+    account_id: &str,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ipamctl"))
-        .args(["--server", &format!("127.0.0.1:{port}"), "--account", &account_id])
+        .args(["--server", &format!("127.0.0.1:{port}"), "--account", account_id])
         .args(["--output", "json", "watch"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Registered: the server counts the open stream.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if scrape_metrics(metrics_address).await.get("ipam_watch_streams_open") == Some(&1.0) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the watch never opened");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     let stdout = child.stdout.take().unwrap();
-    let (lines_sender, mut lines) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let (lines_sender, lines) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = lines_sender.send(serde_json::from_str(&line).unwrap());
         }
     });
+    (child, lines)
+}
 
-    // The server goes away before the watch saw any event; a change is made elsewhere.
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
-    let other_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let (stop, task, channel, _) = start_on_port(other_port).await;
-    Api::new(channel).bind(&prefix, "192.0.2.1/32", CDN).await;
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
-
-    let (stop, task, _, _) = start_on_port(port).await;
+async fn next_event(lines: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) -> (Option<u64>, String) {
     let event = tokio::time::timeout(PATIENCE, lines.recv()).await.unwrap().unwrap();
-    assert_eq!(
-        (event["revision"].as_u64(), event["binding"]["cidr"].as_str()),
-        (Some(3), Some("192.0.2.1/32"))
-    );
+    (
+        event["revision"].as_u64(),
+        event["binding"]["cidr"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_after_the_server_restarts() {
+    let (dir, port) = (tempfile::tempdir().unwrap(), free_port());
+    let server = PortServer::start(dir.path(), port).await;
+    let prefix = server.api.create_prefix(&account(), "192.0.2.0/24").await;
+    server.api.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    let (mut child, mut lines) = spawn_watch(port, &prefix.account_id, &["--after-revision", "0"]);
+    assert_eq!(next_event(&mut lines).await, (Some(2), "192.0.2.0/24".into()));
+
+    // Restart the server; the client reconnects and resumes after revision 2.
+    server.stop().await;
+    let server = PortServer::start(dir.path(), port).await;
+    server.api.bind(&prefix, "192.0.2.1/32", CDN).await;
+    assert_eq!(next_event(&mut lines).await, (Some(3), "192.0.2.1/32".into()));
     child.kill().unwrap();
     child.wait().unwrap();
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_watch_resumes_from_the_head_it_started_at() {
+    let (dir, port) = (tempfile::tempdir().unwrap(), free_port());
+    let server = PortServer::start(dir.path(), port).await;
+    let prefix = server.api.create_prefix(&account(), "192.0.2.0/24").await;
+    server.api.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    let (mut child, mut lines) = spawn_watch(port, &prefix.account_id, &[]);
+    // Registered: the server counts the open stream.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while scrape_metrics(server.metrics_address)
+        .await
+        .get("ipam_watch_streams_open")
+        != Some(&1.0)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the watch never opened");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // The server goes away before the watch saw any event, and a change is made while the
+    // client cannot reach any server (this one listens on another port).
+    server.stop().await;
+    let elsewhere = PortServer::start(dir.path(), free_port()).await;
+    elsewhere.api.bind(&prefix, "192.0.2.1/32", CDN).await;
+    elsewhere.stop().await;
+
+    let server = PortServer::start(dir.path(), port).await;
+    assert_eq!(next_event(&mut lines).await, (Some(3), "192.0.2.1/32".into()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    server.stop().await;
 }
