@@ -100,6 +100,10 @@ pub struct ServerOptions {
     #[arg(long, env = "IPAM_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Serve the v4 JSON API (Cloudflare's, under /client/v4) at http://ADDR (off when not set).
+    #[arg(long, env = "IPAM_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
     /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
     #[arg(long, env = "IPAM_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -100,10 +100,12 @@ pub struct EdgeLayer {
 
 impl EdgeLayer {
     pub fn new(max_concurrent_calls: usize, request_timeout: Duration) -> EdgeLayer {
-        EdgeLayer {
-            calls: Arc::new(Semaphore::new(max_concurrent_calls.max(1))),
-            request_timeout,
-        }
+        EdgeLayer::with_calls(Arc::new(Semaphore::new(max_concurrent_calls.max(1))), request_timeout)
+    }
+
+    /// The layer over a cap on calls in flight shared with another surface.
+    pub fn with_calls(calls: Arc<Semaphore>, request_timeout: Duration) -> EdgeLayer {
+        EdgeLayer { calls, request_timeout }
     }
 }
 
@@ -151,20 +153,29 @@ fn error_response<B: Default>(reason: Reason, message: &str, request_id: HeaderV
     response
 }
 
-fn usable_request_id(value: &HeaderValue) -> bool {
+pub(crate) fn usable_request_id(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(|b| b.is_ascii_graphic())
 }
 
 /// 32 hex characters: a random per-process prefix and a counter. Unique without asking the
 /// OS for randomness on every call (a v4 UUID per call cost a getrandom syscall each).
-fn fresh_request_id() -> HeaderValue {
+pub(crate) fn fresh_request_id() -> HeaderValue {
     static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let process = *PROCESS.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let sequence = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Hex digits are always a valid header value.
     HeaderValue::from_str(&format!("{process:016x}{sequence:016x}")).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// A W3C trace context header: version-traceid-parentid-flags, in lowercase hex.
+pub(crate) fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    parts.len() == 4
+        && [2, 32, 16, 2].iter().zip(&parts).all(|(len, part)| {
+            part.len() == *len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 /// tonic reports a request over `max_decoding_message_size` as OUT_OF_RANGE; gRPC's

@@ -6,7 +6,9 @@
 //! - [`projection`]: the in-memory read models folded from the log (lists, ids, LPM table).
 //! - [`engine`]: the single writer: decide -> append + group fsync -> apply -> publish -> reply.
 //! - [`rollout`]: turns bindings ACTIVE once the provisioning delay has passed.
-//! - [`api`]: the gRPC edge (request -> command/query, domain error -> status).
+//! - [`operations`]: what both surfaces offer: fields checked, then a command or a query.
+//! - [`api`]: the gRPC surface (messages in and out of operations, domain error -> status).
+//! - [`rest`]: the v4 JSON API (Cloudflare's routes) over the same operations.
 //! - [`edge`]: the tower layer in front of the services (global call cap, x-request-id).
 //! - [`server`]: wires health, reflection and the services onto a listener; graceful shutdown.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
@@ -21,7 +23,9 @@ pub mod engine;
 pub mod hex;
 pub mod log;
 pub mod metrics;
+pub mod operations;
 pub mod pb;
 pub mod projection;
+pub mod rest;
 pub mod rollout;
 pub mod server;

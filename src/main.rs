@@ -93,8 +93,16 @@ async fn run(config: Config) -> Result<(), String> {
         }
         None => None,
     };
+    let http = match config.server.http_listen {
+        Some(http_address) => {
+            let (listener, bound) = bind(http_address).await?;
+            info!(address = %bound, "v4 JSON API at http://{bound}/client/v4");
+            Some(listener)
+        }
+        None => None,
+    };
     info!(%address, data_dir = %config.server.data_dir.display(), "listening");
-    serve(config.server, Listeners { grpc, metrics }, termination())
+    serve(config.server, Listeners { grpc, metrics, http }, termination())
         .await
         .map_err(|error| error.to_string())
 }

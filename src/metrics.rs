@@ -28,7 +28,21 @@ pub struct MethodLabels {
     pub method: &'static str,
 }
 
+/// A v4 JSON API call: its method, route template and HTTP status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
+type RouteHistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~1.6 s
@@ -40,6 +54,8 @@ pub struct Metrics {
     pub calls: Family<CallLabels, Counter>,
     pub call_seconds: HistogramFamily,
     pub calls_in_flight: Gauge,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_request_seconds: RouteHistogramFamily,
     pub watch_streams: Gauge,
     /// The writer's own, handed to the engine.
     pub writes: Arc<WriteMetrics>,
@@ -70,6 +86,8 @@ impl Metrics {
         let calls = Family::<CallLabels, Counter>::default();
         let call_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let calls_in_flight = Gauge::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_request_seconds: RouteHistogramFamily = Family::new_with_constructor(latency_histogram);
         let watch_streams = Gauge::default();
         let events_appended = Counter::default();
         let fsync_seconds = latency_histogram();
@@ -80,8 +98,18 @@ impl Metrics {
         registry.register("grpc_call_seconds", "gRPC call latency by method", call_seconds.clone());
         registry.register(
             "grpc_calls_in_flight",
-            "gRPC calls being handled",
+            "Calls being handled (gRPC and the v4 JSON API)",
             calls_in_flight.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "v4 JSON API calls by method, route and HTTP status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_seconds",
+            "v4 JSON API call latency by route",
+            http_request_seconds.clone(),
         );
         registry.register(
             "watch_streams_open",
@@ -116,6 +144,8 @@ impl Metrics {
             calls,
             call_seconds,
             calls_in_flight,
+            http_requests,
+            http_request_seconds,
             watch_streams,
             writes: Arc::new(WriteMetrics {
                 events_appended,

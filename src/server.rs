@@ -28,7 +28,7 @@ use crate::pb::api::prefixes_server::PrefixesServer;
 use crate::pb::api::routing_server::RoutingServer;
 use crate::pb::api::service_bindings_server::ServiceBindingsServer;
 use crate::pb::api::services_server::ServicesServer;
-use crate::{edge, pb, rollout};
+use crate::{edge, pb, rest, rollout};
 
 pub use crate::config::ServerOptions;
 
@@ -113,15 +113,21 @@ async fn release(engine: Arc<Engine>, app: AppContext, metrics: &Metrics) {
     }
 }
 
-/// Where to serve: gRPC, and optionally metrics, each already bound (so tests use port 0).
+/// Where to serve: gRPC, and optionally metrics and the v4 JSON API, each already bound (so
+/// tests use port 0).
 pub struct Listeners {
     pub grpc: TcpListener,
     pub metrics: Option<TcpListener>,
+    pub http: Option<TcpListener>,
 }
 
 impl From<TcpListener> for Listeners {
     fn from(grpc: TcpListener) -> Listeners {
-        Listeners { grpc, metrics: None }
+        Listeners {
+            grpc,
+            metrics: None,
+            http: None,
+        }
     }
 }
 
@@ -134,6 +140,7 @@ pub async fn serve(
     let Listeners {
         grpc: listener,
         metrics: metrics_listener,
+        http: http_listener,
     } = listeners.into();
     let (dir, faults) = (options.data_dir.clone(), options.storage_faults.clone());
     let log = tokio::task::spawn_blocking(move || EventLog::open_with_faults(&dir, faults))
@@ -167,6 +174,8 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let max_bytes = options.max_message_bytes;
+    // One cap on calls in flight for both surfaces.
+    let calls = Arc::new(tokio::sync::Semaphore::new(options.max_concurrent_calls.max(1)));
     let mut server = Server::builder();
     if let Some(tls) = tls_config(&options)? {
         server = server.tls_config(tls)?;
@@ -176,10 +185,7 @@ pub async fn serve(
         .load_shed(true)
         .http2_keepalive_interval(Some(options.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(options.http2_keepalive_timeout))
-        .layer(edge::EdgeLayer::new(
-            options.max_concurrent_calls,
-            options.request_timeout,
-        ))
+        .layer(edge::EdgeLayer::with_calls(Arc::clone(&calls), options.request_timeout))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -196,6 +202,15 @@ pub async fn serve(
     let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stop_signal.wait_for(|stopping| *stopping).await;
     }));
+    let rest_server = http_listener.map(|listener| {
+        let limits = rest::RestLimits {
+            calls: Arc::clone(&calls),
+            request_timeout: options.request_timeout,
+            max_body_bytes: max_bytes,
+        };
+        let router = rest::router(app.clone(), limits);
+        tokio::spawn(rest::serve(router, listener, stop_receiver.clone()))
+    });
     let metrics_server = metrics_listener
         .map(|listener| tokio::spawn(metrics::serve(Arc::clone(&metrics), listener, stop_receiver.clone())));
     // Shutdown may be asked for while the projections still load.
@@ -255,6 +270,13 @@ pub async fn serve(
     let _ = rollout.await;
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
+    }
+    if let Some(rest_server) = rest_server {
+        match tokio::time::timeout(options.shutdown_grace, rest_server).await {
+            Ok(Ok(Err(error))) => warn!(%error, "the v4 JSON API listener failed"),
+            Ok(_) => {}
+            Err(_) => warn!("v4 JSON API calls still open after the shutdown grace"),
+        }
     }
     shutdown_requested.abort();
     engine.stop().await;

@@ -1,10 +1,10 @@
-//! The gRPC edge: one `<Thing>Service` per addressing.v1 service. Each handler checks the shape
-//! of every field (collecting all violations), turns the request into a command or a query,
-//! and converts the result; [`status`] is the only place where domain errors become statuses.
+//! The gRPC surface: one `<Thing>Service` per addressing.v1 service. Prefixes and bindings
+//! hand the request's fields to [`crate::operations`] (shared with the v4 JSON API) and convert
+//! what comes back; lookups and watches, gRPC's alone, check their fields here. [`status`] is
+//! the only place where domain errors become statuses.
 
 pub mod codec;
 pub mod convert;
-pub mod page_token;
 pub mod prefixes;
 pub mod routing;
 pub mod service_bindings;
@@ -14,63 +14,18 @@ pub mod watch;
 pub mod wire;
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use tokio::sync::watch as signal;
 use tonic::metadata::MetadataMap;
 use tonic::{Response, Status};
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::edge::REQUEST_ID;
+use crate::edge::{REQUEST_ID, is_traceparent};
 
-use crate::domain::{Error, ErrorKind, Outcome, Reason};
-use crate::engine::Engine;
+use crate::domain::{Error, ErrorKind};
 use crate::metrics::{CallLabels, MethodLabels, Metrics};
 
-/// What every handler shares: the engine, once the projections are loaded, and the shutdown
-/// signal that ends open streams.
-#[derive(Clone)]
-pub struct AppContext {
-    engine: Arc<OnceLock<Arc<Engine>>>,
-    shutdown: signal::Receiver<bool>,
-    metrics: Arc<Metrics>,
-}
-
-impl AppContext {
-    pub fn new(shutdown: signal::Receiver<bool>, metrics: Arc<Metrics>) -> AppContext {
-        AppContext {
-            engine: Arc::new(OnceLock::new()),
-            shutdown,
-            metrics,
-        }
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Makes the service ready: called once the projections are rebuilt.
-    pub fn set_engine(&self, engine: Arc<Engine>) {
-        let _ = self.engine.set(engine);
-    }
-
-    /// The engine, or NOT_READY while the server is still loading.
-    pub fn engine(&self) -> Result<&Arc<Engine>, Error> {
-        self.engine
-            .get()
-            .ok_or_else(|| Error::new(Reason::NotReady, "the server is loading its data; retry shortly"))
-    }
-
-    pub fn shutdown_signal(&self) -> signal::Receiver<bool> {
-        self.shutdown.clone()
-    }
-}
-
-/// The writer answered a command with an outcome of another kind: a bug, never the caller's.
-pub(crate) fn unexpected(outcome: Outcome) -> Error {
-    Error::new(Reason::Internal, format!("unexpected outcome {outcome:?}"))
-}
+pub use crate::operations::AppContext;
 
 /// Runs one call (a unary call, or the opening of a stream) inside a span that carries the
 /// method, the `x-request-id` (set by [`crate::edge`]) and the caller's W3C `traceparent`;
@@ -116,15 +71,6 @@ pub async fn unary<T>(
     }
     .instrument(span)
     .await
-}
-
-/// A W3C trace context header: version-traceid-parentid-flags, in lowercase hex.
-fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    parts.len() == 4
-        && [2, 32, 16, 2].iter().zip(&parts).all(|(len, part)| {
-            part.len() == *len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        })
 }
 
 fn log_call(method: &'static str, started: Instant, error: Option<&Error>) {

@@ -1,10 +1,9 @@
-//! addressing.v1.Prefixes.
+//! addressing.v1.Prefixes: wire messages in and out of [`crate::operations`].
 
 use tonic::{Request, Response, Status};
 
-use super::{AppContext, convert, page_token, unary, unexpected};
-use crate::domain::error::AllFields;
-use crate::domain::{AccountId, Command, Error, Outcome, PrefixId, fields};
+use super::{AppContext, convert, unary};
+use crate::operations::{self, ListPage, NewPrefix};
 use crate::pb::api;
 use crate::pb::api::prefixes_server::Prefixes;
 
@@ -16,20 +15,6 @@ impl PrefixesService {
     pub fn new(app: AppContext) -> PrefixesService {
         PrefixesService { app }
     }
-
-    async fn run(&self, command: Command) -> Result<api::Prefix, Error> {
-        match self.app.engine()?.execute(command).await? {
-            Outcome::Prefix(prefix) => Ok(convert::prefix(&prefix)),
-            other => Err(unexpected(other)),
-        }
-    }
-}
-
-fn prefixes_scope(account_id: &AccountId) -> page_token::ListScope<'_> {
-    page_token::ListScope {
-        list: "prefixes",
-        scope: account_id.as_bytes(),
-    }
 }
 
 #[tonic::async_trait]
@@ -37,20 +22,15 @@ impl Prefixes for PrefixesService {
     async fn create_prefix(&self, request: Request<api::CreatePrefixRequest>) -> Result<Response<api::Prefix>, Status> {
         let (metadata, _, request) = request.into_parts();
         unary(self.app.metrics(), "CreatePrefix", &metadata, async {
-            let (account_id, cidr, description) = (
-                fields::account_id("account_id", &request.account_id),
-                fields::prefix_cidr("cidr", &request.cidr),
-                fields::description("description", &request.description),
-            )
-                .all_fields()?;
-            self.run(Command::CreatePrefix {
-                id: PrefixId::generate(),
-                account_id,
-                cidr,
+            let new = NewPrefix {
+                account_id: &request.account_id,
+                cidr: &request.cidr,
                 asn: request.asn,
-                description,
-            })
-            .await
+                description: &request.description,
+            };
+            operations::create_prefix(&self.app, new)
+                .await
+                .map(|prefix| convert::prefix(&prefix))
         })
         .await
     }
@@ -58,13 +38,8 @@ impl Prefixes for PrefixesService {
     async fn get_prefix(&self, request: Request<api::GetPrefixRequest>) -> Result<Response<api::Prefix>, Status> {
         let (metadata, _, request) = request.into_parts();
         unary(self.app.metrics(), "GetPrefix", &metadata, async {
-            let (account_id, prefix_id) = (
-                fields::account_id("account_id", &request.account_id),
-                fields::prefix_id("prefix_id", &request.prefix_id),
-            )
-                .all_fields()?;
-            let model = self.app.engine()?.projections().read();
-            model.state.prefix(account_id, prefix_id).map(convert::prefix)
+            operations::get_prefix(&self.app, &request.account_id, &request.prefix_id)
+                .map(|prefix| convert::prefix(&prefix))
         })
         .await
     }
@@ -75,21 +50,14 @@ impl Prefixes for PrefixesService {
     ) -> Result<Response<api::ListPrefixesResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         unary(self.app.metrics(), "ListPrefixes", &metadata, async {
-            let (account_id, page_size) = (
-                fields::account_id("account_id", &request.account_id),
-                fields::page_size("page_size", request.page_size),
-            )
-                .all_fields()?;
-            let scope = prefixes_scope(&account_id);
-            let after = page_token::decode(&scope, "page_token", &request.page_token)?;
-            let model = self.app.engine()?.projections().read();
-            let page = model.state.list_prefixes(account_id, after, page_size);
+            let page = ListPage::Page {
+                size: request.page_size,
+                token: &request.page_token,
+            };
+            let listed = operations::list_prefixes(&self.app, &request.account_id, page)?;
             Ok(api::ListPrefixesResponse {
-                prefixes: page.items.into_iter().map(convert::prefix).collect(),
-                next_page_token: page
-                    .next_after
-                    .map(|key| page_token::encode(&scope, key))
-                    .unwrap_or_default(),
+                prefixes: listed.items.iter().map(convert::prefix).collect(),
+                next_page_token: listed.next_page_token,
             })
         })
         .await
@@ -98,18 +66,10 @@ impl Prefixes for PrefixesService {
     async fn update_prefix(&self, request: Request<api::UpdatePrefixRequest>) -> Result<Response<api::Prefix>, Status> {
         let (metadata, _, request) = request.into_parts();
         unary(self.app.metrics(), "UpdatePrefix", &metadata, async {
-            let (account_id, prefix_id, description) = (
-                fields::account_id("account_id", &request.account_id),
-                fields::prefix_id("prefix_id", &request.prefix_id),
-                fields::description("description", &request.description),
-            )
-                .all_fields()?;
-            self.run(Command::UpdatePrefix {
-                account_id,
-                prefix_id,
-                description,
-            })
-            .await
+            let description = Some(request.description.as_str());
+            operations::update_prefix(&self.app, &request.account_id, &request.prefix_id, description)
+                .await
+                .map(|prefix| convert::prefix(&prefix))
         })
         .await
     }
@@ -120,20 +80,8 @@ impl Prefixes for PrefixesService {
     ) -> Result<Response<api::DeletePrefixResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         unary(self.app.metrics(), "DeletePrefix", &metadata, async {
-            let (account_id, prefix_id) = (
-                fields::account_id("account_id", &request.account_id),
-                fields::prefix_id("prefix_id", &request.prefix_id),
-            )
-                .all_fields()?;
-            match self
-                .app
-                .engine()?
-                .execute(Command::DeletePrefix { account_id, prefix_id })
-                .await?
-            {
-                Outcome::PrefixDeleted(id) => Ok(api::DeletePrefixResponse { id: id.to_string() }),
-                other => Err(unexpected(other)),
-            }
+            let id = operations::delete_prefix(&self.app, &request.account_id, &request.prefix_id).await?;
+            Ok(api::DeletePrefixResponse { id: id.to_string() })
         })
         .await
     }

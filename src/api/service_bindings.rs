@@ -1,14 +1,13 @@
-//! addressing.v1.ServiceBindings: create, list, get and delete (the watch stream is in
-//! [`super::watch`]).
+//! addressing.v1.ServiceBindings: create, list, get and delete through [`crate::operations`]
+//! (the watch stream is in [`super::watch`]).
 
 use std::pin::Pin;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{AppContext, convert, page_token, unary, unexpected, watch};
-use crate::domain::error::AllFields;
-use crate::domain::{BindingId, Command, Outcome, PrefixId, fields};
+use super::{AppContext, convert, unary, watch};
+use crate::operations::{self, ListPage, NewBinding};
 use crate::pb::api;
 use crate::pb::api::service_bindings_server::ServiceBindings;
 
@@ -22,13 +21,6 @@ impl ServiceBindingsService {
     }
 }
 
-fn bindings_scope(prefix_id: &PrefixId) -> page_token::ListScope<'_> {
-    page_token::ListScope {
-        list: "bindings",
-        scope: prefix_id.as_bytes(),
-    }
-}
-
 #[tonic::async_trait]
 impl ServiceBindings for ServiceBindingsService {
     async fn create_service_binding(
@@ -37,26 +29,17 @@ impl ServiceBindings for ServiceBindingsService {
     ) -> Result<Response<api::ServiceBinding>, Status> {
         let (metadata, _, request) = request.into_parts();
         unary(self.app.metrics(), "CreateServiceBinding", &metadata, async {
-            let (account_id, prefix_id, cidr, service, request_id) = (
-                fields::account_id("account_id", &request.account_id),
-                fields::prefix_id("prefix_id", &request.prefix_id),
-                fields::cidr("cidr", &request.cidr),
-                fields::service("service_id", &request.service_id),
-                fields::request_id("request_id", &request.request_id),
-            )
-                .all_fields()?;
-            let command = Command::CreateBinding {
-                id: BindingId::generate(),
-                account_id,
-                prefix_id,
-                cidr,
-                service,
-                request_id,
+            let new = NewBinding {
+                account_id: &request.account_id,
+                prefix_id: &request.prefix_id,
+                cidr: &request.cidr,
+                service_id: &request.service_id,
+                request_id: &request.request_id,
+                request_id_field: "request_id",
             };
-            match self.app.engine()?.execute(command).await? {
-                Outcome::Binding(binding) => Ok(convert::binding(&binding)),
-                other => Err(unexpected(other)),
-            }
+            operations::create_binding(&self.app, new)
+                .await
+                .map(|binding| convert::binding(&binding))
         })
         .await
     }
@@ -67,24 +50,15 @@ impl ServiceBindings for ServiceBindingsService {
     ) -> Result<Response<api::ListServiceBindingsResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         unary(self.app.metrics(), "ListServiceBindings", &metadata, async {
-            let (account_id, prefix_id, page_size) = (
-                fields::account_id("account_id", &request.account_id),
-                fields::prefix_id("prefix_id", &request.prefix_id),
-                fields::page_size("page_size", request.page_size),
-            )
-                .all_fields()?;
-            let scope = bindings_scope(&prefix_id);
-            let after = page_token::decode(&scope, "page_token", &request.page_token)?;
-            let model = self.app.engine()?.projections().read();
-            model.state.prefix(account_id, prefix_id)?;
-            let page = model.state.list_bindings(prefix_id, after, page_size);
+            let page = ListPage::Page {
+                size: request.page_size,
+                token: &request.page_token,
+            };
+            let listed = operations::list_bindings(&self.app, &request.account_id, &request.prefix_id, page)?;
             Ok(api::ListServiceBindingsResponse {
-                bindings: page.items.into_iter().map(convert::binding).collect(),
-                next_page_token: page
-                    .next_after
-                    .map(|key| page_token::encode(&scope, key))
-                    .unwrap_or_default(),
-                revision: model.head,
+                bindings: listed.items.iter().map(convert::binding).collect(),
+                next_page_token: listed.next_page_token,
+                revision: listed.revision,
             })
         })
         .await
@@ -96,17 +70,8 @@ impl ServiceBindings for ServiceBindingsService {
     ) -> Result<Response<api::ServiceBinding>, Status> {
         let (metadata, _, request) = request.into_parts();
         unary(self.app.metrics(), "GetServiceBinding", &metadata, async {
-            let (account_id, prefix_id, binding_id) = (
-                fields::account_id("account_id", &request.account_id),
-                fields::prefix_id("prefix_id", &request.prefix_id),
-                fields::binding_id("binding_id", &request.binding_id),
-            )
-                .all_fields()?;
-            let model = self.app.engine()?.projections().read();
-            model
-                .state
-                .binding(account_id, prefix_id, binding_id)
-                .map(convert::binding)
+            operations::get_binding(&self.app, &request.account_id, &request.prefix_id, &request.binding_id)
+                .map(|binding| convert::binding(&binding))
         })
         .await
     }
@@ -117,21 +82,12 @@ impl ServiceBindings for ServiceBindingsService {
     ) -> Result<Response<api::DeleteServiceBindingResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         unary(self.app.metrics(), "DeleteServiceBinding", &metadata, async {
-            let (account_id, prefix_id, binding_id) = (
-                fields::account_id("account_id", &request.account_id),
-                fields::prefix_id("prefix_id", &request.prefix_id),
-                fields::binding_id("binding_id", &request.binding_id),
-            )
-                .all_fields()?;
-            let command = Command::DeleteBinding {
-                account_id,
-                prefix_id,
-                binding_id,
-            };
-            match self.app.engine()?.execute(command).await? {
-                Outcome::BindingDeleted(id) => Ok(api::DeleteServiceBindingResponse { id: id.to_string() }),
-                other => Err(unexpected(other)),
-            }
+            let deleted =
+                operations::delete_binding(&self.app, &request.account_id, &request.prefix_id, &request.binding_id)
+                    .await?;
+            Ok(api::DeleteServiceBindingResponse {
+                id: deleted.to_string(),
+            })
         })
         .await
     }

@@ -23,6 +23,7 @@ pub fn code_of(kind: ErrorKind) -> Code {
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::Internal => Code::Internal,
+        ErrorKind::UnknownRoute | ErrorKind::MethodNotAllowed => Code::Unimplemented,
     }
 }
 

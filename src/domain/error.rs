@@ -25,6 +25,10 @@ pub enum ErrorKind {
     DeadlineExceeded,
     /// A bug or corruption on our side (INTERNAL).
     Internal,
+    /// The v4 JSON API has no such route (HTTP 404; gRPC's UNIMPLEMENTED).
+    UnknownRoute,
+    /// The route exists but not with this HTTP method (HTTP 405; gRPC's UNIMPLEMENTED).
+    MethodNotAllowed,
 }
 
 macro_rules! reasons {
@@ -121,6 +125,16 @@ reasons! {
     /// The caller's grpc-timeout (or the server's request timeout) passed first. A change may
     /// still have been applied: read before retrying a create without a request_id.
     DeadlineExceeded = ("DEADLINE_EXCEEDED", 1303, DeadlineExceeded),
+    /// The v4 JSON API: the body is not a JSON document (or not an object).
+    MalformedJson = ("MALFORMED_JSON", 1500, InvalidArgument),
+    /// The v4 JSON API: a request with a body whose content type is not JSON.
+    UnsupportedContentType = ("UNSUPPORTED_CONTENT_TYPE", 1501, InvalidArgument),
+    /// The v4 JSON API: no such route.
+    UnknownRoute = ("UNKNOWN_ROUTE", 1502, UnknownRoute),
+    /// The v4 JSON API: the route does not take this method.
+    MethodNotAllowed = ("METHOD_NOT_ALLOWED", 1503, MethodNotAllowed),
+    /// The v4 JSON API: a body over the message size limit.
+    RequestTooLarge = ("REQUEST_TOO_LARGE", 1504, ResourceExhausted),
     /// An unexpected failure on our side.
     Internal = ("INTERNAL", 1900, Internal),
 }
@@ -161,6 +175,17 @@ impl Error {
             }],
             message,
         }
+    }
+
+    /// The same error with violations of `from` blamed on `to` (the name a surface gives
+    /// the field).
+    pub fn renamed_field(mut self, from: &str, to: &str) -> Error {
+        for violation in &mut self.violations {
+            if violation.field == from {
+                violation.field = to.to_string();
+            }
+        }
+        self
     }
 
     pub fn kind(&self) -> ErrorKind {

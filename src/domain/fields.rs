@@ -14,7 +14,7 @@ use super::service::Service;
 /// The most characters a prefix description may have.
 pub const MAX_DESCRIPTION_CHARS: usize = 1000;
 /// The most characters a request id may have.
-pub const MAX_REQUEST_ID_CHARS: usize = 128;
+pub const MAX_REQUEST_ID_CHARS: usize = 255;
 /// The page size used for 0, and the largest one honoured.
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// The most addresses one LookupAddresses call may carry.

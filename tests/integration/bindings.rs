@@ -315,7 +315,7 @@ async fn request_ids_make_retries_safe() {
     assert_eq!(after_restart, first);
 
     let mut too_long = request;
-    too_long.request_id = "r".repeat(129);
+    too_long.request_id = "r".repeat(256);
     let status = server.bindings().create_service_binding(too_long).await.unwrap_err();
     assert_error(
         &status,

@@ -298,6 +298,7 @@ impl PortServer {
         let listeners = ipam_bindings::server::Listeners {
             grpc,
             metrics: Some(metrics),
+            http: None,
         };
         let task = tokio::spawn(ipam_bindings::server::serve(options, listeners, async move {
             let _ = stopped.await;

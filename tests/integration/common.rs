@@ -37,6 +37,8 @@ pub struct TestServer {
     pub address: SocketAddr,
     /// Where `GET /metrics` is served.
     pub metrics_address: SocketAddr,
+    /// Where the v4 JSON API is served (under `/client/v4`).
+    pub http_address: SocketAddr,
     api: Api,
     data_dir: PathBuf,
     /// Keeps the temporary directory alive for the server's lifetime (None when the caller
@@ -84,11 +86,14 @@ impl TestServer {
             .await
             .expect("bind metrics");
         let metrics_address = metrics_listener.local_addr().expect("metrics addr");
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let http_address = http_listener.local_addr().expect("http addr");
         let (shutdown, signal) = oneshot::channel::<()>();
         let (dir, provisioning_delay) = (options.data_dir.clone(), options.provisioning_delay);
         let listeners = Listeners {
             grpc: listener,
             metrics: Some(metrics_listener),
+            http: Some(http_listener),
         };
         let task = tokio::spawn(serve(options, listeners, async move {
             let _ = signal.await;
@@ -99,6 +104,7 @@ impl TestServer {
         let server = TestServer {
             address,
             metrics_address,
+            http_address,
             api: Api { channel },
             data_dir: dir.to_path_buf(),
             _temp_dir: None,
@@ -362,4 +368,54 @@ pub async fn scrape_metrics(address: SocketAddr) -> HashMap<String, f64> {
         }
     }
     samples
+}
+
+/// An HTTP/1.1 response: status, headers (lowercase names) and the body parsed as JSON
+/// (`Null` when it is not JSON).
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+    pub json: serde_json::Value,
+}
+
+/// One HTTP/1.1 request on its own connection (`Connection: close`): enough for the v4 JSON
+/// API, without an HTTP client crate.
+pub async fn http(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> HttpReply {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = body {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body.unwrap_or_default());
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    HttpReply {
+        status,
+        headers,
+        body: body.to_string(),
+        json: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    }
 }

@@ -11,6 +11,7 @@ mod lifecycle;
 mod metrics;
 mod operator;
 mod prefixes;
+mod rest;
 mod routing;
 mod server;
 mod storage;

@@ -1,0 +1,110 @@
+//! Service bindings: bind a CIDR of a prefix to a service, read, list, delete.
+
+use super::{AppContext, ListPage, Listed, page_token, unexpected};
+use crate::domain::error::AllFields;
+use crate::domain::{Binding, BindingId, Command, Error, Outcome, PrefixId, fields};
+
+/// A binding to create, as the caller sent it.
+#[derive(Clone, Copy, Debug)]
+pub struct NewBinding<'a> {
+    pub account_id: &'a str,
+    pub prefix_id: &'a str,
+    pub cidr: &'a str,
+    pub service_id: &'a str,
+    /// Makes a retry safe; empty for none.
+    pub request_id: &'a str,
+    /// The name the caller knows the request id by, for errors about it (`request_id` over
+    /// gRPC, the `idempotency-key` header over REST).
+    pub request_id_field: &'a str,
+}
+
+pub async fn create_binding(app: &AppContext, new: NewBinding<'_>) -> Result<Binding, Error> {
+    let (account_id, prefix_id, cidr, service, request_id) = (
+        fields::account_id("account_id", new.account_id),
+        fields::prefix_id("prefix_id", new.prefix_id),
+        fields::cidr("cidr", new.cidr),
+        fields::service("service_id", new.service_id),
+        fields::request_id(new.request_id_field, new.request_id),
+    )
+        .all_fields()?;
+    let command = Command::CreateBinding {
+        id: BindingId::generate(),
+        account_id,
+        prefix_id,
+        cidr,
+        service,
+        request_id,
+    };
+    match app.engine()?.execute(command).await {
+        Ok(Outcome::Binding(binding)) => Ok(binding),
+        Ok(other) => Err(unexpected(other)),
+        Err(error) => Err(error.renamed_field("request_id", new.request_id_field)),
+    }
+}
+
+pub fn get_binding(app: &AppContext, account_id: &str, prefix_id: &str, binding_id: &str) -> Result<Binding, Error> {
+    let (account_id, prefix_id, binding_id) = (
+        fields::account_id("account_id", account_id),
+        fields::prefix_id("prefix_id", prefix_id),
+        fields::binding_id("binding_id", binding_id),
+    )
+        .all_fields()?;
+    let model = app.engine()?.projections().read();
+    model.state.binding(account_id, prefix_id, binding_id).cloned()
+}
+
+pub fn list_bindings(
+    app: &AppContext,
+    account_id: &str,
+    prefix_id: &str,
+    page: ListPage<'_>,
+) -> Result<Listed<Binding>, Error> {
+    let (account_id, prefix_id, size) = (
+        fields::account_id("account_id", account_id),
+        fields::prefix_id("prefix_id", prefix_id),
+        page.size(),
+    )
+        .all_fields()?;
+    let scope = bindings_scope(&prefix_id);
+    let after = page_token::decode(&scope, "page_token", page.token())?;
+    let model = app.engine()?.projections().read();
+    model.state.prefix(account_id, prefix_id)?;
+    let page = model.state.list_bindings(prefix_id, after, size);
+    Ok(Listed {
+        items: page.items.into_iter().cloned().collect(),
+        next_page_token: (page.next_after)
+            .map(|key| page_token::encode(&scope, key))
+            .unwrap_or_default(),
+        revision: model.head,
+    })
+}
+
+pub async fn delete_binding(
+    app: &AppContext,
+    account_id: &str,
+    prefix_id: &str,
+    binding_id: &str,
+) -> Result<BindingId, Error> {
+    let (account_id, prefix_id, binding_id) = (
+        fields::account_id("account_id", account_id),
+        fields::prefix_id("prefix_id", prefix_id),
+        fields::binding_id("binding_id", binding_id),
+    )
+        .all_fields()?;
+    let command = Command::DeleteBinding {
+        account_id,
+        prefix_id,
+        binding_id,
+    };
+    match app.engine()?.execute(command).await? {
+        Outcome::BindingDeleted(id) => Ok(id),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn bindings_scope(prefix_id: &PrefixId) -> page_token::ListScope<'_> {
+    page_token::ListScope {
+        list: "bindings",
+        scope: prefix_id.as_bytes(),
+    }
+}

@@ -1,0 +1,105 @@
+//! The operations both surfaces offer (gRPC in [`crate::api`], the v4 JSON API in
+//! [`crate::rest`]), over one engine: each takes the request's fields as the caller sent
+//! them, checks their shape (collecting every violation), then runs the command or the query
+//! and returns domain values or a domain error. A surface only converts: its wire form into
+//! these inputs, the results back, and errors into its own status (`api::status`,
+//! `rest::error`), both from the one reason table in [`crate::domain::error`].
+
+mod bindings;
+pub mod page_token;
+mod prefixes;
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::watch as signal;
+
+pub use bindings::{NewBinding, create_binding, delete_binding, get_binding, list_bindings};
+pub use prefixes::{NewPrefix, create_prefix, delete_prefix, get_prefix, list_prefixes, update_prefix};
+
+use crate::domain::{Error, Outcome, Reason};
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+
+/// What every surface shares: the engine, once the projections are loaded, the shutdown
+/// signal that ends open streams, and the metrics.
+#[derive(Clone)]
+pub struct AppContext {
+    engine: Arc<OnceLock<Arc<Engine>>>,
+    shutdown: signal::Receiver<bool>,
+    metrics: Arc<Metrics>,
+}
+
+impl AppContext {
+    pub fn new(shutdown: signal::Receiver<bool>, metrics: Arc<Metrics>) -> AppContext {
+        AppContext {
+            engine: Arc::new(OnceLock::new()),
+            shutdown,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn metrics_handle(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Makes the service ready: called once the projections are rebuilt.
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// The engine, or NOT_READY while the server is still loading.
+    pub fn engine(&self) -> Result<&Arc<Engine>, Error> {
+        self.engine
+            .get()
+            .ok_or_else(|| Error::new(Reason::NotReady, "the server is loading its data; retry shortly"))
+    }
+
+    pub fn shutdown_signal(&self) -> signal::Receiver<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Which part of a list to return.
+#[derive(Clone, Copy, Debug)]
+pub enum ListPage<'a> {
+    /// Every item (the v4 JSON API has no paging).
+    All,
+    /// One page: at most `size` items (0: the default) after the `token`'s position.
+    Page { size: i32, token: &'a str },
+}
+
+impl ListPage<'_> {
+    /// How many items to return, checked.
+    fn size(&self) -> Result<usize, Error> {
+        match self {
+            ListPage::All => Ok(usize::MAX),
+            ListPage::Page { size, .. } => crate::domain::fields::page_size("page_size", *size),
+        }
+    }
+
+    fn token(&self) -> &str {
+        match self {
+            ListPage::All => "",
+            ListPage::Page { token, .. } => token,
+        }
+    }
+}
+
+/// One page of a list.
+#[derive(Debug)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    /// The token of the next page; empty on the last one.
+    pub next_page_token: String,
+    /// The log's head when the page was read.
+    pub revision: u64,
+}
+
+/// The writer answered a command with an outcome of another kind: a bug, never the caller's.
+pub(crate) fn unexpected(outcome: Outcome) -> Error {
+    Error::new(Reason::Internal, format!("unexpected outcome {outcome:?}"))
+}
