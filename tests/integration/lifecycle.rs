@@ -31,6 +31,7 @@ async fn a_drain_reports_not_serving_while_still_serving_then_stops() {
         ServingStatus::Serving as i32
     );
     let channel = server.channel.clone();
+    let http_address = server.http_address;
     let stopping = tokio::spawn(async move { server.stop().await });
     let next = tokio::time::timeout(PATIENCE, watch.message())
         .await
@@ -44,10 +45,15 @@ async fn a_drain_reports_not_serving_while_still_serving_then_stops() {
         .list_services(request)
         .await
         .expect("served during the drain delay");
+    let services = format!("/client/v4/accounts/{}/addressing/services", account());
+    let reply = http(http_address, "GET", &services, &[], None).await;
+    assert_eq!(reply.status, 200, "the v4 JSON API too: {}", reply.body);
     // The open Watch stream does not hold the shutdown open: the stop completes and ends it.
     stopping.await.unwrap().unwrap();
     let end = tokio::time::timeout(PATIENCE, watch.message()).await.unwrap();
     assert!(!matches!(end, Ok(Some(_))), "the Watch stream ended: {end:?}");
+    // Stopped: the v4 JSON API's listener is closed too.
+    assert!(tokio::net::TcpStream::connect(http_address).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
