@@ -85,22 +85,16 @@ async fn run(config: Config) -> Result<(), String> {
         Ok::<_, String>((listener, bound))
     };
     let (grpc, address) = bind(config.server.listen).await?;
-    let metrics = match config.server.metrics_listen {
-        Some(metrics_address) => {
-            let (listener, bound) = bind(metrics_address).await?;
-            info!(address = %bound, "metrics at http://{bound}/metrics");
-            Some(listener)
-        }
-        None => None,
+    let optional = async |address: Option<std::net::SocketAddr>, what: &str, path: &str| {
+        let Some(address) = address else {
+            return Ok::<_, String>(None);
+        };
+        let (listener, bound) = bind(address).await?;
+        info!(address = %bound, "{what} at http://{bound}{path}");
+        Ok(Some(listener))
     };
-    let http = match config.server.http_listen {
-        Some(http_address) => {
-            let (listener, bound) = bind(http_address).await?;
-            info!(address = %bound, "v4 JSON API at http://{bound}/client/v4");
-            Some(listener)
-        }
-        None => None,
-    };
+    let metrics = optional(config.server.metrics_listen, "metrics", "/metrics").await?;
+    let http = optional(config.server.http_listen, "v4 JSON API", "/client/v4").await?;
     info!(%address, data_dir = %config.server.data_dir.display(), "listening");
     serve(config.server, Listeners { grpc, metrics, http }, termination())
         .await

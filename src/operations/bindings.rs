@@ -70,13 +70,7 @@ pub fn list_bindings(
     let model = app.engine()?.projections().read();
     model.state.prefix(account_id, prefix_id)?;
     let page = model.state.list_bindings(prefix_id, after, size);
-    Ok(Listed {
-        items: page.items.into_iter().cloned().collect(),
-        next_page_token: (page.next_after)
-            .map(|key| page_token::encode(&scope, key))
-            .unwrap_or_default(),
-        revision: model.head,
-    })
+    Ok(Listed::of(page, &scope, model.head))
 }
 
 pub async fn delete_binding(

@@ -99,6 +99,19 @@ pub struct Listed<T> {
     pub revision: u64,
 }
 
+impl<T: Clone> Listed<T> {
+    /// A page of the state's list under `scope`, read at revision `head`.
+    fn of(page: crate::domain::state::Page<'_, T>, scope: &page_token::ListScope<'_>, head: u64) -> Listed<T> {
+        Listed {
+            items: page.items.into_iter().cloned().collect(),
+            next_page_token: (page.next_after)
+                .map(|key| page_token::encode(scope, key))
+                .unwrap_or_default(),
+            revision: head,
+        }
+    }
+}
+
 /// The writer answered a command with an outcome of another kind: a bug, never the caller's.
 pub(crate) fn unexpected(outcome: Outcome) -> Error {
     Error::new(Reason::Internal, format!("unexpected outcome {outcome:?}"))

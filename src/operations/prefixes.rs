@@ -46,13 +46,7 @@ pub fn list_prefixes(app: &AppContext, account_id: &str, page: ListPage<'_>) -> 
     let after = page_token::decode(&scope, "page_token", page.token())?;
     let model = app.engine()?.projections().read();
     let page = model.state.list_prefixes(account_id, after, size);
-    Ok(Listed {
-        items: page.items.into_iter().cloned().collect(),
-        next_page_token: (page.next_after)
-            .map(|key| page_token::encode(&scope, key))
-            .unwrap_or_default(),
-        revision: model.head,
-    })
+    Ok(Listed::of(page, &scope, model.head))
 }
 
 /// Sets the description; `None` changes nothing (and appends nothing) but still answers with
