@@ -28,6 +28,16 @@ pub struct Config {
     pub tool: Option<Tool>,
 }
 
+/// Whether calls are checked against the access policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Every caller may act for every account (allowed only on loopback listeners, unless
+    /// --allow-unauthenticated).
+    Off,
+    /// Every call needs credentials and a grant in --auth-policy.
+    Enforce,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -115,6 +125,24 @@ pub struct ServerOptions {
     /// PEM CA bundle: require client certificates signed by it (mutual TLS; needs --tls-cert).
     #[arg(long, env = "IPAM_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// Access control [default: enforce with --auth-policy, off without].
+    #[arg(long, env = "IPAM_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// The access policy (TOML: tokens and SPIFFE principals with their grants); re-read on
+    /// SIGHUP and when its content changes.
+    #[arg(long, env = "IPAM_AUTH_POLICY")]
+    pub auth_policy: Option<PathBuf>,
+
+    /// Trust `x-forwarded-client-cert` from the sidecar whose SPIFFE id this is (the `By` of
+    /// the header's last element); without it the header is ignored.
+    #[arg(long, env = "IPAM_TRUST_XFCC")]
+    pub trust_xfcc: Option<String>,
+
+    /// Serve without access control on a non-loopback address (refused otherwise).
+    #[arg(long, env = "IPAM_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
 }
 
 impl ServerOptions {
@@ -149,6 +177,25 @@ pub enum Tool {
         /// File to read; "-" for standard input.
         #[arg(long, default_value = "-")]
         input: PathBuf,
+    },
+    /// Access tokens (no data directory needed).
+    #[command(subcommand)]
+    Token(TokenTool),
+}
+
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum TokenTool {
+    /// Make a token: prints it once, and the policy entry to paste (which holds only its hash).
+    New {
+        /// The name the token acts as (what events record as their actor).
+        #[arg(long)]
+        principal: String,
+        /// The token's id in the policy (1-32 letters, digits, dashes; random by default).
+        #[arg(long)]
+        id: Option<String>,
+        /// When the token stops working, UTC (2027-01-01T00:00:00Z).
+        #[arg(long)]
+        expires_at: Option<String>,
     },
 }
 

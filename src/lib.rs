@@ -9,6 +9,7 @@
 //! - [`operations`]: what both surfaces offer: fields checked, then a command or a query.
 //! - [`api`]: the gRPC surface (messages in and out of operations, domain error -> status).
 //! - [`rest`]: the v4 JSON API (Cloudflare's routes) over the same operations.
+//! - [`auth`]: access control: credentials, the policy, permissions, the audit of refusals.
 //! - [`edge`]: the tower layer in front of the services (global call cap, x-request-id).
 //! - [`server`]: wires health, reflection and the services onto a listener; graceful shutdown.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
@@ -16,6 +17,7 @@
 //! - [`pb`]: generated protobuf code; [`hex`]: the hex encoding of tokens and exports.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod edge;

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::path::Path;
 
-use ipam_bindings::config::{Config, LogFormat, Tool};
+use ipam_bindings::auth::credentials;
+use ipam_bindings::auth::policy::is_token_id;
+use ipam_bindings::config::{Config, LogFormat, TokenTool, Tool};
 use ipam_bindings::log::{EventLog, LogError, tools};
 use ipam_bindings::server::{Listeners, serve};
 use tracing::{error, info};
@@ -17,7 +19,13 @@ fn main() -> ExitCode {
     ipam_bindings::log::quiet_storage_panics();
     let config = Config::parse();
     if let Some(tool) = &config.tool {
-        return match run_tool(tool, &config.server.data_dir) {
+        let report = match tool {
+            Tool::Token(TokenTool::New { principal, id, expires_at }) => {
+                new_token(principal, id.as_deref(), expires_at.as_deref())
+            }
+            tool => run_tool(tool, &config.server.data_dir),
+        };
+        return match report {
             // Reports go to stderr: an export may be writing the log to stdout.
             Ok(report) => {
                 if !report.is_empty() {
@@ -123,6 +131,32 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Makes a token: prints it (shown once) and the policy entry to paste, which holds only its
+/// hash.
+fn new_token(principal: &str, id: Option<&str>, expires_at: Option<&str>) -> Result<String, String> {
+    let id = match id {
+        Some(id) if is_token_id(id) => id.to_string(),
+        Some(id) => return Err(format!("`{id}` is not a token id (1 to 32 letters, digits or dashes)")),
+        None => credentials::new_token_id()?,
+    };
+    if principal.is_empty() {
+        return Err("--principal is empty".into());
+    }
+    if let Some(at) = expires_at {
+        humantime::parse_rfc3339(at).map_err(|_| format!("--expires-at `{at}` is not a UTC time like 2027-01-01T00:00:00Z"))?;
+    }
+    let token = credentials::new_token(&id)?;
+    let sha256 = ipam_bindings::hex::encode(&credentials::sha256(token.as_bytes()));
+    let principal = principal.replace('\\', "\\\\").replace('"', "\\\"");
+    let expires = expires_at.map(|at| format!("expires_at = {at}\n")).unwrap_or_default();
+    println!(
+        "{token}\n\n# The token above is shown once: store it now. The policy keeps only its hash.\n\
+         [[token]]\nid = \"{id}\"\nsha256 = \"{sha256}\"\nprincipal = \"{principal}\"\n{expires}\
+         grants = [ ]  # e.g. {{ permission = \"ip_prefixes.edit\", accounts = [\"<account id>\"] }}"
+    );
+    Ok(String::new())
+}
+
 /// Runs an offline operator tool; returns its report.
 fn run_tool(tool: &Tool, data_dir: &Path) -> Result<String, String> {
     // Opening creates a missing directory: right for an import, wrong for reading one.
@@ -152,6 +186,7 @@ fn run_tool(tool: &Tool, data_dir: &Path) -> Result<String, String> {
                 Err(error) => Err(error.to_string()),
             }
         }
+        Tool::Token(_) => Err("token tools need no data directory".into()),
         Tool::Import { input } => {
             let n_events = if input.as_os_str() == "-" {
                 tools::import(&log, std::io::stdin().lock())

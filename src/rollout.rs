@@ -16,7 +16,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::domain::{BindingId, Change, Command, ErrorKind, Micros};
+use crate::domain::actor::ROLLOUT_PRINCIPAL;
+use crate::domain::{Actor, BindingId, Change, Command, ErrorKind, Micros};
 use crate::engine::Engine;
 
 /// Activations submitted to the writer at once.
@@ -69,7 +70,9 @@ async fn activate_due(engine: &Arc<Engine>, schedule: &mut Schedule, shutdown: &
             in_flight.spawn(async move {
                 (
                     binding_id,
-                    engine.execute(Command::ActivateBinding { binding_id }).await,
+                    engine
+                        .execute(Command::ActivateBinding { binding_id }, Actor::system(ROLLOUT_PRINCIPAL))
+                        .await,
                 )
             });
         }

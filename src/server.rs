@@ -28,7 +28,9 @@ use crate::pb::api::prefixes_server::PrefixesServer;
 use crate::pb::api::routing_server::RoutingServer;
 use crate::pb::api::service_bindings_server::ServiceBindingsServer;
 use crate::pb::api::services_server::ServicesServer;
-use crate::{edge, pb, rest, rollout};
+use crate::auth::layer::AuthLayer;
+use crate::auth::{Access, AuthMode};
+use crate::{auth, edge, pb, rest, rollout};
 
 pub use crate::config::ServerOptions;
 
@@ -51,6 +53,13 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("access control: {0}")]
+    Access(String),
+    #[error(
+        "access control is off and {0} is not a loopback address: anyone who reaches it could act for any account. \
+         Give a policy (--auth-policy FILE), or pass --allow-unauthenticated if something in front of this server authorizes calls"
+    )]
+    Unauthenticated(std::net::SocketAddr),
     #[error("a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -131,6 +140,22 @@ impl From<TcpListener> for Listeners {
     }
 }
 
+/// Access control as configured. Off is allowed only where nobody else can reach the server
+/// (loopback listeners) unless the operator says otherwise.
+fn access_control(options: &ServerOptions, listeners: &[Option<&TcpListener>]) -> Result<Arc<Access>, ServeError> {
+    let access = Access::open(options.auth, options.auth_policy.as_deref(), options.trust_xfcc.clone())
+        .map_err(ServeError::Access)?;
+    if access.mode() == AuthMode::Off && !options.allow_unauthenticated {
+        for listener in listeners.iter().flatten() {
+            let address = listener.local_addr().map_err(|error| ServeError::Access(error.to_string()))?;
+            if !address.ip().is_loopback() {
+                return Err(ServeError::Unauthenticated(address));
+            }
+        }
+    }
+    Ok(access)
+}
+
 /// Serves until `shutdown` completes, then drains and returns.
 pub async fn serve(
     options: ServerOptions,
@@ -142,6 +167,7 @@ pub async fn serve(
         metrics: metrics_listener,
         http: http_listener,
     } = listeners.into();
+    let access = access_control(&options, &[Some(&listener), http_listener.as_ref()])?;
     let (dir, faults) = (options.data_dir.clone(), options.storage_faults.clone());
     let log = tokio::task::spawn_blocking(move || EventLog::open_with_faults(&dir, faults))
         .await?
@@ -185,7 +211,11 @@ pub async fn serve(
         .load_shed(true)
         .http2_keepalive_interval(Some(options.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(options.http2_keepalive_timeout))
-        .layer(edge::EdgeLayer::with_calls(Arc::clone(&calls), options.request_timeout))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(edge::EdgeLayer::with_calls(Arc::clone(&calls), options.request_timeout))
+                .layer(AuthLayer::new(Arc::clone(&access))),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -207,10 +237,12 @@ pub async fn serve(
             calls: Arc::clone(&calls),
             request_timeout: options.request_timeout,
             max_body_bytes: max_bytes,
+            access: Arc::clone(&access),
         };
         let router = rest::router(app.clone(), limits);
         tokio::spawn(rest::serve(router, listener, stop_receiver.clone()))
     });
+    let policy_reloads = tokio::spawn(auth::watch_policy_file(Arc::clone(&access), stop_receiver.clone()));
     let metrics_server = metrics_listener
         .map(|listener| tokio::spawn(metrics::serve(Arc::clone(&metrics), listener, stop_receiver.clone())));
     // Shutdown may be asked for while the projections still load.
@@ -268,6 +300,7 @@ pub async fn serve(
         }
     };
     let _ = rollout.await;
+    let _ = policy_reloads.await;
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
     }

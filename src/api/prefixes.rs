@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{AppContext, convert, unary};
+use crate::auth::layer::caller_of;
 use crate::operations::{self, ListPage, NewPrefix};
 use crate::pb::api;
 use crate::pb::api::prefixes_server::Prefixes;
@@ -20,7 +21,8 @@ impl PrefixesService {
 #[tonic::async_trait]
 impl Prefixes for PrefixesService {
     async fn create_prefix(&self, request: Request<api::CreatePrefixRequest>) -> Result<Response<api::Prefix>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
         unary(self.app.metrics(), "CreatePrefix", &metadata, async {
             let new = NewPrefix {
                 account_id: &request.account_id,
@@ -28,7 +30,7 @@ impl Prefixes for PrefixesService {
                 asn: request.asn,
                 description: &request.description,
             };
-            operations::create_prefix(&self.app, new)
+            operations::create_prefix(&self.app, &caller, new)
                 .await
                 .map(|prefix| convert::prefix(&prefix))
         })
@@ -36,9 +38,10 @@ impl Prefixes for PrefixesService {
     }
 
     async fn get_prefix(&self, request: Request<api::GetPrefixRequest>) -> Result<Response<api::Prefix>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
         unary(self.app.metrics(), "GetPrefix", &metadata, async {
-            operations::get_prefix(&self.app, &request.account_id, &request.prefix_id)
+            operations::get_prefix(&self.app, &caller, &request.account_id, &request.prefix_id)
                 .map(|prefix| convert::prefix(&prefix))
         })
         .await
@@ -48,13 +51,14 @@ impl Prefixes for PrefixesService {
         &self,
         request: Request<api::ListPrefixesRequest>,
     ) -> Result<Response<api::ListPrefixesResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
         unary(self.app.metrics(), "ListPrefixes", &metadata, async {
             let page = ListPage::Page {
                 size: request.page_size,
                 token: &request.page_token,
             };
-            let listed = operations::list_prefixes(&self.app, &request.account_id, page)?;
+            let listed = operations::list_prefixes(&self.app, &caller, &request.account_id, page)?;
             Ok(api::ListPrefixesResponse {
                 prefixes: listed.items.iter().map(convert::prefix).collect(),
                 next_page_token: listed.next_page_token,
@@ -64,10 +68,11 @@ impl Prefixes for PrefixesService {
     }
 
     async fn update_prefix(&self, request: Request<api::UpdatePrefixRequest>) -> Result<Response<api::Prefix>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
         unary(self.app.metrics(), "UpdatePrefix", &metadata, async {
             let description = Some(request.description.as_str());
-            operations::update_prefix(&self.app, &request.account_id, &request.prefix_id, description)
+            operations::update_prefix(&self.app, &caller, &request.account_id, &request.prefix_id, description)
                 .await
                 .map(|prefix| convert::prefix(&prefix))
         })
@@ -78,9 +83,10 @@ impl Prefixes for PrefixesService {
         &self,
         request: Request<api::DeletePrefixRequest>,
     ) -> Result<Response<api::DeletePrefixResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
         unary(self.app.metrics(), "DeletePrefix", &metadata, async {
-            let id = operations::delete_prefix(&self.app, &request.account_id, &request.prefix_id).await?;
+            let id = operations::delete_prefix(&self.app, &caller, &request.account_id, &request.prefix_id).await?;
             Ok(api::DeletePrefixResponse { id: id.to_string() })
         })
         .await

@@ -7,6 +7,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{AppContext, convert, unary, watch};
+use crate::auth::layer::caller_of;
 use crate::operations::{self, ListPage, NewBinding};
 use crate::pb::api;
 use crate::pb::api::service_bindings_server::ServiceBindings;
@@ -27,7 +28,8 @@ impl ServiceBindings for ServiceBindingsService {
         &self,
         request: Request<api::CreateServiceBindingRequest>,
     ) -> Result<Response<api::ServiceBinding>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
         unary(self.app.metrics(), "CreateServiceBinding", &metadata, async {
             let new = NewBinding {
                 account_id: &request.account_id,
@@ -37,7 +39,7 @@ impl ServiceBindings for ServiceBindingsService {
                 request_id: &request.request_id,
                 request_id_field: "request_id",
             };
-            operations::create_binding(&self.app, new)
+            operations::create_binding(&self.app, &caller, new)
                 .await
                 .map(|binding| convert::binding(&binding))
         })
@@ -48,13 +50,14 @@ impl ServiceBindings for ServiceBindingsService {
         &self,
         request: Request<api::ListServiceBindingsRequest>,
     ) -> Result<Response<api::ListServiceBindingsResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
         unary(self.app.metrics(), "ListServiceBindings", &metadata, async {
             let page = ListPage::Page {
                 size: request.page_size,
                 token: &request.page_token,
             };
-            let listed = operations::list_bindings(&self.app, &request.account_id, &request.prefix_id, page)?;
+            let listed = operations::list_bindings(&self.app, &caller, &request.account_id, &request.prefix_id, page)?;
             Ok(api::ListServiceBindingsResponse {
                 bindings: listed.items.iter().map(convert::binding).collect(),
                 next_page_token: listed.next_page_token,
@@ -68,9 +71,10 @@ impl ServiceBindings for ServiceBindingsService {
         &self,
         request: Request<api::GetServiceBindingRequest>,
     ) -> Result<Response<api::ServiceBinding>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
         unary(self.app.metrics(), "GetServiceBinding", &metadata, async {
-            operations::get_binding(&self.app, &request.account_id, &request.prefix_id, &request.binding_id)
+            operations::get_binding(&self.app, &caller, &request.account_id, &request.prefix_id, &request.binding_id)
                 .map(|binding| convert::binding(&binding))
         })
         .await
@@ -80,10 +84,11 @@ impl ServiceBindings for ServiceBindingsService {
         &self,
         request: Request<api::DeleteServiceBindingRequest>,
     ) -> Result<Response<api::DeleteServiceBindingResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
         unary(self.app.metrics(), "DeleteServiceBinding", &metadata, async {
             let deleted =
-                operations::delete_binding(&self.app, &request.account_id, &request.prefix_id, &request.binding_id)
+                operations::delete_binding(&self.app, &caller, &request.account_id, &request.prefix_id, &request.binding_id)
                     .await?;
             Ok(api::DeleteServiceBindingResponse {
                 id: deleted.to_string(),
@@ -98,12 +103,13 @@ impl ServiceBindings for ServiceBindingsService {
         &self,
         request: Request<api::WatchServiceBindingsRequest>,
     ) -> Result<Response<Self::WatchServiceBindingsStream>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
         let opened = unary(
             self.app.metrics(),
             "WatchServiceBindings",
             &metadata,
-            watch::open(&self.app, request),
+            watch::open(&self.app, caller, request),
         )
         .await?
         .into_inner();

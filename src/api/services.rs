@@ -3,7 +3,8 @@
 use tonic::{Request, Response, Status};
 
 use super::{AppContext, convert, unary};
-use crate::domain::{Service, fields};
+use crate::auth::layer::caller_of;
+use crate::operations;
 use crate::pb::api;
 use crate::pb::api::services_server::Services;
 
@@ -23,11 +24,12 @@ impl Services for ServicesService {
         &self,
         request: Request<api::ListServicesRequest>,
     ) -> Result<Response<api::ListServicesResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
         unary(self.app.metrics(), "ListServices", &metadata, async {
-            fields::account_id("account_id", &request.account_id)?;
+            let services = operations::list_services(&caller, &request.account_id)?;
             Ok(api::ListServicesResponse {
-                services: Service::ALL.into_iter().map(convert::service).collect(),
+                services: services.iter().copied().map(convert::service).collect(),
             })
         })
         .await

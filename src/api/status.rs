@@ -23,6 +23,8 @@ pub fn code_of(kind: ErrorKind) -> Code {
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::Internal => Code::Internal,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
         ErrorKind::UnknownRoute | ErrorKind::MethodNotAllowed => Code::Unimplemented,
     }
 }
@@ -57,6 +59,9 @@ impl From<Error> for Status {
         let mut details = ErrorDetails::with_error_info(error.reason.name(), ERROR_DOMAIN, metadata);
         for violation in error.violations {
             details.add_bad_request_violation(violation.field, violation.description);
+        }
+        if let Some(delay) = error.retry_after {
+            details.set_retry_info(Some(delay));
         }
         Status::with_error_details(code, error.message, details)
     }

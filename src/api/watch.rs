@@ -15,6 +15,7 @@ use tonic::Status;
 use tracing::{debug, error};
 
 use super::{AppContext, convert};
+use crate::auth::{Caller, Need, Permission};
 use crate::domain::error::AllFields;
 use crate::domain::{AccountId, BindingId, Change, Error, Event, PrefixId, Reason, fields};
 use crate::engine::{CommittedGroup, Engine};
@@ -76,11 +77,24 @@ pub struct Opened<S> {
     pub stream: S,
 }
 
-/// Checks the request, registers the watcher and returns its stream.
+/// What a watch needs of its caller: read on its account, or `bindings.watch_all`.
+fn require_watch(caller: &Caller, account_id: Option<&AccountId>) -> Result<(), Error> {
+    match account_id {
+        Some(account_id) => caller.require(Need::OnAccount(Permission::PrefixesRead, account_id)),
+        None => caller.require(Need::Global(Permission::BindingsWatchAll)),
+    }
+}
+
+/// Checks the caller and the request, registers the watcher and returns its stream.
 pub async fn open(
     app: &AppContext,
+    caller: Caller,
     request: api::WatchServiceBindingsRequest,
 ) -> Result<Opened<impl Stream<Item = Result<api::ServiceBindingEvent, Status>> + Send + use<>>, Error> {
+    // The account's shape, then the permission, then the rest (as every call).
+    if let Ok(account_id) = fields::optional(&request.account_id, |text| fields::account_id("account_id", text)) {
+        require_watch(&caller, account_id.as_ref())?;
+    }
     let filter = parse_filter(&request)?;
     let engine = Arc::clone(app.engine()?);
     // Subscribe first, then read the head: every event after the head is in the feed.
@@ -123,6 +137,8 @@ pub async fn open(
     open_streams.inc();
     let watcher = Watcher {
         open_streams,
+        policy_changes: caller.policy_changes(),
+        caller,
         engine,
         filter,
         cursor,
@@ -145,6 +161,9 @@ struct Watcher {
     /// The open-streams gauge, decremented when this watcher is dropped.
     open_streams: prometheus_client::metrics::gauge::Gauge,
     engine: Arc<Engine>,
+    /// Who watches: re-checked when the access policy changes (a revoked grant ends the stream).
+    caller: Caller,
+    policy_changes: tokio::sync::watch::Receiver<u64>,
     filter: Filter,
     /// The last revision passed on (or skipped as not matching).
     cursor: u64,
@@ -191,6 +210,9 @@ impl Watcher {
         let received = tokio::select! {
             received = self.feed.recv() => received,
             _ = self.shutdown.wait_for(|stopping| *stopping) => return Err(shutting_down()),
+            Ok(()) = self.policy_changes.changed() => {
+                return require_watch(&self.caller, self.filter.account_id.as_ref()).map_err(Status::from);
+            }
         };
         match received {
             Ok(group) => {
@@ -275,5 +297,6 @@ fn to_message(event: &Event) -> Option<api::ServiceBindingEvent> {
         kind: kind as i32,
         binding: Some(convert::binding(binding)),
         time: Some(convert::timestamp(event.time)),
+        actor: event.actor.as_ref().map(|actor| actor.principal.clone()).unwrap_or_default(),
     })
 }

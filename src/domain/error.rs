@@ -25,6 +25,10 @@ pub enum ErrorKind {
     DeadlineExceeded,
     /// A bug or corruption on our side (INTERNAL).
     Internal,
+    /// No usable credentials (UNAUTHENTICATED).
+    Unauthenticated,
+    /// The caller is known but lacks the permission (PERMISSION_DENIED).
+    PermissionDenied,
     /// The v4 JSON API has no such route (HTTP 404; gRPC's UNIMPLEMENTED).
     UnknownRoute,
     /// The route exists but not with this HTTP method (HTTP 405; gRPC's UNIMPLEMENTED).
@@ -125,6 +129,15 @@ reasons! {
     /// The caller's grpc-timeout (or the server's request timeout) passed first. A change may
     /// still have been applied: read before retrying a create without a request_id.
     DeadlineExceeded = ("DEADLINE_EXCEEDED", 1303, DeadlineExceeded),
+    /// Access control is enforced and the call carries no credentials.
+    CredentialsMissing = ("CREDENTIALS_MISSING", 1400, Unauthenticated),
+    /// The credentials are unknown, expired, revoked or malformed (the answer never says which).
+    CredentialsInvalid = ("CREDENTIALS_INVALID", 1401, Unauthenticated),
+    /// The caller lacks the permission the call needs on the account (or the account may not
+    /// exist: the answer is the same).
+    PermissionDenied = ("PERMISSION_DENIED", 1402, PermissionDenied),
+    /// The caller's rate limit is spent; RetryInfo says when to retry.
+    RateLimited = ("RATE_LIMITED", 1403, ResourceExhausted),
     /// The v4 JSON API: the body is not a JSON document (or not an object).
     MalformedJson = ("MALFORMED_JSON", 1500, InvalidArgument),
     /// The v4 JSON API: a request with a body whose content type is not JSON.
@@ -153,6 +166,8 @@ pub struct Error {
     pub message: String,
     /// The fields to blame; empty when no single request field is at fault.
     pub violations: Vec<FieldViolation>,
+    /// When a retry may succeed (RetryInfo over gRPC, `retry-after` over HTTP).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Error {
@@ -161,7 +176,14 @@ impl Error {
             reason,
             message: message.into(),
             violations: Vec::new(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the caller when a retry may succeed.
+    pub fn retry_after(mut self, delay: std::time::Duration) -> Error {
+        self.retry_after = Some(delay);
+        self
     }
 
     /// An error blamed on one request field.
@@ -174,6 +196,7 @@ impl Error {
                 description: message.clone(),
             }],
             message,
+            retry_after: None,
         }
     }
 

@@ -2,6 +2,9 @@
 //! [`super::state::State::apply`]); every event carries the full record as of that event, so a
 //! watcher or a projection needs nothing but the event itself.
 
+use std::sync::Arc;
+
+use super::actor::Actor;
 use super::model::{Binding, Micros, Prefix};
 
 /// What changed.
@@ -42,4 +45,6 @@ pub struct Event {
     pub revision: u64,
     pub time: Micros,
     pub change: Change,
+    /// Who made it; `None` in logs written before events recorded it.
+    pub actor: Option<Arc<Actor>>,
 }

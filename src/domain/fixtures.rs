@@ -35,5 +35,6 @@ pub fn prefix_event(revision: u64, cidr: &str) -> Event {
         revision,
         time: Micros(5),
         change: Change::PrefixCreated(prefix(cidr)),
+        actor: None,
     }
 }

@@ -2,6 +2,7 @@
 //! knows about gRPC, sled or tokio; the writer ([`crate::engine`]) feeds commands in and the
 //! edge ([`crate::api`]) turns requests into commands and errors into statuses.
 
+pub mod actor;
 pub mod command;
 pub mod error;
 pub mod event;
@@ -14,6 +15,7 @@ pub mod network;
 pub mod service;
 pub mod state;
 
+pub use actor::Actor;
 pub use command::{Command, Outcome};
 pub use error::{Error, ErrorKind, Reason};
 pub use event::{Change, Event};

@@ -20,7 +20,7 @@ use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::domain::{Command, Error, Event, Outcome, Reason};
+use crate::domain::{Actor, Command, Error, Event, Outcome, Reason};
 use crate::log::{CheckpointStatus, EventLog, LogError};
 use crate::metrics::WriteMetrics;
 use crate::projection::Projections;
@@ -54,6 +54,8 @@ impl StartError {
 enum Job {
     Execute {
         command: Command,
+        /// Who asked: recorded on every event the command produces.
+        actor: Arc<Actor>,
         reply: oneshot::Sender<Result<Outcome, Error>>,
     },
     Stop,
@@ -131,11 +133,12 @@ impl Engine {
     }
 
     /// Runs a command through the writer; returns once its events are durable and visible to
-    /// reads (read-your-writes).
-    pub async fn execute(&self, command: Command) -> Result<Outcome, Error> {
+    /// reads (read-your-writes). Its events record `actor`.
+    pub async fn execute(&self, command: Command, actor: Actor) -> Result<Outcome, Error> {
         let (reply, outcome) = oneshot::channel();
+        let actor = Arc::new(actor);
         self.jobs
-            .send(Job::Execute { command, reply })
+            .send(Job::Execute { command, actor, reply })
             .await
             .map_err(|_| shutting_down())?;
         outcome.await.map_err(|_| shutting_down())?

@@ -12,7 +12,7 @@ use tracing::{debug, error, warn};
 
 use super::checkpoint::{MARK_EVERY, Mark, Snapshots};
 use super::{CommittedGroup, Job};
-use crate::domain::{Command, Error, Event, Micros, Outcome, Reason, State};
+use crate::domain::{Actor, Command, Error, Event, Micros, Outcome, Reason, State};
 use crate::log::{EventLog, LogError};
 use crate::metrics::WriteMetrics;
 use crate::projection::Projections;
@@ -90,8 +90,8 @@ impl Writer {
             let mut replies: Vec<Reply> = Vec::with_capacity(jobs.len());
             for job in jobs {
                 match job {
-                    Job::Execute { command, reply } => {
-                        let result = self.decide(&command, &mut events);
+                    Job::Execute { command, actor, reply } => {
+                        let result = self.decide(&command, &actor, &mut events);
                         replies.push((reply, result));
                     }
                     Job::Stop => stopping = true,
@@ -103,7 +103,7 @@ impl Writer {
         // Anything queued after Stop is refused: the receiver is dropped here.
     }
 
-    fn decide(&mut self, command: &Command, events: &mut Vec<Event>) -> Result<Outcome, Error> {
+    fn decide(&mut self, command: &Command, actor: &Arc<Actor>, events: &mut Vec<Event>) -> Result<Outcome, Error> {
         let now = Micros::now();
         let decision = self.state.decide(command, now)?;
         for change in decision.changes {
@@ -111,6 +111,7 @@ impl Writer {
                 revision: self.next_revision,
                 time: now,
                 change,
+                actor: Some(Arc::clone(actor)),
             };
             self.next_revision += 1;
             self.state.apply(&event);

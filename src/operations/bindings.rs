@@ -1,6 +1,7 @@
 //! Service bindings: bind a CIDR of a prefix to a service, read, list, delete.
 
-use super::{AppContext, ListPage, Listed, page_token, unexpected};
+use super::{AppContext, ListPage, Listed, authorize, page_token, unexpected};
+use crate::auth::{Caller, Permission};
 use crate::domain::error::AllFields;
 use crate::domain::{Binding, BindingId, Command, Error, Outcome, PrefixId, fields};
 
@@ -18,7 +19,8 @@ pub struct NewBinding<'a> {
     pub request_id_field: &'a str,
 }
 
-pub async fn create_binding(app: &AppContext, new: NewBinding<'_>) -> Result<Binding, Error> {
+pub async fn create_binding(app: &AppContext, caller: &Caller, new: NewBinding<'_>) -> Result<Binding, Error> {
+    authorize(caller, Permission::PrefixesEdit, new.account_id)?;
     let (account_id, prefix_id, cidr, service, request_id) = (
         fields::account_id("account_id", new.account_id),
         fields::prefix_id("prefix_id", new.prefix_id),
@@ -27,6 +29,7 @@ pub async fn create_binding(app: &AppContext, new: NewBinding<'_>) -> Result<Bin
         fields::request_id(new.request_id_field, new.request_id),
     )
         .all_fields()?;
+    let actor = caller.actor().with_request_id(request_id.as_deref());
     let command = Command::CreateBinding {
         id: BindingId::generate(),
         account_id,
@@ -35,14 +38,21 @@ pub async fn create_binding(app: &AppContext, new: NewBinding<'_>) -> Result<Bin
         service,
         request_id,
     };
-    match app.engine()?.execute(command).await {
+    match app.engine()?.execute(command, actor).await {
         Ok(Outcome::Binding(binding)) => Ok(binding),
         Ok(other) => Err(unexpected(other)),
         Err(error) => Err(error.renamed_field("request_id", new.request_id_field)),
     }
 }
 
-pub fn get_binding(app: &AppContext, account_id: &str, prefix_id: &str, binding_id: &str) -> Result<Binding, Error> {
+pub fn get_binding(
+    app: &AppContext,
+    caller: &Caller,
+    account_id: &str,
+    prefix_id: &str,
+    binding_id: &str,
+) -> Result<Binding, Error> {
+    authorize(caller, Permission::PrefixesRead, account_id)?;
     let (account_id, prefix_id, binding_id) = (
         fields::account_id("account_id", account_id),
         fields::prefix_id("prefix_id", prefix_id),
@@ -55,10 +65,12 @@ pub fn get_binding(app: &AppContext, account_id: &str, prefix_id: &str, binding_
 
 pub fn list_bindings(
     app: &AppContext,
+    caller: &Caller,
     account_id: &str,
     prefix_id: &str,
     page: ListPage<'_>,
 ) -> Result<Listed<Binding>, Error> {
+    authorize(caller, Permission::PrefixesRead, account_id)?;
     let (account_id, prefix_id, size) = (
         fields::account_id("account_id", account_id),
         fields::prefix_id("prefix_id", prefix_id),
@@ -75,10 +87,12 @@ pub fn list_bindings(
 
 pub async fn delete_binding(
     app: &AppContext,
+    caller: &Caller,
     account_id: &str,
     prefix_id: &str,
     binding_id: &str,
 ) -> Result<BindingId, Error> {
+    authorize(caller, Permission::PrefixesEdit, account_id)?;
     let (account_id, prefix_id, binding_id) = (
         fields::account_id("account_id", account_id),
         fields::prefix_id("prefix_id", prefix_id),
@@ -90,7 +104,7 @@ pub async fn delete_binding(
         prefix_id,
         binding_id,
     };
-    match app.engine()?.execute(command).await? {
+    match app.engine()?.execute(command, caller.actor()).await? {
         Outcome::BindingDeleted(id) => Ok(id),
         other => Err(unexpected(other)),
     }

@@ -16,7 +16,8 @@ use tokio::sync::watch as signal;
 pub use bindings::{NewBinding, create_binding, delete_binding, get_binding, list_bindings};
 pub use prefixes::{NewPrefix, create_prefix, delete_prefix, get_prefix, list_prefixes, update_prefix};
 
-use crate::domain::{Error, Outcome, Reason};
+use crate::auth::{Caller, Need, Permission};
+use crate::domain::{Error, Outcome, Reason, Service, fields};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 
@@ -110,6 +111,23 @@ impl<T: Clone> Listed<T> {
             revision: head,
         }
     }
+}
+
+/// The order access control answers in: the account id's shape (a malformed one is left to
+/// the field checks that follow, which name it), then the caller's permission on the account,
+/// and only then every other field and the state (so a refusal says nothing of them).
+pub fn authorize(caller: &Caller, permission: Permission, account_id: &str) -> Result<(), Error> {
+    match fields::account_id("account_id", account_id) {
+        Ok(account) => caller.require(Need::OnAccount(permission, &account)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// The service catalog, as the account sees it (every account sees all of it).
+pub fn list_services(caller: &Caller, account_id: &str) -> Result<&'static [Service], Error> {
+    authorize(caller, Permission::PrefixesRead, account_id)?;
+    fields::account_id("account_id", account_id)?;
+    Ok(&Service::ALL)
 }
 
 /// The writer answered a command with an outcome of another kind: a bug, never the caller's.

@@ -1,6 +1,7 @@
 //! Prefixes: onboard, read, list, describe, offboard.
 
-use super::{AppContext, ListPage, Listed, page_token, unexpected};
+use super::{AppContext, ListPage, Listed, authorize, page_token, unexpected};
+use crate::auth::{Caller, Permission};
 use crate::domain::error::AllFields;
 use crate::domain::{AccountId, Command, Error, Outcome, Prefix, PrefixId, fields};
 
@@ -13,7 +14,8 @@ pub struct NewPrefix<'a> {
     pub description: &'a str,
 }
 
-pub async fn create_prefix(app: &AppContext, new: NewPrefix<'_>) -> Result<Prefix, Error> {
+pub async fn create_prefix(app: &AppContext, caller: &Caller, new: NewPrefix<'_>) -> Result<Prefix, Error> {
+    authorize(caller, Permission::PrefixesEdit, new.account_id)?;
     let (account_id, cidr, description) = (
         fields::account_id("account_id", new.account_id),
         fields::prefix_cidr("cidr", new.cidr),
@@ -27,10 +29,11 @@ pub async fn create_prefix(app: &AppContext, new: NewPrefix<'_>) -> Result<Prefi
         asn: new.asn,
         description,
     };
-    prefix_of(app.engine()?.execute(command).await?)
+    prefix_of(app.engine()?.execute(command, caller.actor()).await?)
 }
 
-pub fn get_prefix(app: &AppContext, account_id: &str, prefix_id: &str) -> Result<Prefix, Error> {
+pub fn get_prefix(app: &AppContext, caller: &Caller, account_id: &str, prefix_id: &str) -> Result<Prefix, Error> {
+    authorize(caller, Permission::PrefixesRead, account_id)?;
     let (account_id, prefix_id) = (
         fields::account_id("account_id", account_id),
         fields::prefix_id("prefix_id", prefix_id),
@@ -40,7 +43,13 @@ pub fn get_prefix(app: &AppContext, account_id: &str, prefix_id: &str) -> Result
     model.state.prefix(account_id, prefix_id).cloned()
 }
 
-pub fn list_prefixes(app: &AppContext, account_id: &str, page: ListPage<'_>) -> Result<Listed<Prefix>, Error> {
+pub fn list_prefixes(
+    app: &AppContext,
+    caller: &Caller,
+    account_id: &str,
+    page: ListPage<'_>,
+) -> Result<Listed<Prefix>, Error> {
+    authorize(caller, Permission::PrefixesRead, account_id)?;
     let (account_id, size) = (fields::account_id("account_id", account_id), page.size()).all_fields()?;
     let scope = prefixes_scope(&account_id);
     let after = page_token::decode(&scope, "page_token", page.token())?;
@@ -53,10 +62,12 @@ pub fn list_prefixes(app: &AppContext, account_id: &str, page: ListPage<'_>) -> 
 /// the prefix, after the same checks.
 pub async fn update_prefix(
     app: &AppContext,
+    caller: &Caller,
     account_id: &str,
     prefix_id: &str,
     description: Option<&str>,
 ) -> Result<Prefix, Error> {
+    authorize(caller, Permission::PrefixesEdit, account_id)?;
     let (account_id, prefix_id, description) = (
         fields::account_id("account_id", account_id),
         fields::prefix_id("prefix_id", prefix_id),
@@ -72,10 +83,16 @@ pub async fn update_prefix(
         prefix_id,
         description,
     };
-    prefix_of(app.engine()?.execute(command).await?)
+    prefix_of(app.engine()?.execute(command, caller.actor()).await?)
 }
 
-pub async fn delete_prefix(app: &AppContext, account_id: &str, prefix_id: &str) -> Result<PrefixId, Error> {
+pub async fn delete_prefix(
+    app: &AppContext,
+    caller: &Caller,
+    account_id: &str,
+    prefix_id: &str,
+) -> Result<PrefixId, Error> {
+    authorize(caller, Permission::PrefixesEdit, account_id)?;
     let (account_id, prefix_id) = (
         fields::account_id("account_id", account_id),
         fields::prefix_id("prefix_id", prefix_id),
@@ -83,7 +100,7 @@ pub async fn delete_prefix(app: &AppContext, account_id: &str, prefix_id: &str) 
         .all_fields()?;
     match app
         .engine()?
-        .execute(Command::DeletePrefix { account_id, prefix_id })
+        .execute(Command::DeletePrefix { account_id, prefix_id }, caller.actor())
         .await?
     {
         Outcome::PrefixDeleted(id) => Ok(id),

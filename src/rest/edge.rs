@@ -1,18 +1,23 @@
 //! What every REST call passes through, as on the gRPC side (`crate::edge`): the
-//! `x-request-id` (the caller's when usable, else a fresh one; echoed), the server-wide cap on
+//! `x-request-id` (the caller's when usable, else a fresh one; echoed), authentication (the
+//! caller goes to the handlers in the request's extensions; the `authorization` header does
+//! not, and permissions are checked by the operations), the server-wide cap on
 //! calls in flight (shared with gRPC: past it, 429 `OVERLOADED` at once), the request timeout
 //! (`DEADLINE_EXCEEDED`), metrics per route and status, and one log line per call.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::error::RestError;
+use crate::auth::{AUTHORIZATION, Access, Presented, XFCC};
 use crate::domain::{Error, Reason};
 use crate::edge::{REQUEST_ID, fresh_request_id, is_traceparent, usable_request_id};
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
@@ -20,6 +25,7 @@ use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 #[derive(Clone)]
 pub struct RestEdge {
     pub metrics: Arc<Metrics>,
+    pub access: Arc<Access>,
     pub calls: Arc<Semaphore>,
     pub request_timeout: Duration,
 }
@@ -46,7 +52,9 @@ pub async fn edge(State(edge): State<RestEdge>, mut request: Request, next: Next
         traceparent
     );
     async move {
+        let admitted = authenticate(&edge.access, &mut request);
         let mut response = match Arc::clone(&edge.calls).try_acquire_owned() {
+            _ if let Err(refused) = admitted => RestError::from(refused).into_response(),
             Err(_) => {
                 let overloaded = Error::new(
                     Reason::Overloaded,
@@ -90,6 +98,24 @@ pub async fn edge(State(edge): State<RestEdge>, mut request: Request, next: Next
     }
     .instrument(span)
     .await
+}
+
+/// Who is calling: a bearer token (or an identity our proxy vouches for in
+/// `x-forwarded-client-cert`); the caller goes into the request's extensions, the token goes
+/// nowhere.
+fn authenticate(access: &Arc<Access>, request: &mut Request) -> Result<(), Error> {
+    let header = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok());
+    let presented = Presented {
+        authorization: header(AUTHORIZATION),
+        xfcc: header(XFCC),
+        peer_certificate: None,
+        peer: (request.extensions().get::<ConnectInfo<SocketAddr>>()).map(|ConnectInfo(peer)| *peer),
+        call_id: header(REQUEST_ID).unwrap_or_default(),
+    };
+    let caller = access.authenticate(&presented)?;
+    request.headers_mut().remove(AUTHORIZATION);
+    request.extensions_mut().insert(caller);
+    Ok(())
 }
 
 /// The route a path matches, with its parameters as placeholders (`{account_id}`, ...): a

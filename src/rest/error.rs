@@ -20,6 +20,8 @@ pub fn http_status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorKind::OutOfRange | ErrorKind::DeadlineExceeded | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -72,6 +74,11 @@ impl IntoResponse for RestError {
         let mut response = (status, failure(&errors)).into_response();
         if status == StatusCode::CONFLICT {
             (response.headers_mut()).insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+        }
+        if let Some(delay) = error.retry_after {
+            // Whole seconds, rounded up: a client that waits this long is not refused again.
+            let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            (response.headers_mut()).insert(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
     }

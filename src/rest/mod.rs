@@ -2,8 +2,8 @@
 //! and services), served beside gRPC from the same process and engine: one log, one set of
 //! rules ([`crate::operations`]), the same ids and error codes. Rooms: [`routes`] (the
 //! endpoints), [`body`] (JSON bodies and their fields), [`objects`] (the JSON objects and the
-//! envelope), [`error`] (the one domain error -> HTTP mapping), [`edge`] (request ids, the
-//! server-wide call cap, deadlines, metrics and call logs).
+//! envelope), [`error`] (the one domain error -> HTTP mapping), [`edge`] (request ids,
+//! authentication, the server-wide call cap, deadlines, metrics and call logs).
 
 mod body;
 mod edge;
@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::auth::Access;
 use crate::operations::AppContext;
 
 pub use edge::route_template;
@@ -31,6 +32,8 @@ pub struct RestLimits {
     pub calls: Arc<Semaphore>,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Access control, as on the gRPC side.
+    pub access: Arc<Access>,
 }
 
 /// The v4 JSON API as an axum router.
@@ -43,6 +46,7 @@ pub fn router(app: AppContext, limits: RestLimits) -> axum::Router {
         metrics: Arc::clone(state.app.metrics_handle()),
         calls: limits.calls,
         request_timeout: limits.request_timeout,
+        access: limits.access,
     };
     routes::router(state).layer(axum::middleware::from_fn_with_state(edge, edge::edge))
 }
@@ -53,7 +57,7 @@ pub async fn serve(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stopping| *stopping).await;
         })

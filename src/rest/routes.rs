@@ -4,7 +4,7 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,8 +14,9 @@ use super::BASE_PATH;
 use super::body;
 use super::error::RestError;
 use super::objects::{self, success};
-use crate::domain::{Error, Reason, Service, fields};
-use crate::operations::{self, AppContext, ListPage, NewBinding, NewPrefix};
+use crate::auth::{Caller, Permission};
+use crate::domain::{Error, Reason};
+use crate::operations::{self, AppContext, ListPage, NewBinding, NewPrefix, authorize};
 
 /// The header that makes a binding create safe to retry (the request id of the gRPC API).
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -67,11 +68,13 @@ fn blaming(body_fields: &'static [&'static str]) -> impl Fn(Error) -> RestError 
 
 async fn create_prefix(
     State(state): State<RestState>,
+    Extension(caller): Extension<Caller>,
     Path(account_id): Path<String>,
     headers: HeaderMap,
     request_body: Body,
 ) -> Reply {
     const FIELDS: &[&str] = &["cidr", "asn", "description"];
+    authorize(&caller, Permission::PrefixesEdit, &account_id)?;
     let bytes = read_body(&state, request_body).await.map_err(blaming(FIELDS))?;
     let mut body = body::parse(&headers, &bytes).map_err(blaming(FIELDS))?;
     let (cidr, asn, description) = (body.string("cidr"), body.u32("asn"), body.string("description"));
@@ -82,51 +85,58 @@ async fn create_prefix(
         asn,
         description: description.as_deref().unwrap_or_default(),
     };
-    let prefix = operations::create_prefix(&state.app, new)
+    let prefix = operations::create_prefix(&state.app, &caller, new)
         .await
         .map_err(blaming(FIELDS))?;
     created(objects::prefix(&prefix))
 }
 
-async fn list_prefixes(State(state): State<RestState>, Path(account_id): Path<String>) -> Reply {
-    let listed = operations::list_prefixes(&state.app, &account_id, ListPage::All)?;
+async fn list_prefixes(State(state): State<RestState>,
+    Extension(caller): Extension<Caller>, Path(account_id): Path<String>) -> Reply {
+    let listed = operations::list_prefixes(&state.app, &caller, &account_id, ListPage::All)?;
     ok(listed.items.iter().map(objects::prefix).collect())
 }
 
-async fn get_prefix(State(state): State<RestState>, Path((account_id, prefix_id)): Path<(String, String)>) -> Reply {
-    let prefix = operations::get_prefix(&state.app, &account_id, &prefix_id)?;
+async fn get_prefix(State(state): State<RestState>,
+    Extension(caller): Extension<Caller>, Path((account_id, prefix_id)): Path<(String, String)>) -> Reply {
+    let prefix = operations::get_prefix(&state.app, &caller, &account_id, &prefix_id)?;
     ok(objects::prefix(&prefix))
 }
 
 async fn update_prefix(
     State(state): State<RestState>,
+    Extension(caller): Extension<Caller>,
     Path((account_id, prefix_id)): Path<(String, String)>,
     headers: HeaderMap,
     request_body: Body,
 ) -> Reply {
     const FIELDS: &[&str] = &["description"];
+    authorize(&caller, Permission::PrefixesEdit, &account_id)?;
     let bytes = read_body(&state, request_body).await.map_err(blaming(FIELDS))?;
     let mut body = body::parse(&headers, &bytes).map_err(blaming(FIELDS))?;
     let description = body.string("description");
     body.finish().map_err(blaming(FIELDS))?;
-    let prefix = operations::update_prefix(&state.app, &account_id, &prefix_id, description.as_deref())
+    let prefix = operations::update_prefix(&state.app, &caller, &account_id, &prefix_id, description.as_deref())
         .await
         .map_err(blaming(FIELDS))?;
     ok(objects::prefix(&prefix))
 }
 
-async fn delete_prefix(State(state): State<RestState>, Path((account_id, prefix_id)): Path<(String, String)>) -> Reply {
-    operations::delete_prefix(&state.app, &account_id, &prefix_id).await?;
+async fn delete_prefix(State(state): State<RestState>,
+    Extension(caller): Extension<Caller>, Path((account_id, prefix_id)): Path<(String, String)>) -> Reply {
+    operations::delete_prefix(&state.app, &caller, &account_id, &prefix_id).await?;
     ok(Value::Null)
 }
 
 async fn create_binding(
     State(state): State<RestState>,
+    Extension(caller): Extension<Caller>,
     Path((account_id, prefix_id)): Path<(String, String)>,
     headers: HeaderMap,
     request_body: Body,
 ) -> Reply {
     const FIELDS: &[&str] = &["cidr", "service_id"];
+    authorize(&caller, Permission::PrefixesEdit, &account_id)?;
     let idempotency_key = idempotency_key(&headers).map_err(blaming(FIELDS))?;
     let bytes = read_body(&state, request_body).await.map_err(blaming(FIELDS))?;
     let mut body = body::parse(&headers, &bytes).map_err(blaming(FIELDS))?;
@@ -140,36 +150,39 @@ async fn create_binding(
         request_id: &idempotency_key,
         request_id_field: IDEMPOTENCY_KEY,
     };
-    let binding = operations::create_binding(&state.app, new)
+    let binding = operations::create_binding(&state.app, &caller, new)
         .await
         .map_err(blaming(FIELDS))?;
     created(objects::binding(&binding))
 }
 
-async fn list_bindings(State(state): State<RestState>, Path((account_id, prefix_id)): Path<(String, String)>) -> Reply {
-    let listed = operations::list_bindings(&state.app, &account_id, &prefix_id, ListPage::All)?;
+async fn list_bindings(State(state): State<RestState>,
+    Extension(caller): Extension<Caller>, Path((account_id, prefix_id)): Path<(String, String)>) -> Reply {
+    let listed = operations::list_bindings(&state.app, &caller, &account_id, &prefix_id, ListPage::All)?;
     ok(listed.items.iter().map(objects::binding).collect())
 }
 
 async fn get_binding(
     State(state): State<RestState>,
+    Extension(caller): Extension<Caller>,
     Path((account_id, prefix_id, binding_id)): Path<(String, String, String)>,
 ) -> Reply {
-    let binding = operations::get_binding(&state.app, &account_id, &prefix_id, &binding_id)?;
+    let binding = operations::get_binding(&state.app, &caller, &account_id, &prefix_id, &binding_id)?;
     ok(objects::binding(&binding))
 }
 
 async fn delete_binding(
     State(state): State<RestState>,
+    Extension(caller): Extension<Caller>,
     Path((account_id, prefix_id, binding_id)): Path<(String, String, String)>,
 ) -> Reply {
-    operations::delete_binding(&state.app, &account_id, &prefix_id, &binding_id).await?;
+    operations::delete_binding(&state.app, &caller, &account_id, &prefix_id, &binding_id).await?;
     ok(Value::Null)
 }
 
-async fn list_services(Path(account_id): Path<String>) -> Reply {
-    fields::account_id("account_id", &account_id)?;
-    ok(Service::ALL.into_iter().map(objects::service).collect())
+async fn list_services(Extension(caller): Extension<Caller>, Path(account_id): Path<String>) -> Reply {
+    let services = operations::list_services(&caller, &account_id)?;
+    ok(services.iter().copied().map(objects::service).collect())
 }
 
 async fn unknown_route() -> RestError {

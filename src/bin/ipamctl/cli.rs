@@ -40,6 +40,10 @@ pub struct GlobalArgs {
         hide_default_value = true
     )]
     pub account: String,
+    /// The access token to call with (`ipam-bindings token new`), for servers that enforce
+    /// access control.
+    #[arg(long, global = true, env = "IPAM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// table (for people) or json (one object per line, for scripts).
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub output: Format,

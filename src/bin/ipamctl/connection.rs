@@ -5,6 +5,9 @@
 use std::time::Duration;
 
 use clap::Args;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_types::StatusExt;
 
@@ -46,11 +49,29 @@ impl TlsArgs {
     }
 }
 
+/// A connection to the server whose calls carry the caller's token.
+pub type Transport = InterceptedService<Channel, BearerToken>;
+
+/// Adds `authorization: Bearer <token>` to every call (nothing without a token).
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// How to reach the server.
 #[derive(Clone, Debug)]
 pub struct Connection {
     pub server: String,
     pub tls: TlsArgs,
+    /// The access token (`ipam-bindings token new`), if the server enforces access control.
+    pub token: Option<String>,
 }
 
 impl Connection {
@@ -66,7 +87,15 @@ impl Connection {
         }
     }
 
-    pub async fn connect(&self) -> Result<Channel, String> {
+    pub async fn connect(&self) -> Result<Transport, String> {
+        let bearer = match &self.token {
+            Some(token) => Some(
+                format!("Bearer {}", token.trim())
+                    .parse()
+                    .map_err(|_| "--token holds characters a header cannot carry".to_string())?,
+            ),
+            None => None,
+        };
         let url = self.url();
         let tls = self.tls.client_config(&url)?;
         let mut endpoint =
@@ -74,11 +103,12 @@ impl Connection {
         if let Some(tls) = &tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS: {e}"))?;
         }
-        endpoint
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
-            .map_err(|error| explain_connect_error(&url, tls.is_some(), &error))
+            .map_err(|error| explain_connect_error(&url, tls.is_some(), &error))?;
+        Ok(InterceptedService::new(channel, BearerToken(bearer)))
     }
 }
 

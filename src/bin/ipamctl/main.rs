@@ -46,6 +46,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let connection = Connection {
         server: cli.global.server.clone(),
         tls: cli.tls.clone(),
+        token: cli.global.token.clone(),
     };
     let format = cli.global.output;
     match cli.command {

@@ -36,6 +36,7 @@ impl World {
                 revision: self.revision,
                 time: NOW,
                 change,
+                actor: None,
             };
             self.state.apply(&event);
             self.log.push(event);

@@ -243,8 +243,9 @@ fn unseal(record: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use crate::domain::{
-        AccountId, Binding, BindingId, Change, Micros, Prefix, PrefixId, ProvisioningState, Service, fixtures,
+        AccountId, Actor, Binding, BindingId, Change, Micros, Prefix, PrefixId, ProvisioningState, Service, fixtures,
     };
 
     fn sample() -> Event {
@@ -253,6 +254,12 @@ mod tests {
         Event {
             revision: 7,
             time: Micros(3),
+            actor: Some(Arc::new(Actor {
+                principal: "ci-bot".into(),
+                credential: "token:ci1".into(),
+                call_id: "r-1".into(),
+                ..Actor::default()
+            })),
             change: Change::BindingCreated {
                 binding,
                 request_id: Some("r".into()),
@@ -305,6 +312,7 @@ mod tests {
                     revision,
                     time: Micros(7),
                     change,
+                    actor: None,
                 });
             }
             decision.outcome

@@ -2,10 +2,12 @@
 //! records and snapshots. What is framed around them (format, checksum, runs) is the parent
 //! module's.
 
+use std::sync::Arc;
+
 use ipnet::IpNet;
 
 use crate::domain::{
-    AccountId, Binding, BindingId, Change, Event, Micros, Prefix, PrefixId, ProvisioningState, Service, ServiceId,
+    AccountId, Actor, Binding, BindingId, Change, Event, Micros, Prefix, PrefixId, ProvisioningState, Service, ServiceId,
     State,
 };
 use crate::pb::events as stored;
@@ -79,6 +81,14 @@ pub(super) fn to_stored(event: &Event) -> stored::Event {
     stored::Event {
         time_micros: event.time.0,
         change: Some(change),
+        actor: event.actor.as_deref().map(|actor| stored::Actor {
+            principal: actor.principal.clone(),
+            credential: actor.credential.clone(),
+            via: actor.via.clone(),
+            call_id: actor.call_id.clone(),
+            request_id: actor.request_id.clone(),
+            peer: actor.peer.clone(),
+        }),
     }
 }
 
@@ -101,6 +111,16 @@ pub(super) fn from_stored(revision: u64, event: stored::Event) -> Result<Event, 
         revision,
         time: Micros(event.time_micros),
         change,
+        actor: event.actor.map(|actor| {
+            Arc::new(Actor {
+                principal: actor.principal,
+                credential: actor.credential,
+                via: actor.via,
+                call_id: actor.call_id,
+                request_id: actor.request_id,
+                peer: actor.peer,
+            })
+        }),
     })
 }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::transport::Channel;
+use crate::connection::Transport;
 
 use crate::connection::Connection;
 use stats::{Recorder, Summary};
@@ -177,7 +177,7 @@ fn print_ratios(scenarios: &[String], results: &[RunResult], json: bool) {
     }
 }
 
-pub async fn open_channels(connection: &Connection, n: usize) -> Result<Vec<Channel>, String> {
+pub async fn open_channels(connection: &Connection, n: usize) -> Result<Vec<Transport>, String> {
     let mut channels = Vec::new();
     for _ in 0..n.max(1) {
         channels.push(connection.connect().await?);
@@ -201,7 +201,7 @@ fn progress_bar(scenario: &str, total: Duration) -> indicatif::ProgressBar {
 /// Runs the workload's workers through warmup and the measured window.
 async fn measure(
     workload: Arc<Workload>,
-    channels: &[Channel],
+    channels: &[Transport],
     args: &BenchArgs,
     scenario: &str,
 ) -> (Summary, Recorder) {

@@ -13,13 +13,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ipam_bindings::pb::api;
 use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
 use tokio::time::Instant;
-use tonic::transport::Channel;
+use crate::connection::Transport;
 
 use super::BenchArgs;
 use super::stats::Recorder;
 use super::workload::{Clients, Workload, create_fixture};
 
-pub async fn run(channels: &[Channel], args: &BenchArgs, json: bool) -> Result<(), String> {
+pub async fn run(channels: &[Transport], args: &BenchArgs, json: bool) -> Result<(), String> {
     let targets = Arc::new(create_fixture(channels).await?);
     let workload = Arc::new(Workload::Create {
         targets: Arc::clone(&targets),
@@ -172,7 +172,7 @@ pub async fn run(channels: &[Channel], args: &BenchArgs, json: bool) -> Result<(
 
 async fn closed_loop_creates(
     workload: &Arc<Workload>,
-    channels: &[Channel],
+    channels: &[Transport],
     concurrency: usize,
     window: Duration,
 ) -> f64 {

@@ -10,7 +10,7 @@ use ipam_bindings::pb::api::prefixes_client::PrefixesClient;
 use ipam_bindings::pb::api::routing_client::RoutingClient;
 use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
 use tonic::Code;
-use tonic::transport::Channel;
+use crate::connection::Transport;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -20,13 +20,13 @@ use ipam_bindings::domain::service::{CDN_ID as CDN, MAGIC_TRANSIT_ID as MAGIC_TR
 
 /// One worker's clients (cheap clones over one channel).
 pub struct Clients {
-    health: HealthClient<Channel>,
-    routing: RoutingClient<Channel>,
-    bindings: ServiceBindingsClient<Channel>,
+    health: HealthClient<Transport>,
+    routing: RoutingClient<Transport>,
+    bindings: ServiceBindingsClient<Transport>,
 }
 
 impl Clients {
-    pub fn new(channel: Channel) -> Clients {
+    pub fn new(channel: Transport) -> Clients {
         Clients {
             health: HealthClient::new(channel.clone()),
             routing: RoutingClient::new(channel.clone()),
@@ -90,7 +90,7 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub async fn prepare(scenario: &str, channels: &[Channel], args: &BenchArgs) -> Result<Workload, String> {
+    pub async fn prepare(scenario: &str, channels: &[Transport], args: &BenchArgs) -> Result<Workload, String> {
         match scenario {
             "health" => Ok(Workload::Health),
             "lookup" => Ok(Workload::Lookup {
@@ -198,7 +198,7 @@ fn random_account() -> String {
 }
 
 async fn create_prefix(
-    client: &mut PrefixesClient<Channel>,
+    client: &mut PrefixesClient<Transport>,
     account_id: &str,
     cidr: String,
 ) -> Result<Option<api::Prefix>, String> {
@@ -216,7 +216,7 @@ async fn create_prefix(
 }
 
 async fn bind(
-    client: &mut ServiceBindingsClient<Channel>,
+    client: &mut ServiceBindingsClient<Transport>,
     prefix: &api::Prefix,
     cidr: String,
     service_id: &str,
@@ -235,7 +235,7 @@ async fn bind(
     }
 }
 
-async fn unbind(client: &mut ServiceBindingsClient<Channel>, binding: &api::ServiceBinding) -> Result<(), String> {
+async fn unbind(client: &mut ServiceBindingsClient<Transport>, binding: &api::ServiceBinding) -> Result<(), String> {
     let request = api::DeleteServiceBindingRequest {
         account_id: binding.account_id.clone(),
         prefix_id: binding.prefix_id.clone(),
@@ -248,7 +248,7 @@ async fn unbind(client: &mut ServiceBindingsClient<Channel>, binding: &api::Serv
 }
 
 /// 16 fresh /16s in 10.0.0.0/8 (skipping any already taken), each with a prefix-wide binding.
-pub async fn create_fixture(channels: &[Channel]) -> Result<CreateTargets, String> {
+pub async fn create_fixture(channels: &[Transport]) -> Result<CreateTargets, String> {
     let mut prefixes_client = PrefixesClient::new(channels[0].clone());
     let mut bindings_client = ServiceBindingsClient::new(channels[0].clone());
     let account_id = random_account();
@@ -275,7 +275,7 @@ pub async fn create_fixture(channels: &[Channel]) -> Result<CreateTargets, Strin
 
 /// Loads prefixes with nested bindings (see [`load`]) and returns addresses inside them,
 /// plus 10% addresses outside every prefix (misses).
-async fn lookup_fixture(channels: &[Channel], args: &BenchArgs) -> Result<Vec<String>, String> {
+async fn lookup_fixture(channels: &[Transport], args: &BenchArgs) -> Result<Vec<String>, String> {
     // Addresses come from the whole index range: prefixes an earlier load made count too.
     load(channels, args).await?;
     let n_prefixes = args.prefixes;
@@ -319,7 +319,7 @@ fn v6_prefix(index: u32) -> (Ipv6Addr, u8) {
 /// `--bindings-per-prefix` bindings each, nested as in real use: the prefix-wide binding on
 /// Magic Transit, a half on CDN, a quarter on Spectrum, then CDN /32s (/128s). Uses
 /// `--concurrency` writers so that group commit batches them. Existing ones are skipped.
-pub async fn load(channels: &[Channel], args: &BenchArgs) -> Result<(usize, usize), String> {
+pub async fn load(channels: &[Transport], args: &BenchArgs) -> Result<(usize, usize), String> {
     let account_id = random_account();
     let next_prefix = Arc::new(AtomicU64::new(0));
     let n_bindings = Arc::new(AtomicU64::new(0));

@@ -4,7 +4,7 @@ use std::io::BufRead;
 
 use ipam_bindings::pb::api;
 use ipam_bindings::pb::api::routing_client::RoutingClient;
-use tonic::transport::Channel;
+use crate::connection::Transport;
 
 use crate::connection::describe;
 use crate::output::{self, Format, binding_json};
@@ -12,7 +12,7 @@ use crate::output::{self, Format, binding_json};
 /// Most addresses the server takes in one LookupAddresses call.
 const BATCH: usize = 10_000;
 
-pub async fn run(channel: Channel, addresses: Vec<String>, active_only: bool, format: Format) -> Result<(), String> {
+pub async fn run(channel: Transport, addresses: Vec<String>, active_only: bool, format: Format) -> Result<(), String> {
     let fail = |status: tonic::Status| describe(&status);
     let addresses = if addresses.is_empty() || addresses == ["-"] {
         std::io::stdin()

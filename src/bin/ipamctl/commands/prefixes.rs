@@ -2,14 +2,14 @@
 
 use ipam_bindings::pb::api;
 use ipam_bindings::pb::api::prefixes_client::PrefixesClient;
-use tonic::transport::Channel;
+use crate::connection::Transport;
 
 use super::{collect_pages, print_deleted, print_next_token};
 use crate::cli::PrefixCommand;
 use crate::connection::describe;
 use crate::output::{self, Format};
 
-pub async fn run(channel: Channel, account_id: String, command: PrefixCommand, format: Format) -> Result<(), String> {
+pub async fn run(channel: Transport, account_id: String, command: PrefixCommand, format: Format) -> Result<(), String> {
     let mut client = PrefixesClient::new(channel);
     let fail = |status: tonic::Status| describe(&status);
     let prefix = match command {

@@ -3,12 +3,12 @@
 use ipam_bindings::domain::Service;
 use ipam_bindings::pb::api;
 use ipam_bindings::pb::api::services_client::ServicesClient;
-use tonic::transport::Channel;
+use crate::connection::Transport;
 
 use crate::connection::describe;
 use crate::output::{self, Format};
 
-pub async fn run(channel: Channel, account_id: String, format: Format) -> Result<(), String> {
+pub async fn run(channel: Transport, account_id: String, format: Format) -> Result<(), String> {
     let services = ServicesClient::new(channel)
         .list_services(api::ListServicesRequest { account_id })
         .await
