@@ -20,9 +20,11 @@ fn main() -> ExitCode {
     let config = Config::parse();
     if let Some(tool) = &config.tool {
         let report = match tool {
-            Tool::Token(TokenTool::New { principal, id, expires_at }) => {
-                new_token(principal, id.as_deref(), expires_at.as_deref())
-            }
+            Tool::Token(TokenTool::New {
+                principal,
+                id,
+                expires_at,
+            }) => new_token(principal, id.as_deref(), expires_at.as_deref()),
             tool => run_tool(tool, &config.server.data_dir),
         };
         return match report {
@@ -143,7 +145,8 @@ fn new_token(principal: &str, id: Option<&str>, expires_at: Option<&str>) -> Res
         return Err("--principal is empty".into());
     }
     if let Some(at) = expires_at {
-        humantime::parse_rfc3339(at).map_err(|_| format!("--expires-at `{at}` is not a UTC time like 2027-01-01T00:00:00Z"))?;
+        humantime::parse_rfc3339(at)
+            .map_err(|_| format!("--expires-at `{at}` is not a UTC time like 2027-01-01T00:00:00Z"))?;
     }
     let token = credentials::new_token(&id)?;
     let sha256 = ipam_bindings::hex::encode(&credentials::sha256(token.as_bytes()));

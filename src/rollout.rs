@@ -71,7 +71,10 @@ async fn activate_due(engine: &Arc<Engine>, schedule: &mut Schedule, shutdown: &
                 (
                     binding_id,
                     engine
-                        .execute(Command::ActivateBinding { binding_id }, Actor::system(ROLLOUT_PRINCIPAL))
+                        .execute(
+                            Command::ActivateBinding { binding_id },
+                            Actor::system(ROLLOUT_PRINCIPAL),
+                        )
                         .await,
                 )
             });

@@ -21,6 +21,8 @@ use crate::api::prefixes::PrefixesService;
 use crate::api::routing::RoutingService;
 use crate::api::service_bindings::ServiceBindingsService;
 use crate::api::services::ServicesService;
+use crate::auth::layer::AuthLayer;
+use crate::auth::{Access, AuthMode};
 use crate::engine::{Engine, StartError};
 use crate::log::{EventLog, LogError};
 use crate::metrics::{self, Metrics};
@@ -28,8 +30,6 @@ use crate::pb::api::prefixes_server::PrefixesServer;
 use crate::pb::api::routing_server::RoutingServer;
 use crate::pb::api::service_bindings_server::ServiceBindingsServer;
 use crate::pb::api::services_server::ServicesServer;
-use crate::auth::layer::AuthLayer;
-use crate::auth::{Access, AuthMode};
 use crate::{auth, edge, pb, rest, rollout};
 
 pub use crate::config::ServerOptions;
@@ -147,7 +147,9 @@ fn access_control(options: &ServerOptions, listeners: &[Option<&TcpListener>]) -
         .map_err(ServeError::Access)?;
     if access.mode() == AuthMode::Off && !options.allow_unauthenticated {
         for listener in listeners.iter().flatten() {
-            let address = listener.local_addr().map_err(|error| ServeError::Access(error.to_string()))?;
+            let address = listener
+                .local_addr()
+                .map_err(|error| ServeError::Access(error.to_string()))?;
             if !address.ip().is_loopback() {
                 return Err(ServeError::Unauthenticated(address));
             }

@@ -74,8 +74,14 @@ impl ServiceBindings for ServiceBindingsService {
         let (metadata, extensions, request) = request.into_parts();
         let caller = caller_of(&extensions);
         unary(self.app.metrics(), "GetServiceBinding", &metadata, async {
-            operations::get_binding(&self.app, &caller, &request.account_id, &request.prefix_id, &request.binding_id)
-                .map(|binding| convert::binding(&binding))
+            operations::get_binding(
+                &self.app,
+                &caller,
+                &request.account_id,
+                &request.prefix_id,
+                &request.binding_id,
+            )
+            .map(|binding| convert::binding(&binding))
         })
         .await
     }
@@ -87,9 +93,14 @@ impl ServiceBindings for ServiceBindingsService {
         let (metadata, extensions, request) = request.into_parts();
         let caller = caller_of(&extensions);
         unary(self.app.metrics(), "DeleteServiceBinding", &metadata, async {
-            let deleted =
-                operations::delete_binding(&self.app, &caller, &request.account_id, &request.prefix_id, &request.binding_id)
-                    .await?;
+            let deleted = operations::delete_binding(
+                &self.app,
+                &caller,
+                &request.account_id,
+                &request.prefix_id,
+                &request.binding_id,
+            )
+            .await?;
             Ok(api::DeleteServiceBindingResponse {
                 id: deleted.to_string(),
             })

@@ -297,6 +297,10 @@ fn to_message(event: &Event) -> Option<api::ServiceBindingEvent> {
         kind: kind as i32,
         binding: Some(convert::binding(binding)),
         time: Some(convert::timestamp(event.time)),
-        actor: event.actor.as_ref().map(|actor| actor.principal.clone()).unwrap_or_default(),
+        actor: event
+            .actor
+            .as_ref()
+            .map(|actor| actor.principal.clone())
+            .unwrap_or_default(),
     })
 }

@@ -31,7 +31,9 @@ pub fn bearer_token(header: &str) -> Option<PresentedToken<'_>> {
     let token = token.trim();
     let (id, secret) = token.strip_prefix(TOKEN_PREFIX)?.split_once('_')?;
     let secret_ok = secret.len() >= MIN_SECRET_LEN
-        && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     (is_token_id(id) && secret_ok).then_some(PresentedToken { id, whole: token })
 }
 
@@ -192,10 +194,16 @@ mod tests {
     fn only_the_last_xfcc_element_by_our_proxy_counts() {
         let us = "spiffe://prod/ns/ipam/sa/ipam";
         let ours = format!("By={us};Hash=abc;URI=spiffe://prod/ns/edge/sa/router");
-        assert_eq!(xfcc_identity(&ours, us).as_deref(), Some("spiffe://prod/ns/edge/sa/router"));
+        assert_eq!(
+            xfcc_identity(&ours, us).as_deref(),
+            Some("spiffe://prod/ns/edge/sa/router")
+        );
         // A forged element in front of ours is ignored; ours decides.
         let forged = format!("By={us};URI=spiffe://prod/ns/admin/sa/root,{ours}");
-        assert_eq!(xfcc_identity(&forged, us).as_deref(), Some("spiffe://prod/ns/edge/sa/router"));
+        assert_eq!(
+            xfcc_identity(&forged, us).as_deref(),
+            Some("spiffe://prod/ns/edge/sa/router")
+        );
         // A last element not written by our proxy: no identity.
         let appended = format!("{ours},By=spiffe://elsewhere;URI=spiffe://prod/ns/admin/sa/root");
         assert_eq!(xfcc_identity(&appended, us), None);
@@ -206,6 +214,9 @@ mod tests {
             assert_eq!(xfcc_identity(malformed, us), None, "{malformed}");
         }
         // Two URIs in our element: ambiguous, refused.
-        assert_eq!(xfcc_identity(&format!("By={us};URI=spiffe://a;URI=spiffe://b"), us), None);
+        assert_eq!(
+            xfcc_identity(&format!("By={us};URI=spiffe://a;URI=spiffe://b"), us),
+            None
+        );
     }
 }

@@ -55,12 +55,17 @@ fn admit<B>(access: &Arc<Access>, request: &Request<B>) -> Result<Option<Caller>
     let extensions = request.extensions();
     let tls = extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
     let certificates = tls.and_then(|tls| tls.peer_certs());
-    let peer = (tls.map(|tls| tls.get_ref()).or_else(|| extensions.get::<TcpConnectInfo>()))
-        .and_then(|tcp| tcp.remote_addr());
+    let peer = (tls
+        .map(|tls| tls.get_ref())
+        .or_else(|| extensions.get::<TcpConnectInfo>()))
+    .and_then(|tcp| tcp.remote_addr());
     let presented = Presented {
         authorization: header(AUTHORIZATION),
         xfcc: header(XFCC),
-        peer_certificate: certificates.as_ref().and_then(|chain| chain.first()).map(|der| der.as_ref()),
+        peer_certificate: certificates
+            .as_ref()
+            .and_then(|chain| chain.first())
+            .map(|der| der.as_ref()),
         peer,
         call_id: header(REQUEST_ID).unwrap_or_default(),
     };
@@ -69,7 +74,10 @@ fn admit<B>(access: &Arc<Access>, request: &Request<B>) -> Result<Option<Caller>
         Some(Required::Global(permission)) => caller.require(Need::Global(permission))?,
         // A method nobody mapped is refused while access control is enforced.
         None if access.mode() == AuthMode::Enforce => {
-            return Err(Error::new(Reason::PermissionDenied, "this method has no permission mapped"));
+            return Err(Error::new(
+                Reason::PermissionDenied,
+                "this method has no permission mapped",
+            ));
         }
         _ => {}
     }

@@ -63,11 +63,18 @@ pub struct Presented<'a> {
 enum Credential {
     None,
     /// A bearer token: its id and its hash (re-checked against the policy on every check).
-    Token { id: String, sha256: [u8; 32] },
+    Token {
+        id: String,
+        sha256: [u8; 32],
+    },
     /// A client certificate, by its SHA-256 fingerprint.
-    Certificate { fingerprint: String },
+    Certificate {
+        fingerprint: String,
+    },
     /// An identity vouched for by our proxy.
-    ForwardedBy { proxy: String },
+    ForwardedBy {
+        proxy: String,
+    },
 }
 
 /// An authenticated caller: what the audit trail records and what permissions are checked for.
@@ -232,8 +239,16 @@ impl Access {
 
     /// Access control as configured: `mode` (default: enforce with a policy, off without)
     /// and the policy file, read now. A file that does not parse refuses the start.
-    pub fn open(mode: Option<AuthMode>, path: Option<&Path>, trust_xfcc: Option<String>) -> Result<Arc<Access>, String> {
-        let mode = mode.unwrap_or(if path.is_some() { AuthMode::Enforce } else { AuthMode::Off });
+    pub fn open(
+        mode: Option<AuthMode>,
+        path: Option<&Path>,
+        trust_xfcc: Option<String>,
+    ) -> Result<Arc<Access>, String> {
+        let mode = mode.unwrap_or(if path.is_some() {
+            AuthMode::Enforce
+        } else {
+            AuthMode::Off
+        });
         let (policy, text) = match path {
             Some(path) => read_policy(path)?,
             None if mode == AuthMode::Enforce => {
@@ -241,10 +256,22 @@ impl Access {
             }
             None => (Policy::default(), String::new()),
         };
-        Ok(Access::with(mode, path.map(Path::to_path_buf), trust_xfcc, policy, text))
+        Ok(Access::with(
+            mode,
+            path.map(Path::to_path_buf),
+            trust_xfcc,
+            policy,
+            text,
+        ))
     }
 
-    fn with(mode: AuthMode, path: Option<PathBuf>, trust_xfcc: Option<String>, policy: Policy, text: String) -> Arc<Access> {
+    fn with(
+        mode: AuthMode,
+        path: Option<PathBuf>,
+        trust_xfcc: Option<String>,
+        policy: Policy,
+        text: String,
+    ) -> Arc<Access> {
         Arc::new(Access {
             mode,
             trust_xfcc,
@@ -302,7 +329,11 @@ impl Access {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let limited = Error::new(
                 Reason::RateLimited,
-                format!("the rate limit of `{}` is spent; retry in {} ms", caller.principal, wait.as_millis().max(1)),
+                format!(
+                    "the rate limit of `{}` is spent; retry in {} ms",
+                    caller.principal,
+                    wait.as_millis().max(1)
+                ),
             )
             .retry_after(wait);
             return Err(caller.refused(limited, None));
@@ -334,8 +365,8 @@ impl Access {
         // with or without a token.
         let peer_identity = match presented.peer_certificate {
             Some(der) => {
-                let spiffe_id = credentials::spiffe_id(der)
-                    .map_err(|why| Error::new(Reason::CredentialsInvalid, why))?;
+                let spiffe_id =
+                    credentials::spiffe_id(der).map_err(|why| Error::new(Reason::CredentialsInvalid, why))?;
                 let fingerprint = crate::hex::encode(&credentials::sha256(der));
                 Some((spiffe_id, Credential::Certificate { fingerprint }))
             }
@@ -358,7 +389,11 @@ impl Access {
                 id: token.id.to_string(),
                 sha256: entry.sha256,
             };
-            return Ok(caller(entry.principal.clone(), credential, peer_identity.map(|(id, _)| id)));
+            return Ok(caller(
+                entry.principal.clone(),
+                credential,
+                peer_identity.map(|(id, _)| id),
+            ));
         }
         match peer_identity {
             Some((spiffe_id, credential)) => Ok(caller(spiffe_id, credential, None)),

@@ -178,9 +178,8 @@ impl Policy {
             if !is_token_id(&token.id) {
                 return Err(format!("{entry}: an id is 1 to 32 letters, digits or dashes"));
             }
-            let sha256 = parse_sha256(&token.sha256).ok_or_else(|| {
-                format!("{entry}: sha256 must be the 64 lowercase hex digits of the token's SHA-256")
-            })?;
+            let sha256 = parse_sha256(&token.sha256)
+                .ok_or_else(|| format!("{entry}: sha256 must be the 64 lowercase hex digits of the token's SHA-256"))?;
             if token.principal.is_empty() {
                 return Err(format!("{entry}: principal is empty"));
             }
@@ -230,12 +229,26 @@ fn parse_grants(entry: &str, grants: Vec<GrantFile>) -> Result<Grants, String> {
     for grant in grants {
         let permission = Permission::from_name(&grant.permission).ok_or_else(|| {
             let known: Vec<_> = Permission::ALL.iter().map(|p| p.name()).collect();
-            format!("{entry}: unknown permission `{}` (known: {})", grant.permission, known.join(", "))
+            format!(
+                "{entry}: unknown permission `{}` (known: {})",
+                grant.permission,
+                known.join(", ")
+            )
         })?;
         let accounts = match (permission.is_global(), grant.accounts) {
             (true, None) => Accounts::Global,
-            (true, Some(_)) => return Err(format!("{entry}: `{}` is global and takes no accounts", permission.name())),
-            (false, None) => return Err(format!("{entry}: `{}` needs accounts (ids, or \"*\")", permission.name())),
+            (true, Some(_)) => {
+                return Err(format!(
+                    "{entry}: `{}` is global and takes no accounts",
+                    permission.name()
+                ));
+            }
+            (false, None) => {
+                return Err(format!(
+                    "{entry}: `{}` needs accounts (ids, or \"*\")",
+                    permission.name()
+                ));
+            }
             (false, Some(accounts)) if accounts.iter().any(|account| account == "*") => Accounts::Every,
             (false, Some(accounts)) => Accounts::Listed(
                 accounts
@@ -252,7 +265,12 @@ fn parse_grants(entry: &str, grants: Vec<GrantFile>) -> Result<Grants, String> {
     Ok(Grants(parsed))
 }
 
-fn add_rate_limit(policy: &mut Policy, entry: &str, principal: &str, limit: Option<RateLimitFile>) -> Result<(), String> {
+fn add_rate_limit(
+    policy: &mut Policy,
+    entry: &str,
+    principal: &str,
+    limit: Option<RateLimitFile>,
+) -> Result<(), String> {
     let Some(limit) = limit else { return Ok(()) };
     let (Some(per_second), Some(burst)) = (
         NonZeroU32::new(limit.per_second),
@@ -300,7 +318,10 @@ grants = [ {{ permission = "routing.lookup" }} ]
         let account = crate::domain::fields::account_id("a", ACCOUNT).unwrap();
         let other = crate::domain::fields::account_id("a", &"f".repeat(32)).unwrap();
         assert!(token.grants.allow(Permission::PrefixesEdit, Some(&account)));
-        assert!(token.grants.allow(Permission::PrefixesRead, Some(&account)), "edit implies read");
+        assert!(
+            token.grants.allow(Permission::PrefixesRead, Some(&account)),
+            "edit implies read"
+        );
         assert!(!token.grants.allow(Permission::PrefixesRead, Some(&other)));
         assert!(token.grants.allow(Permission::RoutingLookup, None));
         assert!(!token.grants.allow(Permission::BindingsWatchAll, None));
@@ -315,15 +336,33 @@ grants = [ {{ permission = "routing.lookup" }} ]
         let token = |extra: &str| format!("[[token]]\nid = \"t\"\nsha256 = \"{HASH}\"\nprincipal = \"p\"\n{extra}");
         for (text, expected) in [
             (token("colour = \"red\""), "unknown field"),
-            (token("grants = [ { permission = \"ip_prefixes.admin\", accounts = [\"*\"] } ]"), "unknown permission"),
-            (token("grants = [ { permission = \"routing.lookup\", accounts = [\"*\"] } ]"), "takes no accounts"),
-            (token("grants = [ { permission = \"ip_prefixes.read\" } ]"), "needs accounts"),
-            (token("grants = [ { permission = \"ip_prefixes.read\", accounts = [\"acme\"] } ]"), "not an account id"),
+            (
+                token("grants = [ { permission = \"ip_prefixes.admin\", accounts = [\"*\"] } ]"),
+                "unknown permission",
+            ),
+            (
+                token("grants = [ { permission = \"routing.lookup\", accounts = [\"*\"] } ]"),
+                "takes no accounts",
+            ),
+            (
+                token("grants = [ { permission = \"ip_prefixes.read\" } ]"),
+                "needs accounts",
+            ),
+            (
+                token("grants = [ { permission = \"ip_prefixes.read\", accounts = [\"acme\"] } ]"),
+                "not an account id",
+            ),
             (token("expires_at = 2027-01-01T00:00:00+01:00"), "UTC"),
             (token("rate_limit = { per_second = 0 }"), "above 0"),
             (format!("{}\n{}", token(""), token("")), "listed twice"),
-            ("[[token]]\nid = \"t_1\"\nsha256 = \"x\"\nprincipal = \"p\"".into(), "letters, digits or dashes"),
-            ("[[token]]\nid = \"t\"\nsha256 = \"ABC\"\nprincipal = \"p\"".into(), "64 lowercase hex"),
+            (
+                "[[token]]\nid = \"t_1\"\nsha256 = \"x\"\nprincipal = \"p\"".into(),
+                "letters, digits or dashes",
+            ),
+            (
+                "[[token]]\nid = \"t\"\nsha256 = \"ABC\"\nprincipal = \"p\"".into(),
+                "64 lowercase hex",
+            ),
             ("[[principal]]\nid = \"router\"".into(), "SPIFFE id"),
         ] {
             let error = Policy::parse(&text).unwrap_err();

@@ -95,10 +95,21 @@ pub fn export(log: &EventLog, out: &mut impl Write) -> Result<u64, ToolError> {
     let mut n_events = 0;
     for event in log.read_after(0) {
         let event = event?;
+        let actor = event.actor.as_deref().map(|actor| {
+            json!({
+                "principal": actor.principal,
+                "credential": actor.credential,
+                "via": actor.via,
+                "call_id": actor.call_id,
+                "request_id": actor.request_id,
+                "peer": actor.peer,
+            })
+        });
         let line = json!({
             "revision": event.revision,
             "time_micros": event.time.0,
             "change": describe(&event.change),
+            "actor": actor,
             "record": hex::encode(&codec::encode(&event)),
         });
         writeln!(out, "{line}")?;

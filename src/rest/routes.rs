@@ -91,14 +91,20 @@ async fn create_prefix(
     created(objects::prefix(&prefix))
 }
 
-async fn list_prefixes(State(state): State<RestState>,
-    Extension(caller): Extension<Caller>, Path(account_id): Path<String>) -> Reply {
+async fn list_prefixes(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Caller>,
+    Path(account_id): Path<String>,
+) -> Reply {
     let listed = operations::list_prefixes(&state.app, &caller, &account_id, ListPage::All)?;
     ok(listed.items.iter().map(objects::prefix).collect())
 }
 
-async fn get_prefix(State(state): State<RestState>,
-    Extension(caller): Extension<Caller>, Path((account_id, prefix_id)): Path<(String, String)>) -> Reply {
+async fn get_prefix(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Caller>,
+    Path((account_id, prefix_id)): Path<(String, String)>,
+) -> Reply {
     let prefix = operations::get_prefix(&state.app, &caller, &account_id, &prefix_id)?;
     ok(objects::prefix(&prefix))
 }
@@ -122,8 +128,11 @@ async fn update_prefix(
     ok(objects::prefix(&prefix))
 }
 
-async fn delete_prefix(State(state): State<RestState>,
-    Extension(caller): Extension<Caller>, Path((account_id, prefix_id)): Path<(String, String)>) -> Reply {
+async fn delete_prefix(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Caller>,
+    Path((account_id, prefix_id)): Path<(String, String)>,
+) -> Reply {
     operations::delete_prefix(&state.app, &caller, &account_id, &prefix_id).await?;
     ok(Value::Null)
 }
@@ -156,8 +165,11 @@ async fn create_binding(
     created(objects::binding(&binding))
 }
 
-async fn list_bindings(State(state): State<RestState>,
-    Extension(caller): Extension<Caller>, Path((account_id, prefix_id)): Path<(String, String)>) -> Reply {
+async fn list_bindings(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Caller>,
+    Path((account_id, prefix_id)): Path<(String, String)>,
+) -> Reply {
     let listed = operations::list_bindings(&state.app, &caller, &account_id, &prefix_id, ListPage::All)?;
     ok(listed.items.iter().map(objects::binding).collect())
 }

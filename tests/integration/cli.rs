@@ -407,3 +407,55 @@ async fn a_live_watch_resumes_from_the_head_it_started_at() {
     child.wait().unwrap();
     server.stop().await;
 }
+
+/// `ipam-bindings token new` prints a token and the policy entry for it; ipamctl calls with
+/// it from `--token` or `IPAM_TOKEN`, and without it the server says what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_token_works_from_ipamctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new(env!("CARGO_BIN_EXE_ipam-bindings"))
+        .args(["token", "new", "--principal", "ci-bot", "--id", "ci1"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let printed = String::from_utf8(made.stdout).unwrap();
+    let token = printed.lines().next().unwrap().to_string();
+    assert!(token.starts_with("ipam_ci1_"), "{printed}");
+    let (_, entry) = printed.split_once("\n\n").unwrap();
+    assert!(!entry.contains(&token[9..]), "the entry holds only the hash");
+    let account_id = account();
+    let policy = entry.replace(
+        "grants = [ ]",
+        &format!("grants = [ {{ permission = \"ip_prefixes.edit\", accounts = [\"{account_id}\"] }} ]"),
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let mut options =
+        ipam_bindings::server::ServerOptions::new(dir.path().join("data"), std::time::Duration::from_secs(3600));
+    options.auth_policy = Some(dir.path().join("policy.toml"));
+    let server = TestServer::start_with_options(options).await;
+    let (ok, _, stderr) = ipamctl(&server, &account_id, &["prefixes", "create", "192.0.2.0/24"]);
+    assert!(!ok);
+    assert!(stderr.contains("CREDENTIALS_MISSING"), "{stderr}");
+    let (ok, stdout, stderr) = ipamctl(
+        &server,
+        &account_id,
+        &["--token", &token, "prefixes", "create", "192.0.2.0/24"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(json_lines(&stdout)[0]["cidr"], "192.0.2.0/24");
+    let listed = Command::new(env!("CARGO_BIN_EXE_ipamctl"))
+        .args([
+            "--server",
+            &server.address.to_string(),
+            "--account",
+            &account_id,
+            "--output",
+            "json",
+        ])
+        .args(["prefixes", "list"])
+        .env("IPAM_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    assert_eq!(json_lines(&String::from_utf8_lossy(&listed.stdout)).len(), 1);
+}

@@ -81,6 +81,7 @@ async fn health_is_not_serving_while_the_projections_load() {
                     revision: u64::from(i) + 1,
                     time: Micros(1),
                     change: Change::PrefixCreated(prefix),
+                    actor: None,
                 }
             })
             .collect();

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod access;
 mod bindings;
 mod cli;
 mod crash;

@@ -15,9 +15,15 @@ struct Pki {
     server_key: String,
     client_cert: String,
     client_key: String,
+    /// Client certificates (PEM cert, PEM key) with the URI SANs asked of [`pki_with`].
+    clients_with_uris: Vec<(String, String)>,
 }
 
 fn pki() -> Pki {
+    pki_with(&[])
+}
+
+fn pki_with(client_uris: &[&[&str]]) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -32,7 +38,20 @@ fn pki() -> Pki {
         .unwrap()
         .signed_by(&client_key, &ca)
         .unwrap();
+    let clients_with_uris = (client_uris.iter())
+        .map(|uris| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(vec!["client".to_string()]).unwrap();
+            for uri in *uris {
+                params
+                    .subject_alt_names
+                    .push(rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*uri).unwrap()));
+            }
+            (params.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
+        })
+        .collect();
     Pki {
+        clients_with_uris,
         ca: ca.pem(),
         server_cert: server_cert.pem(),
         server_key: server_key.serialize_pem(),
@@ -47,6 +66,16 @@ async fn tls_server(
     dir: &std::path::Path,
     require_client_cert: bool,
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    tls_server_with(pki, dir, require_client_cert, |_| {}).await
+}
+
+/// [`tls_server`] with more options set by `configure`.
+async fn tls_server_with(
+    pki: &Pki,
+    dir: &std::path::Path,
+    require_client_cert: bool,
+    configure: impl FnOnce(&mut ServerOptions),
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     std::fs::create_dir_all(dir).unwrap();
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
@@ -59,6 +88,7 @@ async fn tls_server(
     if require_client_cert {
         options.tls_client_ca = Some(write("ca.pem", &pki.ca));
     }
+    configure(&mut options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -119,4 +149,88 @@ async fn tls_and_mutual_tls() {
         tls_check(address, Some(client_tls())).await.is_err(),
         "no client certificate, no service"
     );
+}
+
+/// With mutual TLS and a policy, a client certificate's one URI SAN is the caller's SPIFFE id;
+/// a certificate with none or two is refused, and a token over it acts as the token's
+/// principal (the certificate's identity is recorded as `via`).
+#[tokio::test]
+async fn client_certificates_name_their_spiffe_id() {
+    let router = "spiffe://test/ns/edge/sa/router";
+    let pki = pki_with(&[&[router], &[], &[router, "spiffe://test/ns/edge/sa/other"]]);
+    let dir = tempfile::tempdir().unwrap();
+    let (token, hash) = {
+        let token = ipam_bindings::auth::credentials::new_token("ci1").unwrap();
+        let hash = ipam_bindings::hex::encode(&ipam_bindings::auth::credentials::sha256(token.as_bytes()));
+        (token, hash)
+    };
+    let policy = format!(
+        "[[principal]]\nid = \"{router}\"\ngrants = [ {{ permission = \"routing.lookup\" }} ]\n\
+         [[token]]\nid = \"ci1\"\nsha256 = \"{hash}\"\nprincipal = \"ci-bot\"\n\
+         grants = [ {{ permission = \"ip_prefixes.edit\", accounts = [\"*\"] }} ]\n"
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    let data = dir.path().join("mtls").join("data");
+    let (address, stop) = tls_server_with(&pki, &dir.path().join("mtls"), true, |options| {
+        options.auth_policy = Some(policy_path);
+    })
+    .await;
+    let channel = |client: usize| {
+        let (cert, key) = &pki.clients_with_uris[client];
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&pki.ca))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(cert, key));
+        Channel::from_shared(format!("https://localhost:{}", address.port()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_lazy()
+    };
+    wait_until_serving(&channel(0)).await;
+    let lookup = |client: usize| {
+        let mut routing = ipam_bindings::pb::api::routing_client::RoutingClient::new(channel(client));
+        async move {
+            let request = ipam_bindings::pb::api::LookupAddressRequest {
+                address: "192.0.2.1".into(),
+                active_only: false,
+            };
+            routing.lookup_address(request).await.unwrap_err()
+        }
+    };
+    // The router may look up (the address is simply not covered).
+    assert_eq!(lookup(0).await.code(), tonic::Code::NotFound);
+    for client in [1, 2] {
+        let refused = lookup(client).await;
+        assert_error(
+            &refused,
+            tonic::Code::Unauthenticated,
+            "CREDENTIALS_INVALID",
+            1401,
+            None,
+        );
+        assert!(refused.message().contains("exactly one URI SAN"), "{refused:?}");
+    }
+    // A token over the router's connection: the token's principal acts, via the router.
+    let mut request = tonic::Request::new(ipam_bindings::pb::api::CreatePrefixRequest {
+        account_id: account(),
+        cidr: "192.0.2.0/24".into(),
+        asn: None,
+        description: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut prefixes = ipam_bindings::pb::api::prefixes_client::PrefixesClient::new(channel(0));
+    prefixes.create_prefix(request).await.unwrap();
+    let _ = stop.send(());
+    wait_until_unlocked(&data).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_unlocked(&data).await;
+    let log = ipam_bindings::log::EventLog::open(&data).unwrap();
+    let events: Vec<_> = log.read_after(0).collect::<Result<_, _>>().unwrap();
+    let actor = events[0].actor.as_deref().unwrap();
+    assert_eq!((actor.principal.as_str(), actor.via.as_str()), ("ci-bot", router));
+    assert_eq!(actor.credential, "token:ci1");
 }

@@ -199,6 +199,7 @@ mod tests {
         Connection {
             server: server.into(),
             tls,
+            token: None,
         }
         .url()
     }

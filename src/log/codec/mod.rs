@@ -243,10 +243,10 @@ fn unseal(record: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use crate::domain::{
         AccountId, Actor, Binding, BindingId, Change, Micros, Prefix, PrefixId, ProvisioningState, Service, fixtures,
     };
+    use std::sync::Arc;
 
     fn sample() -> Event {
         let prefix = fixtures::prefix("192.0.2.0/24");

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::domain::{
-    AccountId, Actor, Binding, BindingId, Change, Event, Micros, Prefix, PrefixId, ProvisioningState, Service, ServiceId,
-    State,
+    AccountId, Actor, Binding, BindingId, Change, Event, Micros, Prefix, PrefixId, ProvisioningState, Service,
+    ServiceId, State,
 };
 use crate::pb::events as stored;
 

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
 use crate::connection::Transport;
+use tokio::time::Instant;
 
 use crate::connection::Connection;
 use stats::{Recorder, Summary};

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::connection::Transport;
 use ipam_bindings::pb::api;
 use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
 use tokio::time::Instant;
-use crate::connection::Transport;
 
 use super::BenchArgs;
 use super::stats::Recorder;

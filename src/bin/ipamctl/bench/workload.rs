@@ -5,12 +5,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::connection::Transport;
 use ipam_bindings::pb::api;
 use ipam_bindings::pb::api::prefixes_client::PrefixesClient;
 use ipam_bindings::pb::api::routing_client::RoutingClient;
 use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
 use tonic::Code;
-use crate::connection::Transport;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 

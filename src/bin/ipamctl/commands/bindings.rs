@@ -1,15 +1,20 @@
 //! `ipamctl bindings ...`.
 
+use crate::connection::Transport;
 use ipam_bindings::pb::api;
 use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
-use crate::connection::Transport;
 
 use super::{collect_pages, print_deleted, print_next_token, services};
 use crate::cli::BindingCommand;
 use crate::connection::describe;
 use crate::output::{self, Format};
 
-pub async fn run(channel: Transport, account_id: String, command: BindingCommand, format: Format) -> Result<(), String> {
+pub async fn run(
+    channel: Transport,
+    account_id: String,
+    command: BindingCommand,
+    format: Format,
+) -> Result<(), String> {
     let mut client = ServiceBindingsClient::new(channel);
     let fail = |status: tonic::Status| describe(&status);
     let binding = match command {

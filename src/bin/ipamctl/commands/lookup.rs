@@ -2,9 +2,9 @@
 
 use std::io::BufRead;
 
+use crate::connection::Transport;
 use ipam_bindings::pb::api;
 use ipam_bindings::pb::api::routing_client::RoutingClient;
-use crate::connection::Transport;
 
 use crate::connection::describe;
 use crate::output::{self, Format, binding_json};

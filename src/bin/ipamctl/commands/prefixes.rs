@@ -1,8 +1,8 @@
 //! `ipamctl prefixes ...`.
 
+use crate::connection::Transport;
 use ipam_bindings::pb::api;
 use ipam_bindings::pb::api::prefixes_client::PrefixesClient;
-use crate::connection::Transport;
 
 use super::{collect_pages, print_deleted, print_next_token};
 use crate::cli::PrefixCommand;

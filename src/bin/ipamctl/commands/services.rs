@@ -1,9 +1,9 @@
 //! `ipamctl services`, and the service names `--service` accepts.
 
+use crate::connection::Transport;
 use ipam_bindings::domain::Service;
 use ipam_bindings::pb::api;
 use ipam_bindings::pb::api::services_client::ServicesClient;
-use crate::connection::Transport;
 
 use crate::connection::describe;
 use crate::output::{self, Format};
