@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/addressing/v1/service_bindings.proto",
                 "proto/addressing/v1/services.proto",
                 "proto/addressing/v1/routing.proto",
+                "proto/addressing/v1/rollout.proto",
                 "proto/addressing/events/v1/events.proto",
             ],
             &["proto"],

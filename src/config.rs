@@ -38,6 +38,16 @@ pub enum AuthMode {
     Enforce,
 }
 
+/// What turns a new binding ACTIVE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RolloutMode {
+    /// The built-in timer, --provisioning-delay after the binding's creation.
+    Timer,
+    /// An external provisioner, through Rollout/CompleteProvisioning; nothing activates by
+    /// itself.
+    External,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -62,6 +72,11 @@ pub struct ServerOptions {
     /// Fault injection for tests (not a flag): makes appends fail as a full disk would.
     #[arg(skip)]
     pub storage_faults: crate::log::StorageFaults,
+
+    /// What turns new bindings ACTIVE: the built-in timer, or an external provisioner calling
+    /// Rollout/CompleteProvisioning.
+    #[arg(long, env = "IPAM_ROLLOUT", value_enum, default_value = "timer")]
+    pub rollout: RolloutMode,
 
     /// How long the built-in rollout takes to report a new binding propagated (0s, 250ms, 5s, 4h).
     #[arg(long, env = "IPAM_PROVISIONING_DELAY", default_value = "5s", value_parser = duration)]

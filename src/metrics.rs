@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::domain::Micros;
 use crate::projection::Projections;
 
 /// Static strings: labelling a call allocates nothing.
@@ -63,6 +64,7 @@ pub struct Metrics {
     prefixes: Gauge,
     bindings: Gauge,
     rollout_backlog: Gauge,
+    rollout_oldest_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Read at scrape time for the state gauges; set once the projections are loaded.
     projections: Mutex<Option<Projections>>,
 }
@@ -139,6 +141,12 @@ impl Metrics {
             "Bindings still PROVISIONING",
             rollout_backlog.clone(),
         );
+        let rollout_oldest_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "rollout_oldest_provisioning_seconds",
+            "Age of the oldest binding still PROVISIONING (0: none); a stuck rollout grows it",
+            rollout_oldest_seconds.clone(),
+        );
         Metrics {
             registry,
             calls,
@@ -156,6 +164,7 @@ impl Metrics {
             prefixes,
             bindings,
             rollout_backlog,
+            rollout_oldest_seconds,
             projections: Mutex::new(None),
         }
     }
@@ -182,6 +191,9 @@ impl Metrics {
             self.prefixes.set(model.state.n_prefixes() as i64);
             self.bindings.set(model.state.n_bindings() as i64);
             self.rollout_backlog.set(model.state.n_provisioning() as i64);
+            let oldest = model.state.oldest_provisioning();
+            let age_micros = oldest.map_or(0, |created_at| (Micros::now().0 - created_at.0).max(0));
+            self.rollout_oldest_seconds.set(age_micros as f64 / 1e6);
         }
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {

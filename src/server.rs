@@ -18,15 +18,18 @@ use tracing::{info, warn};
 
 use crate::api::AppContext;
 use crate::api::prefixes::PrefixesService;
+use crate::api::rollout::RolloutService;
 use crate::api::routing::RoutingService;
 use crate::api::service_bindings::ServiceBindingsService;
 use crate::api::services::ServicesService;
 use crate::auth::layer::AuthLayer;
 use crate::auth::{Access, AuthMode};
+use crate::config::RolloutMode;
 use crate::engine::{Engine, StartError};
 use crate::log::{EventLog, LogError};
 use crate::metrics::{self, Metrics};
 use crate::pb::api::prefixes_server::PrefixesServer;
+use crate::pb::api::rollout_server::RolloutServer;
 use crate::pb::api::routing_server::RoutingServer;
 use crate::pb::api::service_bindings_server::ServiceBindingsServer;
 use crate::pb::api::services_server::ServicesServer;
@@ -65,13 +68,14 @@ pub enum ServeError {
 }
 
 /// The names health reports on: the whole server ("") and each addressing.v1 service.
-fn health_names() -> [&'static str; 5] {
+fn health_names() -> [&'static str; 6] {
     [
         "",
         <PrefixesServer<PrefixesService> as NamedService>::NAME,
         <ServiceBindingsServer<ServiceBindingsService> as NamedService>::NAME,
         <ServicesServer<ServicesService> as NamedService>::NAME,
         <RoutingServer<RoutingService> as NamedService>::NAME,
+        <RolloutServer<RolloutService> as NamedService>::NAME,
     ]
 }
 
@@ -189,7 +193,7 @@ pub async fn serve(
     let (drain_sender, mut draining) = watch::channel(false);
     let (stop_sender, stop_receiver) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
-    let app = AppContext::new(stop_receiver.clone(), Arc::clone(&metrics));
+    let app = AppContext::new(stop_receiver.clone(), Arc::clone(&metrics), options.rollout);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
@@ -226,7 +230,8 @@ pub async fn serve(
             ServiceBindingsServer::new(ServiceBindingsService::new(app.clone())).max_decoding_message_size(max_bytes),
         )
         .add_service(ServicesServer::new(ServicesService::new(app.clone())).max_decoding_message_size(max_bytes))
-        .add_service(RoutingServer::new(RoutingService::new(app.clone())).max_decoding_message_size(max_bytes));
+        .add_service(RoutingServer::new(RoutingService::new(app.clone())).max_decoding_message_size(max_bytes))
+        .add_service(RolloutServer::new(RolloutService::new(app.clone())).max_decoding_message_size(max_bytes));
 
     let mut stop_signal = stop_receiver.clone();
     // Without TCP_NODELAY, a response's HTTP/2 frames can wait on the peer's delayed ACK (~40 ms).
@@ -268,11 +273,14 @@ pub async fn serve(
     };
     app.set_engine(Arc::clone(&engine));
     metrics.set_projections(engine.projections().clone());
-    let rollout = tokio::spawn(rollout::run(
-        Arc::clone(&engine),
-        options.provisioning_delay,
-        stop_receiver.clone(),
-    ));
+    // With an external provisioner nothing activates by itself.
+    let rollout = (options.rollout == RolloutMode::Timer).then(|| {
+        tokio::spawn(rollout::run(
+            Arc::clone(&engine),
+            options.provisioning_delay,
+            stop_receiver.clone(),
+        ))
+    });
     if !*draining.borrow() {
         set_health(&health_reporter, ServingStatus::Serving).await;
         info!("ready: health SERVING");
@@ -301,7 +309,9 @@ pub async fn serve(
             Ok(())
         }
     };
-    let _ = rollout.await;
+    if let Some(rollout) = rollout {
+        let _ = rollout.await;
+    }
     let _ = policy_reloads.await;
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;

@@ -34,6 +34,7 @@ pub fn required(path: &str) -> Option<Required> {
         | ("addressing.v1.Services", "ListServices") => Required::OnAccount(PrefixesRead),
         ("addressing.v1.ServiceBindings", "WatchServiceBindings") => Required::WatchBindings,
         ("addressing.v1.Routing", "LookupAddress" | "LookupAddresses") => Required::Global(RoutingLookup),
+        ("addressing.v1.Rollout", "CompleteProvisioning") => Required::Global(RolloutComplete),
         _ => return None,
     })
 }

@@ -41,6 +41,14 @@ pub enum Command {
         prefix_id: PrefixId,
         binding_id: BindingId,
     },
+    /// An external provisioner reports the account's binding propagated: PROVISIONING ->
+    /// ACTIVE; an ACTIVE one answers as it is (nothing appended); a missing, deleted or
+    /// foreign one is NOT_FOUND.
+    CompleteProvisioning {
+        account_id: AccountId,
+        prefix_id: PrefixId,
+        binding_id: BindingId,
+    },
     /// The rollout reports the binding propagated. Not a caller's command: no tenancy check,
     /// and a binding that is gone or already active is a no-op (so it is safe to repeat).
     ActivateBinding {

@@ -116,6 +116,8 @@ reasons! {
     PrefixHasBindings = ("PREFIX_HAS_BINDINGS", 1104, FailedPrecondition),
     /// The address is inside no prefix.
     AddressNotCovered = ("ADDRESS_NOT_COVERED", 1105, NotFound),
+    /// CompleteProvisioning on a server whose built-in timer drives the rollout.
+    RolloutNotExternal = ("ROLLOUT_NOT_EXTERNAL", 1106, FailedPrecondition),
     /// A binding already exists for that CIDR in the prefix.
     BindingAlreadyExists = ("BINDING_ALREADY_EXISTS", 1108, AlreadyExists),
     /// A watch from a revision beyond the log's head.

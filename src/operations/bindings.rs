@@ -3,7 +3,7 @@
 use super::{AppContext, ListPage, Listed, authorize, page_token, unexpected};
 use crate::auth::{Caller, Permission};
 use crate::domain::error::AllFields;
-use crate::domain::{Binding, BindingId, Command, Error, Outcome, PrefixId, fields};
+use crate::domain::{AccountId, Binding, BindingId, Command, Error, Outcome, PrefixId, fields};
 
 /// A binding to create, as the caller sent it.
 #[derive(Clone, Copy, Debug)]
@@ -53,12 +53,7 @@ pub fn get_binding(
     binding_id: &str,
 ) -> Result<Binding, Error> {
     authorize(caller, Permission::PrefixesRead, account_id)?;
-    let (account_id, prefix_id, binding_id) = (
-        fields::account_id("account_id", account_id),
-        fields::prefix_id("prefix_id", prefix_id),
-        fields::binding_id("binding_id", binding_id),
-    )
-        .all_fields()?;
+    let (account_id, prefix_id, binding_id) = binding_ids(account_id, prefix_id, binding_id)?;
     let model = app.engine()?.projections().read();
     model.state.binding(account_id, prefix_id, binding_id).cloned()
 }
@@ -93,12 +88,7 @@ pub async fn delete_binding(
     binding_id: &str,
 ) -> Result<BindingId, Error> {
     authorize(caller, Permission::PrefixesEdit, account_id)?;
-    let (account_id, prefix_id, binding_id) = (
-        fields::account_id("account_id", account_id),
-        fields::prefix_id("prefix_id", prefix_id),
-        fields::binding_id("binding_id", binding_id),
-    )
-        .all_fields()?;
+    let (account_id, prefix_id, binding_id) = binding_ids(account_id, prefix_id, binding_id)?;
     let command = Command::DeleteBinding {
         account_id,
         prefix_id,
@@ -108,6 +98,20 @@ pub async fn delete_binding(
         Outcome::BindingDeleted(id) => Ok(id),
         other => Err(unexpected(other)),
     }
+}
+
+/// The ids that name one binding, checked together (every bad one named).
+pub(super) fn binding_ids(
+    account_id: &str,
+    prefix_id: &str,
+    binding_id: &str,
+) -> Result<(AccountId, PrefixId, BindingId), Error> {
+    (
+        fields::account_id("account_id", account_id),
+        fields::prefix_id("prefix_id", prefix_id),
+        fields::binding_id("binding_id", binding_id),
+    )
+        .all_fields()
 }
 
 fn bindings_scope(prefix_id: &PrefixId) -> page_token::ListScope<'_> {

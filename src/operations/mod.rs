@@ -8,6 +8,7 @@
 mod bindings;
 pub mod page_token;
 mod prefixes;
+mod rollout;
 
 use std::sync::{Arc, OnceLock};
 
@@ -15,8 +16,10 @@ use tokio::sync::watch as signal;
 
 pub use bindings::{NewBinding, create_binding, delete_binding, get_binding, list_bindings};
 pub use prefixes::{NewPrefix, create_prefix, delete_prefix, get_prefix, list_prefixes, update_prefix};
+pub use rollout::complete_provisioning;
 
 use crate::auth::{Caller, Need, Permission};
+use crate::config::RolloutMode;
 use crate::domain::{Error, Outcome, Reason, Service, fields};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -28,15 +31,22 @@ pub struct AppContext {
     engine: Arc<OnceLock<Arc<Engine>>>,
     shutdown: signal::Receiver<bool>,
     metrics: Arc<Metrics>,
+    rollout: RolloutMode,
 }
 
 impl AppContext {
-    pub fn new(shutdown: signal::Receiver<bool>, metrics: Arc<Metrics>) -> AppContext {
+    pub fn new(shutdown: signal::Receiver<bool>, metrics: Arc<Metrics>, rollout: RolloutMode) -> AppContext {
         AppContext {
             engine: Arc::new(OnceLock::new()),
             shutdown,
             metrics,
+            rollout,
         }
+    }
+
+    /// What turns bindings ACTIVE on this server.
+    pub fn rollout(&self) -> RolloutMode {
+        self.rollout
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipam_bindings::auth::credentials;
 use ipam_bindings::pb::api;
+use ipam_bindings::pb::api::rollout_client::RolloutClient;
 use ipam_bindings::server::ServerOptions;
 use prost::Message;
 use tonic::{Code, Request, Status};
@@ -31,17 +32,19 @@ enum Kind {
     EditsB,
     LookupOnly,
     WatchesAll,
+    Provisioner,
     Expired,
     WrongSecret,
 }
 
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 9] = [
     Kind::NoCredentials,
     Kind::ReadsA,
     Kind::EditsA,
     Kind::EditsB,
     Kind::LookupOnly,
     Kind::WatchesAll,
+    Kind::Provisioner,
     Kind::Expired,
     Kind::WrongSecret,
 ];
@@ -77,7 +80,7 @@ async fn fixture() -> Fixture {
     let (account_a, account_b) = (account(), account());
     let mut tokens = BTreeMap::new();
     let mut policy = String::new();
-    let entries: [(Kind, &str, Vec<String>, &str); 6] = [
+    let entries: [(Kind, &str, Vec<String>, &str); 7] = [
         (
             Kind::ReadsA,
             "reader-a",
@@ -98,6 +101,12 @@ async fn fixture() -> Fixture {
         ),
         (Kind::LookupOnly, "router", vec![grant("routing.lookup", None)], ""),
         (Kind::WatchesAll, "auditor", vec![grant("bindings.watch_all", None)], ""),
+        (
+            Kind::Provisioner,
+            "provisioner",
+            vec![grant("rollout.complete", None)],
+            "",
+        ),
         (
             Kind::Expired,
             "retired",
@@ -327,6 +336,19 @@ async fn call(f: &Fixture, service: &str, method: &str, token: Option<&str>, n: 
                 .await
                 .map(drop)
         }
+        ("Rollout", "CompleteProvisioning") => {
+            // This server runs the timer rollout: a caller with the permission gets
+            // FAILED_PRECONDITION (ROLLOUT_NOT_EXTERNAL).
+            let request = api::CompleteProvisioningRequest {
+                account_id: a.clone(),
+                prefix_id: prefix.id.clone(),
+                binding_id: binding.id.clone(),
+            };
+            RolloutClient::new(api.channel.clone())
+                .complete_provisioning(with_token(token, request))
+                .await
+                .map(drop)
+        }
         _ => panic!("{service}/{method} is not in the access matrix: map its permission, then add it here"),
     }
 }
@@ -344,6 +366,7 @@ fn allowed(method: &str) -> &'static [Kind] {
         | "ListServices"
         | "WatchServiceBindings" => &[Kind::ReadsA, Kind::EditsA],
         "LookupAddress" | "LookupAddresses" => &[Kind::LookupOnly],
+        "CompleteProvisioning" => &[Kind::Provisioner],
         other => panic!("{other} is not in the access matrix"),
     }
 }
@@ -395,7 +418,7 @@ async fn every_rpc_against_every_kind_of_caller() {
             }
         }
     }
-    assert!(methods.len() >= 12, "{methods:?}");
+    assert!(methods.len() >= 13, "{methods:?}");
     // A watch of every account needs bindings.watch_all, and nothing else gives it.
     for kind in KINDS {
         let request = api::WatchServiceBindingsRequest {

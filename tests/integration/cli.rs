@@ -8,15 +8,7 @@ use std::process::{Command, Stdio};
 use crate::common::*;
 
 fn ipamctl(server: &TestServer, account_id: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_ipamctl"))
-        .args([
-            "--server",
-            &format!("http://{}", server.address),
-            "--account",
-            account_id,
-            "--output",
-            "json",
-        ])
+    let output = ipamctl_json(server.address, account_id)
         .args(args)
         .output()
         .expect("run ipamctl");
@@ -443,15 +435,7 @@ async fn a_new_token_works_from_ipamctl() {
     );
     assert!(ok, "{stderr}");
     assert_eq!(json_lines(&stdout)[0]["cidr"], "192.0.2.0/24");
-    let listed = Command::new(env!("CARGO_BIN_EXE_ipamctl"))
-        .args([
-            "--server",
-            &server.address.to_string(),
-            "--account",
-            &account_id,
-            "--output",
-            "json",
-        ])
+    let listed = ipamctl_json(server.address, &account_id)
         .args(["prefixes", "list"])
         .env("IPAM_TOKEN", &token)
         .output()

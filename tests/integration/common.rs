@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ipam_bindings::pb::api;
@@ -40,13 +40,13 @@ pub struct TestServer {
     /// Where the v4 JSON API is served (under `/client/v4`).
     pub http_address: SocketAddr,
     api: Api,
-    data_dir: PathBuf,
     /// Keeps the temporary directory alive for the server's lifetime (None when the caller
     /// owns the directory).
     _temp_dir: Option<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ipam_bindings::server::ServeError>>>,
-    provisioning_delay: Duration,
+    /// What it was started with, for a restart.
+    options: ServerOptions,
 }
 
 impl TestServer {
@@ -89,7 +89,7 @@ impl TestServer {
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http");
         let http_address = http_listener.local_addr().expect("http addr");
         let (shutdown, signal) = oneshot::channel::<()>();
-        let (dir, provisioning_delay) = (options.data_dir.clone(), options.provisioning_delay);
+        let started_with = options.clone();
         let listeners = Listeners {
             grpc: listener,
             metrics: Some(metrics_listener),
@@ -106,11 +106,10 @@ impl TestServer {
             metrics_address,
             http_address,
             api: Api { channel },
-            data_dir: dir.to_path_buf(),
             _temp_dir: None,
             shutdown: Some(shutdown),
             task: Some(task),
-            provisioning_delay,
+            options: started_with,
         };
         wait_until_serving(&server.channel).await;
         server
@@ -133,7 +132,7 @@ impl TestServer {
     /// Stops the server and starts a new one on the same data directory.
     pub async fn restart(mut self) -> TestServer {
         self.stop().await.expect("clean stop");
-        let mut next = TestServer::start_on(&self.data_dir.clone(), self.provisioning_delay).await;
+        let mut next = TestServer::start_with_options(self.options.clone()).await;
         next._temp_dir = self._temp_dir.take();
         next
     }
@@ -418,4 +417,18 @@ pub async fn http(
         body: body.to_string(),
         json: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     }
+}
+
+/// `ipamctl` against the server at `address`, acting for `account_id`, printing JSON lines.
+pub fn ipamctl_json(address: SocketAddr, account_id: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ipamctl"));
+    command.args([
+        "--server",
+        &address.to_string(),
+        "--account",
+        account_id,
+        "--output",
+        "json",
+    ]);
+    command
 }

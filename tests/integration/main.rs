@@ -13,6 +13,7 @@ mod metrics;
 mod operator;
 mod prefixes;
 mod rest;
+mod rollout;
 mod routing;
 mod server;
 mod storage;

@@ -97,6 +97,9 @@ pub enum Command {
         #[arg(long)]
         after_revision: Option<u64>,
     },
+    /// What an external provisioner does, on servers started with --rollout external.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Print a shell completion script (e.g. `ipamctl completions bash > /etc/bash_completion.d/ipamctl`).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -144,6 +147,22 @@ pub enum PrefixCommand {
     /// Offboard a prefix (it must have no bindings left).
     Delete {
         /// The prefix id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Print the account's PROVISIONING bindings: the backlog, then each new one as it appears
+    /// (list-then-watch; each printed once).
+    Watch,
+    /// Report a binding's configuration propagated: PROVISIONING -> ACTIVE (an ACTIVE one
+    /// stays as it is).
+    Complete {
+        /// The prefix id.
+        #[arg(long)]
+        prefix: String,
+        /// The binding id.
         id: String,
     },
 }

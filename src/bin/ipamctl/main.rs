@@ -63,6 +63,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             let account_id = cli.global.required_account()?;
             commands::bindings::run(connection.connect().await?, account_id, command, format).await
         }
+        Command::Rollout(command) => {
+            let account_id = cli.global.required_account()?;
+            commands::rollout::run(connection.connect().await?, account_id, command, format).await
+        }
         Command::Services => {
             let account_id = cli.global.required_account()?;
             commands::services::run(connection.connect().await?, account_id, format).await

@@ -32,9 +32,10 @@ impl State {
         let prefixes: IdMap<PrefixId, Prefix> = prefixes.into_iter().map(|prefix| (prefix.id, prefix)).collect();
         let bindings: IdMap<BindingId, Binding> = bindings.into_iter().map(|binding| (binding.id, binding)).collect();
         let mut state = State {
-            n_provisioning: (bindings.values())
+            provisioning: (bindings.values())
                 .filter(|binding| binding.state == ProvisioningState::Provisioning)
-                .count(),
+                .map(|binding| (binding.created_at, binding.id))
+                .collect(),
             requests: (requests.into_iter())
                 .map(|(account_id, request_id, binding)| ((account_id, request_id), RememberedRequest { binding }))
                 .collect(),

@@ -151,17 +151,21 @@ impl State {
                 ))
             }
             Command::ActivateBinding { binding_id } => match self.bindings.get(binding_id) {
-                Some(binding) if binding.state == ProvisioningState::Provisioning => {
-                    let mut binding = binding.clone();
-                    binding.state = ProvisioningState::Active;
-                    binding.modified_at = now;
-                    Ok(Decision::one(
-                        Change::BindingProvisioningStateChanged(binding.clone()),
-                        Outcome::Binding(binding),
-                    ))
-                }
+                Some(binding) if binding.state == ProvisioningState::Provisioning => Ok(activation(binding, now)),
                 _ => Ok(Decision::nothing(Outcome::Nothing)),
             },
+            Command::CompleteProvisioning {
+                account_id,
+                prefix_id,
+                binding_id,
+            } => {
+                let binding = self.binding(*account_id, *prefix_id, *binding_id)?;
+                match binding.state {
+                    ProvisioningState::Provisioning => Ok(activation(binding, now)),
+                    // Already reported: the same answer, nothing appended.
+                    ProvisioningState::Active => Ok(Decision::nothing(Outcome::Binding(binding.clone()))),
+                }
+            }
         }
     }
 
@@ -261,4 +265,16 @@ impl State {
             Outcome::Binding(binding),
         ))
     }
+}
+
+/// A PROVISIONING binding turning ACTIVE: the one event the built-in rollout and an external
+/// provisioner both append.
+fn activation(binding: &Binding, now: Micros) -> Decision {
+    let mut binding = binding.clone();
+    binding.state = ProvisioningState::Active;
+    binding.modified_at = now;
+    Decision::one(
+        Change::BindingProvisioningStateChanged(binding.clone()),
+        Outcome::Binding(binding),
+    )
 }

@@ -10,7 +10,7 @@ mod decide;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use ipnet::IpNet;
@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use super::error::{Error, Reason};
 use super::event::{Change, Event};
 use super::ids::{AccountId, BindingId, PrefixId};
-use super::model::{Binding, Prefix, ProvisioningState};
+use super::model::{Binding, Micros, Prefix, ProvisioningState};
 use super::network::{NetworkKey, contains};
 
 pub use copy::RecordCopy;
@@ -57,9 +57,9 @@ pub struct State {
     bindings_by_prefix: BTreeMap<(PrefixId, NetworkKey), BindingId>,
     /// Idempotency keys, scoped to the account, kept for as long as the log exists.
     requests: HashMap<(AccountId, String), RememberedRequest>,
-    /// How many bindings are PROVISIONING (the rollout backlog), kept so that reading it does
-    /// not walk every binding.
-    n_provisioning: usize,
+    /// The PROVISIONING bindings (the rollout backlog) by creation time, so that its size and
+    /// its oldest entry are read without walking every binding.
+    provisioning: BTreeSet<(Micros, BindingId)>,
 }
 
 impl State {
@@ -159,12 +159,19 @@ impl State {
             .collect();
     }
 
-    /// Keeps `n_provisioning` in step with a binding going from `before` to `after`.
+    /// Keeps `provisioning` in step with a binding going from `before` to `after`.
     fn count_provisioning(&mut self, before: Option<&Binding>, after: Option<&Binding>) {
-        let provisioning = |binding: Option<&Binding>| {
-            usize::from(binding.is_some_and(|b| b.state == ProvisioningState::Provisioning))
-        };
-        self.n_provisioning = self.n_provisioning + provisioning(after) - provisioning(before);
+        for (binding, present) in [(before, false), (after, true)] {
+            let Some(binding) = binding.filter(|b| b.state == ProvisioningState::Provisioning) else {
+                continue;
+            };
+            let key = (binding.created_at, binding.id);
+            if present {
+                self.provisioning.insert(key);
+            } else {
+                self.provisioning.remove(&key);
+            }
+        }
     }
 
     // ---- snapshots ----------------------------------------------------------------------
@@ -246,7 +253,12 @@ impl State {
 
     /// How many bindings are PROVISIONING.
     pub fn n_provisioning(&self) -> usize {
-        self.n_provisioning
+        self.provisioning.len()
+    }
+
+    /// When the oldest PROVISIONING binding was created (none: no backlog).
+    pub fn oldest_provisioning(&self) -> Option<Micros> {
+        self.provisioning.first().map(|(created_at, _)| *created_at)
     }
 
     /// The prefix that contains `network`, if any (prefixes never overlap, so there is at most

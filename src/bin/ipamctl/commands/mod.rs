@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod lookup;
 pub mod prefixes;
+pub mod rollout;
 pub mod services;
 pub mod watch;
 
