@@ -55,6 +55,14 @@ pub fn service(service: Service) -> api::Service {
     }
 }
 
+/// A validate-only create's answer: no id (none was taken) and no timestamps.
+pub fn as_not_yet_created(id: &mut String, timestamps: [&mut Option<Timestamp>; 2]) {
+    id.clear();
+    for timestamp in timestamps {
+        *timestamp = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod convert;
 pub mod prefixes;
 pub mod rollout;
+pub mod routes;
 pub mod routing;
 pub mod service_bindings;
 pub mod services;

@@ -29,10 +29,14 @@ impl Prefixes for PrefixesService {
                 cidr: &request.cidr,
                 asn: request.asn,
                 description: &request.description,
+                validate_only: request.validate_only,
             };
-            operations::create_prefix(&self.app, &caller, new)
-                .await
-                .map(|prefix| convert::prefix(&prefix))
+            let prefix = operations::create_prefix(&self.app, &caller, new).await?;
+            let mut prefix = convert::prefix(&prefix);
+            if request.validate_only {
+                convert::as_not_yet_created(&mut prefix.id, [&mut prefix.created_at, &mut prefix.modified_at]);
+            }
+            Ok(prefix)
         })
         .await
     }
@@ -72,9 +76,17 @@ impl Prefixes for PrefixesService {
         let caller = caller_of(&extensions);
         unary(self.app.metrics(), "UpdatePrefix", &metadata, async {
             let description = Some(request.description.as_str());
-            operations::update_prefix(&self.app, &caller, &request.account_id, &request.prefix_id, description)
-                .await
-                .map(|prefix| convert::prefix(&prefix))
+            let (account_id, prefix_id) = (&request.account_id, &request.prefix_id);
+            operations::update_prefix(
+                &self.app,
+                &caller,
+                account_id,
+                prefix_id,
+                description,
+                request.validate_only,
+            )
+            .await
+            .map(|prefix| convert::prefix(&prefix))
         })
         .await
     }
@@ -86,7 +98,9 @@ impl Prefixes for PrefixesService {
         let (metadata, extensions, request) = request.into_parts();
         let caller = caller_of(&extensions);
         unary(self.app.metrics(), "DeletePrefix", &metadata, async {
-            let id = operations::delete_prefix(&self.app, &caller, &request.account_id, &request.prefix_id).await?;
+            let (account_id, prefix_id) = (&request.account_id, &request.prefix_id);
+            let id =
+                operations::delete_prefix(&self.app, &caller, account_id, prefix_id, request.validate_only).await?;
             Ok(api::DeletePrefixResponse { id: id.to_string() })
         })
         .await

@@ -4,11 +4,16 @@
 use std::net::IpAddr;
 use std::sync::RwLock;
 
+use std::pin::Pin;
+
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{AppContext, convert, unary, wire};
+use super::{AppContext, convert, routes, unary, wire};
+use crate::auth::layer::caller_of;
 use crate::domain::fields::MAX_LOOKUP_BATCH;
 use crate::domain::{Binding, BindingId, Error, IdMap, Micros, PrefixId, ProvisioningState, Reason, fields};
+use crate::operations::{self, NewBinding, PreviewOf};
 use crate::pb::api;
 use crate::pb::api::routing_server::Routing;
 use crate::projection::ReadModel;
@@ -146,5 +151,80 @@ impl Routing for RoutingService {
             Ok(response)
         })
         .await
+    }
+
+    async fn preview_change(
+        &self,
+        request: Request<api::PreviewChangeRequest>,
+    ) -> Result<Response<api::PreviewChangeResponse>, Status> {
+        use api::preview_change_request::Change;
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
+        unary(self.app.metrics(), "PreviewChange", &metadata, async {
+            let (change, creating) = match &request.change {
+                Some(Change::CreateServiceBinding(create)) => {
+                    let new = NewBinding {
+                        account_id: &create.account_id,
+                        prefix_id: &create.prefix_id,
+                        cidr: &create.cidr,
+                        service_id: &create.service_id,
+                        request_id: &create.request_id,
+                        request_id_field: "request_id",
+                        validate_only: true,
+                    };
+                    (PreviewOf::Create(new), true)
+                }
+                Some(Change::DeleteServiceBinding(delete)) => {
+                    let delete = PreviewOf::Delete {
+                        account_id: &delete.account_id,
+                        prefix_id: &delete.prefix_id,
+                        binding_id: &delete.binding_id,
+                    };
+                    (delete, false)
+                }
+                None => {
+                    return Err(Error::field(
+                        Reason::MalformedRequest,
+                        "change",
+                        "say which change to preview: create_service_binding or delete_service_binding",
+                    ));
+                }
+            };
+            let preview = operations::preview_change(&self.app, &caller, change)?;
+            Ok(routes::preview(&preview, creating))
+        })
+        .await
+    }
+
+    type ExportRoutesStream = Pin<Box<dyn Stream<Item = Result<api::ExportRoutesResponse, Status>> + Send>>;
+
+    async fn export_routes(
+        &self,
+        request: Request<api::ExportRoutesRequest>,
+    ) -> Result<Response<Self::ExportRoutesStream>, Status> {
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
+        let (revision, table) = unary(self.app.metrics(), "ExportRoutes", &metadata, async {
+            operations::export_routes(&self.app, &caller, &request.account_id, request.active_only)
+        })
+        .await?
+        .into_inner();
+        Ok(Response::new(Box::pin(routes::export_messages(revision, table))))
+    }
+
+    type WatchRoutesStream = Pin<Box<dyn Stream<Item = Result<api::RouteDelta, Status>> + Send>>;
+
+    async fn watch_routes(
+        &self,
+        request: Request<api::WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = caller_of(&extensions);
+        let stream = unary(self.app.metrics(), "WatchRoutes", &metadata, async {
+            routes::watch(&self.app, caller, request)
+        })
+        .await?
+        .into_inner();
+        Ok(Response::new(Box::pin(stream)))
     }
 }

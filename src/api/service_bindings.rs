@@ -38,10 +38,14 @@ impl ServiceBindings for ServiceBindingsService {
                 service_id: &request.service_id,
                 request_id: &request.request_id,
                 request_id_field: "request_id",
+                validate_only: request.validate_only,
             };
-            operations::create_binding(&self.app, &caller, new)
-                .await
-                .map(|binding| convert::binding(&binding))
+            let binding = operations::create_binding(&self.app, &caller, new).await?;
+            let mut binding = convert::binding(&binding);
+            if request.validate_only {
+                convert::as_not_yet_created(&mut binding.id, [&mut binding.created_at, &mut binding.modified_at]);
+            }
+            Ok(binding)
         })
         .await
     }
@@ -99,6 +103,7 @@ impl ServiceBindings for ServiceBindingsService {
                 &request.account_id,
                 &request.prefix_id,
                 &request.binding_id,
+                request.validate_only,
             )
             .await?;
             Ok(api::DeleteServiceBindingResponse {

@@ -11,8 +11,8 @@ pub enum Required {
     Nothing,
     /// A permission on the request's account, checked once the body is read.
     OnAccount(Permission),
-    /// `ip_prefixes.read` on the request's account, or `bindings.watch_all` without one.
-    WatchBindings,
+    /// `ip_prefixes.read` on the request's account, or this global permission without one.
+    AccountOrGlobal(Permission),
     /// A global permission, checked before the handler runs.
     Global(Permission),
 }
@@ -32,7 +32,9 @@ pub fn required(path: &str) -> Option<Required> {
         ("addressing.v1.Prefixes", "GetPrefix" | "ListPrefixes")
         | ("addressing.v1.ServiceBindings", "GetServiceBinding" | "ListServiceBindings")
         | ("addressing.v1.Services", "ListServices") => Required::OnAccount(PrefixesRead),
-        ("addressing.v1.ServiceBindings", "WatchServiceBindings") => Required::WatchBindings,
+        ("addressing.v1.ServiceBindings", "WatchServiceBindings") => Required::AccountOrGlobal(BindingsWatchAll),
+        ("addressing.v1.Routing", "ExportRoutes" | "WatchRoutes") => Required::AccountOrGlobal(RoutingLookup),
+        ("addressing.v1.Routing", "PreviewChange") => Required::OnAccount(PrefixesRead),
         ("addressing.v1.Routing", "LookupAddress" | "LookupAddresses") => Required::Global(RoutingLookup),
         ("addressing.v1.Rollout", "CompleteProvisioning") => Required::Global(RolloutComplete),
         _ => return None,

@@ -122,6 +122,8 @@ reasons! {
     BindingAlreadyExists = ("BINDING_ALREADY_EXISTS", 1108, AlreadyExists),
     /// A watch from a revision beyond the log's head.
     RevisionOutOfRange = ("REVISION_OUT_OF_RANGE", 1200, OutOfRange),
+    /// WatchRoutes from a revision older than the route history kept: export again.
+    RoutesHistoryUnavailable = ("ROUTES_HISTORY_UNAVAILABLE", 1201, OutOfRange),
     /// The log could not be written or made durable; nothing was stored.
     StorageUnavailable = ("STORAGE_UNAVAILABLE", 1300, Unavailable),
     /// The server is starting (loading its projections) or shutting down.

@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod ids;
 pub mod model;
 pub mod network;
+pub mod routes;
 pub mod service;
 pub mod state;
 

@@ -20,7 +20,8 @@ use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::domain::{Actor, Command, Error, Event, Outcome, Reason};
+use crate::domain::state::Decision;
+use crate::domain::{Actor, Command, Error, Event, Micros, Outcome, Reason};
 use crate::log::{CheckpointStatus, EventLog, LogError};
 use crate::metrics::WriteMetrics;
 use crate::projection::Projections;
@@ -142,6 +143,12 @@ impl Engine {
             .await
             .map_err(|_| shutting_down())?;
         outcome.await.map_err(|_| shutting_down())?
+    }
+
+    /// Decides a command against the acknowledged state without running it: every check the
+    /// real call makes, in the same order, and what it would return; nothing is appended.
+    pub fn validate(&self, command: &Command) -> Result<Decision, Error> {
+        self.projections.read().state.decide(command, Micros::now())
     }
 
     pub fn projections(&self) -> &Projections {

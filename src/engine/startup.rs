@@ -106,5 +106,13 @@ fn read_model_of(state: State, head: u64) -> Result<(ReadModel, State), StartErr
         (copy.join(), routes)
     });
     let writer_state = writer_state.map_err(StartError::panicked)?;
-    Ok((ReadModel { state, routes, head }, writer_state))
+    Ok((
+        ReadModel {
+            state,
+            routes,
+            head,
+            route_history: None,
+        },
+        writer_state,
+    ))
 }

@@ -1,6 +1,6 @@
 //! Service bindings: bind a CIDR of a prefix to a service, read, list, delete.
 
-use super::{AppContext, ListPage, Listed, authorize, page_token, unexpected};
+use super::{AppContext, ListPage, Listed, authorize, page_token, run, unexpected};
 use crate::auth::{Caller, Permission};
 use crate::domain::error::AllFields;
 use crate::domain::{AccountId, Binding, BindingId, Command, Error, Outcome, PrefixId, fields};
@@ -17,10 +17,12 @@ pub struct NewBinding<'a> {
     /// The name the caller knows the request id by, for errors about it (`request_id` over
     /// gRPC, the `idempotency-key` header over REST).
     pub request_id_field: &'a str,
+    /// Check and answer without creating anything (the request id is not remembered).
+    pub validate_only: bool,
 }
 
-pub async fn create_binding(app: &AppContext, caller: &Caller, new: NewBinding<'_>) -> Result<Binding, Error> {
-    authorize(caller, Permission::PrefixesEdit, new.account_id)?;
+/// The command a create asks for, its fields checked (every bad one named).
+pub(super) fn create_command(new: &NewBinding<'_>) -> Result<Command, Error> {
     let (account_id, prefix_id, cidr, service, request_id) = (
         fields::account_id("account_id", new.account_id),
         fields::prefix_id("prefix_id", new.prefix_id),
@@ -29,16 +31,35 @@ pub async fn create_binding(app: &AppContext, caller: &Caller, new: NewBinding<'
         fields::request_id(new.request_id_field, new.request_id),
     )
         .all_fields()?;
-    let actor = caller.actor().with_request_id(request_id.as_deref());
-    let command = Command::CreateBinding {
+    Ok(Command::CreateBinding {
         id: BindingId::generate(),
         account_id,
         prefix_id,
         cidr,
         service,
         request_id,
+    })
+}
+
+/// The command a delete asks for, its fields checked.
+pub(super) fn delete_command(account_id: &str, prefix_id: &str, binding_id: &str) -> Result<Command, Error> {
+    let (account_id, prefix_id, binding_id) = binding_ids(account_id, prefix_id, binding_id)?;
+    Ok(Command::DeleteBinding {
+        account_id,
+        prefix_id,
+        binding_id,
+    })
+}
+
+pub async fn create_binding(app: &AppContext, caller: &Caller, new: NewBinding<'_>) -> Result<Binding, Error> {
+    authorize(caller, Permission::PrefixesEdit, new.account_id)?;
+    let command = create_command(&new)?;
+    let request_id = match &command {
+        Command::CreateBinding { request_id, .. } => request_id.as_deref(),
+        _ => None,
     };
-    match app.engine()?.execute(command, actor).await {
+    let actor = caller.actor().with_request_id(request_id);
+    match run(app, command, actor, new.validate_only).await {
         Ok(Outcome::Binding(binding)) => Ok(binding),
         Ok(other) => Err(unexpected(other)),
         Err(error) => Err(error.renamed_field("request_id", new.request_id_field)),
@@ -86,15 +107,11 @@ pub async fn delete_binding(
     account_id: &str,
     prefix_id: &str,
     binding_id: &str,
+    validate_only: bool,
 ) -> Result<BindingId, Error> {
     authorize(caller, Permission::PrefixesEdit, account_id)?;
-    let (account_id, prefix_id, binding_id) = binding_ids(account_id, prefix_id, binding_id)?;
-    let command = Command::DeleteBinding {
-        account_id,
-        prefix_id,
-        binding_id,
-    };
-    match app.engine()?.execute(command, caller.actor()).await? {
+    let command = delete_command(account_id, prefix_id, binding_id)?;
+    match run(app, command, caller.actor(), validate_only).await? {
         Outcome::BindingDeleted(id) => Ok(id),
         other => Err(unexpected(other)),
     }

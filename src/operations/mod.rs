@@ -9,6 +9,7 @@ mod bindings;
 pub mod page_token;
 mod prefixes;
 mod rollout;
+mod routes;
 
 use std::sync::{Arc, OnceLock};
 
@@ -17,10 +18,11 @@ use tokio::sync::watch as signal;
 pub use bindings::{NewBinding, create_binding, delete_binding, get_binding, list_bindings};
 pub use prefixes::{NewPrefix, create_prefix, delete_prefix, get_prefix, list_prefixes, update_prefix};
 pub use rollout::complete_provisioning;
+pub use routes::{Preview, PreviewOf, authorize_table, export_routes, preview_change};
 
 use crate::auth::{Caller, Need, Permission};
 use crate::config::RolloutMode;
-use crate::domain::{Error, Outcome, Reason, Service, fields};
+use crate::domain::{Actor, Command, Error, Outcome, Reason, Service, fields};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 
@@ -138,6 +140,15 @@ pub fn list_services(caller: &Caller, account_id: &str) -> Result<&'static [Serv
     authorize(caller, Permission::PrefixesRead, account_id)?;
     fields::account_id("account_id", account_id)?;
     Ok(&Service::ALL)
+}
+
+/// Runs `command` for `caller`, or with `validate_only` only decides it (nothing appended).
+async fn run(app: &AppContext, command: Command, actor: Actor, validate_only: bool) -> Result<Outcome, Error> {
+    let engine = app.engine()?;
+    if validate_only {
+        return engine.validate(&command).map(|decision| decision.outcome);
+    }
+    engine.execute(command, actor).await
 }
 
 /// The writer answered a command with an outcome of another kind: a bug, never the caller's.

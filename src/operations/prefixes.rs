@@ -1,6 +1,6 @@
 //! Prefixes: onboard, read, list, describe, offboard.
 
-use super::{AppContext, ListPage, Listed, authorize, page_token, unexpected};
+use super::{AppContext, ListPage, Listed, authorize, page_token, run, unexpected};
 use crate::auth::{Caller, Permission};
 use crate::domain::error::AllFields;
 use crate::domain::{AccountId, Command, Error, Outcome, Prefix, PrefixId, fields};
@@ -12,6 +12,8 @@ pub struct NewPrefix<'a> {
     pub cidr: &'a str,
     pub asn: Option<u32>,
     pub description: &'a str,
+    /// Check and answer without creating anything.
+    pub validate_only: bool,
 }
 
 pub async fn create_prefix(app: &AppContext, caller: &Caller, new: NewPrefix<'_>) -> Result<Prefix, Error> {
@@ -29,7 +31,7 @@ pub async fn create_prefix(app: &AppContext, caller: &Caller, new: NewPrefix<'_>
         asn: new.asn,
         description,
     };
-    prefix_of(app.engine()?.execute(command, caller.actor()).await?)
+    prefix_of(run(app, command, caller.actor(), new.validate_only).await?)
 }
 
 pub fn get_prefix(app: &AppContext, caller: &Caller, account_id: &str, prefix_id: &str) -> Result<Prefix, Error> {
@@ -66,6 +68,7 @@ pub async fn update_prefix(
     account_id: &str,
     prefix_id: &str,
     description: Option<&str>,
+    validate_only: bool,
 ) -> Result<Prefix, Error> {
     authorize(caller, Permission::PrefixesEdit, account_id)?;
     let (account_id, prefix_id, description) = (
@@ -83,7 +86,7 @@ pub async fn update_prefix(
         prefix_id,
         description,
     };
-    prefix_of(app.engine()?.execute(command, caller.actor()).await?)
+    prefix_of(run(app, command, caller.actor(), validate_only).await?)
 }
 
 pub async fn delete_prefix(
@@ -91,6 +94,7 @@ pub async fn delete_prefix(
     caller: &Caller,
     account_id: &str,
     prefix_id: &str,
+    validate_only: bool,
 ) -> Result<PrefixId, Error> {
     authorize(caller, Permission::PrefixesEdit, account_id)?;
     let (account_id, prefix_id) = (
@@ -98,11 +102,8 @@ pub async fn delete_prefix(
         fields::prefix_id("prefix_id", prefix_id),
     )
         .all_fields()?;
-    match app
-        .engine()?
-        .execute(Command::DeletePrefix { account_id, prefix_id }, caller.actor())
-        .await?
-    {
+    let command = Command::DeletePrefix { account_id, prefix_id };
+    match run(app, command, caller.actor(), validate_only).await? {
         Outcome::PrefixDeleted(id) => Ok(id),
         other => Err(unexpected(other)),
     }

@@ -4,11 +4,13 @@
 //! never sees half of a group.
 
 pub mod lpm;
+pub mod route_history;
 pub mod routing;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::domain::{Event, State};
+use route_history::RouteHistory;
 use routing::RoutingTable;
 
 /// Everything the reads need, as of `head`.
@@ -18,12 +20,17 @@ pub struct ReadModel {
     pub routes: RoutingTable,
     /// The revision of the last event applied.
     pub head: u64,
+    /// The effective table and its recent changes, once something asked for them.
+    pub route_history: Option<RouteHistory>,
 }
 
 impl ReadModel {
     pub fn apply(&mut self, event: &Event) {
         self.state.apply(event);
         self.routes.apply(&event.change);
+        if let Some(history) = &mut self.route_history {
+            history.apply(&self.state, event);
+        }
         self.head = event.revision;
     }
 }
@@ -46,6 +53,18 @@ impl Projections {
         // A panic while applying would poison the lock; the state is still the last fully
         // applied group or a partial one, and serving reads beats failing all of them.
         self.model.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts keeping the route history (once; a one-time copy of the table under the write
+    /// lock).
+    pub fn keep_route_history(&self) {
+        if self.read().route_history.is_some() {
+            return;
+        }
+        let mut model = self.model.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if model.route_history.is_none() {
+            model.route_history = Some(RouteHistory::build(&model.state, model.head));
+        }
     }
 
     /// Applies one durable group of events as a unit.

@@ -84,6 +84,7 @@ async fn create_prefix(
         cidr: cidr.as_deref().unwrap_or_default(),
         asn,
         description: description.as_deref().unwrap_or_default(),
+        validate_only: false,
     };
     let prefix = operations::create_prefix(&state.app, &caller, new)
         .await
@@ -122,9 +123,16 @@ async fn update_prefix(
     let mut body = body::parse(&headers, &bytes).map_err(blaming(FIELDS))?;
     let description = body.string("description");
     body.finish().map_err(blaming(FIELDS))?;
-    let prefix = operations::update_prefix(&state.app, &caller, &account_id, &prefix_id, description.as_deref())
-        .await
-        .map_err(blaming(FIELDS))?;
+    let prefix = operations::update_prefix(
+        &state.app,
+        &caller,
+        &account_id,
+        &prefix_id,
+        description.as_deref(),
+        false,
+    )
+    .await
+    .map_err(blaming(FIELDS))?;
     ok(objects::prefix(&prefix))
 }
 
@@ -133,7 +141,7 @@ async fn delete_prefix(
     Extension(caller): Extension<Caller>,
     Path((account_id, prefix_id)): Path<(String, String)>,
 ) -> Reply {
-    operations::delete_prefix(&state.app, &caller, &account_id, &prefix_id).await?;
+    operations::delete_prefix(&state.app, &caller, &account_id, &prefix_id, false).await?;
     ok(Value::Null)
 }
 
@@ -158,6 +166,7 @@ async fn create_binding(
         service_id: service_id.as_deref().unwrap_or_default(),
         request_id: &idempotency_key,
         request_id_field: IDEMPOTENCY_KEY,
+        validate_only: false,
     };
     let binding = operations::create_binding(&state.app, &caller, new)
         .await
@@ -188,7 +197,7 @@ async fn delete_binding(
     Extension(caller): Extension<Caller>,
     Path((account_id, prefix_id, binding_id)): Path<(String, String, String)>,
 ) -> Reply {
-    operations::delete_binding(&state.app, &caller, &account_id, &prefix_id, &binding_id).await?;
+    operations::delete_binding(&state.app, &caller, &account_id, &prefix_id, &binding_id, false).await?;
     ok(Value::Null)
 }
 

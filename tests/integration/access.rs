@@ -173,6 +173,7 @@ fn prefix_request(account_id: &str, cidr: &str) -> api::CreatePrefixRequest {
         cidr: cidr.into(),
         asn: None,
         description: String::new(),
+        validate_only: false,
     }
 }
 
@@ -190,6 +191,7 @@ async fn create_binding(
         cidr: cidr.into(),
         service_id: if prefix_wide { MAGIC_TRANSIT } else { CDN }.into(),
         request_id: String::new(),
+        validate_only: false,
     };
     Ok(api
         .bindings()
@@ -245,6 +247,7 @@ async fn call(f: &Fixture, service: &str, method: &str, token: Option<&str>, n: 
                 account_id: a.clone(),
                 prefix_id: prefix.id.clone(),
                 description: format!("edit {n}"),
+                validate_only: false,
             };
             api.prefixes().update_prefix(with_token(token, request)).await.map(drop)
         }
@@ -253,6 +256,7 @@ async fn call(f: &Fixture, service: &str, method: &str, token: Option<&str>, n: 
             let request = api::DeletePrefixRequest {
                 account_id: a.clone(),
                 prefix_id: prefix.id.clone(),
+                validate_only: false,
             };
             api.prefixes().delete_prefix(with_token(token, request)).await.map(drop)
         }
@@ -263,6 +267,7 @@ async fn call(f: &Fixture, service: &str, method: &str, token: Option<&str>, n: 
                 cidr: format!("198.51.100.{}/32", n % 256),
                 service_id: CDN.into(),
                 request_id: String::new(),
+                validate_only: false,
             };
             api.bindings()
                 .create_service_binding(with_token(token, request))
@@ -298,6 +303,7 @@ async fn call(f: &Fixture, service: &str, method: &str, token: Option<&str>, n: 
                 account_id: a.clone(),
                 prefix_id: prefix.id.clone(),
                 binding_id: binding.id.clone(),
+                validate_only: false,
             };
             api.bindings()
                 .delete_service_binding(with_token(token, request))
@@ -336,6 +342,45 @@ async fn call(f: &Fixture, service: &str, method: &str, token: Option<&str>, n: 
                 .await
                 .map(drop)
         }
+        ("Routing", "PreviewChange") => {
+            let create = api::CreateServiceBindingRequest {
+                account_id: a.clone(),
+                prefix_id: prefix.id.clone(),
+                cidr: "198.51.100.128/25".into(),
+                service_id: CDN.into(),
+                ..Default::default()
+            };
+            let request = api::PreviewChangeRequest {
+                change: Some(api::preview_change_request::Change::CreateServiceBinding(create)),
+            };
+            api.routing().preview_change(with_token(token, request)).await.map(drop)
+        }
+        ("Routing", "ExportRoutes") => {
+            let request = api::ExportRoutesRequest {
+                account_id: a.clone(),
+                active_only: false,
+            };
+            api.routing().export_routes(with_token(token, request)).await.map(drop)
+        }
+        ("Routing", "WatchRoutes") => {
+            // From the revision an export (by the administrator) read.
+            let export = api::ExportRoutesRequest {
+                account_id: a.clone(),
+                active_only: false,
+            };
+            let mut exported = api
+                .routing()
+                .export_routes(authorized(&f.admin, export))
+                .await?
+                .into_inner();
+            let revision = exported.message().await?.map_or(0, |message| message.revision);
+            let request = api::WatchRoutesRequest {
+                account_id: a.clone(),
+                after_revision: revision,
+                active_only: false,
+            };
+            api.routing().watch_routes(with_token(token, request)).await.map(drop)
+        }
         ("Rollout", "CompleteProvisioning") => {
             // This server runs the timer rollout: a caller with the permission gets
             // FAILED_PRECONDITION (ROLLOUT_NOT_EXTERNAL).
@@ -364,7 +409,10 @@ fn allowed(method: &str) -> &'static [Kind] {
         | "GetServiceBinding"
         | "ListServiceBindings"
         | "ListServices"
-        | "WatchServiceBindings" => &[Kind::ReadsA, Kind::EditsA],
+        | "WatchServiceBindings"
+        | "PreviewChange"
+        | "ExportRoutes"
+        | "WatchRoutes" => &[Kind::ReadsA, Kind::EditsA],
         "LookupAddress" | "LookupAddresses" => &[Kind::LookupOnly],
         "CompleteProvisioning" => &[Kind::Provisioner],
         other => panic!("{other} is not in the access matrix"),
@@ -418,7 +466,7 @@ async fn every_rpc_against_every_kind_of_caller() {
             }
         }
     }
-    assert!(methods.len() >= 13, "{methods:?}");
+    assert!(methods.len() >= 16, "{methods:?}");
     // A watch of every account needs bindings.watch_all, and nothing else gives it.
     for kind in KINDS {
         let request = api::WatchServiceBindingsRequest {
@@ -431,6 +479,22 @@ async fn every_rpc_against_every_kind_of_caller() {
             .watch_service_bindings(with_token(f.tokens[&kind].as_deref(), request))
             .await;
         if kind == Kind::WatchesAll {
+            assert!(result.is_ok(), "{result:?}");
+        } else {
+            let (code, expected) = refusal(kind);
+            let status = result.unwrap_err();
+            assert_eq!((status.code(), reason(&status).as_str()), (code, expected), "{kind:?}");
+        }
+    }
+    // The whole routing table needs routing.lookup, and nothing else gives it.
+    for kind in KINDS {
+        let request = api::ExportRoutesRequest::default();
+        let result = f
+            .server
+            .routing()
+            .export_routes(with_token(f.tokens[&kind].as_deref(), request))
+            .await;
+        if kind == Kind::LookupOnly {
             assert!(result.is_ok(), "{result:?}");
         } else {
             let (code, expected) = refusal(kind);
@@ -695,6 +759,7 @@ async fn every_event_names_its_actor() {
         cidr: "192.0.2.0/24".into(),
         service_id: MAGIC_TRANSIT.into(),
         request_id: "idem-1".into(),
+        validate_only: false,
     };
     let binding = server
         .bindings()

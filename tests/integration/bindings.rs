@@ -129,6 +129,7 @@ async fn binding_rules_and_their_errors() {
     let delete_prefix = api::DeletePrefixRequest {
         account_id: prefix.account_id.clone(),
         prefix_id: prefix.id.clone(),
+        validate_only: false,
     };
     let status = server
         .prefixes()
@@ -262,6 +263,7 @@ async fn request_ids_make_retries_safe() {
         cidr: prefix.cidr.clone(),
         service_id: MAGIC_TRANSIT.into(),
         request_id: "onboard-203".into(),
+        validate_only: false,
     };
     let first = server
         .bindings()

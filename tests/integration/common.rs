@@ -185,6 +185,7 @@ impl Api {
             cidr: cidr.into(),
             asn: None,
             description: String::new(),
+            validate_only: false,
         };
         self.prefixes()
             .create_prefix(request)
@@ -204,6 +205,7 @@ impl Api {
             cidr: cidr.into(),
             service_id: service_id.into(),
             request_id: String::new(),
+            validate_only: false,
         };
         self.bindings()
             .create_service_binding(request)
@@ -222,6 +224,7 @@ impl Api {
             account_id: binding.account_id.clone(),
             prefix_id: binding.prefix_id.clone(),
             binding_id: binding.id.clone(),
+            validate_only: false,
         };
         self.bindings().delete_service_binding(request).await.map(|_| ())
     }

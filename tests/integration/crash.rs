@@ -95,6 +95,7 @@ async fn acknowledged_changes_survive_sigkill() {
             cidr: "10.128.0.0/9".into(),
             asn: None,
             description: String::new(),
+            validate_only: false,
         };
         let mut client = ipam_bindings::pb::api::prefixes_client::PrefixesClient::new(server.channel.clone());
         client.create_prefix(request).await.unwrap().into_inner()
@@ -105,6 +106,7 @@ async fn acknowledged_changes_survive_sigkill() {
         cidr: prefix.cidr.clone(),
         service_id: MAGIC_TRANSIT.into(),
         request_id: String::new(),
+        validate_only: false,
     };
     ServiceBindingsClient::new(server.channel.clone())
         .create_service_binding(wide)
@@ -132,6 +134,7 @@ async fn acknowledged_changes_survive_sigkill() {
                         cidr,
                         service_id: CDN.into(),
                         request_id: String::new(),
+                        validate_only: false,
                     };
                     let Ok(created) = client.create_service_binding(request).await else {
                         return;
@@ -144,6 +147,7 @@ async fn acknowledged_changes_survive_sigkill() {
                             account_id: prefix.account_id.clone(),
                             prefix_id: prefix.id.clone(),
                             binding_id: created.id.clone(),
+                            validate_only: false,
                         };
                         if client.delete_service_binding(request).await.is_err() {
                             // In doubt: the kill may have come before or after the commit.
@@ -196,6 +200,7 @@ async fn acknowledged_changes_survive_sigkill() {
         cidr: "10.255.255.255/32".into(),
         service_id: SPECTRUM.into(),
         request_id: String::new(),
+        validate_only: false,
     };
     ServiceBindingsClient::new(server.channel.clone())
         .create_service_binding(request)

@@ -14,6 +14,7 @@ mod operator;
 mod prefixes;
 mod rest;
 mod rollout;
+mod routes;
 mod routing;
 mod server;
 mod storage;

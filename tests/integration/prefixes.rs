@@ -14,6 +14,7 @@ async fn create_get_update_list_delete() {
         cidr: "2001:DB8::/48".into(),
         asn: Some(209_242),
         description: "lab".into(),
+        validate_only: false,
     };
     let created = server.prefixes().create_prefix(request).await.unwrap().into_inner();
     assert_eq!(created.cidr, "2001:db8::/48", "stored in canonical form");
@@ -36,6 +37,7 @@ async fn create_get_update_list_delete() {
         account_id: account_id.clone(),
         prefix_id: created.id.clone(),
         description: "production".into(),
+        validate_only: false,
     };
     let updated = server.prefixes().update_prefix(update).await.unwrap().into_inner();
     assert_eq!(updated.description, "production");
@@ -46,6 +48,7 @@ async fn create_get_update_list_delete() {
     let delete = api::DeletePrefixRequest {
         account_id: account_id.clone(),
         prefix_id: created.id.clone(),
+        validate_only: false,
     };
     let deleted = server
         .prefixes()
@@ -93,6 +96,7 @@ async fn invalid_prefixes_are_refused_with_their_reason() {
         cidr: "192.0.2.0/24".into(),
         asn: None,
         description: "x".repeat(1001),
+        validate_only: false,
     };
     let status = server.prefixes().create_prefix(long).await.unwrap_err();
     assert_error(
@@ -109,6 +113,7 @@ async fn invalid_prefixes_are_refused_with_their_reason() {
         cidr: "y".into(),
         asn: None,
         description: String::new(),
+        validate_only: false,
     };
     let status = server.prefixes().create_prefix(both).await.unwrap_err();
     assert_error(&status, Code::InvalidArgument, "INVALID_ACCOUNT_ID", 1004, Some("cidr"));
@@ -155,6 +160,7 @@ async fn another_accounts_prefix_is_not_found() {
         account_id: stranger.clone(),
         prefix_id: prefix.id.clone(),
         description: "x".into(),
+        validate_only: false,
     };
     assert_eq!(
         server.prefixes().update_prefix(update).await.unwrap_err().code(),
@@ -163,6 +169,7 @@ async fn another_accounts_prefix_is_not_found() {
     let delete = api::DeletePrefixRequest {
         account_id: stranger.clone(),
         prefix_id: prefix.id.clone(),
+        validate_only: false,
     };
     assert_eq!(
         server.prefixes().delete_prefix(delete).await.unwrap_err().code(),

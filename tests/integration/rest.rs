@@ -329,6 +329,7 @@ async fn idempotency_keys_and_tenancy() {
         cidr: "198.51.100.0/24".into(),
         service_id: MAGIC_TRANSIT.into(),
         request_id: "key-1".into(),
+        validate_only: false,
     };
     let over_grpc = server
         .bindings()

@@ -218,6 +218,7 @@ async fn client_certificates_name_their_spiffe_id() {
         cidr: "192.0.2.0/24".into(),
         asn: None,
         description: String::new(),
+        validate_only: false,
     });
     request
         .metadata_mut()

@@ -121,6 +121,9 @@ pub enum PrefixCommand {
         /// Free text, up to 1000 characters.
         #[arg(long, default_value = "", hide_default_value = true)]
         description: String,
+        /// Check only: every check of the real call, nothing changed.
+        #[arg(long)]
+        validate_only: bool,
     },
     /// Show one prefix.
     Get {
@@ -143,11 +146,17 @@ pub enum PrefixCommand {
         /// The new description.
         #[arg(long)]
         description: String,
+        /// Check only: every check of the real call, nothing changed.
+        #[arg(long)]
+        validate_only: bool,
     },
     /// Offboard a prefix (it must have no bindings left).
     Delete {
         /// The prefix id.
         id: String,
+        /// Check only: every check of the real call, nothing changed.
+        #[arg(long)]
+        validate_only: bool,
     },
 }
 
@@ -183,6 +192,9 @@ pub enum BindingCommand {
         /// Makes a retry safe: the same request id returns the same binding.
         #[arg(long, default_value = "", hide_default_value = true)]
         request_id: String,
+        /// Check only: every check of the real call, nothing changed.
+        #[arg(long)]
+        validate_only: bool,
     },
     /// Show one binding.
     Get {
@@ -211,5 +223,8 @@ pub enum BindingCommand {
         prefix: String,
         /// The binding id.
         id: String,
+        /// Check only: every check of the real call, nothing changed.
+        #[arg(long)]
+        validate_only: bool,
     },
 }

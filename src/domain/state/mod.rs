@@ -7,6 +7,7 @@
 
 mod copy;
 mod decide;
+mod routes;
 #[cfg(test)]
 mod tests;
 
@@ -23,6 +24,7 @@ use super::network::{NetworkKey, contains};
 
 pub use copy::RecordCopy;
 pub use decide::Decision;
+pub use routes::{RangeChange, RouteTo};
 
 /// What a request id was first used for: the binding as created and the request's fields.
 #[derive(Clone, Debug)]

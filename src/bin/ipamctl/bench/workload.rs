@@ -63,6 +63,7 @@ impl CreateTargets {
             prefix_id: prefix.id.clone(),
             cidr: format!("{address}/32"),
             service_id: CDN.into(),
+            validate_only: false,
             request_id: String::new(),
         }
     }
@@ -207,6 +208,7 @@ async fn create_prefix(
         cidr,
         asn: None,
         description: "bench".into(),
+        validate_only: false,
     };
     match client.create_prefix(request).await {
         Ok(response) => Ok(Some(response.into_inner())),
@@ -227,6 +229,7 @@ async fn bind(
         cidr,
         service_id: service_id.into(),
         request_id: String::new(),
+        validate_only: false,
     };
     match client.create_service_binding(request).await {
         Ok(response) => Ok(Some(response.into_inner())),
@@ -240,6 +243,7 @@ async fn unbind(client: &mut ServiceBindingsClient<Transport>, binding: &api::Se
         account_id: binding.account_id.clone(),
         prefix_id: binding.prefix_id.clone(),
         binding_id: binding.id.clone(),
+        validate_only: false,
     };
     match client.delete_service_binding(request).await {
         Ok(_) => Ok(()),

@@ -23,6 +23,7 @@ pub async fn run(
             cidr,
             service,
             request_id,
+            validate_only,
         } => {
             let request = api::CreateServiceBindingRequest {
                 account_id,
@@ -30,6 +31,7 @@ pub async fn run(
                 cidr,
                 service_id: services::resolve(&service)?,
                 request_id,
+                validate_only,
             };
             client.create_service_binding(request).await.map_err(fail)?.into_inner()
         }
@@ -41,11 +43,16 @@ pub async fn run(
             };
             client.get_service_binding(request).await.map_err(fail)?.into_inner()
         }
-        BindingCommand::Delete { prefix, id } => {
+        BindingCommand::Delete {
+            prefix,
+            id,
+            validate_only,
+        } => {
             let request = api::DeleteServiceBindingRequest {
                 account_id,
                 prefix_id: prefix,
                 binding_id: id,
+                validate_only,
             };
             let deleted = client.delete_service_binding(request).await.map_err(fail)?.into_inner();
             print_deleted(&deleted.id, format);

@@ -13,12 +13,18 @@ pub async fn run(channel: Transport, account_id: String, command: PrefixCommand,
     let mut client = PrefixesClient::new(channel);
     let fail = |status: tonic::Status| describe(&status);
     let prefix = match command {
-        PrefixCommand::Create { cidr, asn, description } => {
+        PrefixCommand::Create {
+            cidr,
+            asn,
+            description,
+            validate_only,
+        } => {
             let request = api::CreatePrefixRequest {
                 account_id,
                 cidr,
                 asn,
                 description,
+                validate_only,
             };
             client.create_prefix(request).await.map_err(fail)?.into_inner()
         }
@@ -29,18 +35,24 @@ pub async fn run(channel: Transport, account_id: String, command: PrefixCommand,
             };
             client.get_prefix(request).await.map_err(fail)?.into_inner()
         }
-        PrefixCommand::Update { id, description } => {
+        PrefixCommand::Update {
+            id,
+            description,
+            validate_only,
+        } => {
             let request = api::UpdatePrefixRequest {
                 account_id,
                 prefix_id: id,
                 description,
+                validate_only,
             };
             client.update_prefix(request).await.map_err(fail)?.into_inner()
         }
-        PrefixCommand::Delete { id } => {
+        PrefixCommand::Delete { id, validate_only } => {
             let request = api::DeletePrefixRequest {
                 account_id,
                 prefix_id: id,
+                validate_only,
             };
             let deleted = client.delete_prefix(request).await.map_err(fail)?.into_inner();
             print_deleted(&deleted.id, format);

@@ -1,0 +1,223 @@
+//! The routing table as a whole over gRPC: PreviewChange's answer, ExportRoutes' chunks and
+//! WatchRoutes' stream of deltas (read from the projections' route history, which a watcher
+//! follows by revision: the commit feed only wakes it, so a slow reader is caught up from the
+//! history, never dropped, until it falls behind what the history keeps).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::Stream;
+use tonic::Status;
+
+use super::{AppContext, convert};
+use crate::auth::Caller;
+use crate::domain::state::{RangeChange, RouteTo};
+use crate::domain::{AccountId, Error, Reason};
+use crate::engine::{CommittedGroup, Engine};
+use crate::operations::{self, Preview};
+use crate::pb::api;
+use crate::projection::route_history::RouteDelta;
+
+/// Routes per ExportRoutes message.
+pub const EXPORT_CHUNK: usize = 1000;
+
+pub fn route(route: &RouteTo) -> api::Route {
+    api::Route {
+        first_address: route.range.first_address().to_string(),
+        last_address: route.range.last_address().to_string(),
+        cidrs: route.range.cidrs().iter().map(ToString::to_string).collect(),
+        prefix_id: route.prefix_id.to_string(),
+        account_id: route.account_id.to_string(),
+        binding_id: route.binding_id.to_string(),
+        service_id: route.service.id().to_string(),
+        service_name: route.service.name().to_string(),
+    }
+}
+
+/// The preview's wire form; a binding a create would make has no id and no timestamps yet.
+pub fn preview(preview: &Preview, creating: bool) -> api::PreviewChangeResponse {
+    let change = |change: &RangeChange| {
+        let mut after = change.after.as_ref().map(convert::binding);
+        if let (true, Some(after)) = (creating, &mut after) {
+            convert::as_not_yet_created(&mut after.id, [&mut after.created_at, &mut after.modified_at]);
+        }
+        api::RouteChange {
+            first_address: change.range.first_address().to_string(),
+            last_address: change.range.last_address().to_string(),
+            cidrs: change.range.cidrs().iter().map(ToString::to_string).collect(),
+            before: change.before.as_ref().map(convert::binding),
+            after,
+        }
+    };
+    api::PreviewChangeResponse {
+        revision: preview.revision as i64,
+        changes: preview.changes.iter().map(change).collect(),
+        addresses_affected: crate::domain::routes::count_addresses(preview.changes.iter().map(|change| change.range)),
+    }
+}
+
+/// ExportRoutes' messages: the table in chunks, each with the same revision.
+pub fn export_messages(
+    revision: u64,
+    routes: Vec<RouteTo>,
+) -> impl Stream<Item = Result<api::ExportRoutesResponse, Status>> + Send + use<> {
+    let chunks: Vec<Vec<RouteTo>> = routes.chunks(EXPORT_CHUNK).map(<[RouteTo]>::to_vec).collect();
+    // An empty table is one message with no routes (the revision still says what was read).
+    let chunks = if chunks.is_empty() { vec![Vec::new()] } else { chunks };
+    futures_util::stream::iter(chunks.into_iter().map(move |chunk| {
+        Ok(api::ExportRoutesResponse {
+            revision: revision as i64,
+            routes: chunk.iter().map(route).collect(),
+        })
+    }))
+}
+
+/// Checks the request and the caller, and returns the stream of deltas after
+/// `after_revision`.
+pub fn watch(
+    app: &AppContext,
+    caller: Caller,
+    request: api::WatchRoutesRequest,
+) -> Result<impl Stream<Item = Result<api::RouteDelta, Status>> + Send + use<>, Error> {
+    let account_id = operations::authorize_table(&caller, &request.account_id)?;
+    let after = u64::try_from(request.after_revision).map_err(|_| {
+        Error::field(
+            Reason::RevisionOutOfRange,
+            "after_revision",
+            "after_revision is negative",
+        )
+    })?;
+    let engine = Arc::clone(app.engine()?);
+    engine.projections().keep_route_history();
+    // Subscribe first: every group applied after the reads below wakes the watcher.
+    let feed = engine.subscribe();
+    {
+        let model = engine.projections().read();
+        if after > model.head {
+            return Err(Error::field(
+                Reason::RevisionOutOfRange,
+                "after_revision",
+                format!(
+                    "after_revision {after} is beyond this server's head revision {}: export again",
+                    model.head
+                ),
+            ));
+        }
+        let served_from = model
+            .route_history
+            .as_ref()
+            .map_or(model.head, |history| history.served_from());
+        if after < served_from {
+            return Err(history_unavailable(after, served_from));
+        }
+    }
+    let watcher = RouteWatcher {
+        policy_changes: caller.policy_changes(),
+        caller,
+        engine,
+        account_id,
+        active_only: request.active_only,
+        cursor: after,
+        pending: VecDeque::new(),
+        feed,
+        shutdown: app.shutdown_signal(),
+        ended: false,
+    };
+    Ok(futures_util::stream::unfold(watcher, RouteWatcher::next))
+}
+
+fn history_unavailable(after: u64, served_from: u64) -> Error {
+    Error::field(
+        Reason::RoutesHistoryUnavailable,
+        "after_revision",
+        format!(
+            "the route history this server keeps starts after revision {served_from}, not {after}: export the table again and watch from its revision"
+        ),
+    )
+}
+
+struct RouteWatcher {
+    engine: Arc<Engine>,
+    caller: Caller,
+    policy_changes: tokio::sync::watch::Receiver<u64>,
+    account_id: Option<AccountId>,
+    active_only: bool,
+    /// Every delta up to this revision has been queued or skipped.
+    cursor: u64,
+    pending: VecDeque<api::RouteDelta>,
+    feed: tokio::sync::broadcast::Receiver<CommittedGroup>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    ended: bool,
+}
+
+impl RouteWatcher {
+    async fn next(mut self) -> Option<(Result<api::RouteDelta, Status>, RouteWatcher)> {
+        loop {
+            if let Some(delta) = self.pending.pop_front() {
+                return Some((Ok(delta), self));
+            }
+            if self.ended {
+                return None;
+            }
+            if let Err(error) = self.fill().await {
+                self.ended = true;
+                return Some((Err(Status::from(error)), self));
+            }
+        }
+    }
+
+    fn wanted(&self, delta: &RouteDelta) -> bool {
+        let account = delta
+            .removed
+            .iter()
+            .chain(&delta.added)
+            .next()
+            .map(|route| route.account_id);
+        delta.active_only == self.active_only && self.account_id.is_none_or(|wanted| account == Some(wanted))
+    }
+
+    /// Queues the deltas after the cursor; when there are none, waits for the next commit.
+    async fn fill(&mut self) -> Result<(), Error> {
+        {
+            let model = self.engine.projections().read();
+            let Some(history) = &model.route_history else {
+                return Err(Error::new(Reason::Internal, "the route history is not kept"));
+            };
+            if self.cursor < history.served_from() {
+                return Err(history_unavailable(self.cursor, history.served_from()));
+            }
+            let deltas: Vec<api::RouteDelta> = (history.after(self.cursor))
+                .filter(|delta| self.wanted(delta))
+                .map(|delta| api::RouteDelta {
+                    revision: delta.revision as i64,
+                    removed: delta.removed.iter().map(route).collect(),
+                    added: delta.added.iter().map(route).collect(),
+                })
+                .collect();
+            self.pending.extend(deltas);
+            self.cursor = model.head;
+        }
+        if !self.pending.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            received = self.feed.recv() => match received {
+                Ok(_) | Err(RecvError::Lagged(_)) => Ok(()),
+                Err(RecvError::Closed) => Err(shutting_down()),
+            },
+            _ = self.shutdown.wait_for(|stopping| *stopping) => Err(shutting_down()),
+            Ok(()) = self.policy_changes.changed() => {
+                operations::authorize_table(&self.caller, &self.account_id.map(|id| id.to_string()).unwrap_or_default())
+                    .map(drop)
+            }
+        }
+    }
+}
+
+fn shutting_down() -> Error {
+    Error::new(
+        Reason::NotReady,
+        "the server is shutting down; reconnect and resume from your last revision",
+    )
+}
