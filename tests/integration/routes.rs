@@ -548,3 +548,45 @@ async fn a_watch_from_before_the_history_is_out_of_range() {
         Code::OutOfRange
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipamctl_previews_exports_and_validates() {
+    let server = TestServer::start().await;
+    let account_id = account();
+    let prefix = server.create_prefix(&account_id, "192.0.2.0/24").await;
+    server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    let run = |args: &[&str]| {
+        let output = ipamctl_json(server.address, &account_id).args(args).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let previewed = run(&[
+        "preview",
+        "create",
+        "--prefix",
+        &prefix.id,
+        "192.0.2.0/25",
+        "--service",
+        "cdn",
+    ]);
+    assert_eq!(previewed[0]["cidrs"][0], "192.0.2.0/25");
+    assert_eq!(previewed[1]["addresses_affected"], "128");
+    let validated = run(&[
+        "bindings",
+        "create",
+        "--prefix",
+        &prefix.id,
+        "192.0.2.0/25",
+        "--service",
+        "cdn",
+        "--validate-only",
+    ]);
+    assert_eq!(validated[0]["id"], "");
+    let exported = run(&["routes", "export"]);
+    assert_eq!(exported.len(), 2, "one route and the revision: {exported:?}");
+    assert_eq!(exported[0]["cidrs"][0], "192.0.2.0/24");
+}

@@ -97,6 +97,13 @@ pub enum Command {
         #[arg(long)]
         after_revision: Option<u64>,
     },
+    /// What a binding change would do to traffic (nothing is changed).
+    #[command(subcommand)]
+    Preview(PreviewCommand),
+    /// The effective routing table (every covered address -> its most specific binding), and
+    /// its changes. With --account, that account's; without, every account's.
+    #[command(subcommand)]
+    Routes(RoutesCommand),
     /// What an external provisioner does, on servers started with --rollout external.
     #[command(subcommand)]
     Rollout(RolloutCommand),
@@ -157,6 +164,48 @@ pub enum PrefixCommand {
         /// Check only: every check of the real call, nothing changed.
         #[arg(long)]
         validate_only: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PreviewCommand {
+    /// The ranges a new binding would take over, and from which binding.
+    Create {
+        /// The prefix id.
+        #[arg(long)]
+        prefix: String,
+        /// The CIDR to bind, inside the prefix.
+        cidr: String,
+        /// The service (a name as `ipamctl services` prints it, or its id).
+        #[arg(long)]
+        service: String,
+    },
+    /// The ranges a binding's deletion would hand back, and to which binding.
+    Delete {
+        /// The prefix id.
+        #[arg(long)]
+        prefix: String,
+        /// The binding id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RoutesCommand {
+    /// Print the table as it is now.
+    Export {
+        /// Only ACTIVE bindings count (where traffic goes now).
+        #[arg(long)]
+        active_only: bool,
+    },
+    /// Print each change to the table (routes removed and added, per revision).
+    Watch {
+        /// Start after this revision (an export's); default: now.
+        #[arg(long)]
+        after_revision: Option<i64>,
+        /// Only ACTIVE bindings count.
+        #[arg(long)]
+        active_only: bool,
     },
 }
 

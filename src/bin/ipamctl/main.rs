@@ -63,6 +63,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             let account_id = cli.global.required_account()?;
             commands::bindings::run(connection.connect().await?, account_id, command, format).await
         }
+        Command::Preview(command) => {
+            let account_id = cli.global.required_account()?;
+            commands::routes::preview(connection.connect().await?, account_id, command, format).await
+        }
+        Command::Routes(command) => {
+            let account_id = cli.global.account.clone();
+            commands::routes::routes(connection.connect().await?, account_id, command, format).await
+        }
         Command::Rollout(command) => {
             let account_id = cli.global.required_account()?;
             commands::rollout::run(connection.connect().await?, account_id, command, format).await

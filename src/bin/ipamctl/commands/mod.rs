@@ -5,6 +5,7 @@ pub mod bindings;
 pub mod lookup;
 pub mod prefixes;
 pub mod rollout;
+pub mod routes;
 pub mod services;
 pub mod watch;
 
