@@ -34,7 +34,7 @@ seconds=$(echo "$end - $start" | bc -l)
 printf "export: %d routes in %.2f s = %.0f routes/s\n" "$routes" "$seconds" "$(echo "$routes / $seconds" | bc -l)"
 echo "server RSS after the export: $(rss VmRSS) (peak $(rss VmHWM))"
 
-account=$(ctl --output json routes export | head -1 | python3 -c 'import sys,json; print(json.load(sys.stdin)["account_id"])')
+account=$(ctl --output json routes export | python3 -c 'import sys,json; print(json.loads(sys.stdin.readline())["account_id"]); sys.stdin.read()')
 prefixes=$(ctl --account "$account" --output json prefixes list | python3 -c 'import sys,json; [print(json.loads(l)["id"]) for l in sys.stdin]')
 n_prefixes=$(echo "$prefixes" | wc -l)
 start=$(date +%s.%N)

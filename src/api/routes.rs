@@ -62,13 +62,15 @@ pub fn export_messages(
     revision: u64,
     routes: Vec<RouteTo>,
 ) -> impl Stream<Item = Result<api::ExportRoutesResponse, Status>> + Send + use<> {
-    let chunks: Vec<Vec<RouteTo>> = routes.chunks(EXPORT_CHUNK).map(<[RouteTo]>::to_vec).collect();
-    // An empty table is one message with no routes (the revision still says what was read).
-    let chunks = if chunks.is_empty() { vec![Vec::new()] } else { chunks };
-    futures_util::stream::iter(chunks.into_iter().map(move |chunk| {
+    // Converted a chunk at a time as the client reads: the table is held once, compactly.
+    let n_messages = routes.len().div_ceil(EXPORT_CHUNK).max(1);
+    futures_util::stream::iter((0..n_messages).map(move |index| {
+        let start = (index * EXPORT_CHUNK).min(routes.len());
+        let chunk = routes[start..(start + EXPORT_CHUNK).min(routes.len())].iter();
+        // An empty table is one message with no routes (the revision still says what was read).
         Ok(api::ExportRoutesResponse {
             revision: revision as i64,
-            routes: chunk.iter().map(route).collect(),
+            routes: chunk.map(route).collect(),
         })
     }))
 }

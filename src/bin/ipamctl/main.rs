@@ -22,6 +22,13 @@ use output::Format;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Like every Unix tool, end quietly when the reader goes away (`ipamctl ... | head`)
+    // instead of failing to print.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if cli.global.worker_threads > 0 {
         builder.worker_threads(cli.global.worker_threads);
