@@ -77,7 +77,7 @@ pub fn export_messages(
 
 /// Checks the request and the caller, and returns the stream of deltas after
 /// `after_revision`.
-pub fn watch(
+pub async fn watch(
     app: &AppContext,
     caller: Caller,
     request: api::WatchRoutesRequest,
@@ -91,7 +91,10 @@ pub fn watch(
         )
     })?;
     let engine = Arc::clone(app.engine()?);
-    engine.projections().keep_route_history();
+    let building = Arc::clone(&engine);
+    tokio::task::spawn_blocking(move || building.keep_route_history())
+        .await
+        .map_err(|error| Error::new(Reason::Internal, format!("the route history task failed: {error}")))??;
     // Subscribe first: every group applied after the reads below wakes the watcher.
     let feed = engine.subscribe();
     {

@@ -221,7 +221,7 @@ impl Routing for RoutingService {
         let (metadata, extensions, request) = request.into_parts();
         let caller = caller_of(&extensions);
         let stream = unary(self.app.metrics(), "WatchRoutes", &metadata, async {
-            routes::watch(&self.app, caller, request)
+            routes::watch(&self.app, caller, request).await
         })
         .await?
         .into_inner();

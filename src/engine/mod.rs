@@ -21,10 +21,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::domain::state::Decision;
-use crate::domain::{Actor, Command, Error, Event, Micros, Outcome, Reason};
+use crate::domain::{Actor, Command, Error, Event, Micros, Outcome, Reason, State};
 use crate::log::{CheckpointStatus, EventLog, LogError};
 use crate::metrics::WriteMetrics;
 use crate::projection::Projections;
+use crate::projection::route_history::{HISTORY_REVISIONS, RouteHistory};
 
 /// Commands waiting for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
@@ -70,6 +71,8 @@ pub struct Engine {
     log: EventLog,
     writer: Mutex<Option<JoinHandle<()>>>,
     marker: Mutex<Option<JoinHandle<()>>>,
+    /// Held while the route history is being built (once).
+    route_history_built: Mutex<()>,
 }
 
 impl Engine {
@@ -130,6 +133,7 @@ impl Engine {
             log,
             writer: Mutex::new(Some(handle)),
             marker: Mutex::new(Some(marker)),
+            route_history_built: Mutex::new(()),
         })
     }
 
@@ -149,6 +153,43 @@ impl Engine {
     /// real call makes, in the same order, and what it would return; nothing is appended.
     pub fn validate(&self, command: &Command) -> Result<Decision, Error> {
         self.projections.read().state.decide(command, Micros::now())
+    }
+
+    /// Starts keeping the route history that WatchRoutes serves, if it is not kept yet: the
+    /// table as of [`HISTORY_REVISIONS`] revisions ago (replayed from the log), then every
+    /// event since, so a watch may start anywhere in the last `HISTORY_REVISIONS` revisions
+    /// (also right after a restart). The replay runs without the projections' lock; only the
+    /// events committed meanwhile are applied under it. Blocking: call it from a blocking
+    /// context.
+    pub fn keep_route_history(&self) -> Result<(), Error> {
+        let _one_at_a_time = self
+            .route_history_built
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.projections.read().route_history.is_some() {
+            return Ok(());
+        }
+        let unreadable =
+            |error: LogError| Error::new(Reason::Internal, format!("the event log could not be read: {error}"));
+        let head = self.projections.read().head;
+        let start = head.saturating_sub(HISTORY_REVISIONS);
+        let up_to =
+            |limit: u64| move |event: &Result<Event, LogError>| event.as_ref().map_or(true, |e| e.revision <= limit);
+        let (mut state, _) = State::replay(self.log.read_after(0).take_while(up_to(start))).map_err(unreadable)?;
+        let mut history = RouteHistory::build(&state, start);
+        let mut follow = |after: u64, limit: u64| -> Result<(), Error> {
+            for event in self.log.read_after(after).take_while(up_to(limit)) {
+                let event = event.map_err(unreadable)?;
+                state.apply(&event);
+                history.apply(&state, &event);
+            }
+            Ok(())
+        };
+        follow(start, head)?;
+        let mut model = self.projections.write();
+        follow(head, model.head)?;
+        model.route_history = Some(history);
+        Ok(())
     }
 
     pub fn projections(&self) -> &Projections {

@@ -55,16 +55,9 @@ impl Projections {
         self.model.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts keeping the route history (once; a one-time copy of the table under the write
-    /// lock).
-    pub fn keep_route_history(&self) {
-        if self.read().route_history.is_some() {
-            return;
-        }
-        let mut model = self.model.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if model.route_history.is_none() {
-            model.route_history = Some(RouteHistory::build(&model.state, model.head));
-        }
+    /// The model for a change outside the writer's groups (installing the route history).
+    pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, ReadModel> {
+        self.model.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies one durable group of events as a unit.

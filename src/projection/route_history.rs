@@ -4,8 +4,9 @@
 //! entries inside its CIDR and the two entries of the binding around it that border it, so a
 //! delta costs the writer its own range, never the whole table.
 //!
-//! Built on first use (a server that never serves routes pays nothing); its history starts
-//! then and keeps the deltas of the last [`HISTORY_REVISIONS`] revisions in memory.
+//! Built on first use (a server that never serves routes pays nothing) by the engine, from the
+//! log: the table as of [`HISTORY_REVISIONS`] revisions back, then every event since; from
+//! then on it keeps the deltas of the last `HISTORY_REVISIONS` revisions in memory.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -191,16 +192,24 @@ pub struct RouteHistory {
     deltas: VecDeque<RouteDelta>,
     /// The oldest revision a watch may start after.
     served_from: u64,
+    /// How many revisions of deltas are kept.
+    keep: u64,
 }
 
 impl RouteHistory {
-    /// The tables of `state` at `head`; history starts here.
+    /// The tables of `state` at `head`; history starts here and keeps the deltas of the last
+    /// [`HISTORY_REVISIONS`] revisions.
     pub fn build(state: &State, head: u64) -> RouteHistory {
+        RouteHistory::keeping(state, head, HISTORY_REVISIONS)
+    }
+
+    fn keeping(state: &State, head: u64, keep: u64) -> RouteHistory {
         RouteHistory {
             all: RouteTable::build(state, false),
             active: RouteTable::build(state, true),
             deltas: VecDeque::new(),
             served_from: head,
+            keep,
         }
     }
 
@@ -236,7 +245,7 @@ impl RouteHistory {
             }
             _ => {}
         }
-        let keep_from = event.revision.saturating_sub(HISTORY_REVISIONS);
+        let keep_from = event.revision.saturating_sub(self.keep);
         while self.deltas.front().is_some_and(|delta| delta.revision <= keep_from) {
             self.deltas.pop_front();
         }
@@ -258,5 +267,58 @@ impl RouteHistory {
     pub fn table(&self, active_only: bool) -> Vec<RouteTo> {
         let table = if active_only { &self.active } else { &self.all };
         table.entries.values().map(|entry| entry.route).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fixtures;
+    use crate::domain::{Micros, Service};
+
+    fn event(revision: u64, change: Change) -> Event {
+        Event {
+            revision,
+            time: Micros(revision as i64),
+            change,
+            actor: None,
+        }
+    }
+
+    #[test]
+    fn keeps_the_last_revisions_and_serves_from_there() {
+        let prefix = fixtures::prefix("192.0.2.0/24");
+        let mut state = State::default();
+        let created = event(1, Change::PrefixCreated(prefix.clone()));
+        state.apply(&created);
+        let mut history = RouteHistory::keeping(&state, 1, 3);
+        for revision in 2..=10 {
+            let cidr = if revision == 2 {
+                "192.0.2.0/24".to_string()
+            } else {
+                format!("192.0.2.{revision}/32")
+            };
+            let service = if revision == 2 {
+                Service::MagicTransit
+            } else {
+                Service::Cdn
+            };
+            let binding = fixtures::binding(&prefix, &cidr, service, ProvisioningState::Provisioning);
+            let event = event(
+                revision,
+                Change::BindingCreated {
+                    binding,
+                    request_id: None,
+                },
+            );
+            state.apply(&event);
+            history.apply(&state, &event);
+        }
+        assert_eq!(history.served_from(), 7);
+        let revisions: Vec<u64> = history.after(0).map(|delta| delta.revision).collect();
+        assert_eq!(revisions, [8, 9, 10]);
+        // Eight adjacent host routes (.3 to .10) and the two pieces of the /24 around them.
+        assert_eq!(history.table(false).len(), 8 + 2);
+        assert!(history.table(true).is_empty());
     }
 }

@@ -523,29 +523,42 @@ async fn an_export_kept_by_its_watch_equals_a_fresh_export() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_from_before_the_history_is_out_of_range() {
+async fn the_history_is_served_after_a_restart() {
     let server = TestServer::start().await;
     let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
     server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
-    let request = api::WatchRoutesRequest {
-        after_revision: 0,
-        ..Default::default()
+    server.bind(&prefix, "192.0.2.64/26", CDN).await;
+    let server = server.restart().await;
+    // From the very beginning: the history is rebuilt from the log, and its deltas applied
+    // to an empty table give the table of now.
+    let mut follower = Follower {
+        account_id: String::new(),
+        active_only: false,
+        replica: Replica::new(),
+        stream: server
+            .routing()
+            .watch_routes(api::WatchRoutesRequest {
+                after_revision: 0,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+        revision: 0,
     };
-    let refused = server.routing().watch_routes(request).await.unwrap_err();
-    assert_error(
-        &refused,
-        Code::OutOfRange,
-        "ROUTES_HISTORY_UNAVAILABLE",
-        1201,
-        Some("after_revision"),
-    );
+    follower.catch_up(&server).await;
+    assert_eq!(follower.replica.len(), 3);
     let beyond = api::WatchRoutesRequest {
         after_revision: 1_000,
         ..Default::default()
     };
-    assert_eq!(
-        server.routing().watch_routes(beyond).await.unwrap_err().code(),
-        Code::OutOfRange
+    let refused = server.routing().watch_routes(beyond).await.unwrap_err();
+    assert_error(
+        &refused,
+        Code::OutOfRange,
+        "REVISION_OUT_OF_RANGE",
+        1200,
+        Some("after_revision"),
     );
 }
 
