@@ -4,6 +4,7 @@
 # times, on the same data and one client:
 #   - ExportRoutes of the whole table (`ipamctl routes export --output json`), with its routes/s
 #     and the server's resident memory before and after (peak);
+#   - the first WatchRoutes (which builds the route history from the log) and the memory it keeps;
 #   - ListServiceBindings of every prefix (`ipamctl bindings list --output json` per prefix),
 #     minus the cost of starting ipamctl (timed with `ipamctl services`).
 #
@@ -33,6 +34,20 @@ routes=$((routes - 1))
 seconds=$(echo "$end - $start" | bc -l)
 printf "export: %d routes in %.2f s = %.0f routes/s\n" "$routes" "$seconds" "$(echo "$routes / $seconds" | bc -l)"
 echo "server RSS after the export: $(rss VmRSS) (peak $(rss VmHWM))"
+
+# The first WatchRoutes builds the route history from the log: time until the stream is open.
+revision=$(ctl --output json routes export | tail -1 | python3 -c 'import sys,json; print(json.load(sys.stdin)["revision"])')
+python3 - "$ipamctl" "$port" "$revision" <<'PY'
+import subprocess, sys, time
+ipamctl, port, revision = sys.argv[1:]
+started = time.monotonic()
+watch = subprocess.Popen([ipamctl, "--server", f"http://127.0.0.1:{port}", "routes", "watch", "--after-revision", revision],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+line = watch.stderr.readline()
+print(f"first WatchRoutes open after {time.monotonic() - started:.2f} s (the history built from the log): {line.strip()}")
+watch.kill()
+PY
+echo "server RSS with the route history: $(rss VmRSS) (peak $(rss VmHWM))"
 
 account=$(ctl --output json routes export | python3 -c 'import sys,json; print(json.loads(sys.stdin.readline())["account_id"]); sys.stdin.read()')
 prefixes=$(ctl --account "$account" --output json prefixes list | python3 -c 'import sys,json; [print(json.loads(l)["id"]) for l in sys.stdin]')
