@@ -19,6 +19,15 @@ pub struct Config {
     #[arg(long, env = "IPAM_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
+    /// Export traces over OTLP/gRPC to this collector (http://HOST:4317); off when not set.
+    #[arg(long, env = "IPAM_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The share of traces to record when the caller did not decide (0.0-1.0); a caller's
+    /// sampled `traceparent` is always followed, an unsampled one never.
+    #[arg(long, env = "IPAM_TRACE_SAMPLE_RATIO", default_value_t = 1.0, value_parser = sample_ratio)]
+    pub trace_sample_ratio: f64,
+
     /// Log line format: text for people, json for log shippers. Filter with RUST_LOG.
     #[arg(long, env = "IPAM_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -52,6 +61,13 @@ pub enum RolloutMode {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+fn sample_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err("a ratio from 0.0 to 1.0".into()),
+    }
 }
 
 fn duration(text: &str) -> Result<Duration, humantime::DurationError> {

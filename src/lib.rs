@@ -13,6 +13,7 @@
 //! - [`edge`]: the tower layer in front of the services (global call cap, x-request-id).
 //! - [`server`]: wires health, reflection and the services onto a listener; graceful shutdown.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`telemetry`]: OpenTelemetry traces over OTLP (off unless `--otlp-endpoint`).
 //! - [`config`]: flags and environment.
 //! - [`pb`]: generated protobuf code; [`hex`]: the hex encoding of tokens and exports.
 
@@ -31,3 +32,4 @@ pub mod projection;
 pub mod rest;
 pub mod rollout;
 pub mod server;
+pub mod telemetry;

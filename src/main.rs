@@ -12,6 +12,7 @@ use ipam_bindings::auth::policy::is_token_id;
 use ipam_bindings::config::{Config, LogFormat, TokenTool, Tool};
 use ipam_bindings::log::{EventLog, LogError, tools};
 use ipam_bindings::server::{Listeners, serve};
+use ipam_bindings::telemetry;
 use tracing::{error, info};
 
 fn main() -> ExitCode {
@@ -41,8 +42,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging(config.log_format);
-
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     // tokio runs a task woken by the running one next (the LIFO slot). For HTTP/2 that means
@@ -53,24 +52,44 @@ fn main() -> ExitCode {
     // (docs/benchmarks.md, "tokio's LIFO slot"). Needs `--cfg tokio_unstable` (.cargo/config.toml).
     #[cfg(tokio_unstable)]
     runtime.disable_lifo_slot();
-    // A RUSTFLAGS variable replaces .cargo/config.toml's flags, and with them this setting.
-    #[cfg(not(tokio_unstable))]
-    tracing::warn!(
-        "built without --cfg tokio_unstable (a RUSTFLAGS variable overrides .cargo/config.toml): \
-         tokio's LIFO slot stays on, which about doubles watch latency under fan-out"
-    );
     if config.worker_threads > 0 {
         runtime.worker_threads(config.worker_threads);
     }
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            error!(%error, "cannot start the async runtime");
+            eprintln!("ipam-bindings: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
+    // The OTLP exporter's gRPC client lives on the runtime: build it inside.
+    let traces = {
+        let _inside = runtime.enter();
+        match init_logging(
+            config.log_format,
+            config.otlp_endpoint.as_deref(),
+            config.trace_sample_ratio,
+        ) {
+            Ok(traces) => traces,
+            Err(message) => {
+                eprintln!("ipam-bindings: {message}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    // A RUSTFLAGS variable replaces .cargo/config.toml's flags, and with them this setting.
+    #[cfg(not(tokio_unstable))]
+    tracing::warn!(
+        "built without --cfg tokio_unstable (a RUSTFLAGS variable overrides .cargo/config.toml): \
+         tokio's LIFO slot stays on, which about doubles watch latency under fan-out"
+    );
     let log_format = config.log_format;
-    match runtime.block_on(run(config)) {
+    let served = runtime.block_on(run(config));
+    if let Some(provider) = traces {
+        // Flushes the spans still queued (bounded by the exporter's timeout).
+        ipam_bindings::telemetry::shutdown(provider);
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             // Once: a JSON log line for log shippers, or a plain line on stderr for people
@@ -112,25 +131,42 @@ async fn run(config: Config) -> Result<(), String> {
 }
 
 /// Log lines to stdout, filtered by RUST_LOG (default info): text, or one JSON object per
-/// line with the call's span fields (method, request_id, traceparent) at the top level.
-fn init_logging(format: LogFormat) {
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-    };
-    match format {
-        LogFormat::Text => tracing_subscriber::fmt()
+/// line with the call's span fields (method, request_id, traceparent) at the top level. With
+/// an OTLP endpoint, the service's spans are exported too (whatever RUST_LOG says about log
+/// lines); the provider is returned to be shut down at exit.
+fn init_logging(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+    sample_ratio: f64,
+) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let lines = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stdout().is_terminal())
-            .with_env_filter(filter())
-            .init(),
-        LogFormat::Json => tracing_subscriber::fmt()
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .with_env_filter(filter())
-            .init(),
-    }
+            .with_filter(filter)
+            .boxed(),
+    };
+    let provider = otlp_endpoint
+        .map(|endpoint| telemetry::init(endpoint, sample_ratio))
+        .transpose()?;
+    let spans = provider.as_ref().map(|provider| {
+        // The service's own spans (calls and writes), whatever the log filter says.
+        let ours = tracing_subscriber::filter::Targets::new().with_target("ipam_bindings", tracing::Level::INFO);
+        telemetry::layer(provider).with_filter(ours)
+    });
+    tracing_subscriber::registry().with(lines).with(spans).init();
+    Ok(provider)
 }
 
 /// Makes a token: prints it (shown once) and the policy entry to paste, which holds only its

@@ -141,6 +141,16 @@ impl Metrics {
             "Bindings still PROVISIONING",
             rollout_backlog.clone(),
         );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans the OTLP collector did not take (down, refusing, too slow): dropped, never retried",
+            crate::telemetry::SPANS_DROPPED.clone(),
+        );
+        registry.register(
+            "trace_spans_exported",
+            "Spans the OTLP collector took",
+            crate::telemetry::SPANS_EXPORTED.clone(),
+        );
         let rollout_oldest_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "rollout_oldest_provisioning_seconds",

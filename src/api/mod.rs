@@ -23,6 +23,7 @@ use tonic::{Response, Status};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::edge::{REQUEST_ID, is_traceparent};
+use crate::telemetry;
 
 use crate::domain::{Error, ErrorKind};
 use crate::metrics::{CallLabels, MethodLabels, Metrics};
@@ -47,8 +48,22 @@ pub async fn unary<T>(
     let traceparent = Some(header("traceparent"))
         .filter(|value| is_traceparent(value))
         .unwrap_or_default();
-    let span = info_span!("call", method, request_id = header(REQUEST_ID), traceparent);
-    async move {
+    let span = info_span!(
+        "call",
+        method,
+        request_id = header(REQUEST_ID),
+        traceparent,
+        "otel.name" = method,
+        "otel.kind" = "server",
+        "rpc.system" = "grpc",
+        "rpc.grpc.status_code" = tracing::field::Empty,
+        "otel.status_code" = tracing::field::Empty,
+        "error.reason" = tracing::field::Empty,
+        account_id = tracing::field::Empty,
+    );
+    telemetry::adopt_parent(&span, metadata.as_ref());
+    let traceparent_back = span.clone();
+    let result = async move {
         let started = Instant::now();
         metrics.calls_in_flight.inc();
         let result = work.await;
@@ -58,6 +73,12 @@ pub async fn unary<T>(
             .as_ref()
             .err()
             .map_or(tonic::Code::Ok, |error| status::code_of(error.kind()));
+        let span = tracing::Span::current();
+        span.record("rpc.grpc.status_code", code as i32);
+        if let Err(error) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.reason", error.reason.name());
+        }
         metrics
             .calls
             .get_or_create(&CallLabels {
@@ -69,10 +90,29 @@ pub async fn unary<T>(
             .call_seconds
             .get_or_create(&MethodLabels { method })
             .observe(started.elapsed().as_secs_f64());
-        result.map(Response::new).map_err(Status::from)
+        result
     }
     .instrument(span)
-    .await
+    .await;
+    // The response names the server's span, so a caller can find it in its tracing UI.
+    let traceparent = telemetry::traceparent_of(&traceparent_back)
+        .and_then(|value| tonic::metadata::MetadataValue::try_from(value.as_bytes()).ok());
+    match result {
+        Ok(value) => {
+            let mut response = Response::new(value);
+            if let Some(traceparent) = traceparent {
+                response.metadata_mut().insert("traceparent", traceparent);
+            }
+            Ok(response)
+        }
+        Err(error) => {
+            let mut status = Status::from(error);
+            if let Some(traceparent) = traceparent {
+                status.metadata_mut().insert("traceparent", traceparent);
+            }
+            Err(status)
+        }
+    }
 }
 
 fn log_call(method: &'static str, started: Instant, error: Option<&Error>) {

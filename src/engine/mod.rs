@@ -26,6 +26,7 @@ use crate::log::{CheckpointStatus, EventLog, LogError};
 use crate::metrics::WriteMetrics;
 use crate::projection::Projections;
 use crate::projection::route_history::{HISTORY_REVISIONS, RouteHistory};
+use crate::telemetry;
 
 /// Commands waiting for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
@@ -58,6 +59,9 @@ enum Job {
         command: Command,
         /// Who asked: recorded on every event the command produces.
         actor: Arc<Actor>,
+        /// The call's trace, when it is sampled: the writer records its spans under it.
+        trace: Option<opentelemetry::Context>,
+        queued: Instant,
         reply: oneshot::Sender<Result<Outcome, Error>>,
     },
     Stop,
@@ -142,8 +146,15 @@ impl Engine {
     pub async fn execute(&self, command: Command, actor: Actor) -> Result<Outcome, Error> {
         let (reply, outcome) = oneshot::channel();
         let actor = Arc::new(actor);
+        let (trace, queued) = (telemetry::current_call(), Instant::now());
         self.jobs
-            .send(Job::Execute { command, actor, reply })
+            .send(Job::Execute {
+                command,
+                actor,
+                reply,
+                trace,
+                queued,
+            })
             .await
             .map_err(|_| shutting_down())?;
         outcome.await.map_err(|_| shutting_down())?

@@ -16,6 +16,7 @@ use crate::domain::{Actor, Command, Error, Event, Micros, Outcome, Reason, State
 use crate::log::{EventLog, LogError};
 use crate::metrics::WriteMetrics;
 use crate::projection::Projections;
+use crate::telemetry::{self, WriteTimes};
 
 /// Most commands decided and committed as one group (one fsync).
 const MAX_GROUP: usize = 1024;
@@ -86,18 +87,41 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let group_started = Instant::now();
             let mut events = Vec::new();
             let mut replies: Vec<Reply> = Vec::with_capacity(jobs.len());
+            let mut traced = Vec::new();
             for job in jobs {
                 match job {
-                    Job::Execute { command, actor, reply } => {
+                    Job::Execute {
+                        command,
+                        actor,
+                        reply,
+                        trace,
+                        queued,
+                    } => {
+                        let deciding = Instant::now();
                         let result = self.decide(&command, &actor, &mut events);
                         replies.push((reply, result));
+                        if let Some(trace) = trace {
+                            traced.push((trace, queued, (deciding, Instant::now())));
+                        }
                     }
                     Job::Stop => stopping = true,
                 }
             }
-            self.commit(events, replies);
+            let n_commands = replies.len();
+            let (appended, applied) = self.commit(events, replies);
+            for (trace, queued, decided) in traced {
+                let times = WriteTimes {
+                    queued,
+                    group_started,
+                    decided,
+                    appended,
+                    applied,
+                };
+                telemetry::write_spans(&trace, &times, n_commands);
+            }
         }
         self.snapshots.finish();
         // Anything queued after Stop is refused: the receiver is dropped here.
@@ -120,10 +144,12 @@ impl Writer {
         Ok(decision.outcome)
     }
 
-    fn commit(&mut self, events: Vec<Event>, replies: Vec<Reply>) {
+    /// Returns when the append (with its fsync) and the apply ran, for the calls' traces.
+    fn commit(&mut self, events: Vec<Event>, replies: Vec<Reply>) -> ((Instant, Instant), (Instant, Instant)) {
+        let started = Instant::now();
+        let (mut appended, mut applied) = ((started, started), (started, started));
         if !events.is_empty() {
-            let started = Instant::now();
-            let appended = self.recover_log().and_then(|()| self.log.append(&events));
+            let stored = self.recover_log().and_then(|()| self.log.append(&events));
             self.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
             self.metrics.group_commands.observe(replies.len() as f64);
             debug!(
@@ -132,7 +158,7 @@ impl Writer {
                 fsync_us = started.elapsed().as_micros() as u64,
                 "group committed"
             );
-            let last_checksum = match appended {
+            let last_checksum = match stored {
                 Ok(last_checksum) => last_checksum,
                 Err(error) => {
                     error!(%error, first_revision = events[0].revision, n_events = events.len(), "appending to the log failed");
@@ -144,14 +170,18 @@ impl Writer {
                     for (reply, _) in replies {
                         let _ = reply.send(Err(unavailable.clone()));
                     }
-                    return;
+                    let failed = (started, Instant::now());
+                    return (failed, failed);
                 }
             };
+            appended = (started, Instant::now());
             self.metrics.events_appended.inc_by(events.len() as u64);
             if let Some(checksum) = last_checksum {
                 self.maybe_mark(checksum);
             }
+            let applying = Instant::now();
             self.projections.apply(&events);
+            applied = (applying, Instant::now());
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(Arc::from(events));
         }
@@ -170,6 +200,7 @@ impl Writer {
         }
         self.snapshots
             .after_commit(&self.state, self.next_revision - 1, &self.log);
+        (appended, applied)
     }
 
     /// At most every [`MARK_EVERY`], has the marker record the durable head: the group's last

@@ -130,7 +130,11 @@ impl<T: Clone> Listed<T> {
 /// and only then every other field and the state (so a refusal says nothing of them).
 pub fn authorize(caller: &Caller, permission: Permission, account_id: &str) -> Result<(), Error> {
     match fields::account_id("account_id", account_id) {
-        Ok(account) => caller.require(Need::OnAccount(permission, &account)),
+        Ok(account) => {
+            // The call's span (and its trace) names the account.
+            tracing::Span::current().record("account_id", tracing::field::display(&account));
+            caller.require(Need::OnAccount(permission, &account))
+        }
         Err(_) => Ok(()),
     }
 }

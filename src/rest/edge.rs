@@ -21,6 +21,7 @@ use crate::auth::{AUTHORIZATION, Access, Presented, XFCC};
 use crate::domain::{Error, Reason};
 use crate::edge::{REQUEST_ID, fresh_request_id, is_traceparent, usable_request_id};
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
+use crate::telemetry;
 
 #[derive(Clone)]
 pub struct RestEdge {
@@ -49,8 +50,15 @@ pub async fn edge(State(edge): State<RestEdge>, mut request: Request, next: Next
         method = %method,
         route,
         request_id = request_id.to_str().unwrap_or_default(),
-        traceparent
+        traceparent,
+        "otel.name" = format!("{method} {route}"),
+        "otel.kind" = "server",
+        "http.response.status_code" = tracing::field::Empty,
+        "otel.status_code" = tracing::field::Empty,
+        account_id = tracing::field::Empty,
     );
+    telemetry::adopt_parent(&span, request.headers());
+    let traceparent_back = span.clone();
     async move {
         let admitted = authenticate(&edge.access, &mut request);
         let mut response = match Arc::clone(&edge.calls).try_acquire_owned() {
@@ -78,6 +86,14 @@ pub async fn edge(State(edge): State<RestEdge>, mut request: Request, next: Next
         };
         response.headers_mut().insert(REQUEST_ID, request_id);
         let status = response.status();
+        let span = tracing::Span::current();
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+        if let Some(traceparent) = telemetry::traceparent_of(&traceparent_back) {
+            response.headers_mut().insert("traceparent", traceparent);
+        }
         let latency_us = started.elapsed().as_micros() as u64;
         if status.is_server_error() {
             warn!(status = status.as_u16(), latency_us, "call");

@@ -954,43 +954,20 @@ async fn rest_answers_401_and_403_and_serves_the_granted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_a_log_line() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let (token, hash) = token("ci1");
     let (wrong, _) = self::token("ci1");
     let policy = token_entry("ci1", &hash, "ci-bot", &[grant("ip_prefixes.edit", Some("*"))], "");
     std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ipam-bindings"))
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--auth-policy")
-        .arg(dir.path().join("policy.toml"))
-        .env("RUST_LOG", "debug")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_sender, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_sender.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    let address = loop {
-        let line = tokio::time::timeout(PATIENCE, lines.recv()).await.unwrap().unwrap();
-        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-        seen.push(line);
-        if value["message"] == "listening" {
-            break value["address"].as_str().unwrap().to_string();
-        }
-    };
-    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect_lazy();
-    wait_until_serving(&channel).await;
-    let api = Api::new(channel);
+    let policy = dir.path().join("policy.toml");
+    let mut server = ServerProcess::start(
+        &dir.path().join("data"),
+        &["--auth-policy", policy.to_str().unwrap()],
+        &[("RUST_LOG", "debug")],
+    )
+    .await;
+    let mut seen = std::mem::take(&mut server.before_listening);
+    let api = server.api();
     let account_id = account();
     api.prefixes()
         .create_prefix(authorized(&token, prefix_request(&account_id, "192.0.2.0/24")))
@@ -1001,9 +978,9 @@ async fn no_secret_reaches_a_log_line() {
         .create_prefix(authorized(&wrong, prefix_request(&account_id, "192.0.3.0/24")))
         .await;
     assert_eq!(refused.unwrap_err().code(), Code::Unauthenticated);
-    child.kill().unwrap();
-    let _ = child.wait();
-    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(2), lines.recv()).await {
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(2), server.lines.recv()).await {
         seen.push(line);
     }
     assert!(

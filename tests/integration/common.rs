@@ -435,3 +435,73 @@ pub fn ipamctl_json(address: SocketAddr, account_id: &str) -> std::process::Comm
     ]);
     command
 }
+
+/// The server binary on a loopback port of its choosing, with JSON logs on stdout.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    /// The gRPC address it said it listens on.
+    pub address: SocketAddr,
+    /// Its log lines, as they come.
+    pub lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// The lines read before `listening`.
+    pub before_listening: Vec<String>,
+}
+
+impl ServerProcess {
+    /// Starts `ipam-bindings --listen 127.0.0.1:0 --log-format json --data-dir DIR ARGS` with
+    /// `env`, and waits until it says where it listens and health is SERVING.
+    pub async fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ipam-bindings"))
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+            .arg(dir)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let mut before_listening = Vec::new();
+        let address = loop {
+            let line = tokio::time::timeout(PATIENCE, lines.recv()).await.unwrap().unwrap();
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            before_listening.push(line);
+            if value["message"] == "listening" {
+                break value["address"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        wait_until_serving(
+            &Channel::from_shared(format!("http://{address}"))
+                .unwrap()
+                .connect_lazy(),
+        )
+        .await;
+        ServerProcess {
+            child,
+            address,
+            lines,
+            before_listening,
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(
+            Channel::from_shared(format!("http://{}", self.address))
+                .unwrap()
+                .connect_lazy(),
+        )
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

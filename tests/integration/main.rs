@@ -19,4 +19,5 @@ mod routing;
 mod server;
 mod storage;
 mod tls;
+mod tracing;
 mod watch;

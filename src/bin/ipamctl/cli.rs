@@ -44,6 +44,10 @@ pub struct GlobalArgs {
     /// access control.
     #[arg(long, global = true, env = "IPAM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Send a W3C traceparent (a new sampled trace) with every call and print its trace id,
+    /// to find the calls in a tracing UI (servers with --otlp-endpoint).
+    #[arg(long, global = true)]
+    pub trace: bool,
     /// table (for people) or json (one object per line, for scripts).
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub output: Format,

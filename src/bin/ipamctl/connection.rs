@@ -49,20 +49,33 @@ impl TlsArgs {
     }
 }
 
-/// A connection to the server whose calls carry the caller's token.
-pub type Transport = InterceptedService<Channel, BearerToken>;
+/// A connection to the server whose calls carry the caller's token and trace.
+pub type Transport = InterceptedService<Channel, CallHeaders>;
 
-/// Adds `authorization: Bearer <token>` to every call (nothing without a token).
+/// Adds `authorization: Bearer <token>` and a W3C `traceparent` to every call, when given.
 #[derive(Clone)]
-pub struct BearerToken(Option<MetadataValue<Ascii>>);
+pub struct CallHeaders {
+    bearer: Option<MetadataValue<Ascii>>,
+    traceparent: Option<MetadataValue<Ascii>>,
+}
 
-impl Interceptor for BearerToken {
+impl Interceptor for CallHeaders {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
+        if let Some(value) = &self.bearer {
             request.metadata_mut().insert("authorization", value.clone());
+        }
+        if let Some(value) = &self.traceparent {
+            request.metadata_mut().insert("traceparent", value.clone());
         }
         Ok(request)
     }
+}
+
+/// A sampled `traceparent` for a new trace (random ids), and the trace id to print.
+pub fn new_traceparent() -> (String, String) {
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let span_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+    (format!("00-{trace_id}-{span_id}-01"), trace_id)
 }
 
 /// How to reach the server.
@@ -72,6 +85,8 @@ pub struct Connection {
     pub tls: TlsArgs,
     /// The access token (`ipam-bindings token new`), if the server enforces access control.
     pub token: Option<String>,
+    /// The `traceparent` every call carries (`--trace`).
+    pub traceparent: Option<String>,
 }
 
 impl Connection {
@@ -108,7 +123,8 @@ impl Connection {
             .connect()
             .await
             .map_err(|error| explain_connect_error(&url, tls.is_some(), &error))?;
-        Ok(InterceptedService::new(channel, BearerToken(bearer)))
+        let traceparent = self.traceparent.as_deref().and_then(|value| value.parse().ok());
+        Ok(InterceptedService::new(channel, CallHeaders { bearer, traceparent }))
     }
 }
 
@@ -200,6 +216,7 @@ mod tests {
             server: server.into(),
             tls,
             token: None,
+            traceparent: None,
         }
         .url()
     }
