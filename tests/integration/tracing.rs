@@ -249,3 +249,37 @@ async fn a_collector_that_is_down_costs_only_dropped_spans() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_call_is_a_server_span_too() {
+    let (collector, collector_address) = Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://{collector_address}");
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--otlp-endpoint", &endpoint, "--http-listen", "127.0.0.1:0"],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    )
+    .await;
+    let http_address: std::net::SocketAddr = (server.before_listening.iter())
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|line| line["message"].as_str().is_some_and(|m| m.starts_with("v4 JSON API")))
+        .and_then(|line| line["address"].as_str().map(|a| a.parse().unwrap()))
+        .expect("the v4 API's address in the log");
+    let trace_id = "8bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let path = format!("/client/v4/accounts/{}/addressing/prefixes", account());
+    let reply = http(http_address, "GET", &path, &[("traceparent", &traceparent)], None).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .headers
+            .get("traceparent")
+            .is_some_and(|value| value.contains(trace_id))
+    );
+    let span = collector
+        .span(&hex(trace_id), "GET /accounts/{account_id}/addressing/prefixes")
+        .await;
+    assert_eq!(span.parent_span_id, hex("00f067aa0ba902b7"));
+    assert_eq!(attribute(&span, "http.response.status_code").as_deref(), Some("200"));
+}
