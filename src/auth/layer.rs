@@ -67,7 +67,7 @@ fn admit<B>(access: &Arc<Access>, request: &Request<B>) -> Result<Option<Caller>
             .and_then(|chain| chain.first())
             .map(|der| der.as_ref()),
         peer,
-        call_id: header(REQUEST_ID).unwrap_or_default(),
+        call_id: request.headers().get(REQUEST_ID),
     };
     let caller = access.authenticate(&presented)?;
     match required {

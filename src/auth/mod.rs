@@ -55,7 +55,7 @@ pub struct Presented<'a> {
     pub peer_certificate: Option<&'a [u8]>,
     pub peer: Option<SocketAddr>,
     /// The call's `x-request-id`.
-    pub call_id: &'a str,
+    pub call_id: Option<&'a http::HeaderValue>,
 }
 
 /// How a caller proved who it is.
@@ -80,14 +80,18 @@ enum Credential {
 /// An authenticated caller: what the audit trail records and what permissions are checked for.
 #[derive(Clone)]
 pub struct Caller {
-    principal: String,
+    principal: Arc<str>,
     credential: Credential,
     /// The peer identity a token came over (mTLS or XFCC).
     via: Option<String>,
     peer: Option<SocketAddr>,
-    call_id: String,
+    /// The call's `x-request-id` (a header value: cloning it costs no allocation).
+    call_id: Option<http::HeaderValue>,
     access: Arc<Access>,
 }
+
+/// Every anonymous caller's principal, shared (a call without access control allocates none).
+static ANONYMOUS: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(ANONYMOUS_PRINCIPAL));
 
 impl std::fmt::Debug for Caller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,7 +117,7 @@ impl Caller {
     /// The audit record of this caller (the idempotency key is added per call).
     pub fn actor(&self) -> Actor {
         Actor {
-            principal: self.principal.clone(),
+            principal: self.principal.to_string(),
             credential: match &self.credential {
                 Credential::None => String::new(),
                 Credential::Token { id, .. } => format!("token:{id}"),
@@ -121,7 +125,10 @@ impl Caller {
                 Credential::ForwardedBy { proxy } => format!("xfcc:{proxy}"),
             },
             via: self.via.clone().unwrap_or_default(),
-            call_id: self.call_id.clone(),
+            call_id: (self.call_id.as_ref())
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
             request_id: String::new(),
             peer: self.peer.map(|peer| peer.to_string()).unwrap_or_default(),
         }
@@ -141,7 +148,7 @@ impl Caller {
                 _ => return Err(self.refused(invalid_credentials(), None)),
             },
             Credential::Certificate { .. } | Credential::ForwardedBy { .. } => {
-                loaded.policy.principals.get(&self.principal).unwrap_or(&no_grants)
+                loaded.policy.principals.get(&*self.principal).unwrap_or(&no_grants)
             }
             Credential::None => return Err(self.refused(missing_credentials(), None)),
         };
@@ -308,22 +315,25 @@ impl Access {
     /// for in `x-forwarded-client-cert`. Then the caller's rate limit. With access control
     /// off, nothing is refused: the caller is who it says, or anonymous.
     pub fn authenticate(self: &Arc<Self>, presented: &Presented<'_>) -> Result<Caller, Error> {
+        if self.mode == AuthMode::Off {
+            // Nothing is checked: the caller is who it says (for the audit trail), or anonymous.
+            return Ok(self.identify(presented).unwrap_or_else(|_| self.anonymous(presented)));
+        }
         let caller = match self.identify(presented) {
             Ok(caller) => caller,
-            Err(_) if self.mode == AuthMode::Off => self.anonymous(presented),
             Err(error) => {
                 warn!(
                     target: "audit",
                     reason = error.reason.name(),
                     peer = %presented.peer.map(|peer| peer.to_string()).unwrap_or_default(),
-                    request_id = presented.call_id,
+                    request_id = presented.call_id.and_then(|value| value.to_str().ok()).unwrap_or_default(),
                     message = %error.message,
                     "refused"
                 );
                 return Err(error);
             }
         };
-        if let Some(limiter) = self.loaded().limiters.get(&caller.principal)
+        if let Some(limiter) = self.loaded().limiters.get(&*caller.principal)
             && let Err(not_until) = limiter.check()
         {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -343,22 +353,22 @@ impl Access {
 
     fn anonymous(self: &Arc<Self>, presented: &Presented<'_>) -> Caller {
         Caller {
-            principal: ANONYMOUS_PRINCIPAL.to_string(),
+            principal: Arc::clone(&ANONYMOUS),
             credential: Credential::None,
             via: None,
             peer: presented.peer,
-            call_id: presented.call_id.to_string(),
+            call_id: presented.call_id.cloned(),
             access: Arc::clone(self),
         }
     }
 
     fn identify(self: &Arc<Self>, presented: &Presented<'_>) -> Result<Caller, Error> {
-        let caller = |principal: String, credential: Credential, via: Option<String>| Caller {
-            principal,
+        let caller = |principal: &str, credential: Credential, via: Option<String>| Caller {
+            principal: Arc::from(principal),
             credential,
             via,
             peer: presented.peer,
-            call_id: presented.call_id.to_string(),
+            call_id: presented.call_id.cloned(),
             access: Arc::clone(self),
         };
         // A certificate is a claim of identity: one that names no single SPIFFE id is refused,
@@ -389,14 +399,10 @@ impl Access {
                 id: token.id.to_string(),
                 sha256: entry.sha256,
             };
-            return Ok(caller(
-                entry.principal.clone(),
-                credential,
-                peer_identity.map(|(id, _)| id),
-            ));
+            return Ok(caller(&entry.principal, credential, peer_identity.map(|(id, _)| id)));
         }
         match peer_identity {
-            Some((spiffe_id, credential)) => Ok(caller(spiffe_id, credential, None)),
+            Some((spiffe_id, credential)) => Ok(caller(&spiffe_id, credential, None)),
             None => Err(missing_credentials()),
         }
     }

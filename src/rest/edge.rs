@@ -126,7 +126,7 @@ fn authenticate(access: &Arc<Access>, request: &mut Request) -> Result<(), Error
         xfcc: header(XFCC),
         peer_certificate: None,
         peer: (request.extensions().get::<ConnectInfo<SocketAddr>>()).map(|ConnectInfo(peer)| *peer),
-        call_id: header(REQUEST_ID).unwrap_or_default(),
+        call_id: request.headers().get(REQUEST_ID),
     };
     let caller = access.authenticate(&presented)?;
     request.headers_mut().remove(AUTHORIZATION);
