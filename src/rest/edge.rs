@@ -14,7 +14,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::error::RestError;
 use crate::auth::{AUTHORIZATION, Access, Presented, XFCC};
@@ -95,8 +95,11 @@ pub async fn edge(State(edge): State<RestEdge>, mut request: Request, next: Next
             response.headers_mut().insert("traceparent", traceparent);
         }
         let latency_us = started.elapsed().as_micros() as u64;
+        // As on gRPC: changes and failures at info, successful reads at debug (all counted).
         if status.is_server_error() {
             warn!(status = status.as_u16(), latency_us, "call");
+        } else if method == http::Method::GET && status.is_success() {
+            debug!(status = status.as_u16(), latency_us, "call");
         } else {
             info!(status = status.as_u16(), latency_us, "call");
         }
