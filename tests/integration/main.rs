@@ -10,6 +10,7 @@ mod crash;
 mod edge;
 mod lifecycle;
 mod metrics;
+mod model;
 mod operator;
 mod prefixes;
 mod rest;
