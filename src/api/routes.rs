@@ -11,7 +11,7 @@ use tokio_stream::Stream;
 use tonic::Status;
 
 use super::{AppContext, convert};
-use crate::auth::Caller;
+use crate::auth::{Caller, Permission};
 use crate::domain::state::{RangeChange, RouteTo};
 use crate::domain::{AccountId, Error, Reason};
 use crate::engine::{CommittedGroup, Engine};
@@ -213,8 +213,7 @@ impl RouteWatcher {
             },
             _ = self.shutdown.wait_for(|stopping| *stopping) => Err(shutting_down()),
             Ok(()) = self.policy_changes.changed() => {
-                operations::authorize_table(&self.caller, &self.account_id.map(|id| id.to_string()).unwrap_or_default())
-                    .map(drop)
+                self.caller.require_account_or(self.account_id.as_ref(), Permission::RoutingLookup)
             }
         }
     }

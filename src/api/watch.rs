@@ -15,7 +15,7 @@ use tonic::Status;
 use tracing::{debug, error};
 
 use super::{AppContext, convert};
-use crate::auth::{Caller, Need, Permission};
+use crate::auth::{Caller, Permission};
 use crate::domain::error::AllFields;
 use crate::domain::{AccountId, BindingId, Change, Error, Event, PrefixId, Reason, fields};
 use crate::engine::{CommittedGroup, Engine};
@@ -79,10 +79,7 @@ pub struct Opened<S> {
 
 /// What a watch needs of its caller: read on its account, or `bindings.watch_all`.
 fn require_watch(caller: &Caller, account_id: Option<&AccountId>) -> Result<(), Error> {
-    match account_id {
-        Some(account_id) => caller.require(Need::OnAccount(Permission::PrefixesRead, account_id)),
-        None => caller.require(Need::Global(Permission::BindingsWatchAll)),
-    }
+    caller.require_account_or(account_id, Permission::BindingsWatchAll)
 }
 
 /// Checks the caller and the request, registers the watcher and returns its stream.

@@ -13,9 +13,8 @@ use http::{Request, Response};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
-use super::{AUTHORIZATION, Access, AuthMode, Caller, Need, Presented, Required, XFCC, methods};
+use super::{AUTHORIZATION, Access, AuthMode, Caller, Need, Presented, Required, methods};
 use crate::domain::{Error, Reason};
-use crate::edge::REQUEST_ID;
 
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -51,7 +50,6 @@ fn admit<B>(access: &Arc<Access>, request: &Request<B>) -> Result<Option<Caller>
     if required == Some(Required::Nothing) {
         return Ok(None);
     }
-    let header = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok());
     let extensions = request.extensions();
     let tls = extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
     let certificates = tls.and_then(|tls| tls.peer_certs());
@@ -59,16 +57,11 @@ fn admit<B>(access: &Arc<Access>, request: &Request<B>) -> Result<Option<Caller>
         .map(|tls| tls.get_ref())
         .or_else(|| extensions.get::<TcpConnectInfo>()))
     .and_then(|tcp| tcp.remote_addr());
-    let presented = Presented {
-        authorization: header(AUTHORIZATION),
-        xfcc: header(XFCC),
-        peer_certificate: certificates
-            .as_ref()
-            .and_then(|chain| chain.first())
-            .map(|der| der.as_ref()),
-        peer,
-        call_id: request.headers().get(REQUEST_ID),
-    };
+    let certificate = certificates
+        .as_ref()
+        .and_then(|chain| chain.first())
+        .map(|der| der.as_ref());
+    let presented = Presented::from_headers(request.headers(), certificate, peer);
     let caller = access.authenticate(&presented)?;
     match required {
         Some(Required::Global(permission)) => caller.require(Need::Global(permission))?,

@@ -58,6 +58,25 @@ pub struct Presented<'a> {
     pub call_id: Option<&'a http::HeaderValue>,
 }
 
+impl<'a> Presented<'a> {
+    /// The credentials in `headers` (`authorization`, `x-forwarded-client-cert`, the request
+    /// id the edge set), with what the connection knows.
+    pub fn from_headers(
+        headers: &'a http::HeaderMap,
+        peer_certificate: Option<&'a [u8]>,
+        peer: Option<SocketAddr>,
+    ) -> Presented<'a> {
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        Presented {
+            authorization: header(AUTHORIZATION),
+            xfcc: header(XFCC),
+            peer_certificate,
+            peer,
+            call_id: headers.get(crate::edge::REQUEST_ID),
+        }
+    }
+}
+
 /// How a caller proved who it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Credential {
@@ -167,6 +186,16 @@ impl Caller {
             None => format!("Permission `{}` denied", permission.name()),
         };
         Err(self.refused(Error::new(Reason::PermissionDenied, message), Some(permission)))
+    }
+
+    /// What a read of one account or of every account needs: `ip_prefixes.read` on the
+    /// account, or the global permission without one (a watch of all bindings, the whole
+    /// routing table).
+    pub fn require_account_or(&self, account: Option<&AccountId>, global: Permission) -> Result<(), Error> {
+        match account {
+            Some(account) => self.require(Need::OnAccount(Permission::PrefixesRead, account)),
+            None => self.require(Need::Global(global)),
+        }
     }
 
     /// Logs a refusal on the audit target and returns it.

@@ -59,9 +59,9 @@ enum Job {
         command: Command,
         /// Who asked: recorded on every event the command produces.
         actor: Arc<Actor>,
-        /// The call's trace, when it is sampled: the writer records its spans under it.
-        trace: Option<opentelemetry::Context>,
-        queued: Instant,
+        /// The call's trace and when the command was queued, when the call is sampled: the
+        /// writer records its spans under it (and measures nothing for other calls).
+        trace: Option<(opentelemetry::Context, Instant)>,
         reply: oneshot::Sender<Result<Outcome, Error>>,
     },
     Stop,
@@ -146,14 +146,13 @@ impl Engine {
     pub async fn execute(&self, command: Command, actor: Actor) -> Result<Outcome, Error> {
         let (reply, outcome) = oneshot::channel();
         let actor = Arc::new(actor);
-        let (trace, queued) = (telemetry::current_call(), Instant::now());
+        let trace = telemetry::current_call().map(|context| (context, Instant::now()));
         self.jobs
             .send(Job::Execute {
                 command,
                 actor,
                 reply,
                 trace,
-                queued,
             })
             .await
             .map_err(|_| shutting_down())?;

@@ -98,12 +98,11 @@ impl Writer {
                         actor,
                         reply,
                         trace,
-                        queued,
                     } => {
-                        let deciding = Instant::now();
+                        let deciding = trace.as_ref().map(|_| Instant::now());
                         let result = self.decide(&command, &actor, &mut events);
                         replies.push((reply, result));
-                        if let Some(trace) = trace {
+                        if let (Some((trace, queued)), Some(deciding)) = (trace, deciding) {
                             traced.push((trace, queued, (deciding, Instant::now())));
                         }
                     }

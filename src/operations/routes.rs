@@ -4,9 +4,9 @@
 
 use super::bindings::{create_command, delete_command};
 use super::{AppContext, NewBinding, authorize};
-use crate::auth::{Caller, Need, Permission};
+use crate::auth::{Caller, Permission};
 use crate::domain::state::{RangeChange, RouteTo};
-use crate::domain::{Error, Micros, fields};
+use crate::domain::{AccountId, Error, Micros, fields};
 
 /// The change to preview, as the caller sent it.
 #[derive(Clone, Copy, Debug)]
@@ -57,9 +57,9 @@ pub fn preview_change(app: &AppContext, caller: &Caller, change: PreviewOf<'_>) 
 
 /// What a whole-table read needs of its caller: read on the account, or `routing.lookup` for
 /// every account. The account, if any.
-pub fn authorize_table(caller: &Caller, account_id: &str) -> Result<Option<crate::domain::AccountId>, Error> {
+pub fn authorize_table(caller: &Caller, account_id: &str) -> Result<Option<AccountId>, Error> {
     if account_id.is_empty() {
-        caller.require(Need::Global(Permission::RoutingLookup))?;
+        caller.require_account_or(None, Permission::RoutingLookup)?;
         return Ok(None);
     }
     authorize(caller, Permission::PrefixesRead, account_id)?;

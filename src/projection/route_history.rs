@@ -263,8 +263,9 @@ impl RouteHistory {
         self.deltas.range(start..)
     }
 
-    /// The table as it stands (for tests: it must equal a fresh export).
-    pub fn table(&self, active_only: bool) -> Vec<RouteTo> {
+    /// The table as it stands.
+    #[cfg(test)]
+    fn table(&self, active_only: bool) -> Vec<RouteTo> {
         let table = if active_only { &self.active } else { &self.all };
         table.entries.values().map(|entry| entry.route).collect()
     }

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::error::RestError;
-use crate::auth::{AUTHORIZATION, Access, Presented, XFCC};
+use crate::auth::{AUTHORIZATION, Access, Presented};
 use crate::domain::{Error, Reason};
 use crate::edge::{REQUEST_ID, fresh_request_id, is_traceparent, usable_request_id};
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
@@ -123,14 +123,8 @@ pub async fn edge(State(edge): State<RestEdge>, mut request: Request, next: Next
 /// `x-forwarded-client-cert`); the caller goes into the request's extensions, the token goes
 /// nowhere.
 fn authenticate(access: &Arc<Access>, request: &mut Request) -> Result<(), Error> {
-    let header = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok());
-    let presented = Presented {
-        authorization: header(AUTHORIZATION),
-        xfcc: header(XFCC),
-        peer_certificate: None,
-        peer: (request.extensions().get::<ConnectInfo<SocketAddr>>()).map(|ConnectInfo(peer)| *peer),
-        call_id: request.headers().get(REQUEST_ID),
-    };
+    let peer = (request.extensions().get::<ConnectInfo<SocketAddr>>()).map(|ConnectInfo(peer)| *peer);
+    let presented = Presented::from_headers(request.headers(), None, peer);
     let caller = access.authenticate(&presented)?;
     request.headers_mut().remove(AUTHORIZATION);
     request.extensions_mut().insert(caller);
