@@ -174,6 +174,82 @@ pub struct ServerOptions {
     /// Serve without access control on a non-loopback address (refused otherwise).
     #[arg(long, env = "IPAM_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+
+    /// Where the event log's truth lives: this node's sled (one server), or a NATS JetStream
+    /// stream shared by every replica (each keeping its own sled copy in --data-dir).
+    #[arg(long, env = "IPAM_LOG_BACKEND", value_enum, default_value = "sled")]
+    pub log_backend: LogBackend,
+
+    #[command(flatten)]
+    pub nats: NatsOptions,
+}
+
+/// Where the event log's truth lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogBackend {
+    /// This node's embedded sled database.
+    Sled,
+    /// A replicated NATS JetStream stream (--nats-*).
+    Jetstream,
+}
+
+/// The NATS JetStream stream of `--log-backend jetstream`.
+#[derive(Clone, Debug, Args)]
+pub struct NatsOptions {
+    /// NATS servers, comma-separated (nats://host:4222,tls://host:4222).
+    #[arg(
+        id = "nats_url",
+        long = "nats-url",
+        env = "IPAM_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+
+    /// The JetStream stream holding the event log (created if missing).
+    #[arg(
+        id = "nats_stream",
+        long = "nats-stream",
+        env = "IPAM_NATS_STREAM",
+        default_value = "IPAM_EVENTS"
+    )]
+    pub stream: String,
+
+    /// Copies JetStream keeps of the stream (when this replica creates it): 3 survives one
+    /// node lost.
+    #[arg(id = "nats_replicas", long = "nats-replicas", env = "IPAM_NATS_REPLICAS", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub replicas: u64,
+
+    /// NATS credentials file (JWT + nkey seed).
+    #[arg(id = "nats_creds", long = "nats-creds", env = "IPAM_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+
+    /// PEM CA bundle to verify the NATS servers with (turns TLS on).
+    #[arg(id = "nats_tls_ca", long = "nats-tls-ca", env = "IPAM_NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for NATS (mutual TLS; needs --nats-tls-key).
+    #[arg(
+        id = "nats_tls_cert",
+        long = "nats-tls-cert",
+        env = "IPAM_NATS_TLS_CERT",
+        requires = "nats_tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --nats-tls-cert.
+    #[arg(
+        id = "nats_tls_key",
+        long = "nats-tls-key",
+        env = "IPAM_NATS_TLS_KEY",
+        requires = "nats_tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// How long an append may wait for the stream's acknowledgement before it is resent (an
+    /// append gives up with STORAGE_UNAVAILABLE after twice this).
+    #[arg(id = "nats_timeout", long = "nats-timeout", env = "IPAM_NATS_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub timeout: Duration,
 }
 
 impl ServerOptions {

@@ -8,7 +8,11 @@
 //!   the response head (for unary calls, the whole call); past it the caller gets
 //!   DEADLINE_EXCEEDED. (tonic also enforces `grpc-timeout`, but answers CANCELLED; this timer
 //!   starts first, so it fires first);
-//! - a request over the message size limit is RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE).
+//! - a request over the message size limit is RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE);
+//! - read-your-writes across replicas: every reply carries `x-ipam-revision` (the revision
+//!   this server had applied when it answered), and a call with `x-ipam-min-revision: N` is
+//!   served once the server applied N: it waits up to its deadline (less a small margin), then
+//!   gets UNAVAILABLE `NOT_READY`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,9 +25,37 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
+use tokio::sync::watch;
+
 use crate::domain::{Error, Reason};
+use crate::engine::Applied;
 
 pub const REQUEST_ID: &str = "x-request-id";
+pub const REVISION: &str = "x-ipam-revision";
+pub const MIN_REVISION: &str = "x-ipam-min-revision";
+
+/// The revision the server has applied, once its engine is loaded (none before: a call that
+/// asks for a revision is NOT_READY then).
+#[derive(Clone, Default)]
+pub struct Revisions(Arc<std::sync::OnceLock<watch::Receiver<Applied>>>);
+
+impl Revisions {
+    pub fn set(&self, applied: watch::Receiver<Applied>) {
+        let _ = self.0.set(applied);
+    }
+
+    fn current(&self) -> Option<u64> {
+        self.0.get().map(|applied| applied.borrow().revision)
+    }
+
+    /// Waits until `revision` is applied; false if it was not within `patience`.
+    async fn reach(&self, revision: u64, patience: Duration) -> bool {
+        let Some(applied) = self.0.get() else { return false };
+        let mut applied = applied.clone();
+        let reached = applied.wait_for(|applied| applied.revision >= revision);
+        matches!(tokio::time::timeout(patience, reached).await, Ok(Ok(_)))
+    }
+}
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 #[cfg(test)]
@@ -96,6 +128,7 @@ mod tests {
 pub struct EdgeLayer {
     calls: Arc<Semaphore>,
     request_timeout: Duration,
+    revisions: Revisions,
 }
 
 impl EdgeLayer {
@@ -105,7 +138,17 @@ impl EdgeLayer {
 
     /// The layer over a cap on calls in flight shared with another surface.
     pub fn with_calls(calls: Arc<Semaphore>, request_timeout: Duration) -> EdgeLayer {
-        EdgeLayer { calls, request_timeout }
+        EdgeLayer {
+            calls,
+            request_timeout,
+            revisions: Revisions::default(),
+        }
+    }
+
+    /// Reports and waits on the revisions `revisions` will hold.
+    pub fn with_revisions(mut self, revisions: Revisions) -> EdgeLayer {
+        self.revisions = revisions;
+        self
     }
 }
 
@@ -117,6 +160,7 @@ impl<S> Layer<S> for EdgeLayer {
             inner,
             calls: Arc::clone(&self.calls),
             request_timeout: self.request_timeout,
+            revisions: self.revisions.clone(),
         }
     }
 }
@@ -126,6 +170,25 @@ pub struct EdgeService<S> {
     inner: S,
     calls: Arc<Semaphore>,
     request_timeout: Duration,
+    revisions: Revisions,
+}
+
+/// `x-ipam-min-revision`: absent, a revision, or unusable.
+fn min_revision(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
+    match headers.get(MIN_REVISION) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .map(Some)
+            .ok_or(()),
+    }
+}
+
+/// How much of a call's deadline a wait for `x-ipam-min-revision` leaves to the call itself.
+fn wait_patience(deadline: Duration) -> Duration {
+    deadline.saturating_sub((deadline / 10).min(Duration::from_millis(100)))
 }
 
 /// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
@@ -223,9 +286,36 @@ where
             return Box::pin(async move { Ok(response) });
         };
         let deadline = grpc_timeout(request.headers()).map_or(self.request_timeout, |t| t.min(self.request_timeout));
+        // Only the service's own calls wait for a revision (not health checks or reflection).
+        let ours = request.uri().path().starts_with("/addressing.");
+        let Ok(wanted_revision) = min_revision(request.headers()).map(|wanted| wanted.filter(|_| ours)) else {
+            let response = error_response(
+                Reason::MalformedRequest,
+                "x-ipam-min-revision must be a revision number (an unsigned integer)",
+                request_id,
+            );
+            return Box::pin(async move { Ok(response) });
+        };
         let future = self.inner.call(request);
+        let revisions = self.revisions.clone();
         Box::pin(async move {
-            let Ok(response) = tokio::time::timeout(deadline, future).await else {
+            let started = tokio::time::Instant::now();
+            if let Some(wanted) = wanted_revision
+                && !revisions.reach(wanted, wait_patience(deadline)).await
+            {
+                let applied = revisions
+                    .current()
+                    .map_or("nothing yet".to_string(), |r| format!("revision {r}"));
+                return Ok(error_response(
+                    Reason::NotReady,
+                    &format!(
+                        "this server has applied {applied}, not yet revision {wanted} (x-ipam-min-revision), within the call's deadline; retry, or call another replica"
+                    ),
+                    request_id,
+                ));
+            }
+            let left = deadline.saturating_sub(started.elapsed());
+            let Ok(response) = tokio::time::timeout(left, future).await else {
                 return Ok(error_response(
                     Reason::DeadlineExceeded,
                     "the call's deadline passed before it finished; a change may still have been applied",
@@ -236,6 +326,9 @@ where
             drop(permit);
             remap_oversized(&mut response);
             response.headers_mut().insert(REQUEST_ID, request_id);
+            if let Some(revision) = revisions.current() {
+                response.headers_mut().insert(REVISION, HeaderValue::from(revision));
+            }
             Ok(response)
         })
     }

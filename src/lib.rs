@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod operations;
 pub mod pb;
 pub mod projection;
+pub mod replica;
 pub mod rest;
 pub mod rollout;
 pub mod server;

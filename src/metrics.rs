@@ -60,6 +60,8 @@ pub struct Metrics {
     pub watch_streams: Gauge,
     /// The writer's own, handed to the engine.
     pub writes: Arc<WriteMetrics>,
+    /// A replica's (see [`Metrics::replicated`]).
+    pub replica: Arc<ReplicaMetrics>,
     log_revision: Gauge,
     prefixes: Gauge,
     bindings: Gauge,
@@ -67,6 +69,25 @@ pub struct Metrics {
     rollout_oldest_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Read at scrape time for the state gauges; set once the projections are loaded.
     projections: Mutex<Option<Projections>>,
+}
+
+/// A replica's view of the replicated log (`--log-backend jetstream`; registered only then).
+#[derive(Default)]
+pub struct ReplicaMetrics {
+    /// The stream's last sequence, as last seen.
+    pub stream_sequence: Gauge,
+    /// The sequence of the last message this replica applied.
+    pub applied_sequence: Gauge,
+    /// Events in the stream this replica has not applied yet.
+    pub lag_events: Gauge,
+    /// How long the oldest message this replica has not applied has been in the stream.
+    pub lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Appends that lost the race to another replica's (each is decided again).
+    pub write_conflicts: Counter,
+    /// 1 while connected to NATS.
+    pub nats_connected: Gauge,
+    /// 1 while this replica holds the rollout's lease (runs the rollout).
+    pub rollout_lease_held: Gauge,
 }
 
 /// What the writer records about each group it commits.
@@ -83,6 +104,49 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics of a replica: [`new`](Self::new)'s and [`ReplicaMetrics`].
+    pub fn replicated() -> Metrics {
+        let mut metrics = Metrics::new();
+        let replica = &metrics.replica;
+        let registry = &mut metrics.registry;
+        registry.register(
+            "replica_stream_sequence",
+            "Last sequence of the replicated stream, as last seen",
+            replica.stream_sequence.clone(),
+        );
+        registry.register(
+            "replica_applied_sequence",
+            "Sequence of the last stream message this replica applied",
+            replica.applied_sequence.clone(),
+        );
+        registry.register(
+            "replica_lag_events",
+            "Events in the stream this replica has not applied yet",
+            replica.lag_events.clone(),
+        );
+        registry.register(
+            "replica_lag_seconds",
+            "Age of the oldest stream message this replica has not applied (0: caught up)",
+            replica.lag_seconds.clone(),
+        );
+        registry.register(
+            "replica_write_conflicts",
+            "Appends that lost the race to another replica's and were decided again",
+            replica.write_conflicts.clone(),
+        );
+        registry.register(
+            "replica_nats_connected",
+            "1 while connected to NATS",
+            replica.nats_connected.clone(),
+        );
+        registry.register(
+            "replica_rollout_lease_held",
+            "1 while this replica holds the rollout lease",
+            replica.rollout_lease_held.clone(),
+        );
+        metrics
+    }
+
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("ipam");
         let calls = Family::<CallLabels, Counter>::default();
@@ -170,6 +234,7 @@ impl Metrics {
                 fsync_seconds,
                 group_commands,
             }),
+            replica: Arc::default(),
             log_revision,
             prefixes,
             bindings,

@@ -92,22 +92,42 @@ async fn activate_due(engine: &Arc<Engine>, schedule: &mut Schedule, shutdown: &
     }
 }
 
-/// Runs the rollout until `shutdown` turns true.
-pub async fn run(engine: Arc<Engine>, delay: Duration, mut shutdown: watch::Receiver<bool>) {
+/// Runs the rollout until `shutdown` turns true. With `lease` (replicas), activates only while
+/// the lease is held; every replica keeps its schedule, so the next holder carries on at once.
+pub async fn run(
+    engine: Arc<Engine>,
+    delay: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut lease: Option<watch::Receiver<bool>>,
+) {
     // Subscribe before scanning, so no binding created in between is missed (a binding seen
     // twice is harmless: activation is idempotent).
     let mut feed = engine.subscribe();
     let mut schedule = Schedule::default();
     schedule.rescan(&engine, delay);
     loop {
-        activate_due(&engine, &mut schedule, &shutdown).await;
+        let holding = lease.as_ref().is_none_or(|lease| *lease.borrow());
+        if holding {
+            activate_due(&engine, &mut schedule, &shutdown).await;
+        }
         let sleep = match schedule.next_due() {
-            Some(due) => Duration::from_micros(due.0.saturating_sub(Micros::now().0).max(0) as u64),
-            None => Duration::from_secs(3600),
+            Some(due) if holding => Duration::from_micros(due.0.saturating_sub(Micros::now().0).max(0) as u64),
+            _ => Duration::from_secs(3600),
+        };
+        let lease_changed = async {
+            match lease.as_mut() {
+                Some(lease) => {
+                    if lease.changed().await.is_err() {
+                        std::future::pending::<()>().await
+                    }
+                }
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
             _ = shutdown.wait_for(|stopping| *stopping) => return,
             _ = tokio::time::sleep(sleep) => {}
+            _ = lease_changed => {}
             received = feed.recv() => match received {
                 Ok(group) => {
                     for event in group.iter() {

@@ -24,7 +24,7 @@ use crate::api::service_bindings::ServiceBindingsService;
 use crate::api::services::ServicesService;
 use crate::auth::layer::AuthLayer;
 use crate::auth::{Access, AuthMode};
-use crate::config::RolloutMode;
+use crate::config::{LogBackend, RolloutMode};
 use crate::engine::{Engine, StartError};
 use crate::log::{EventLog, LogError};
 use crate::metrics::{self, Metrics};
@@ -65,6 +65,8 @@ pub enum ServeError {
     Unauthenticated(std::net::SocketAddr),
     #[error("a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("replica: {0}")]
+    Replica(#[from] crate::replica::ReplicaError),
 }
 
 /// The names health reports on: the whole server ("") and each addressing.v1 service.
@@ -162,6 +164,31 @@ fn access_control(options: &ServerOptions, listeners: &[Option<&TcpListener>]) -
     Ok(access)
 }
 
+/// Connects a replica to the replicated stream and checks that its log is a prefix of it.
+async fn connect_replica(
+    options: &ServerOptions,
+    log: &EventLog,
+    metrics: &Metrics,
+) -> Result<Arc<crate::replica::Replica>, ServeError> {
+    let replica = crate::replica::Replica::connect(&options.nats, Arc::clone(&metrics.replica)).await?;
+    let reader = log.clone();
+    let (position, head) =
+        tokio::task::spawn_blocking(move || Ok::<_, LogError>((reader.stream_position()?, reader.head()?)))
+            .await?
+            .map_err(|source| ServeError::Open {
+                dir: options.data_dir.display().to_string(),
+                source,
+            })?;
+    replica.check_log(position, head).await?;
+    info!(
+        stream = replica.stream_name(),
+        applied_sequence = position.map_or(0, |position| position.sequence),
+        revision = head,
+        "replica: the log is on the replicated stream"
+    );
+    Ok(Arc::new(replica))
+}
+
 /// Serves until `shutdown` completes, then drains and returns.
 pub async fn serve(
     options: ServerOptions,
@@ -192,7 +219,12 @@ pub async fn serve(
     // drain delay, `stopping` (listener closed, watch streams ended, calls in flight finish).
     let (drain_sender, mut draining) = watch::channel(false);
     let (stop_sender, stop_receiver) = watch::channel(false);
-    let metrics = Arc::new(Metrics::new());
+    let replicated = options.log_backend == LogBackend::Jetstream;
+    let metrics = Arc::new(if replicated {
+        Metrics::replicated()
+    } else {
+        Metrics::new()
+    });
     let app = AppContext::new(stop_receiver.clone(), Arc::clone(&metrics), options.rollout);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -208,6 +240,7 @@ pub async fn serve(
     let max_bytes = options.max_message_bytes;
     // One cap on calls in flight for both surfaces.
     let calls = Arc::new(tokio::sync::Semaphore::new(options.max_concurrent_calls.max(1)));
+    let revisions = edge::Revisions::default();
     let mut server = Server::builder();
     if let Some(tls) = tls_config(&options)? {
         server = server.tls_config(tls)?;
@@ -219,7 +252,10 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(options.http2_keepalive_timeout))
         .layer(
             tower::ServiceBuilder::new()
-                .layer(edge::EdgeLayer::with_calls(Arc::clone(&calls), options.request_timeout))
+                .layer(
+                    edge::EdgeLayer::with_calls(Arc::clone(&calls), options.request_timeout)
+                        .with_revisions(revisions.clone()),
+                )
                 .layer(AuthLayer::new(Arc::clone(&access))),
         )
         .add_service(health_service)
@@ -259,9 +295,23 @@ pub async fn serve(
         let _ = drain_sender.send(true);
     });
 
+    let replica = match replicated {
+        true => match connect_replica(&options, &log, &metrics).await {
+            Ok(replica) => Some(replica),
+            Err(error) => {
+                let _ = stop_sender.send(true);
+                let _ = serving.await;
+                shutdown_requested.abort();
+                return Err(error);
+            }
+        },
+        false => None,
+    };
     let engine_metrics = Arc::clone(&metrics.writes);
     let snapshot_every = options.snapshot_every;
-    let loaded = tokio::task::spawn_blocking(move || Engine::start(log, engine_metrics, snapshot_every)).await?;
+    let engine_replica = replica.clone();
+    let loaded =
+        tokio::task::spawn_blocking(move || Engine::start(log, engine_metrics, snapshot_every, engine_replica)).await?;
     let engine = match loaded {
         Ok(engine) => Arc::new(engine),
         Err(error) => {
@@ -272,13 +322,39 @@ pub async fn serve(
         }
     };
     app.set_engine(Arc::clone(&engine));
+    revisions.set(engine.applied());
     metrics.set_projections(engine.projections().clone());
+    let mut lease = None;
+    if let Some(replica) = &replica {
+        tokio::spawn(crate::replica::status::measure(
+            Arc::clone(replica),
+            engine.applied(),
+            stop_receiver.clone(),
+        ));
+        if options.rollout == RolloutMode::Timer {
+            lease = Some(crate::replica::lease::hold(Arc::clone(replica), stop_receiver.clone()).await);
+        }
+        // SERVING only once this replica applied what the stream held at its start.
+        let started = std::time::Instant::now();
+        tokio::select! {
+            caught_up = engine.caught_up() => match caught_up {
+                Ok(()) => info!(
+                    revision = engine.applied().borrow().revision,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "caught up with the replicated log"
+                ),
+                Err(error) => warn!(%error, "cannot tell whether this replica caught up; serving what it has"),
+            },
+            _ = draining.wait_for(|draining| *draining) => {}
+        }
+    }
     // With an external provisioner nothing activates by itself.
     let rollout = (options.rollout == RolloutMode::Timer).then(|| {
         tokio::spawn(rollout::run(
             Arc::clone(&engine),
             options.provisioning_delay,
             stop_receiver.clone(),
+            lease,
         ))
     });
     if !*draining.borrow() {

@@ -91,6 +91,7 @@ pub async fn watch(
         )
     })?;
     let engine = Arc::clone(app.engine()?);
+    engine.catch_up_for(after).await;
     let building = Arc::clone(&engine);
     tokio::task::spawn_blocking(move || building.keep_route_history())
         .await

@@ -94,6 +94,9 @@ pub async fn open(
     }
     let filter = parse_filter(&request)?;
     let engine = Arc::clone(app.engine()?);
+    if let Some(after) = request.after_revision {
+        engine.catch_up_for(after).await;
+    }
     // Subscribe first, then read the head: every event after the head is in the feed.
     let feed = engine.subscribe();
     let head = {

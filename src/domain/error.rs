@@ -23,6 +23,8 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// The call's deadline passed before it finished (DEADLINE_EXCEEDED).
     DeadlineExceeded,
+    /// Lost a race with a concurrent change; retrying is safe (ABORTED).
+    Aborted,
     /// A bug or corruption on our side (INTERNAL).
     Internal,
     /// No usable credentials (UNAUTHENTICATED).
@@ -133,6 +135,9 @@ reasons! {
     /// The caller's grpc-timeout (or the server's request timeout) passed first. A change may
     /// still have been applied: read before retrying a create without a request_id.
     DeadlineExceeded = ("DEADLINE_EXCEEDED", 1303, DeadlineExceeded),
+    /// Replicas: the change lost the race to the stream against other replicas' appends too
+    /// many times in a row; nothing was changed, retry.
+    WriteConflict = ("WRITE_CONFLICT", 1304, Aborted),
     /// Access control is enforced and the call carries no credentials.
     CredentialsMissing = ("CREDENTIALS_MISSING", 1400, Unauthenticated),
     /// The credentials are unknown, expired, revoked or malformed (the answer never says which).

@@ -26,6 +26,7 @@ use crate::log::{CheckpointStatus, EventLog, LogError};
 use crate::metrics::WriteMetrics;
 use crate::projection::Projections;
 use crate::projection::route_history::{HISTORY_REVISIONS, RouteHistory};
+use crate::replica::{Replica, StreamGroup};
 use crate::telemetry;
 
 /// Commands waiting for the writer before callers wait to enqueue.
@@ -64,7 +65,17 @@ enum Job {
         trace: Option<(opentelemetry::Context, Instant)>,
         reply: oneshot::Sender<Result<Outcome, Error>>,
     },
+    /// A group of the replicated stream (or why the next one cannot be read), in stream order.
+    Replicated(Result<StreamGroup, String>),
     Stop,
+}
+
+/// What the projections hold: their head revision and, on a replica, the stream sequence of
+/// the last message applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub revision: u64,
+    pub sequence: u64,
 }
 
 /// The write side of the service: submit commands, read projections, follow commits.
@@ -77,13 +88,23 @@ pub struct Engine {
     marker: Mutex<Option<JoinHandle<()>>>,
     /// Held while the route history is being built (once).
     route_history_built: Mutex<()>,
+    applied: tokio::sync::watch::Receiver<Applied>,
+    /// A replica's stream and the task that tails it.
+    replica: Option<(Arc<Replica>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Engine {
     /// Rebuilds the projections from the log (from the snapshot when one is usable), then
     /// starts the writer, which takes a background snapshot every `snapshot_every` events.
     /// Blocking: call it from a blocking context.
-    pub fn start(log: EventLog, metrics: Arc<WriteMetrics>, snapshot_every: u64) -> Result<Engine, StartError> {
+    /// With `replica`, the log's truth is the replicated stream: the writer appends there
+    /// and a tail applies every group of the stream from the one after the log's position.
+    pub fn start(
+        log: EventLog,
+        metrics: Arc<WriteMetrics>,
+        snapshot_every: u64,
+        replica: Option<Arc<Replica>>,
+    ) -> Result<Engine, StartError> {
         let started = Instant::now();
         if let Err(error) = log.drop_legacy_snapshot() {
             warn!(%error, "cannot drop the snapshot an earlier version kept in sled");
@@ -115,6 +136,14 @@ impl Engine {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let (marks, marker) = checkpoint::spawn_marker(log.clone()).map_err(StartError::Thread)?;
+        let position = match &replica {
+            Some(_) => log.stream_position()?.unwrap_or_default(),
+            None => Default::default(),
+        };
+        let (applied_sender, applied) = tokio::sync::watch::channel(Applied {
+            revision: head,
+            sequence: position.sequence,
+        });
         let writer = writer::Writer::new(writer::WriterParts {
             queue,
             state: rebuilt.writer_state,
@@ -125,11 +154,25 @@ impl Engine {
             metrics,
             snapshots: checkpoint::Snapshots::new(rebuilt.snapshot_revision, snapshot_every),
             marks,
+            applied: applied_sender,
+            replica: replica.clone().map(|replica| (replica, position)),
         });
         let handle = std::thread::Builder::new()
             .name("ipam-writer".into())
             .spawn(move || writer.run())
             .map_err(StartError::Thread)?;
+        let replica = replica.map(|replica| {
+            let groups = jobs.clone();
+            let tail = tokio::runtime::Handle::current().spawn(crate::replica::tail(
+                Arc::clone(&replica),
+                position.sequence,
+                move |group| {
+                    let groups = groups.clone();
+                    async move { groups.send(Job::Replicated(group)).await.is_ok() }
+                },
+            ));
+            (replica, tail)
+        });
         Ok(Engine {
             jobs,
             projections,
@@ -138,7 +181,52 @@ impl Engine {
             writer: Mutex::new(Some(handle)),
             marker: Mutex::new(Some(marker)),
             route_history_built: Mutex::new(()),
+            applied,
+            replica,
         })
+    }
+
+    /// What the projections hold now.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<Applied> {
+        self.applied.clone()
+    }
+
+    /// The replicated stream, on a replica.
+    pub fn replica(&self) -> Option<&Arc<Replica>> {
+        self.replica.as_ref().map(|(replica, _)| replica)
+    }
+
+    /// Waits until the projections hold `revision` (at once when they do); false if the
+    /// engine stopped first. A caller bounds the wait with its deadline.
+    pub async fn applied_revision(&self, revision: u64) -> bool {
+        let mut applied = self.applied.clone();
+        applied.wait_for(|applied| applied.revision >= revision).await.is_ok()
+    }
+
+    /// Before a watch from `revision`: on a replica that has not applied it, waits until the
+    /// replica applied what the stream holds (a revision up to the stream's head is valid on
+    /// every replica). Without NATS, the replica's own head decides.
+    pub async fn catch_up_for(&self, revision: u64) {
+        if self.replica.is_some() && revision > self.applied.borrow().revision {
+            let _ = self.caught_up().await;
+        }
+    }
+
+    /// On a replica: waits until this replica applied everything the stream held when this
+    /// was called (reads the stream's last sequence from NATS). At once on a single node.
+    pub async fn caught_up(&self) -> Result<(), Error> {
+        let Some(replica) = self.replica() else { return Ok(()) };
+        let last = replica.last_sequence().await.map_err(|error| {
+            Error::new(
+                Reason::NotReady,
+                format!("cannot ask the replicated log for its head ({error}); retry"),
+            )
+        })?;
+        let mut applied = self.applied.clone();
+        match applied.wait_for(|applied| applied.sequence >= last).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(shutting_down()),
+        }
     }
 
     /// Runs a command through the writer; returns once its events are durable and visible to
@@ -237,6 +325,9 @@ impl Engine {
     /// commands fail with NOT_READY.
     pub async fn stop(&self) {
         let _ = self.jobs.send(Job::Stop).await;
+        if let Some((_, tail)) = &self.replica {
+            tail.abort();
+        }
         // The marker ends once the writer (which feeds it) has.
         let threads =
             [&self.writer, &self.marker].map(|thread| thread.lock().ok().and_then(|mut thread| thread.take()));

@@ -1,7 +1,10 @@
 //! The writer thread: takes the queued commands as one group, decides each against its own
 //! copy of the state, appends the group's events to the log with one fsync, applies them to
 //! the projections, publishes them and replies. A failed append rolls the group back: no one
-//! in it gets a success, and the log is recovered before the next append.
+//! in it gets a success, and the log is recovered before the next append. A replica's writer
+//! appends to the replicated stream instead ([`replicated`]).
+
+mod replicated;
 
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -11,7 +14,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use super::checkpoint::{MARK_EVERY, Mark, Snapshots};
-use super::{CommittedGroup, Job};
+use super::{Applied, CommittedGroup, Job};
+use crate::domain::state::Undo;
 use crate::domain::{Actor, Command, Error, Event, Micros, Outcome, Reason, State};
 use crate::log::{EventLog, LogError};
 use crate::metrics::WriteMetrics;
@@ -35,6 +39,10 @@ pub(super) struct WriterParts {
     pub metrics: Arc<WriteMetrics>,
     pub snapshots: Snapshots,
     pub marks: std_mpsc::Sender<Mark>,
+    /// What the projections hold, for callers waiting on a revision.
+    pub applied: tokio::sync::watch::Sender<Applied>,
+    /// A replica's stream, and where its log is in it.
+    pub replica: Option<(Arc<crate::replica::Replica>, crate::log::StreamPosition)>,
 }
 
 pub(super) struct Writer {
@@ -56,6 +64,8 @@ pub(super) struct Writer {
     marks: std_mpsc::Sender<Mark>,
     /// When the last head was sent to the marker (none yet: the first commit sends one).
     last_mark: Option<Instant>,
+    applied: tokio::sync::watch::Sender<Applied>,
+    replica: Option<(Arc<crate::replica::Replica>, crate::log::StreamPosition)>,
 }
 
 impl Writer {
@@ -73,10 +83,19 @@ impl Writer {
             runtime: tokio::runtime::Handle::try_current().ok(),
             marks: parts.marks,
             last_mark: None,
+            applied: parts.applied,
+            replica: parts.replica,
         }
     }
 
-    pub(super) fn run(mut self) {
+    pub(super) fn run(self) {
+        match self.replica.clone() {
+            Some((replica, position)) => self.run_replicated(replica, position),
+            None => self.run_alone(),
+        }
+    }
+
+    fn run_alone(mut self) {
         let mut stopping = false;
         while !stopping {
             let Some(first) = self.queue.blocking_recv() else { break };
@@ -100,13 +119,15 @@ impl Writer {
                         trace,
                     } => {
                         let deciding = trace.as_ref().map(|_| Instant::now());
-                        let result = self.decide(&command, &actor, &mut events);
+                        let result = self.decide(&command, &actor, &mut events, None);
                         replies.push((reply, result));
                         if let (Some((trace, queued)), Some(deciding)) = (trace, deciding) {
                             traced.push((trace, queued, (deciding, Instant::now())));
                         }
                     }
                     Job::Stop => stopping = true,
+                    // Only a replica's writer is sent the stream's groups.
+                    Job::Replicated(_) => {}
                 }
             }
             let n_commands = replies.len();
@@ -126,7 +147,15 @@ impl Writer {
         // Anything queued after Stop is refused: the receiver is dropped here.
     }
 
-    fn decide(&mut self, command: &Command, actor: &Arc<Actor>, events: &mut Vec<Event>) -> Result<Outcome, Error> {
+    /// Decides `command` against the writer's state and applies its events there (with what
+    /// takes each back out into `undos`, when given: a replica's group may lose its race).
+    fn decide(
+        &mut self,
+        command: &Command,
+        actor: &Arc<Actor>,
+        events: &mut Vec<Event>,
+        mut undos: Option<&mut Vec<Undo>>,
+    ) -> Result<Outcome, Error> {
         let now = Micros::now();
         let decision = self.state.decide(command, now)?;
         for change in decision.changes {
@@ -137,7 +166,10 @@ impl Writer {
                 actor: Some(Arc::clone(actor)),
             };
             self.next_revision += 1;
-            self.state.apply(&event);
+            match undos.as_deref_mut() {
+                Some(undos) => undos.push(self.state.apply_undoably(&event)),
+                None => self.state.apply(&event),
+            }
             events.push(event);
         }
         Ok(decision.outcome)
@@ -174,16 +206,33 @@ impl Writer {
                 }
             };
             appended = (started, Instant::now());
-            self.metrics.events_appended.inc_by(events.len() as u64);
-            if let Some(checksum) = last_checksum {
-                self.maybe_mark(checksum);
-            }
             let applying = Instant::now();
-            self.projections.apply(&events);
+            self.make_visible(events, last_checksum, 0);
             applied = (applying, Instant::now());
-            // No receivers is fine: nobody is watching.
-            let _ = self.feed.send(Arc::from(events));
         }
+        self.reply(replies);
+        self.snapshots
+            .after_commit(&self.state, self.next_revision - 1, &self.log);
+        (appended, applied)
+    }
+
+    /// After `events` are stored: has the marker record them (their last record has
+    /// `last_checksum`), applies them to the projections and publishes them to watchers and to
+    /// callers waiting on a revision (`sequence`: the stream's, for a replica).
+    fn make_visible(&mut self, events: Vec<Event>, last_checksum: Option<u32>, sequence: u64) {
+        self.metrics.events_appended.inc_by(events.len() as u64);
+        if let Some(checksum) = last_checksum {
+            self.maybe_mark(checksum);
+        }
+        self.projections.apply(&events);
+        let revision = events.last().map_or(0, |event| event.revision);
+        // No receivers is fine: nobody is watching.
+        let _ = self.feed.send(Arc::from(events));
+        self.applied.send_replace(Applied { revision, sequence });
+    }
+
+    /// Hands out a group's replies.
+    fn reply(&self, replies: Vec<Reply>) {
         let deliver = move || {
             for (reply, result) in replies {
                 // The caller may have gone away; its change is committed all the same.
@@ -197,9 +246,6 @@ impl Writer {
             Some(runtime) => drop(runtime.spawn(async move { deliver() })),
             None => deliver(),
         }
-        self.snapshots
-            .after_commit(&self.state, self.next_revision - 1, &self.log);
-        (appended, applied)
     }
 
     /// At most every [`MARK_EVERY`], has the marker record the durable head: the group's last

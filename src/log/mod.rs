@@ -45,6 +45,38 @@ const MARK_FILE: &str = "log.mark";
 /// Where data directories written before the snapshot moved to its own file kept it.
 const LEGACY_SNAPSHOTS_TREE: &str = "snapshots";
 
+/// The key, in sled's default tree, of a replica's [`StreamPosition`].
+const STREAM_POSITION_KEY: &[u8] = b"stream_position";
+
+/// A message of the replicated stream a replica's log stored: its stream sequence, the
+/// revision of its last event and the CRC-32 of its payload (to tell, at a start, that the
+/// stream still holds that very message).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub sequence: u64,
+    pub last_revision: u64,
+    pub checksum: u32,
+}
+
+impl StreamPosition {
+    fn encode(&self) -> [u8; 20] {
+        let mut bytes = [0; 20];
+        bytes[..8].copy_from_slice(&self.sequence.to_be_bytes());
+        bytes[8..16].copy_from_slice(&self.last_revision.to_be_bytes());
+        bytes[16..].copy_from_slice(&self.checksum.to_be_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<StreamPosition> {
+        let bytes: &[u8; 20] = bytes.try_into().ok()?;
+        Some(StreamPosition {
+            sequence: u64::from_be_bytes(bytes[..8].try_into().ok()?),
+            last_revision: u64::from_be_bytes(bytes[8..16].try_into().ok()?),
+            checksum: u32::from_be_bytes(bytes[16..].try_into().ok()?),
+        })
+    }
+}
+
 /// How long [`EventLog::recover`] waits for a closed database to release its directory lock
 /// (sled frees a dropped database's resources lazily).
 const REOPEN_PATIENCE: Duration = Duration::from_secs(2);
@@ -118,7 +150,8 @@ impl EventLog {
             };
             *self.handles.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reopened);
         }
-        self.write_durably(|events| {
+        self.write_durably(|handles| {
+            let events = &handles.events;
             let unacknowledged: Vec<sled::IVec> = events
                 .range((acknowledged + 1).to_be_bytes()..)
                 .keys()
@@ -132,10 +165,10 @@ impl EventLog {
 
     /// Runs `change` on the events tree and makes it durable. A storage failure closes the
     /// database (sled would fail every later call anyway): [`recover`](Self::recover) reopens it.
-    fn write_durably(&self, change: impl FnOnce(&sled::Tree) -> Result<(), LogError>) -> Result<(), LogError> {
+    fn write_durably(&self, change: impl FnOnce(&Handles) -> Result<(), LogError>) -> Result<(), LogError> {
         let written = self.faults.check().and_then(|()| {
             self.with(|handles| {
-                change(&handles.events)?;
+                change(handles)?;
                 handles.make_durable()
             })
         });
@@ -162,14 +195,44 @@ impl EventLog {
     /// Returns the checksum of the record that ends at the last event (what a length mark of
     /// that revision stores), `None` for no events.
     pub fn append(&self, events: &[Event]) -> Result<Option<u32>, LogError> {
+        self.append_at(events, None)
+    }
+
+    /// [`append`](Self::append) for a replica: `events` came from the replicated stream and
+    /// `position` (where they were in it) is stored with them, made durable by the same fsync.
+    /// sled writes in order, so after a crash the stored position is never ahead of the events
+    /// (it may be behind: the replica then skips the revisions it already has).
+    pub fn append_replicated(&self, events: &[Event], position: StreamPosition) -> Result<Option<u32>, LogError> {
+        self.append_at(events, Some(position))
+    }
+
+    fn append_at(&self, events: &[Event], position: Option<StreamPosition>) -> Result<Option<u32>, LogError> {
         let mut batch = sled::Batch::default();
         let mut last_checksum = None;
         for (last_revision, record) in codec::encode_runs(events) {
             last_checksum = codec::checksum(&record);
             batch.insert(&last_revision.to_be_bytes(), record);
         }
-        self.write_durably(|events| Ok(events.apply_batch(batch)?))?;
+        self.write_durably(|handles| {
+            handles.events.apply_batch(batch)?;
+            if let Some(position) = position {
+                handles.db.insert(STREAM_POSITION_KEY, &position.encode()[..])?;
+            }
+            Ok(())
+        })?;
         Ok(last_checksum)
+    }
+
+    /// Where this replica's log is in the replicated stream: the last message whose events
+    /// it stored; `None` for a log that never stored one (an empty log, or a single node's).
+    pub fn stream_position(&self) -> Result<Option<StreamPosition>, LogError> {
+        let stored = self.with(|handles| Ok(handles.db.get(STREAM_POSITION_KEY)?))?;
+        stored
+            .map(|bytes| {
+                StreamPosition::decode(&bytes)
+                    .ok_or_else(|| LogError::Damaged(format!("the stream position is {} bytes long", bytes.len())))
+            })
+            .transpose()
     }
 
     /// Removes every record and makes that durable. Only for [`tools::import`] undoing a

@@ -16,7 +16,7 @@ pub fn http_status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::InvalidArgument | ErrorKind::FailedPrecondition => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound | ErrorKind::UnknownRoute => StatusCode::NOT_FOUND,
-        ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+        ErrorKind::AlreadyExists | ErrorKind::Aborted => StatusCode::CONFLICT,
         ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -6,6 +6,7 @@ mod common;
 mod access;
 mod bindings;
 mod cli;
+mod cluster;
 mod crash;
 mod edge;
 mod lifecycle;

@@ -32,6 +32,18 @@ struct RememberedRequest {
     binding: Binding,
 }
 
+/// What takes one event back out of a state ([`State::undo`]).
+#[derive(Debug)]
+pub enum Undo {
+    /// Apply this change (the record as it was before, or its removal).
+    Apply(Change),
+    /// Remove a created binding and the request id it remembered (if it was the first use).
+    ForgetBinding {
+        binding: Binding,
+        request: Option<(AccountId, String)>,
+    },
+}
+
 /// One page of a list, in network order.
 #[derive(Debug)]
 pub struct Page<'a, T> {
@@ -87,6 +99,54 @@ impl State {
         }
         state.rebuild_indexes();
         Ok((state, head))
+    }
+
+    /// [`apply`](Self::apply), returning what takes the event back out again: a replica
+    /// decides a group ahead of the log and must forget it when another replica's append won
+    /// the race (cheaper than copying the whole state back).
+    pub fn apply_undoably(&mut self, event: &Event) -> Undo {
+        let undo = match &event.change {
+            Change::PrefixCreated(prefix) => Undo::Apply(Change::PrefixDeleted(prefix.clone())),
+            Change::PrefixUpdated(prefix) => match self.prefixes.get(&prefix.id) {
+                Some(before) => Undo::Apply(Change::PrefixUpdated(before.clone())),
+                None => Undo::Apply(Change::PrefixDeleted(prefix.clone())),
+            },
+            Change::PrefixDeleted(prefix) => Undo::Apply(Change::PrefixCreated(prefix.clone())),
+            Change::BindingCreated { binding, request_id } => Undo::ForgetBinding {
+                binding: binding.clone(),
+                request: (request_id.clone())
+                    .filter(|request_id| !self.requests.contains_key(&(binding.account_id, request_id.clone())))
+                    .map(|request_id| (binding.account_id, request_id)),
+            },
+            Change::BindingProvisioningStateChanged(binding) => match self.bindings.get(&binding.id) {
+                Some(before) => Undo::Apply(Change::BindingProvisioningStateChanged(before.clone())),
+                None => Undo::Apply(Change::BindingDeleted(binding.clone())),
+            },
+            Change::BindingDeleted(binding) => Undo::Apply(Change::BindingCreated {
+                binding: self.bindings.get(&binding.id).unwrap_or(binding).clone(),
+                request_id: None,
+            }),
+        };
+        self.apply(event);
+        undo
+    }
+
+    /// Takes back an event applied with [`apply_undoably`](Self::apply_undoably). Undos are
+    /// taken back in the reverse order of their events.
+    pub fn undo(&mut self, undo: Undo) {
+        let (change, forget) = match undo {
+            Undo::Apply(change) => (change, None),
+            Undo::ForgetBinding { binding, request } => (Change::BindingDeleted(binding), request),
+        };
+        self.apply(&Event {
+            revision: 0,
+            time: Micros(0),
+            change,
+            actor: None,
+        });
+        if let Some(request) = forget {
+            self.requests.remove(&request);
+        }
     }
 
     /// The records (by id), idempotency keys and counters.

@@ -497,3 +497,91 @@ fn a_replay_builds_the_state_that_applying_each_event_does() {
     );
     assert_eq!(view(&replayed).7, 2, "two bindings still provisioning");
 }
+
+/// Everything a state holds, in a comparable order.
+fn contents(state: &State) -> String {
+    let mut prefixes: Vec<_> = state.prefixes.values().map(|p| format!("{p:?}")).collect();
+    let mut bindings: Vec<_> = state.bindings.values().map(|b| format!("{b:?}")).collect();
+    let mut requests: Vec<_> = (state.requests.iter())
+        .map(|(key, remembered)| format!("{key:?}={:?}", remembered.binding))
+        .collect();
+    prefixes.sort();
+    bindings.sort();
+    requests.sort();
+    format!(
+        "{prefixes:?}\n{bindings:?}\n{requests:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+        state.prefixes_by_network, state.prefixes_by_account, state.bindings_by_prefix, state.provisioning
+    )
+}
+
+#[test]
+fn a_group_applied_undoably_is_taken_back_exactly() {
+    let mut world = World::new();
+    let owner = account();
+    let kept = world.prefix(owner, "192.0.2.0/24");
+    let root = world.bind(&kept, "192.0.2.0/24", Service::MagicTransit).unwrap();
+    let nested = world.bind(&kept, "192.0.2.8/29", Service::Cdn).unwrap();
+    let emptied = world.prefix(owner, "198.51.100.0/24");
+    let before = contents(&world.state);
+
+    let to_create = PrefixId::generate();
+    let group = [
+        Command::ActivateBinding { binding_id: root.id },
+        Command::DeleteBinding {
+            account_id: owner,
+            prefix_id: kept.id,
+            binding_id: nested.id,
+        },
+        Command::CreateBinding {
+            id: BindingId::generate(),
+            account_id: owner,
+            prefix_id: kept.id,
+            cidr: net("192.0.2.128/25"),
+            service: Service::Spectrum,
+            request_id: Some("once".into()),
+        },
+        Command::UpdatePrefix {
+            account_id: owner,
+            prefix_id: kept.id,
+            description: "changed".into(),
+        },
+        Command::DeletePrefix {
+            account_id: owner,
+            prefix_id: emptied.id,
+        },
+        Command::CreatePrefix {
+            id: to_create,
+            account_id: owner,
+            cidr: net("203.0.113.0/24"),
+            asn: Some(64500),
+            description: String::new(),
+        },
+        Command::CreateBinding {
+            id: BindingId::generate(),
+            account_id: owner,
+            prefix_id: to_create,
+            cidr: net("203.0.113.0/24"),
+            service: Service::MagicTransit,
+            request_id: Some("fresh".into()),
+        },
+    ];
+    let mut undos = Vec::new();
+    for command in &group {
+        let decision = world.state.decide(command, NOW).unwrap();
+        assert!(!decision.changes.is_empty(), "{command:?} changes something");
+        for change in decision.changes {
+            let event = Event {
+                revision: 0,
+                time: NOW,
+                change,
+                actor: None,
+            };
+            undos.push(world.state.apply_undoably(&event));
+        }
+    }
+    assert_ne!(contents(&world.state), before);
+    for undo in undos.into_iter().rev() {
+        world.state.undo(undo);
+    }
+    assert_eq!(contents(&world.state), before);
+}

@@ -72,13 +72,25 @@ pub fn encode_runs(events: &[Event]) -> Vec<(u64, Vec<u8>)> {
         run_bytes += stored_event.encoded_len();
         run.events.push(stored_event);
         if run_bytes >= RUN_BYTES || index + 1 == events.len() {
-            let count = u32::try_from(run.events.len()).expect("a run holds fewer than 2^32 events");
-            records.push((event.revision, seal(RUN, &count.to_le_bytes(), &run.encode_to_vec())));
+            records.push((event.revision, seal_run(&run)));
             run.events.clear();
             run_bytes = 0;
         }
     }
     records
+}
+
+/// `events` (consecutive revisions, at least one) as one run record, however large: a
+/// replicated group travels as one message ([`decode_run`] reads it back).
+pub fn encode_group(events: &[Event]) -> Vec<u8> {
+    seal_run(&stored::EventRun {
+        events: events.iter().map(to_stored).collect(),
+    })
+}
+
+fn seal_run(run: &stored::EventRun) -> Vec<u8> {
+    let count = u32::try_from(run.events.len()).expect("a run holds fewer than 2^32 events");
+    seal(RUN, &count.to_le_bytes(), &run.encode_to_vec())
 }
 
 /// How many events a log record holds, once its format and checksum are checked; the body is

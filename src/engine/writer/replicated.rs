@@ -1,0 +1,334 @@
+//! A replica's writer: the same decide -> append -> apply -> reply, with the append going to
+//! the replicated stream as one message per group, compare-and-set on the stream's sequence.
+//! The writer is also the only one that applies the stream's groups (its tail hands them in
+//! through the same queue), so the writer's state, the local log and the projections move
+//! together and always equal the stream up to [`StreamPosition`].
+//!
+//! A group is decided against the state at the stream position it was decided on and applied
+//! to the writer's state with undos. Then:
+//! - it landed: the local log stores it (with its position), the projections apply it, the
+//!   callers get their replies; the tail's copy of it is skipped later;
+//! - another replica's append came first (conflict): the group is undone, the writer waits for
+//!   the tail to bring what it missed, and decides the same commands again; a command that
+//!   lost [`MAX_CONFLICTS`] times in a row gets WRITE_CONFLICT;
+//! - no answer (NATS down, no quorum): the group is undone and its callers get
+//!   STORAGE_UNAVAILABLE. The message may still land: if it does, the tail brings it like any
+//!   other, and the writer's next append (decided against the old position) conflicts and
+//!   waits for it. Nothing is applied that is not in the stream, nothing twice.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{error, warn};
+
+use super::{Job, MAX_GROUP, Writer};
+use crate::domain::{Actor, Command, Error, Outcome, Reason};
+use crate::log::StreamPosition;
+use crate::replica::{Appended, Replica, StreamGroup};
+
+/// Races a command may lose in a row before it fails with WRITE_CONFLICT. Each round one of
+/// the replicas appending at once wins; with three, losing 32 in a row is ~(2/3)^32 = 2e-6.
+const MAX_CONFLICTS: u32 = 32;
+/// How often a writer with nothing to do looks whether a stored group waits for the disk.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+/// A command waiting for its group to land.
+struct Waiting {
+    command: Command,
+    actor: Arc<Actor>,
+    reply: oneshot::Sender<Result<Outcome, Error>>,
+    conflicts: u32,
+}
+
+impl Writer {
+    pub(super) fn run_replicated(mut self, replica: Arc<Replica>, position: StreamPosition) {
+        let mut run = Replicated {
+            replica,
+            position,
+            waiting: VecDeque::new(),
+            stopping: false,
+            diverged: None,
+            unstored: None,
+        };
+        run.replica.applied_sequence.store(position.sequence, Ordering::Release);
+        loop {
+            if run.waiting.is_empty() {
+                if run.stopping {
+                    break;
+                }
+                match self.receive(Some(IDLE_WAKE)) {
+                    Received::Job(job) => run.take(&mut self, job),
+                    Received::Nothing => {}
+                    Received::Closed => break,
+                }
+            }
+            while run.waiting.len() < MAX_GROUP
+                && let Ok(job) = self.queue.try_recv()
+            {
+                run.take(&mut self, job);
+            }
+            if let Some(group) = run.unstored.take() {
+                run.store(&mut self, group);
+            }
+            if let Some(why) = run.diverged.clone().or(run
+                .unstored
+                .as_ref()
+                .map(|_| "this replica cannot store the stream's events on its disk; retrying".to_string()))
+            {
+                for waiting in run.waiting.drain(..) {
+                    let _ = waiting
+                        .reply
+                        .send(Err(Error::new(Reason::StorageUnavailable, why.clone())));
+                }
+                if run.diverged.is_some() && !run.stopping {
+                    std::thread::sleep(IDLE_WAKE);
+                }
+                continue;
+            }
+            if !run.waiting.is_empty() {
+                run.append_group(&mut self);
+            }
+        }
+        self.snapshots.finish();
+    }
+
+    fn receive(&mut self, timeout: Option<Duration>) -> Received {
+        let Some(runtime) = self.runtime.clone() else {
+            return self.queue.blocking_recv().map_or(Received::Closed, Received::Job);
+        };
+        let received = match timeout {
+            // The timer is made inside the runtime (it needs its clock).
+            Some(timeout) => runtime.block_on(async { tokio::time::timeout(timeout, self.queue.recv()).await }),
+            None => Ok(self.queue.blocking_recv()),
+        };
+        match received {
+            Ok(Some(job)) => Received::Job(job),
+            Ok(None) => Received::Closed,
+            Err(_) => Received::Nothing,
+        }
+    }
+}
+
+enum Received {
+    Job(Job),
+    Nothing,
+    Closed,
+}
+
+/// The replicated writer's own state, next to the [`Writer`]'s.
+struct Replicated {
+    replica: Arc<Replica>,
+    /// The last stream message the log, the projections and the writer's state hold.
+    position: StreamPosition,
+    waiting: VecDeque<Waiting>,
+    stopping: bool,
+    /// The stream and this replica's log disagree: writes are refused with this.
+    diverged: Option<String>,
+    /// A group of the stream the local log failed to store, retried before anything else.
+    unstored: Option<StreamGroup>,
+}
+
+impl Replicated {
+    fn take(&mut self, writer: &mut Writer, job: Job) {
+        match job {
+            Job::Execute {
+                command, actor, reply, ..
+            } => self.waiting.push_back(Waiting {
+                command,
+                actor,
+                reply,
+                conflicts: 0,
+            }),
+            Job::Replicated(Ok(group)) => {
+                if self.unstored.is_some() || self.diverged.is_some() {
+                    // The tail is ahead of what can be stored; it will be read again after a restart.
+                    return;
+                }
+                self.store(writer, group)
+            }
+            Job::Replicated(Err(why)) => self.diverge(why),
+            Job::Stop => self.stopping = true,
+        }
+    }
+
+    fn diverge(&mut self, why: String) {
+        if self.diverged.is_none() {
+            error!(why, "this replica stops taking writes: its log and the stream disagree");
+            self.diverged = Some(format!(
+                "this replica's log and the stream disagree ({why}); it takes no writes until an operator looks"
+            ));
+        }
+    }
+
+    /// Stores and applies a group read from the stream, unless the log holds it already.
+    fn store(&mut self, writer: &mut Writer, group: StreamGroup) {
+        if group.position.sequence <= self.position.sequence {
+            return;
+        }
+        let head = writer.next_revision - 1;
+        if group.position.last_revision <= head {
+            // The stored position lags the events after a crash: these are here already.
+            self.position = group.position;
+            return;
+        }
+        if group.first_revision != head + 1 {
+            self.diverge(format!(
+                "the stream's message {} holds revisions {}-{}, but this replica's log ends at revision {head}",
+                group.position.sequence, group.first_revision, group.position.last_revision
+            ));
+            return;
+        }
+        let stored = writer
+            .recover_log()
+            .and_then(|()| writer.log.append_replicated(&group.events, group.position));
+        let last_checksum = match stored {
+            Ok(last_checksum) => last_checksum,
+            Err(error) => {
+                error!(%error, revision = group.first_revision, "storing the stream's events failed");
+                writer.log_needs_recovery = true;
+                self.unstored = Some(group);
+                return;
+            }
+        };
+        for event in &group.events {
+            writer.state.apply(event);
+        }
+        writer.next_revision = group.position.last_revision + 1;
+        self.advance(writer, group.position, group.events, last_checksum);
+    }
+
+    fn advance(
+        &mut self,
+        writer: &mut Writer,
+        position: StreamPosition,
+        events: Vec<crate::domain::Event>,
+        last_checksum: Option<u32>,
+    ) {
+        self.position = position;
+        self.replica
+            .applied_sequence
+            .store(position.sequence, Ordering::Release);
+        writer.make_visible(events, last_checksum, position.sequence);
+        writer
+            .snapshots
+            .after_commit(&writer.state, writer.next_revision - 1, &writer.log);
+    }
+
+    /// Decides the waiting commands as one group and appends it.
+    fn append_group(&mut self, writer: &mut Writer) {
+        let size = self.waiting.len().min(MAX_GROUP);
+        let group: Vec<Waiting> = self.waiting.drain(..size).collect();
+        let (mut events, mut undos) = (Vec::new(), Vec::new());
+        let started = Instant::now();
+        let results: Vec<Result<Outcome, Error>> = (group.iter())
+            .map(|waiting| writer.decide(&waiting.command, &waiting.actor, &mut events, Some(&mut undos)))
+            .collect();
+        if events.is_empty() {
+            let replies = group.into_iter().map(|waiting| waiting.reply).zip(results).collect();
+            writer.reply(replies);
+            return;
+        }
+        let append = self.replica.message(self.position.sequence, &events);
+        let appended = self.replica.append(&append);
+        writer.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        writer.metrics.group_commands.observe(group.len() as f64);
+        let failure = match appended {
+            Appended::Landed(sequence) => {
+                let position = append.position(sequence);
+                match writer
+                    .recover_log()
+                    .and_then(|()| writer.log.append_replicated(&events, position))
+                {
+                    Ok(last_checksum) => {
+                        self.advance(writer, position, events, last_checksum);
+                        let replies = group.into_iter().map(|waiting| waiting.reply).zip(results).collect();
+                        writer.reply(replies);
+                        return;
+                    }
+                    Err(error) => {
+                        // In the stream, not on this disk: the tail brings it back once the
+                        // disk takes it.
+                        error!(%error, revision = append.first_revision, "storing an appended group failed");
+                        writer.log_needs_recovery = true;
+                        self.undo(writer, undos);
+                        let unavailable = Error::new(
+                            Reason::StorageUnavailable,
+                            format!(
+                                "the change is in the replicated log but this replica could not store it ({error}); it will appear once the disk recovers: read before retrying"
+                            ),
+                        );
+                        for waiting in group {
+                            let _ = waiting.reply.send(Err(unavailable.clone()));
+                        }
+                        return;
+                    }
+                }
+            }
+            Appended::Conflict => None,
+            Appended::Unknown(cause) => Some(cause),
+        };
+        self.undo(writer, undos);
+        match failure {
+            Some(cause) => {
+                let unavailable = Error::new(
+                    Reason::StorageUnavailable,
+                    format!(
+                        "the replicated log did not acknowledge the change ({cause}); it may still appear: read before retrying"
+                    ),
+                );
+                for waiting in group {
+                    let _ = waiting.reply.send(Err(unavailable.clone()));
+                }
+            }
+            None => {
+                self.replica.metrics.write_conflicts.inc();
+                for mut waiting in group.into_iter().rev() {
+                    waiting.conflicts += 1;
+                    if waiting.conflicts >= MAX_CONFLICTS {
+                        let _ = waiting.reply.send(Err(Error::new(
+                            Reason::WriteConflict,
+                            format!(
+                                "the change lost the race to other replicas' changes {MAX_CONFLICTS} times in a row; nothing was changed, retry"
+                            ),
+                        )));
+                    } else {
+                        self.waiting.push_front(waiting);
+                    }
+                }
+                self.catch_up(writer, append.expected_sequence);
+            }
+        }
+    }
+
+    /// Takes back a group that did not land: the writer's state returns to the position's.
+    fn undo(&mut self, writer: &mut Writer, undos: Vec<crate::domain::state::Undo>) {
+        for undo in undos.into_iter().rev() {
+            writer.state.undo(undo);
+        }
+        writer.next_revision = writer.projections.read().head + 1;
+    }
+
+    /// After a conflict: takes in jobs until the tail brought a message after `sequence`
+    /// (the stream has one: another replica's), or the append timeout passed.
+    fn catch_up(&mut self, writer: &mut Writer, sequence: u64) {
+        let deadline = Instant::now() + self.replica.timeout();
+        while self.position.sequence <= sequence && self.diverged.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                warn!(
+                    sequence,
+                    "the stream moved on but its tail has not brought the message yet"
+                );
+                return;
+            }
+            match writer.receive(Some(left)) {
+                Received::Job(job) => self.take(writer, job),
+                Received::Nothing => {}
+                Received::Closed => return,
+            }
+        }
+    }
+}

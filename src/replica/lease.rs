@@ -1,0 +1,74 @@
+//! The rollout's lease: one replica at a time runs the built-in rollout, so activations are
+//! not sent N-fold. The lease is a key in a JetStream key-value bucket whose entries expire
+//! after [`LEASE_TTL`]: a replica takes it with `create` (only when absent), keeps it with
+//! `update` at its revision every third of the TTL, and lets it go at shutdown. A replica that
+//! loses NATS stops renewing and the key expires, so another takes over within the TTL.
+//!
+//! The lease only saves traffic; it is not what makes activation happen once. Two holders at
+//! once (a renewal that timed out but landed) still append one ACTIVATION per binding: an
+//! activation is decided against the stream's state and fenced by the append's
+//! compare-and-set, and an already ACTIVE binding appends nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::Replica;
+
+/// How long a lease lasts without renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(6);
+const KEY: &str = "rollout";
+
+/// Holds the rollout lease whenever it can, until `shutdown`; the receiver says whether this
+/// replica holds it.
+pub async fn hold(replica: Arc<Replica>, mut shutdown: watch::Receiver<bool>) -> watch::Receiver<bool> {
+    let (held_sender, held) = watch::channel(false);
+    tokio::spawn(async move {
+        let bucket = format!("{}_LEASES", replica.name);
+        let mut store = None;
+        let mut revision: Option<u64> = None;
+        let owner = bytes::Bytes::from(replica.writer_id.clone());
+        loop {
+            if store.is_none() {
+                let config = kv::Config {
+                    bucket: bucket.clone(),
+                    history: 1,
+                    max_age: LEASE_TTL,
+                    num_replicas: replica.replicas,
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    ..Default::default()
+                };
+                match replica.jetstream.create_key_value(config).await {
+                    Ok(created) => store = Some(created),
+                    Err(error) => warn!(%error, bucket, "cannot open the lease bucket; retrying"),
+                }
+            }
+            if let Some(store) = &store {
+                let renewed = match revision {
+                    Some(held_at) => store.update(KEY, owner.clone(), held_at).await.ok(),
+                    None => store.create(KEY, owner.clone()).await.ok(),
+                };
+                if renewed.is_some() != revision.is_some() {
+                    info!(held = renewed.is_some(), "rollout lease");
+                }
+                revision = renewed;
+            }
+            let holding = revision.is_some();
+            replica.metrics.rollout_lease_held.set(holding as i64);
+            held_sender.send_if_modified(|held| std::mem::replace(held, holding) != holding);
+            tokio::select! {
+                _ = shutdown.wait_for(|stopping| *stopping) => break,
+                _ = tokio::time::sleep(LEASE_TTL / 3) => {}
+            }
+        }
+        if let (Some(store), Some(_)) = (&store, revision) {
+            // Let another replica take over at once instead of after the TTL.
+            let _ = store.delete(KEY).await;
+        }
+        held_sender.send_replace(false);
+    });
+    held
+}

@@ -1,0 +1,82 @@
+//! The tail: an ordered consumer of the stream from the sequence after the replica's last
+//! applied message, handing each group to the writer in stream order. The ordered consumer
+//! recreates itself after a gap or a lost heartbeat; when it fails for good (NATS gone), the
+//! tail waits and starts a new one after the last group it delivered.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use futures_util::StreamExt;
+use tracing::warn;
+
+use super::{Replica, StreamGroup};
+
+/// How long the tail waits before it starts over after NATS failed it.
+const RESTART_AFTER: Duration = Duration::from_millis(500);
+
+/// Delivers every message after `after_sequence`, in order, decoded, to `deliver` (a message
+/// that does not decode is delivered as the reason, with its sequence). Ends when `deliver`
+/// returns false.
+pub async fn tail<F, Fut>(replica: Arc<Replica>, after_sequence: u64, mut deliver: F)
+where
+    F: FnMut(Result<StreamGroup, String>) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut delivered = after_sequence;
+    loop {
+        let consumer = replica
+            .stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: match delivered {
+                    0 => DeliverPolicy::All,
+                    sequence => DeliverPolicy::ByStartSequence {
+                        start_sequence: sequence + 1,
+                    },
+                },
+                ..Default::default()
+            })
+            .await;
+        let messages = match consumer {
+            Ok(consumer) => consumer.messages().await,
+            Err(error) => {
+                warn!(%error, after = delivered, "cannot create the stream's consumer; retrying");
+                tokio::time::sleep(RESTART_AFTER).await;
+                continue;
+            }
+        };
+        let mut messages = match messages {
+            Ok(messages) => messages,
+            Err(error) => {
+                warn!(%error, after = delivered, "cannot follow the stream; retrying");
+                tokio::time::sleep(RESTART_AFTER).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    warn!(%error, after = delivered, "following the stream failed; starting over");
+                    break;
+                }
+            };
+            let Ok(info) = message.info() else { continue };
+            let sequence = info.stream_sequence;
+            if sequence <= delivered {
+                continue;
+            }
+            let published = info.published;
+            let no_headers = async_nats::HeaderMap::new();
+            let headers = message.headers.as_ref().unwrap_or(&no_headers);
+            let group = StreamGroup::decode(sequence, headers, &message.payload, published)
+                .map_err(|why| format!("message {sequence} of the stream cannot be decoded: {why}"));
+            delivered = sequence;
+            if !deliver(group).await {
+                return;
+            }
+        }
+        tokio::time::sleep(RESTART_AFTER).await;
+    }
+}

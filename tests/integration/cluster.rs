@@ -1,0 +1,638 @@
+//! Replicas on a real three-node NATS JetStream cluster on loopback (`--log-backend
+//! jetstream`): writes on any replica, identical logs, read-your-writes across replicas,
+//! races, node and replica kills, NATS outages, unsafe streams.
+//!
+//! nats-server comes from `NATS_SERVER` or PATH (`.ci/install-nats-server` installs the pinned
+//! one). Without it these tests print that they were skipped and pass, unless
+//! `IPAM_REQUIRE_NATS=1` (set by `.ci/run`), which makes a missing server a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use ipam_bindings::config::LogBackend;
+use ipam_bindings::pb::api;
+use ipam_bindings::server::ServerOptions;
+use tonic::Code;
+
+use crate::common::*;
+
+/// The nats-server binary, or `None` (the test is skipped, loudly).
+fn nats_server() -> Option<PathBuf> {
+    let found = std::env::var_os("NATS_SERVER").map(PathBuf::from).or_else(|| {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("nats-server"))
+                .find(|candidate| candidate.is_file())
+        })
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("IPAM_REQUIRE_NATS").is_err(),
+            "IPAM_REQUIRE_NATS is set but no nats-server was found (NATS_SERVER or PATH)"
+        );
+        eprintln!(
+            "SKIPPED: no nats-server (set NATS_SERVER or run .ci/install-nats-server); the replica tests did not run"
+        );
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three nats-server processes clustered on loopback, each with JetStream fsyncing every write.
+struct NatsCluster {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    client_ports: Vec<u16>,
+    nodes: Vec<Option<Child>>,
+}
+
+impl NatsCluster {
+    async fn start(binary: PathBuf) -> NatsCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes = (cluster_ports.iter())
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for node in 0..3 {
+            let config = format!(
+                "server_name: n{node}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", sync_interval: always }}\ncluster {{ name: ipam, listen: 127.0.0.1:{}, routes: [{routes}] }}\n",
+                client_ports[node],
+                dir.path().join(format!("store{node}")).display(),
+                cluster_ports[node],
+            );
+            std::fs::write(dir.path().join(format!("n{node}.conf")), config).unwrap();
+        }
+        let mut cluster = NatsCluster {
+            binary,
+            dir,
+            client_ports,
+            nodes: Vec::new(),
+        };
+        cluster.nodes = (0..3).map(|node| Some(cluster.spawn(node))).collect();
+        cluster.wait_for_meta_leader().await;
+        cluster
+    }
+
+    fn spawn(&self, node: usize) -> Child {
+        Command::new(&self.binary)
+            .arg("-c")
+            .arg(self.dir.path().join(format!("n{node}.conf")))
+            .arg("--log")
+            .arg(self.dir.path().join(format!("n{node}.log")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Every node's URL, `first` first (a replica connects there and fails over to the rest).
+    fn urls(&self, first: usize) -> String {
+        (0..3)
+            .map(|offset| format!("nats://127.0.0.1:{}", self.client_ports[(first + offset) % 3]))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until JetStream answers (a meta leader was elected), instead of sleeping.
+    async fn wait_for_meta_leader(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(client) = self.connect().await {
+                let jetstream = async_nats::jetstream::new(client);
+                if jetstream.query_account().await.is_ok() {
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.dir.path().join("n0.log")).unwrap_or_default();
+                panic!("no JetStream meta leader in time; node 0's log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn connect(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
+        let urls: Vec<async_nats::ServerAddr> = self.urls(0).split(',').map(|url| url.parse().unwrap()).collect();
+        async_nats::connect(urls).await
+    }
+
+    async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.connect().await.unwrap())
+    }
+
+    /// The node that leads the stream `name`.
+    async fn stream_leader(&self, name: &str) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(mut stream) = self.jetstream().await.get_stream(name).await
+                && let Ok(info) = stream.info().await
+                && let Some(leader) = info.cluster.as_ref().and_then(|cluster| cluster.leader.clone())
+            {
+                return leader.trim_start_matches('n').parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "no leader for the stream");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.nodes[node].take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn restart(&mut self, node: usize) {
+        self.kill(node);
+        self.nodes[node] = Some(self.spawn(node));
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in 0..self.nodes.len() {
+            self.kill(node);
+        }
+    }
+}
+
+fn replica_options(dir: &Path, cluster: &NatsCluster, node: usize) -> ServerOptions {
+    let mut options = ServerOptions::new(dir.to_path_buf(), Duration::from_secs(3600));
+    options.log_backend = LogBackend::Jetstream;
+    options.nats.url = cluster.urls(node);
+    options.nats.timeout = Duration::from_secs(1);
+    options
+}
+
+/// Three replicas, replica i connected to node i first.
+struct Replicas {
+    servers: Vec<TestServer>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Replicas {
+    async fn start(cluster: &NatsCluster) -> Replicas {
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut servers = Vec::new();
+        for (node, dir) in dirs.iter().enumerate() {
+            servers.push(TestServer::start_with_options(replica_options(dir.path(), cluster, node)).await);
+        }
+        Replicas { servers, _dirs: dirs }
+    }
+}
+
+fn with_min_revision<T>(message: T, revision: u64) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-ipam-min-revision", revision.to_string().parse().unwrap());
+    request
+}
+
+fn revision_of<T>(response: &tonic::Response<T>) -> u64 {
+    response
+        .metadata()
+        .get("x-ipam-revision")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// What a replica holds for `account_id`, as of at least `revision`: every prefix with its
+/// bindings, in list order.
+async fn contents(server: &Api, account_id: &str, revision: u64) -> Vec<(api::Prefix, Vec<api::ServiceBinding>)> {
+    let listed = server
+        .prefixes()
+        .list_prefixes(with_min_revision(
+            api::ListPrefixesRequest {
+                account_id: account_id.into(),
+                page_size: 1000,
+                ..Default::default()
+            },
+            revision,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.next_page_token.is_empty());
+    let mut contents = Vec::new();
+    for prefix in listed.prefixes {
+        let bindings = server.list_all_bindings(&prefix, 1000).await;
+        contents.push((prefix, bindings));
+    }
+    contents
+}
+
+/// Every binding event a replica's watch replays from revision 0 up to `head`.
+async fn binding_events(server: &Api, head: u64) -> Vec<(u64, i32, String, String)> {
+    let mut stream = server
+        .bindings()
+        .watch_service_bindings(api::WatchServiceBindingsRequest {
+            after_revision: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events: Vec<(u64, i32, String, String)> = Vec::new();
+    while events.last().is_none_or(|(revision, ..)| *revision < head) {
+        let next = tokio::time::timeout(PATIENCE, stream.next()).await;
+        let Ok(Some(Ok(event))) = next else { break };
+        let binding = event.binding.unwrap_or_default();
+        events.push((
+            event.revision,
+            event.kind,
+            binding.id,
+            format!("{:?}", binding.provisioning),
+        ));
+        if event.revision >= head {
+            break;
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_on_one_replica_is_read_and_watched_on_the_others() {
+    let Some(nats) = nats_server() else { return };
+    let cluster = NatsCluster::start(nats).await;
+    let replicas = Replicas::start(&cluster).await;
+    let [a, b, c] = [&replicas.servers[0], &replicas.servers[1], &replicas.servers[2]];
+    let owner = account();
+
+    // B watches from the start; every binding change made through A reaches it in order.
+    let mut watch_on_b = b
+        .bindings()
+        .watch_service_bindings(api::WatchServiceBindingsRequest {
+            account_id: owner.clone(),
+            after_revision: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let created = a
+        .prefixes()
+        .create_prefix(api::CreatePrefixRequest {
+            account_id: owner.clone(),
+            cidr: "192.0.2.0/24".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let revision = revision_of(&created);
+    let prefix = created.into_inner();
+    assert_eq!(revision, 1, "revisions start at 1 on a fresh stream");
+    for replica in [b, c] {
+        let read = replica
+            .prefixes()
+            .get_prefix(with_min_revision(
+                api::GetPrefixRequest {
+                    account_id: owner.clone(),
+                    prefix_id: prefix.id.clone(),
+                },
+                revision,
+            ))
+            .await
+            .expect("read-your-writes with x-ipam-min-revision");
+        assert!(revision_of(&read) >= revision);
+        assert_eq!(read.into_inner(), prefix);
+    }
+
+    let mut written = vec![a.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await];
+    for host in 1..=20 {
+        written.push(a.bind(&prefix, &format!("192.0.2.{host}/32"), CDN).await);
+    }
+    for expected_revision in 2..=22u64 {
+        let event = tokio::time::timeout(PATIENCE, watch_on_b.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.revision, expected_revision, "in order, without gaps");
+        assert_eq!(event.binding.unwrap().id, written[(expected_revision - 2) as usize].id);
+    }
+
+    // A revision up to the stream's head is a valid watch start on every replica; beyond it
+    // is OUT_OF_RANGE.
+    let head = 22;
+    let from_head = c
+        .bindings()
+        .watch_service_bindings(api::WatchServiceBindingsRequest {
+            account_id: owner.clone(),
+            after_revision: Some(head),
+            ..Default::default()
+        })
+        .await;
+    assert!(from_head.is_ok(), "{from_head:?}");
+    let beyond = c
+        .bindings()
+        .watch_service_bindings(api::WatchServiceBindingsRequest {
+            account_id: owner.clone(),
+            after_revision: Some(head + 10),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(beyond.code(), Code::OutOfRange);
+
+    // A revision no replica has: NOT_READY once the call's deadline is near.
+    let mut request = with_min_revision(
+        api::GetPrefixRequest {
+            account_id: owner.clone(),
+            prefix_id: prefix.id.clone(),
+        },
+        head + 1000,
+    );
+    request.set_timeout(Duration::from_millis(300));
+    let not_yet = b.prefixes().get_prefix(request).await.unwrap_err();
+    assert_error(&not_yet, Code::Unavailable, "NOT_READY", 1301, None);
+
+    // The same contents everywhere.
+    let on_a = contents(a, &owner, head).await;
+    assert_eq!(on_a.len(), 1);
+    assert_eq!(on_a[0].1.len(), 21);
+    for replica in [b, c] {
+        assert_eq!(contents(replica, &owner, head).await, on_a);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racers_on_three_replicas_one_wins() {
+    let Some(nats) = nats_server() else { return };
+    let cluster = NatsCluster::start(nats).await;
+    let replicas = Replicas::start(&cluster).await;
+    let owner = account();
+    let prefix = replicas.servers[0].create_prefix(&owner, "198.51.100.0/24").await;
+    let revision = 1;
+    for server in &replicas.servers {
+        contents(server, &owner, revision).await;
+    }
+
+    // 64 racers over three replicas for the prefix's first binding: one wins.
+    let mut racers = tokio::task::JoinSet::new();
+    for racer in 0..64 {
+        let api = Api::new(replicas.servers[racer % 3].channel.clone());
+        let prefix = prefix.clone();
+        let service = [MAGIC_TRANSIT, CDN, SPECTRUM][racer % 3];
+        racers.spawn(async move { api.try_bind(&prefix, "198.51.100.0/24", service).await });
+    }
+    let results = racers.join_all().await;
+    let winners = results.iter().filter(|result| result.is_ok()).count();
+    assert_eq!(winners, 1, "{results:?}");
+    for loser in results.iter().filter_map(|result| result.as_ref().err()) {
+        assert_eq!(loser.code(), Code::AlreadyExists, "{loser:?}");
+    }
+
+    // Overlapping prefixes created on different replicas at once: one is accepted per round.
+    for round in 0..10 {
+        let mut racers = tokio::task::JoinSet::new();
+        for (index, cidr) in [
+            format!("10.{round}.0.0/16"),
+            format!("10.{round}.0.0/20"),
+            format!("10.{round}.1.0/24"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let api = Api::new(replicas.servers[index].channel.clone());
+            let owner = account();
+            racers.spawn(async move { api.try_create_prefix(&owner, &cidr).await });
+        }
+        let results = racers.join_all().await;
+        let accepted = results.iter().filter(|result| result.is_ok()).count();
+        assert_eq!(accepted, 1, "round {round}: {results:?}");
+        for refused in results.iter().filter_map(|result| result.as_ref().err()) {
+            assert_error(refused, Code::AlreadyExists, "PREFIX_OVERLAPS", 1100, Some("cidr"));
+        }
+    }
+}
+
+/// Writers spread over the replicas, each recording what was acknowledged.
+fn spawn_writers(
+    servers: &[&TestServer],
+    owner: &str,
+    per_writer: usize,
+    tag: u8,
+) -> tokio::task::JoinSet<Vec<(String, String)>> {
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..6u8 {
+        let api = Api::new(servers[writer as usize % servers.len()].channel.clone());
+        let owner = owner.to_string();
+        writers.spawn(async move {
+            let mut acknowledged = Vec::new();
+            for n in 0..per_writer {
+                let cidr = format!("{}.{writer}.{n}.0/24", 20 + tag);
+                if let Ok(prefix) = api.try_create_prefix(&owner, &cidr).await {
+                    acknowledged.push((prefix.id, cidr));
+                }
+            }
+            acknowledged
+        });
+    }
+    writers
+}
+
+/// Waits until every replica applied `head` and returns their contents, checked equal.
+async fn converged(servers: &[&TestServer], owner: &str, head: u64) -> Vec<(api::Prefix, Vec<api::ServiceBinding>)> {
+    let first = contents(servers[0], owner, head).await;
+    let events = binding_events(servers[0], head).await;
+    for server in &servers[1..] {
+        assert_eq!(contents(server, owner, head).await, first);
+        assert_eq!(binding_events(server, head).await, events);
+    }
+    first
+}
+
+async fn head_of(server: &TestServer) -> u64 {
+    let listed = server
+        .prefixes()
+        .list_prefixes(api::ListPrefixesRequest {
+            account_id: account(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    revision_of(&listed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_stream_leader_under_writes_loses_nothing() {
+    let Some(nats) = nats_server() else { return };
+    let mut cluster = NatsCluster::start(nats).await;
+    let replicas = Replicas::start(&cluster).await;
+    let servers: Vec<&TestServer> = replicas.servers.iter().collect();
+    let owner = account();
+    servers[0].create_prefix(&owner, "192.0.2.0/24").await;
+
+    let writers = spawn_writers(&servers, &owner, 60, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leader = cluster.stream_leader("IPAM_EVENTS").await;
+    cluster.kill(leader);
+    let acknowledged: Vec<(String, String)> = writers.join_all().await.into_iter().flatten().collect();
+    // Writes resume on the two nodes left (a new leader is elected).
+    let deadline = Instant::now() + PATIENCE;
+    let after = loop {
+        match servers[leader].try_create_prefix(&owner, "192.0.3.0/24").await {
+            Ok(prefix) => break prefix,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(Instant::now() < deadline, "writes did not resume: {status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    cluster.restart(leader);
+
+    let head = head_of(servers[leader]).await;
+    let contents = converged(&servers, &owner, head).await;
+    let held: std::collections::HashMap<String, String> = (contents.iter())
+        .map(|(prefix, _)| (prefix.id.clone(), prefix.cidr.clone()))
+        .collect();
+    for (id, cidr) in &acknowledged {
+        assert_eq!(held.get(id), Some(cidr), "an acknowledged write was lost");
+    }
+    assert!(held.contains_key(&after.id));
+    assert!(acknowledged.len() > 20, "writes went through: {}", acknowledged.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_replica_catches_up_and_the_others_go_on() {
+    let Some(nats) = nats_server() else { return };
+    let cluster = NatsCluster::start(nats).await;
+    let replicas = Replicas::start(&cluster).await;
+    let owner = account();
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.urls(2);
+    let args = [
+        "--log-backend",
+        "jetstream",
+        "--nats-url",
+        urls.as_str(),
+        "--provisioning-delay",
+        "1h",
+    ];
+    let mut killed = ServerProcess::start(dir.path(), &args, &[]).await;
+    let servers: Vec<&TestServer> = replicas.servers.iter().collect();
+
+    let writers = spawn_writers(&servers, &owner, 40, 2);
+    let on_killed = killed.api();
+    let mut written_there = Vec::new();
+    for n in 0..10 {
+        if let Ok(prefix) = on_killed.try_create_prefix(&owner, &format!("22.99.{n}.0/24")).await {
+            written_there.push(prefix.id);
+        }
+    }
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    let acknowledged: Vec<(String, String)> = writers.join_all().await.into_iter().flatten().collect();
+    assert!(acknowledged.len() > 100, "the others went on: {}", acknowledged.len());
+
+    let restarted = ServerProcess::start(dir.path(), &args, &[]).await;
+    let head = head_of(servers[0]).await;
+    let expected = converged(&servers, &owner, head).await;
+    let on_restarted = contents(&restarted.api(), &owner, head).await;
+    assert_eq!(on_restarted, expected, "the restarted replica caught up");
+    for id in written_there {
+        assert!(expected.iter().any(|(prefix, _)| prefix.id == id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_quorum_writes_fail_reads_go_on_and_writes_resume() {
+    let Some(nats) = nats_server() else { return };
+    let mut cluster = NatsCluster::start(nats).await;
+    let replicas = Replicas::start(&cluster).await;
+    let owner = account();
+    let server = &replicas.servers[0];
+    let prefix = server.create_prefix(&owner, "203.0.113.0/24").await;
+
+    cluster.kill(1);
+    cluster.kill(2);
+    let refused = server.try_create_prefix(&owner, "203.0.114.0/24").await.unwrap_err();
+    assert_error(&refused, Code::Unavailable, "STORAGE_UNAVAILABLE", 1300, None);
+    assert!(
+        refused.message().contains("did not acknowledge"),
+        "{}",
+        refused.message()
+    );
+    for replica in &replicas.servers {
+        let read = replica
+            .prefixes()
+            .get_prefix(api::GetPrefixRequest {
+                account_id: owner.clone(),
+                prefix_id: prefix.id.clone(),
+            })
+            .await
+            .expect("reads go on");
+        assert_eq!(read.into_inner(), prefix);
+    }
+
+    cluster.restart(1);
+    cluster.restart(2);
+    let deadline = Instant::now() + PATIENCE;
+    let created = loop {
+        match server.try_create_prefix(&owner, "203.0.115.0/24").await {
+            Ok(prefix) => break prefix,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(Instant::now() < deadline, "writes did not resume: {status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let head = head_of(server).await;
+    let servers: Vec<&TestServer> = replicas.servers.iter().collect();
+    let everywhere = converged(&servers, &owner, head).await;
+    assert!(everywhere.iter().any(|(prefix, _)| prefix.id == created.id));
+    // The refused create either never landed or, if NATS took it after all, landed once.
+    let refused_copies = (everywhere.iter())
+        .filter(|(prefix, _)| prefix.cidr == "203.0.114.0/24")
+        .count();
+    assert!(refused_copies <= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_could_lose_events_is_refused() {
+    let Some(nats) = nats_server() else { return };
+    let cluster = NatsCluster::start(nats).await;
+    cluster
+        .jetstream()
+        .await
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "IPAM_EVENTS".into(),
+            subjects: vec!["IPAM_EVENTS.events".into()],
+            max_age: Duration::from_secs(86_400),
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options = replica_options(dir.path(), &cluster, 0);
+    let (_shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let served = ipam_bindings::server::serve(options, listener, async move {
+        let _ = signal.await;
+    });
+    let error = tokio::time::timeout(PATIENCE, served).await.unwrap().unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("would lose data") && message.contains("size or age limit"),
+        "{message}"
+    );
+}
