@@ -361,6 +361,22 @@ pub async fn serve(
         set_health(&health_reporter, ServingStatus::Serving).await;
         info!("ready: health SERVING");
     }
+    if let Some(replica) = replica.clone() {
+        // A replica whose log disagrees with the stream stops serving (health NOT_SERVING).
+        let (reporter, mut stopping) = (health_reporter.clone(), stop_receiver.clone());
+        tokio::spawn(async move {
+            loop {
+                if replica.diverged.get().is_some() {
+                    set_health(&reporter, ServingStatus::NotServing).await;
+                    return;
+                }
+                tokio::select! {
+                    _ = stopping.wait_for(|stopping| *stopping) => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
 
     let _ = draining.wait_for(|draining| *draining).await;
     set_health(&health_reporter, ServingStatus::NotServing).await;

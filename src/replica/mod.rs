@@ -86,6 +86,8 @@ pub struct Replica {
     timeout: Duration,
     /// The sequence of the last message this replica's log stored (the writer keeps it).
     pub applied_sequence: AtomicU64,
+    /// Set (once) when this replica's log and the stream disagree: it stops serving.
+    pub diverged: std::sync::OnceLock<String>,
     pub metrics: Arc<ReplicaMetrics>,
 }
 
@@ -143,6 +145,7 @@ impl Replica {
             next_message: AtomicU64::new(1),
             timeout: options.timeout,
             applied_sequence: AtomicU64::new(0),
+            diverged: std::sync::OnceLock::new(),
             metrics,
         })
     }

@@ -32,7 +32,10 @@ fn nats_server() -> Option<PathBuf> {
             std::env::var("IPAM_REQUIRE_NATS").is_err(),
             "IPAM_REQUIRE_NATS is set but no nats-server was found (NATS_SERVER or PATH)"
         );
-        eprintln!(
+        // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED: no nats-server (set NATS_SERVER or run .ci/install-nats-server); the replica tests did not run"
         );
     }
@@ -178,17 +181,45 @@ fn replica_options(dir: &Path, cluster: &NatsCluster, node: usize) -> ServerOpti
 /// Three replicas, replica i connected to node i first.
 struct Replicas {
     servers: Vec<TestServer>,
-    _dirs: Vec<tempfile::TempDir>,
+    dirs: Vec<tempfile::TempDir>,
 }
 
 impl Replicas {
     async fn start(cluster: &NatsCluster) -> Replicas {
+        Replicas::start_with_delay(cluster, Duration::from_secs(3600)).await
+    }
+
+    async fn start_with_delay(cluster: &NatsCluster, provisioning_delay: Duration) -> Replicas {
         let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut servers = Vec::new();
         for (node, dir) in dirs.iter().enumerate() {
-            servers.push(TestServer::start_with_options(replica_options(dir.path(), cluster, node)).await);
+            let mut options = replica_options(dir.path(), cluster, node);
+            options.provisioning_delay = provisioning_delay;
+            servers.push(TestServer::start_with_options(options).await);
         }
-        Replicas { servers, _dirs: dirs }
+        Replicas { servers, dirs }
+    }
+
+    /// Stops every replica and exports each one's data directory with the offline tool.
+    async fn stop_and_export(mut self) -> Vec<String> {
+        let mut exports = Vec::new();
+        for (server, dir) in self.servers.iter_mut().zip(&self.dirs) {
+            server.stop().await.unwrap();
+            wait_until_unlocked(dir.path()).await;
+            let exported = Command::new(env!("CARGO_BIN_EXE_ipam-bindings"))
+                .arg("--data-dir")
+                .arg(dir.path())
+                .arg("export")
+                .output()
+                .unwrap();
+            assert!(
+                exported.status.success(),
+                "{}",
+                String::from_utf8_lossy(&exported.stderr)
+            );
+            exports.push(String::from_utf8(exported.stdout).unwrap());
+        }
+        exports
     }
 }
 
@@ -369,6 +400,11 @@ async fn a_write_on_one_replica_is_read_and_watched_on_the_others() {
     for replica in [b, c] {
         assert_eq!(contents(replica, &owner, head).await, on_a);
     }
+
+    // The offline export of every replica's data directory is the same.
+    let exports = replicas.stop_and_export().await;
+    assert_eq!(exports[0].lines().count(), head as usize);
+    assert!(exports.iter().all(|export| *export == exports[0]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -635,4 +671,92 @@ async fn a_stream_that_could_lose_events_is_refused() {
         message.contains("would lose data") && message.contains("size or age limit"),
         "{message}"
     );
+}
+
+/// Which replicas say they hold the rollout lease.
+async fn lease_holders(servers: &[&TestServer]) -> Vec<usize> {
+    let mut holders = Vec::new();
+    for (index, server) in servers.iter().enumerate() {
+        let metrics = scrape_metrics(server.metrics_address).await;
+        if metrics.get("ipam_replica_rollout_lease_held") == Some(&1.0) {
+            holders.push(index);
+        }
+    }
+    holders
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rollout_runs_on_one_replica_and_activates_each_binding_once() {
+    let Some(nats) = nats_server() else { return };
+    let cluster = NatsCluster::start(nats).await;
+    let mut replicas = Replicas::start_with_delay(&cluster, Duration::from_millis(200)).await;
+    let owner = account();
+    let prefix = replicas.servers[0].create_prefix(&owner, "192.0.2.0/24").await;
+    let mut bindings = vec![replicas.servers[0].bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await];
+    for host in 1..=15 {
+        let server = &replicas.servers[host % 3];
+        contents(server, &owner, 1).await;
+        bindings.push(server.bind(&prefix, &format!("192.0.2.{host}/32"), CDN).await);
+    }
+
+    let servers: Vec<&TestServer> = replicas.servers.iter().collect();
+    let deadline = Instant::now() + PATIENCE;
+    let holder = loop {
+        let holders = lease_holders(&servers).await;
+        assert!(holders.len() <= 1, "one lease holder at most: {holders:?}");
+        if let [holder] = holders[..] {
+            break holder;
+        }
+        assert!(Instant::now() < deadline, "no replica took the rollout lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let all_active = |listed: &[api::ServiceBinding]| {
+        listed.len() == bindings.len()
+            && listed.iter().all(|binding| {
+                binding
+                    .provisioning
+                    .is_some_and(|p| p.state == api::ProvisioningState::Active as i32)
+            })
+    };
+    loop {
+        if all_active(&servers[0].list_all_bindings(&prefix, 100).await) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rollout did not activate every binding");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let head = head_of(servers[0]).await;
+    let events = binding_events(servers[0], head).await;
+    for binding in &bindings {
+        let activations = (events.iter())
+            .filter(|(_, kind, id, _)| {
+                *kind == api::ServiceBindingEventKind::ProvisioningStateChanged as i32 && *id == binding.id
+            })
+            .count();
+        assert_eq!(activations, 1, "one activation for {}", binding.cidr);
+    }
+    converged(&servers, &owner, head).await;
+
+    // The holder stops (and lets the lease go): another replica takes over the rollout.
+    replicas.servers[holder].stop().await.unwrap();
+    let others: Vec<&TestServer> = (replicas.servers.iter().enumerate())
+        .filter(|(index, _)| *index != holder)
+        .map(|(_, server)| server)
+        .collect();
+    let later = others[0].bind(&prefix, "192.0.2.100/32", SPECTRUM).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = others[1].list_all_bindings(&prefix, 100).await;
+        let activated = now.iter().any(|binding| {
+            binding.id == later.id
+                && binding
+                    .provisioning
+                    .is_some_and(|p| p.state == api::ProvisioningState::Active as i32)
+        });
+        if activated {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no replica took the rollout over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

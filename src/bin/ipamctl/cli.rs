@@ -48,6 +48,10 @@ pub struct GlobalArgs {
     /// to find the calls in a tracing UI (servers with --otlp-endpoint).
     #[arg(long, global = true)]
     pub trace: bool,
+    /// Replicas: answer only once the server applied this revision (as `x-ipam-revision`
+    /// reported it on an earlier reply, from any replica): reads see that write.
+    #[arg(long, global = true, env = "IPAM_MIN_REVISION")]
+    pub min_revision: Option<u64>,
     /// table (for people) or json (one object per line, for scripts).
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub output: Format,

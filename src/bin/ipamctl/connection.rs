@@ -52,11 +52,13 @@ impl TlsArgs {
 /// A connection to the server whose calls carry the caller's token and trace.
 pub type Transport = InterceptedService<Channel, CallHeaders>;
 
-/// Adds `authorization: Bearer <token>` and a W3C `traceparent` to every call, when given.
+/// Adds `authorization: Bearer <token>`, a W3C `traceparent` and `x-ipam-min-revision` to
+/// every call, when given.
 #[derive(Clone)]
 pub struct CallHeaders {
     bearer: Option<MetadataValue<Ascii>>,
     traceparent: Option<MetadataValue<Ascii>>,
+    min_revision: Option<MetadataValue<Ascii>>,
 }
 
 impl Interceptor for CallHeaders {
@@ -66,6 +68,9 @@ impl Interceptor for CallHeaders {
         }
         if let Some(value) = &self.traceparent {
             request.metadata_mut().insert("traceparent", value.clone());
+        }
+        if let Some(value) = &self.min_revision {
+            request.metadata_mut().insert("x-ipam-min-revision", value.clone());
         }
         Ok(request)
     }
@@ -87,6 +92,8 @@ pub struct Connection {
     pub token: Option<String>,
     /// The `traceparent` every call carries (`--trace`).
     pub traceparent: Option<String>,
+    /// The `x-ipam-min-revision` every call carries (`--min-revision`).
+    pub min_revision: Option<u64>,
 }
 
 impl Connection {
@@ -124,7 +131,15 @@ impl Connection {
             .await
             .map_err(|error| explain_connect_error(&url, tls.is_some(), &error))?;
         let traceparent = self.traceparent.as_deref().and_then(|value| value.parse().ok());
-        Ok(InterceptedService::new(channel, CallHeaders { bearer, traceparent }))
+        let min_revision = self.min_revision.map(MetadataValue::from);
+        Ok(InterceptedService::new(
+            channel,
+            CallHeaders {
+                bearer,
+                traceparent,
+                min_revision,
+            },
+        ))
     }
 }
 
@@ -217,6 +232,7 @@ mod tests {
             tls,
             token: None,
             traceparent: None,
+            min_revision: None,
         }
         .url()
     }

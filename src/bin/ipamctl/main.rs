@@ -54,6 +54,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         server: cli.global.server.clone(),
         tls: cli.tls.clone(),
         token: cli.global.token.clone(),
+        min_revision: cli.global.min_revision,
         traceparent: cli.global.trace.then(|| {
             let (traceparent, trace_id) = connection::new_traceparent();
             eprintln!("trace id: {trace_id}");

@@ -156,7 +156,8 @@ impl Replicated {
 
     fn diverge(&mut self, why: String) {
         if self.diverged.is_none() {
-            error!(why, "this replica stops taking writes: its log and the stream disagree");
+            error!(why, "this replica stops serving: its log and the stream disagree");
+            let _ = self.replica.diverged.set(why.clone());
             self.diverged = Some(format!(
                 "this replica's log and the stream disagree ({why}); it takes no writes until an operator looks"
             ));
