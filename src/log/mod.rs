@@ -166,9 +166,17 @@ impl EventLog {
     /// Runs `change` on the events tree and makes it durable. A storage failure closes the
     /// database (sled would fail every later call anyway): [`recover`](Self::recover) reopens it.
     fn write_durably(&self, change: impl FnOnce(&Handles) -> Result<(), LogError>) -> Result<(), LogError> {
+        self.write(true, change)
+    }
+
+    /// [`write_durably`](Self::write_durably), or only handed to sled when not `durable`.
+    fn write(&self, durable: bool, change: impl FnOnce(&Handles) -> Result<(), LogError>) -> Result<(), LogError> {
         let written = self.faults.check().and_then(|()| {
             self.with(|handles| {
                 change(handles)?;
+                if !durable {
+                    return Ok(());
+                }
                 handles.make_durable()
             })
         });
@@ -199,9 +207,13 @@ impl EventLog {
     }
 
     /// [`append`](Self::append) for a replica: `events` came from the replicated stream and
-    /// `position` (where they were in it) is stored with them, made durable by the same fsync.
-    /// sled writes in order, so after a crash the stored position is never ahead of the events
-    /// (it may be behind: the replica then skips the revisions it already has).
+    /// `position` (where they were in it) is stored with them. Not fsynced here: the stream
+    /// (a quorum of its nodes) is what makes them durable, and a replica that lost its last
+    /// writes in a crash reads them from the stream again. What a checkpoint refers to is made
+    /// durable before the checkpoint ([`save_mark`](Self::save_mark),
+    /// [`save_snapshot`](Self::save_snapshot), a stop). sled keeps writes in order, so after a
+    /// crash the stored position is never ahead of the events (it may be behind: the replica
+    /// then skips the revisions it already has).
     pub fn append_replicated(&self, events: &[Event], position: StreamPosition) -> Result<Option<u32>, LogError> {
         self.append_at(events, Some(position))
     }
@@ -213,7 +225,7 @@ impl EventLog {
             last_checksum = codec::checksum(&record);
             batch.insert(&last_revision.to_be_bytes(), record);
         }
-        self.write_durably(|handles| {
+        self.write(position.is_none(), |handles| {
             handles.events.apply_batch(batch)?;
             if let Some(position) = position {
                 handles.db.insert(STREAM_POSITION_KEY, &position.encode()[..])?;

@@ -60,6 +60,9 @@ pub enum ReplicaError {
     },
 }
 
+/// How long a start waits for JetStream to answer (a cluster electing its leaders).
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+
 /// What became of an append.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Appended {
@@ -73,7 +76,8 @@ pub enum Appended {
 
 /// A connection to the replicated stream.
 pub struct Replica {
-    runtime: tokio::runtime::Handle,
+    /// The runtime the writer thread blocks on for its appends and reads.
+    pub(crate) runtime: tokio::runtime::Handle,
     client: async_nats::Client,
     jetstream: jetstream::Context,
     stream: stream::Stream,
@@ -131,7 +135,18 @@ impl Replica {
         let name = options.stream.clone();
         let subject = format!("{name}.events");
         let replicas = options.replicas as usize;
-        let stream = open_stream(&jetstream, &name, &subject, replicas).await?;
+        // A cluster that is starting (no JetStream leader yet) does not answer: wait for it.
+        let patience = Instant::now() + STARTUP_PATIENCE;
+        let stream = loop {
+            match open_stream(&jetstream, &name, &subject, replicas).await {
+                Ok(stream) => break stream,
+                Err(ReplicaError::JetStream(why)) if Instant::now() < patience => {
+                    warn!(why, "JetStream is not answering yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         metrics.nats_connected.set(1);
         Ok(Replica {
             runtime: tokio::runtime::Handle::current(),

@@ -13,6 +13,8 @@ use tracing::warn;
 
 use super::{Replica, StreamGroup};
 
+/// How long the tail waits for a message before it asks whether the stream moved on without it.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 /// How long the tail waits before it starts over after NATS failed it.
 const RESTART_AFTER: Duration = Duration::from_millis(500);
 
@@ -54,13 +56,23 @@ where
                 continue;
             }
         };
-        while let Some(message) = messages.next().await {
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
+        loop {
+            let message = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(error))) => {
                     warn!(%error, after = delivered, "following the stream failed; starting over");
                     break;
                 }
+                Ok(None) => break,
+                // Quiet: fine if the stream is, not if it moved on (a consumer lost with its
+                // node that has not noticed yet).
+                Err(_) => match replica.last_sequence().await {
+                    Ok(last) if last > delivered => {
+                        warn!(after = delivered, last, "the stream's consumer stalled; starting over");
+                        break;
+                    }
+                    _ => continue,
+                },
             };
             let Ok(info) = message.info() else { continue };
             let sequence = info.stream_sequence;

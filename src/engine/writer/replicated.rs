@@ -32,6 +32,9 @@ use crate::replica::{Appended, Replica, StreamGroup};
 /// Races a command may lose in a row before it fails with WRITE_CONFLICT. Each round one of
 /// the replicas appending at once wins; with three, losing 32 in a row is ~(2/3)^32 = 2e-6.
 const MAX_CONFLICTS: u32 = 32;
+/// How long a writer that lost a race waits for the tail to bring the winning message
+/// before reading it from the stream itself.
+const TAIL_PATIENCE: Duration = Duration::from_millis(50);
 /// How often a writer with nothing to do looks whether a stored group waits for the disk.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
@@ -40,7 +43,9 @@ struct Waiting {
     command: Command,
     actor: Arc<Actor>,
     reply: oneshot::Sender<Result<Outcome, Error>>,
+    /// Races lost in a row.
     conflicts: u32,
+    queued: Instant,
 }
 
 impl Writer {
@@ -141,6 +146,7 @@ impl Replicated {
                 actor,
                 reply,
                 conflicts: 0,
+                queued: Instant::now(),
             }),
             Job::Replicated(Ok(group)) => {
                 if self.unstored.is_some() || self.diverged.is_some() {
@@ -286,20 +292,43 @@ impl Replicated {
             }
             None => {
                 self.replica.metrics.write_conflicts.inc();
+                // A race is lost only once the winner is seen; a stream that cannot be read
+                // (a leader change) is waited for, up to the append's own patience.
+                let lost = self.catch_up(writer, append.expected_sequence);
+                if group.iter().any(|waiting| waiting.conflicts == 8) {
+                    warn!(
+                        expected = append.expected_sequence,
+                        now_at = self.position.sequence,
+                        lost,
+                        "commands keep losing races"
+                    );
+                }
+                if !lost {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let patience = 2 * self.replica.timeout();
                 for mut waiting in group.into_iter().rev() {
-                    waiting.conflicts += 1;
-                    if waiting.conflicts >= MAX_CONFLICTS {
-                        let _ = waiting.reply.send(Err(Error::new(
+                    waiting.conflicts += u32::from(lost);
+                    let refusal = if waiting.conflicts >= MAX_CONFLICTS {
+                        Some(Error::new(
                             Reason::WriteConflict,
                             format!(
                                 "the change lost the race to other replicas' changes {MAX_CONFLICTS} times in a row; nothing was changed, retry"
                             ),
-                        )));
+                        ))
+                    } else if !lost && waiting.queued.elapsed() > patience {
+                        Some(Error::new(
+                            Reason::StorageUnavailable,
+                            "the replicated log moved on but cannot be read to decide the change again; nothing was changed, retry later",
+                        ))
                     } else {
-                        self.waiting.push_front(waiting);
+                        None
+                    };
+                    match refusal {
+                        Some(error) => drop(waiting.reply.send(Err(error))),
+                        None => self.waiting.push_front(waiting),
                     }
                 }
-                self.catch_up(writer, append.expected_sequence);
             }
         }
     }
@@ -312,24 +341,39 @@ impl Replicated {
         writer.next_revision = writer.projections.read().head + 1;
     }
 
-    /// After a conflict: takes in jobs until the tail brought a message after `sequence`
-    /// (the stream has one: another replica's), or the append timeout passed.
-    fn catch_up(&mut self, writer: &mut Writer, sequence: u64) {
-        let deadline = Instant::now() + self.replica.timeout();
+    /// After a conflict: brings this replica up to (at least) the message that won, so that
+    /// the commands are decided again against it. The tail usually brings it within a
+    /// moment (it is pushed as soon as it is committed); if it has not within
+    /// [`TAIL_PATIENCE`] (the tail resuming after a leader change), the missing messages are
+    /// read from the stream directly (what the tail brings later is skipped).
+    /// Returns whether it got past `sequence` (the winner is applied).
+    fn catch_up(&mut self, writer: &mut Writer, sequence: u64) -> bool {
+        let deadline = Instant::now() + TAIL_PATIENCE;
         while self.position.sequence <= sequence && self.diverged.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                warn!(
-                    sequence,
-                    "the stream moved on but its tail has not brought the message yet"
-                );
-                return;
+                break;
             }
             match writer.receive(Some(left)) {
                 Received::Job(job) => self.take(writer, job),
                 Received::Nothing => {}
-                Received::Closed => return,
+                Received::Closed => return false,
             }
         }
+        // Read directly: to the stream's head, not only past the winner, so that the next
+        // decision is not already stale.
+        let direct = self.position.sequence <= sequence;
+        while direct && self.diverged.is_none() && self.unstored.is_none() {
+            let next = self.position.sequence + 1;
+            match self.replica.runtime.block_on(self.replica.group_at(next)) {
+                Ok(Some(group)) => self.store(writer, group),
+                Ok(None) => break,
+                Err(error) => {
+                    warn!(%error, next, "cannot read the stream after a conflict; deciding again with what the tail brings");
+                    break;
+                }
+            }
+        }
+        self.position.sequence > sequence
     }
 }

@@ -23,7 +23,8 @@ use workload::Workload;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
-    /// health, lookup, lookup-batch, create, mixed, watch or load.
+    /// health, lookup, lookup-batch, create, mixed, watch, load, or etcd-put (durable puts to
+    /// an etcd cluster at --server, the anchor for creates).
     #[arg(default_value = "health")]
     pub scenario: String,
     /// Run these scenarios alternately (e.g. health,lookup) and print throughput ratios.
@@ -177,10 +178,15 @@ fn print_ratios(scenarios: &[String], results: &[RunResult], json: bool) {
     }
 }
 
+/// `n` connections; with several servers (`--server a,b,c`: replicas), spread over them in
+/// turn (workers are spread over connections, so over the servers too).
 pub async fn open_channels(connection: &Connection, n: usize) -> Result<Vec<Transport>, String> {
+    let servers: Vec<&str> = connection.server.split(',').map(str::trim).collect();
     let mut channels = Vec::new();
-    for _ in 0..n.max(1) {
-        channels.push(connection.connect().await?);
+    for index in 0..n.max(servers.len()) {
+        let mut server = connection.clone();
+        server.server = servers[index % servers.len()].to_string();
+        channels.push(server.connect().await?);
     }
     Ok(channels)
 }

@@ -23,6 +23,8 @@ pub struct Clients {
     health: HealthClient<Transport>,
     routing: RoutingClient<Transport>,
     bindings: ServiceBindingsClient<Transport>,
+    /// For etcd's KV service (the etcd-put anchor).
+    raw: tonic::client::Grpc<Transport>,
 }
 
 impl Clients {
@@ -30,9 +32,41 @@ impl Clients {
         Clients {
             health: HealthClient::new(channel.clone()),
             routing: RoutingClient::new(channel.clone()),
-            bindings: ServiceBindingsClient::new(channel),
+            bindings: ServiceBindingsClient::new(channel.clone()),
+            raw: tonic::client::Grpc::new(channel),
         }
     }
+}
+
+/// etcd's `etcdserverpb.PutRequest`, its first two fields (key, value): all a put needs.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EtcdPutRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// etcd's `PutResponse`, unread.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EtcdPutResponse {}
+
+/// One durable put of a fresh key with a 256-byte value to etcd (`--server` is etcd's client
+/// URL): the side-by-side anchor for durable creates, driven by the same client.
+async fn etcd_put(clients: &mut Clients, worker: usize, sequence: u64) -> Result<u64, Code> {
+    clients.raw.ready().await.map_err(|_| Code::Unavailable)?;
+    let request = EtcdPutRequest {
+        key: format!("/ipam-bench/{worker}/{sequence}").into_bytes(),
+        value: vec![b'x'; 256],
+    };
+    let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put");
+    let codec = tonic_prost::ProstCodec::<EtcdPutRequest, EtcdPutResponse>::default();
+    clients
+        .raw
+        .unary(tonic::Request::new(request), path, codec)
+        .await
+        .map(|_| 1)
+        .map_err(|status| status.code())
 }
 
 /// Where durable creates go: /16 prefixes with a prefix-wide binding, filled with /32s.
@@ -86,6 +120,8 @@ pub enum Workload {
         targets: Arc<CreateTargets>,
         read_ratio: f64,
     },
+    /// etcd puts (the server is an etcd cluster).
+    EtcdPut,
     /// A scenario that did all its work while preparing (load).
     Done,
 }
@@ -101,6 +137,7 @@ impl Workload {
                 addresses: lookup_fixture(channels, args).await?,
                 batch: args.batch.max(1),
             }),
+            "etcd-put" => Ok(Workload::EtcdPut),
             "create" => Ok(Workload::Create {
                 targets: Arc::new(create_fixture(channels).await?),
             }),
@@ -120,7 +157,7 @@ impl Workload {
                 Ok(Workload::Done)
             }
             other => Err(format!(
-                "unknown scenario {other:?}: use health, lookup, lookup-batch, create, mixed, watch or load"
+                "unknown scenario {other:?}: use health, lookup, lookup-batch, create, mixed, watch, load or etcd-put"
             )),
         }
     }
@@ -167,6 +204,7 @@ impl Workload {
                     create_one(clients, targets).await
                 }
             }
+            Workload::EtcdPut => etcd_put(clients, worker, sequence).await,
             Workload::Done => Ok(0),
         }
     }
@@ -271,10 +309,38 @@ pub async fn create_fixture(channels: &[Transport]) -> Result<CreateTargets, Str
     if prefixes.is_empty() {
         return Err("10.0.0.0/8 is full on this server: use a fresh data dir".into());
     }
+    // With several replicas (--server a,b,c), each must hold the targets before creates start.
+    if let Some(last) = prefixes.last() {
+        for channel in &channels[1..] {
+            wait_until_listed(channel, last).await?;
+        }
+    }
     Ok(CreateTargets {
         prefixes,
         next: AtomicU64::new(0),
     })
+}
+
+/// Waits until the server behind `channel` lists the prefix's prefix-wide binding.
+async fn wait_until_listed(channel: &Transport, prefix: &api::Prefix) -> Result<(), String> {
+    let mut client = ServiceBindingsClient::new(channel.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let request = api::ListServiceBindingsRequest {
+            account_id: prefix.account_id.clone(),
+            prefix_id: prefix.id.clone(),
+            ..Default::default()
+        };
+        if let Ok(listed) = client.list_service_bindings(request).await
+            && !listed.into_inner().bindings.is_empty()
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("a replica did not receive the benchmark's fixture within 30 s".into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Loads prefixes with nested bindings (see [`load`]) and returns addresses inside them,

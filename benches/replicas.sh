@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Durable creates on replicas, side by side in one run (this machine's speed drifts, so the
+# three are alternated round by round and compared within a round):
+#   replicas  three replicas (--log-backend jetstream) on a three-node NATS cluster, the
+#             callers spread over the three;
+#   replica1  the same three replicas, every caller on the first one (no races between them);
+#   single    one server on its own sled log;
+#   etcd      a three-node etcd cluster, 256-byte puts of fresh keys, callers spread over the
+#             three members (the anchor for a durable, replicated write).
+# Every cluster runs on loopback on this machine, each node fsyncing every write (JetStream
+# with sync_interval: always; etcd always does). Then the failover pause: creates at a fixed
+# rate (open loop: a stall shows as latency) while the stream's leader node is SIGKILLed, and
+# again while it is stopped gracefully (SIGTERM).
+#
+#   benches/replicas.sh [ROUNDS] [DURATION] [CONCURRENCY]      (defaults: 3 5s 64)
+#
+# Needs target/release/{ipam-bindings,ipamctl} (cargo build --release), nats-server (NATS_SERVER
+# or .ci/install-nats-server) and etcd (Debian etcd-server). Server worker threads: IPAM_WORKER_THREADS
+# (default 1 each: 3 replicas + 3 NATS nodes + the client share 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+duration=${2:-5s}
+concurrency=${3:-64}
+nats=${NATS_SERVER:-$(bash .ci/install-nats-server)}
+server=target/release/ipam-bindings
+ipamctl=target/release/ipamctl
+export IPAM_WORKER_THREADS=${IPAM_WORKER_THREADS:-1}
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    disown -a
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+# --- a three-node NATS cluster (client ports 4301-4303, monitoring 8301-8303)
+nats_node() {
+    local i=$1
+    cat >"$work/n$i.conf" <<EOF
+server_name: n$i
+listen: 127.0.0.1:$((4300 + i))
+http: 127.0.0.1:$((8300 + i))
+jetstream { store_dir: "$work/nats$i", sync_interval: always }
+cluster { name: bench, listen: 127.0.0.1:$((6300 + i)), routes: [nats://127.0.0.1:6301, nats://127.0.0.1:6302, nats://127.0.0.1:6303] }
+EOF
+    "$nats" -c "$work/n$i.conf" >"$work/n$i.log" 2>&1 &
+    nats_pids[$i]=$!
+    pids+=($!)
+}
+declare -a nats_pids
+for i in 1 2 3; do nats_node "$i"; done
+until curl -sf "http://127.0.0.1:8301/jsz" | grep -q '"meta_leader"\|"leader"'; do sleep 0.2; done
+
+# --- three replicas (gRPC 50801-50803) and one single node (50800)
+urls() { echo "nats://127.0.0.1:$((4300 + $1)),nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303"; }
+for i in 1 2 3; do
+    RUST_LOG=warn "$server" --data-dir "$work/replica$i" --listen 127.0.0.1:$((50800 + i)) \
+        --log-backend jetstream --nats-url "$(urls $i)" --provisioning-delay 100h \
+        --metrics-listen 127.0.0.1:$((9800 + i)) >"$work/replica$i.log" 2>&1 &
+    pids+=($!)
+done
+RUST_LOG=warn "$server" --data-dir "$work/single" --listen 127.0.0.1:50800 --provisioning-delay 100h \
+    >"$work/single.log" 2>&1 &
+pids+=($!)
+
+# --- a three-node etcd cluster (clients 2401-2403, peers 2411-2413)
+cluster=""
+for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:$((2410 + i)),"; done
+for i in 1 2 3; do
+    etcd --name "e$i" --data-dir "$work/etcd$i" \
+        --listen-client-urls "http://127.0.0.1:$((2400 + i))" --advertise-client-urls "http://127.0.0.1:$((2400 + i))" \
+        --listen-peer-urls "http://127.0.0.1:$((2410 + i))" --initial-advertise-peer-urls "http://127.0.0.1:$((2410 + i))" \
+        --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token bench \
+        --log-level error >"$work/etcd$i.log" 2>&1 &
+    pids+=($!)
+done
+
+account=$(printf "%032d" 0)
+for port in 50800 50801 50802 50803; do
+    until "$ipamctl" --server "127.0.0.1:$port" --account "$account" prefixes list >/dev/null 2>&1; do sleep 0.1; done
+done
+until ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2401 put /ready 1 >/dev/null 2>&1; do sleep 0.2; done
+
+replicas=127.0.0.1:50801,127.0.0.1:50802,127.0.0.1:50803
+members=127.0.0.1:2401,127.0.0.1:2402,127.0.0.1:2403
+bench() { "$ipamctl" --output json --worker-threads 1 bench --duration "$duration" --warmup 1s \
+    --concurrency "$concurrency" --connections 6 "$@" 2>"$work/bench.err" | grep '"calls_per_s"' ||
+    { cat "$work/bench.err" >&2; return 1; }; }
+cat >"$work/summary.py" <<'EOF'
+import json, sys
+r = json.loads(sys.stdin.read())
+l = r["latency_ms"]
+print(f"{sys.argv[1]:9s} {r['calls_per_s']:8.0f}/s  p50 {l['p50']:6.2f}  p99 {l['p99']:7.2f}"
+      f"  p99.9 {l['p99.9']:7.2f}  max {l['max']:8.2f} ms  errors {r['errors']}")
+EOF
+summary() { python3 "$work/summary.py" "$1"; }
+conflicts() {
+    for i in 1 2 3; do curl -sf "http://127.0.0.1:$((9800 + i))/metrics" | awk '/^ipam_replica_write_conflicts_total/ { print $2 }'; done |
+        awk '{ s += $1 } END { print s }'
+}
+echo "durable creates, $concurrency callers, $duration per run, $(nproc) cores, server worker threads $IPAM_WORKER_THREADS"
+for round in $(seq 1 "$rounds"); do
+    echo "round $round"
+    bench --server "$replicas" create | summary replicas
+    echo "          (appends that lost a race, all replicas so far: $(conflicts))"
+    bench --server 127.0.0.1:50801 create | summary "replica1"
+    bench --server 127.0.0.1:50800 create | summary single
+    bench --server "$members" etcd-put | summary etcd
+done
+
+# --- failover: creates at 200/s (open loop) while the stream's leader node goes away
+stream_leader() {
+    curl -sf "http://127.0.0.1:830$1/jsz?streams=true" |
+        python3 -c 'import json,sys
+d=json.load(sys.stdin)
+for a in d.get("account_details", []):
+    for s in a.get("stream_detail", []):
+        if s["name"] == "IPAM_EVENTS": print(s["cluster"]["leader"][1:])'
+}
+failover() {
+    local signal=$1 node
+    node=$(stream_leader 1)
+    [ -n "$node" ] || node=$(stream_leader 2)
+    (sleep 3; kill "-$signal" "${nats_pids[$node]}") &
+    local killer=$!
+    "$ipamctl" --output json --worker-threads 1 bench --server "$replicas" --rate 200 --duration 10s \
+        --warmup 1s --concurrency 64 --connections 6 create 2>/dev/null | grep '"calls_per_s"' | summary "$signal n$node"
+    wait "$killer"
+    sleep 1
+    nats_node "$node"
+    sleep 5
+}
+echo "failover: creates at 200/s over the replicas, the stream leader's node killed after 3 s (max = the write pause)"
+failover KILL
+failover TERM
