@@ -401,6 +401,23 @@ async fn a_write_on_one_replica_is_read_and_watched_on_the_others() {
         assert_eq!(contents(replica, &owner, head).await, on_a);
     }
 
+    // B's metrics: connected, caught up (lag 0), at the stream's last sequence.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let metrics = scrape_metrics(b.metrics_address).await;
+        let value = |name: &str| metrics.get(name).copied().unwrap_or(-1.0);
+        let caught_up = value("ipam_replica_nats_connected") == 1.0
+            && value("ipam_replica_lag_events") == 0.0
+            && value("ipam_replica_lag_seconds") == 0.0
+            && value("ipam_replica_applied_sequence") > 0.0
+            && value("ipam_replica_applied_sequence") == value("ipam_replica_stream_sequence");
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B's replica metrics: {metrics:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // The offline export of every replica's data directory is the same.
     let exports = replicas.stop_and_export().await;
     assert_eq!(exports[0].lines().count(), head as usize);
@@ -759,4 +776,43 @@ async fn the_rollout_runs_on_one_replica_and_activates_each_binding_once() {
         assert!(Instant::now() < deadline, "no replica took the rollout over");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_is_not_a_prefix_of_the_stream_is_refused() {
+    let Some(nats) = nats_server() else { return };
+    let cluster = NatsCluster::start(nats).await;
+    let start = |options: ServerOptions| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (_shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+        let served = ipam_bindings::server::serve(options, listener, async move {
+            let _ = signal.await;
+        });
+        tokio::time::timeout(PATIENCE, served)
+            .await
+            .unwrap()
+            .unwrap_err()
+            .to_string()
+    };
+
+    // A single node's log: its events did not come from the stream.
+    let single = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_on(single.path(), Duration::from_secs(3600)).await;
+    server.create_prefix(&account(), "192.0.2.0/24").await;
+    server.stop().await.unwrap();
+    wait_until_unlocked(single.path()).await;
+    let refused = start(replica_options(single.path(), &cluster, 0)).await;
+    assert!(refused.contains("did not come from a stream"), "{refused}");
+
+    // A replica's log, then the stream deleted and made afresh: the log is ahead of it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = TestServer::start_with_options(replica_options(dir.path(), &cluster, 1)).await;
+    replica.create_prefix(&account(), "198.51.100.0/24").await;
+    let metrics = scrape_metrics(replica.metrics_address).await;
+    assert_eq!(metrics.get("ipam_replica_nats_connected"), Some(&1.0), "{metrics:?}");
+    replica.stop().await.unwrap();
+    wait_until_unlocked(dir.path()).await;
+    cluster.jetstream().await.delete_stream("IPAM_EVENTS").await.unwrap();
+    let refused = start(replica_options(dir.path(), &cluster, 1)).await;
+    assert!(refused.contains("ahead of the stream"), "{refused}");
 }
