@@ -31,6 +31,7 @@ pub mod pb;
 pub mod projection;
 pub mod replica;
 pub mod rest;
+pub mod robustness;
 pub mod rollout;
 pub mod server;
 pub mod telemetry;

@@ -358,7 +358,8 @@ impl Continuity {
 
     /// Takes in the record of `count` events ending at `last_revision`.
     fn follow(&mut self, count: u64, last_revision: u64) -> Result<(), LogError> {
-        let first_revision = (last_revision + 1).saturating_sub(count);
+        // last - count + 1, without overflowing at u64::MAX (a damaged key can say anything).
+        let first_revision = last_revision.saturating_sub(count.saturating_sub(1));
         let fits = if self.started {
             first_revision == self.expected
         } else {
@@ -371,7 +372,7 @@ impl Continuity {
             });
         }
         self.started = true;
-        self.expected = last_revision + 1;
+        self.expected = last_revision.saturating_add(1);
         Ok(())
     }
 

@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod edge;
+mod fuzz_corpus;
 mod lifecycle;
 mod metrics;
 mod model;

@@ -116,10 +116,12 @@ pub fn decode_run(last_revision: u64, record: &[u8]) -> Result<Vec<Event>, Decod
             run.events.len()
         )));
     }
-    let first_revision = last_revision + 1 - count;
+    // 1 <= count <= last_revision: neither step can overflow, even at u64::MAX (a damaged key
+    // or a stream message's header can say anything).
+    let first_revision = (last_revision - count) + 1;
     run.events
         .into_iter()
-        .zip(first_revision..)
+        .zip(first_revision..=last_revision)
         .map(|(event, revision)| from_stored(revision, event).map_err(DecodeError::Body))
         .collect()
 }

@@ -1,0 +1,173 @@
+//! The fuzz targets' properties (`ipam_bindings::robustness`) over their seed corpus
+//! (`fuzz/corpus/<target>/`) and every input a fuzzer ever crashed on (`fuzz/regressions/
+//! <target>/`), under stable `cargo test`: a finding, once fixed, stays fixed.
+//!
+//! The seeds are written by `cargo test --test integration write_fuzz_seeds -- --ignored`.
+
+use std::path::{Path, PathBuf};
+
+use ipam_bindings::domain::network::NetworkKey;
+use ipam_bindings::domain::{
+    AccountId, Binding, BindingId, Change, Event, Micros, Prefix, PrefixId, ProvisioningState, Service, State,
+};
+use ipam_bindings::log::codec;
+use ipam_bindings::operations::page_token::{self, ListScope};
+use ipam_bindings::robustness::TARGETS;
+
+fn fuzz_dir(kind: &str, target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join(kind)
+        .join(target)
+}
+
+fn inputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn every_seed_and_every_past_finding_holds_its_property() {
+    for (target, check) in TARGETS {
+        let seeds = inputs(&fuzz_dir("corpus", target));
+        assert!(
+            !seeds.is_empty(),
+            "no seeds for {target}: write them (see the module doc)"
+        );
+        for (path, bytes) in seeds.iter().chain(&inputs(&fuzz_dir("regressions", target))) {
+            let held = std::panic::catch_unwind(|| check(bytes));
+            assert!(held.is_ok(), "{target}: {} breaks the property", path.display());
+        }
+    }
+}
+
+/// Valid inputs for each target, and a few damaged ones, as seed files.
+#[test]
+#[ignore = "writes the seed corpus into fuzz/corpus"]
+fn write_fuzz_seeds() {
+    let owner = Prefix {
+        id: PrefixId::generate(),
+        account_id: AccountId::generate(),
+        cidr: "192.0.2.0/24".parse().unwrap(),
+        asn: Some(64_496),
+        description: "seed".into(),
+        created_at: Micros(1),
+        modified_at: Micros(1),
+    };
+    let bound = Binding {
+        id: BindingId::generate(),
+        account_id: owner.account_id,
+        prefix_id: owner.id,
+        cidr: "192.0.2.0/25".parse().unwrap(),
+        service: Service::Cdn,
+        state: ProvisioningState::Active,
+        created_at: Micros(1),
+        modified_at: Micros(2),
+    };
+    let events = vec![
+        Event {
+            revision: 41,
+            time: Micros(5),
+            change: Change::PrefixCreated(owner.clone()),
+            actor: None,
+        },
+        Event {
+            revision: 42,
+            time: Micros(7),
+            change: Change::BindingCreated {
+                binding: bound.clone(),
+                request_id: Some("retry-1".into()),
+            },
+            actor: None,
+        },
+        Event {
+            revision: 43,
+            time: Micros(8),
+            change: Change::BindingDeleted(bound),
+            actor: None,
+        },
+    ];
+    let group = codec::encode_group(&events);
+    let mut record = 43u64.to_le_bytes().to_vec();
+    record.extend_from_slice(&group);
+    let single = codec::encode(&events[0]);
+    let mut single_record = 41u64.to_le_bytes().to_vec();
+    single_record.extend_from_slice(&single);
+
+    let mut state = State::default();
+    for event in &events[..2] {
+        state.apply(event);
+    }
+    let snapshot = codec::encode_snapshot(42, Some(0xdead_beef), &state);
+    let mark = codec::encode_mark(43, 0x0bad_f00d);
+
+    let message = |first: u64, last: u64, payload: &[u8]| {
+        let mut bytes =
+            format!("Ipam-First-Revision: {first}\nIpam-Last-Revision: {last}\nNats-Msg-Id: writer-1\n\n").into_bytes();
+        bytes.extend_from_slice(payload);
+        bytes
+    };
+    let scope = ListScope {
+        list: "bindings",
+        scope: b"0123456789abcdef",
+    };
+    let key = NetworkKey::of(&"192.0.2.0/25".parse().unwrap());
+    let token = page_token::encode(&scope, key);
+
+    let seeds: [(&str, Vec<Vec<u8>>); 5] = [
+        (
+            "record",
+            vec![record.clone(), single_record, record[..record.len() - 3].to_vec()],
+        ),
+        (
+            "snapshot",
+            vec![snapshot.clone(), mark, snapshot[..snapshot.len() / 2].to_vec()],
+        ),
+        (
+            "stream_message",
+            vec![
+                message(41, 43, &group),
+                message(40, 43, &group),
+                message(41, 43, &single),
+            ],
+        ),
+        (
+            "page_token",
+            vec![
+                token.clone().into_bytes(),
+                token.to_uppercase().into_bytes(),
+                key.to_bytes().to_vec(),
+            ],
+        ),
+        (
+            "fields",
+            [
+                "192.0.2.0/24",
+                "2001:DB8::/32",
+                "10.0.0.1/8",
+                "0123456789abcdef0123456789abcdef",
+                "magic-transit",
+                "::ffff:1.2.3.4",
+                "retry-\u{7}",
+            ]
+            .map(|text| text.as_bytes().to_vec())
+            .to_vec(),
+        ),
+    ];
+    for (target, inputs) in seeds {
+        let dir = fuzz_dir("corpus", target);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (index, input) in inputs.iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{index}")), input).unwrap();
+        }
+    }
+}
