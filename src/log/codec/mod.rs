@@ -105,6 +105,11 @@ pub fn run_len(record: &[u8]) -> Result<u64, DecodeError> {
 /// The events of a log record whose last event is at `last_revision` (the record's key).
 pub fn decode_run(last_revision: u64, record: &[u8]) -> Result<Vec<Event>, DecodeError> {
     let (format, payload) = unseal(record)?;
+    if last_revision == 0 {
+        return Err(DecodeError::Body(
+            "a record at revision 0 (revisions start at 1)".into(),
+        ));
+    }
     if format == SINGLE {
         return Ok(vec![decode_event(last_revision, payload)?]);
     }
