@@ -117,7 +117,14 @@ async fn acknowledged_changes_survive_sigkill() {
     let live: Arc<Mutex<HashSet<String>>> = Arc::default();
     let deleted: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut last_head = list_revision(&server.channel, &prefix).await;
-    for round in 0..4u32 {
+    // 4 rounds in CI; IPAM_KILL_ROUNDS=100 for the long run (docs/durability.md). Each round
+    // writes its own /16 of 10.128.0.0/9, so at most 128 rounds.
+    let rounds: u32 = std::env::var("IPAM_KILL_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(4)
+        .min(127);
+    for round in 0..rounds {
         let acknowledged = Arc::new(AtomicU64::new(0));
         let mut writers = tokio::task::JoinSet::new();
         for writer in 0..16u32 {
