@@ -1,6 +1,7 @@
 //! Crash safety: the real binary as a subprocess, SIGKILLed in the middle of concurrent creates
 //! and deletes, several rounds on the same data directory. After each restart every
-//! acknowledged change is there, and revisions continue without reuse.
+//! acknowledged change is there, revisions continue without reuse, and a watcher that resumes
+//! from its last revision after each kill has seen every revision exactly once.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -19,6 +20,31 @@ use crate::common::*;
 struct Subprocess {
     child: Child,
     channel: Channel,
+}
+
+/// Follows every binding event of the account from `after` until the stream ends (the server
+/// was killed) or `until` is reached; returns the revisions seen, in order.
+async fn watch_from(channel: Channel, account_id: String, after: u64, until: Option<u64>) -> Vec<u64> {
+    let request = api::WatchServiceBindingsRequest {
+        account_id,
+        after_revision: Some(after),
+        ..Default::default()
+    };
+    let Ok(response) = ServiceBindingsClient::new(channel)
+        .watch_service_bindings(request)
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut stream = response.into_inner();
+    let mut seen = Vec::new();
+    while let Ok(Some(event)) = stream.message().await {
+        seen.push(event.revision);
+        if until.is_some_and(|until| event.revision >= until) {
+            break;
+        }
+    }
+    seen
 }
 
 /// Starts the server binary on port 0 and waits for its "listening" line.
@@ -117,6 +143,10 @@ async fn acknowledged_changes_survive_sigkill() {
     let live: Arc<Mutex<HashSet<String>>> = Arc::default();
     let deleted: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut last_head = list_revision(&server.channel, &prefix).await;
+    // Every binding event after the prefix's creation (revision 1) is the account's: the
+    // watcher must see 2, 3, 4, ... with no gap and no repeat, across every kill.
+    let mut watched: Vec<u64> = vec![1];
+    let mut rounds_watched_live = 0;
     // 4 rounds in CI; IPAM_KILL_ROUNDS=100 for the long run (docs/durability.md). Each round
     // writes its own /16 of 10.128.0.0/9, so at most 128 rounds.
     let rounds: u32 = std::env::var("IPAM_KILL_ROUNDS")
@@ -171,10 +201,19 @@ async fn acknowledged_changes_survive_sigkill() {
                 }
             });
         }
+        let watcher = tokio::spawn(watch_from(
+            server.channel.clone(),
+            prefix.account_id.clone(),
+            *watched.last().unwrap(),
+            None,
+        ));
         tokio::time::sleep(Duration::from_millis(rng.u64(200..500))).await;
         server.child.kill().expect("SIGKILL");
         server.child.wait().expect("reap");
         while writers.join_next().await.is_some() {}
+        let seen_live = tokio::time::timeout(PATIENCE, watcher).await.unwrap().unwrap();
+        rounds_watched_live += u32::from(!seen_live.is_empty());
+        watched.extend(seen_live);
 
         server = spawn_binary(dir.path());
         wait_until_serving(&server.channel).await;
@@ -214,6 +253,22 @@ async fn acknowledged_changes_survive_sigkill() {
         .await
         .unwrap();
     assert_eq!(list_revision(&server.channel, &prefix).await, last_head + 1);
+    let rest = watch_from(
+        server.channel.clone(),
+        prefix.account_id.clone(),
+        *watched.last().unwrap(),
+        Some(last_head + 1),
+    );
+    watched.extend(tokio::time::timeout(PATIENCE, rest).await.unwrap());
+    let expected: Vec<u64> = (1..=last_head + 1).collect();
+    assert_eq!(
+        watched, expected,
+        "the watcher saw every revision once, in order, across the kills"
+    );
+    assert!(
+        rounds_watched_live > 0,
+        "the watcher saw events live, not only replayed"
+    );
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
