@@ -196,13 +196,6 @@ impl Engine {
         self.replica.as_ref().map(|(replica, _)| replica)
     }
 
-    /// Waits until the projections hold `revision` (at once when they do); false if the
-    /// engine stopped first. A caller bounds the wait with its deadline.
-    pub async fn applied_revision(&self, revision: u64) -> bool {
-        let mut applied = self.applied.clone();
-        applied.wait_for(|applied| applied.revision >= revision).await.is_ok()
-    }
-
     /// Before a watch from `revision`: on a replica that has not applied it, waits until the
     /// replica applied what the stream holds (a revision up to the stream's head is valid on
     /// every replica). Without NATS, the replica's own head decides.

@@ -12,7 +12,7 @@ impl EventLog {
     /// `log_record_checksum` (unless a newer snapshot was saved meanwhile). Returns its size.
     pub fn save_snapshot(&self, revision: u64, log_record_checksum: u32, state: &State) -> Result<usize, LogError> {
         // A replica's appends are not fsynced one by one: the records up to the snapshot are.
-        self.flush()?;
+        self.flush_unflushed()?;
         let record = codec::encode_snapshot(revision, Some(log_record_checksum), state);
         self.snapshot
             .save(revision, &record)
@@ -65,7 +65,7 @@ impl EventLog {
     /// start refuses a log that ends before it. Writes only the mark file.
     pub fn save_mark(&self, revision: u64, checksum: u32) -> Result<(), LogError> {
         // A replica's appends are not fsynced one by one: the records up to the mark are.
-        self.flush()?;
+        self.flush_unflushed()?;
         self.mark
             .save(revision, &codec::encode_mark(revision, checksum))
             .map_err(|error| LogError::CheckpointFile(MARK_FILE, error))

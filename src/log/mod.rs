@@ -23,6 +23,7 @@ mod store;
 pub mod tools;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,9 @@ pub struct EventLog {
     snapshot: Arc<AtomicFile>,
     mark: Arc<AtomicFile>,
     faults: StorageFaults,
+    /// Records were written without an fsync ([`append_replicated`](Self::append_replicated))
+    /// since the last flush: a checkpoint must flush before it refers to them.
+    unflushed: Arc<AtomicBool>,
 }
 
 impl EventLog {
@@ -106,6 +110,7 @@ impl EventLog {
             snapshot: Arc::new(AtomicFile::new(dir, SNAPSHOT_FILE)),
             mark: Arc::new(AtomicFile::new(dir, MARK_FILE)),
             faults,
+            unflushed: Arc::default(),
         })
     }
 
@@ -225,7 +230,11 @@ impl EventLog {
             last_checksum = codec::checksum(&record);
             batch.insert(&last_revision.to_be_bytes(), record);
         }
-        self.write(position.is_none(), |handles| {
+        let durable = position.is_none();
+        if !durable {
+            self.unflushed.store(true, Ordering::Release);
+        }
+        self.write(durable, |handles| {
             handles.events.apply_batch(batch)?;
             if let Some(position) = position {
                 handles.db.insert(STREAM_POSITION_KEY, &position.encode()[..])?;
@@ -329,6 +338,16 @@ impl EventLog {
             });
         }
         Ok(())
+    }
+
+    /// Makes the records written without an fsync durable, if there are any: what a
+    /// checkpoint calls before it refers to them (a single node's appends are durable already).
+    pub(crate) fn flush_unflushed(&self) -> Result<(), LogError> {
+        if !self.unflushed.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.flush()
+            .inspect_err(|_| self.unflushed.store(true, Ordering::Release))
     }
 
     /// Makes everything written so far durable (used at shutdown).

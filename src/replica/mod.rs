@@ -90,6 +90,8 @@ pub struct Replica {
     timeout: Duration,
     /// The sequence of the last message this replica's log stored (the writer keeps it).
     pub applied_sequence: AtomicU64,
+    /// The stream's last sequence as last seen (an ack, or [`status`]'s poll every second).
+    stream_last: AtomicU64,
     /// Set (once) when this replica's log and the stream disagree: it stops serving.
     pub diverged: std::sync::OnceLock<String>,
     pub metrics: Arc<ReplicaMetrics>,
@@ -160,6 +162,7 @@ impl Replica {
             next_message: AtomicU64::new(1),
             timeout: options.timeout,
             applied_sequence: AtomicU64::new(0),
+            stream_last: AtomicU64::new(0),
             diverged: std::sync::OnceLock::new(),
             metrics,
         })
@@ -181,8 +184,18 @@ impl Replica {
             .info()
             .await
             .map_err(|error| ReplicaError::JetStream(format!("the stream's state: {error}")))?;
-        self.metrics.stream_sequence.set(info.state.last_sequence as i64);
+        self.saw_sequence(info.state.last_sequence);
         Ok(info.state.last_sequence)
+    }
+
+    /// The stream's last sequence as last seen, without asking NATS.
+    pub fn known_last_sequence(&self) -> u64 {
+        self.stream_last.load(Ordering::Acquire)
+    }
+
+    fn saw_sequence(&self, sequence: u64) {
+        let last = self.stream_last.fetch_max(sequence, Ordering::AcqRel).max(sequence);
+        self.metrics.stream_sequence.set(last as i64);
     }
 
     /// The message at `sequence`, decoded (`None`: no such message).
@@ -265,7 +278,7 @@ impl Replica {
             });
             let failure = match sent {
                 Ok(ack) => {
-                    self.metrics.stream_sequence.set(ack.sequence as i64);
+                    self.saw_sequence(ack.sequence);
                     return Appended::Landed(ack.sequence);
                 }
                 Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {

@@ -65,14 +65,16 @@ where
                 }
                 Ok(None) => break,
                 // Quiet: fine if the stream is, not if it moved on (a consumer lost with its
-                // node that has not noticed yet).
-                Err(_) => match replica.last_sequence().await {
-                    Ok(last) if last > delivered => {
+                // node that has not noticed yet). The stream's last sequence is refreshed every
+                // second by the replica's status poll and by every append's ack.
+                Err(_) => {
+                    let last = replica.known_last_sequence();
+                    if last > delivered {
                         warn!(after = delivered, last, "the stream's consumer stalled; starting over");
                         break;
                     }
-                    _ => continue,
-                },
+                    continue;
+                }
             };
             let Ok(info) = message.info() else { continue };
             let sequence = info.stream_sequence;

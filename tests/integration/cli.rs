@@ -260,15 +260,6 @@ async fn service_names_accounts_and_servers_as_a_new_user_types_them() {
     assert!(ok && stdout.contains("_ipamctl") && stdout.contains("bindings"));
 }
 
-/// A port nothing listens on (just released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A server on a chosen port over a chosen directory, so that a restarted one is found where
 /// a client reconnects.
 struct PortServer {

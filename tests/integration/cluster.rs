@@ -42,14 +42,6 @@ fn nats_server() -> Option<PathBuf> {
     found
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Three nats-server processes clustered on loopback, each with JetStream fsyncing every write.
 struct NatsCluster {
     binary: PathBuf,
@@ -511,6 +503,21 @@ async fn converged(servers: &[&TestServer], owner: &str, head: u64) -> Vec<(api:
     first
 }
 
+/// Creates the prefix as soon as writes resume: until then every attempt must be UNAVAILABLE.
+async fn create_once_writable(server: &TestServer, owner: &str, cidr: &str) -> api::Prefix {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match server.try_create_prefix(owner, cidr).await {
+            Ok(prefix) => return prefix,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(Instant::now() < deadline, "writes did not resume: {status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 async fn head_of(server: &TestServer) -> u64 {
     let listed = server
         .prefixes()
@@ -538,17 +545,7 @@ async fn killing_the_stream_leader_under_writes_loses_nothing() {
     cluster.kill(leader);
     let acknowledged: Vec<(String, String)> = writers.join_all().await.into_iter().flatten().collect();
     // Writes resume on the two nodes left (a new leader is elected).
-    let deadline = Instant::now() + PATIENCE;
-    let after = loop {
-        match servers[leader].try_create_prefix(&owner, "192.0.3.0/24").await {
-            Ok(prefix) => break prefix,
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                assert!(Instant::now() < deadline, "writes did not resume: {status:?}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let after = create_once_writable(servers[leader], &owner, "192.0.3.0/24").await;
     cluster.restart(leader);
 
     let head = head_of(servers[leader]).await;
@@ -637,17 +634,7 @@ async fn without_a_quorum_writes_fail_reads_go_on_and_writes_resume() {
 
     cluster.restart(1);
     cluster.restart(2);
-    let deadline = Instant::now() + PATIENCE;
-    let created = loop {
-        match server.try_create_prefix(&owner, "203.0.115.0/24").await {
-            Ok(prefix) => break prefix,
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                assert!(Instant::now() < deadline, "writes did not resume: {status:?}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let created = create_once_writable(server, &owner, "203.0.115.0/24").await;
     let head = head_of(server).await;
     let servers: Vec<&TestServer> = replicas.servers.iter().collect();
     let everywhere = converged(&servers, &owner, head).await;

@@ -505,3 +505,12 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A port nothing listens on (just released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

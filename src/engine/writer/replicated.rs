@@ -64,7 +64,7 @@ impl Writer {
                 if run.stopping {
                     break;
                 }
-                match self.receive(Some(IDLE_WAKE)) {
+                match run.receive(&mut self, IDLE_WAKE) {
                     Received::Job(job) => run.take(&mut self, job),
                     Received::Nothing => {}
                     Received::Closed => break,
@@ -83,11 +83,7 @@ impl Writer {
                 .as_ref()
                 .map(|_| "this replica cannot store the stream's events on its disk; retrying".to_string()))
             {
-                for waiting in run.waiting.drain(..) {
-                    let _ = waiting
-                        .reply
-                        .send(Err(Error::new(Reason::StorageUnavailable, why.clone())));
-                }
+                refuse(run.waiting.drain(..), &Error::new(Reason::StorageUnavailable, why));
                 if run.diverged.is_some() && !run.stopping {
                     std::thread::sleep(IDLE_WAKE);
                 }
@@ -98,22 +94,6 @@ impl Writer {
             }
         }
         self.snapshots.finish();
-    }
-
-    fn receive(&mut self, timeout: Option<Duration>) -> Received {
-        let Some(runtime) = self.runtime.clone() else {
-            return self.queue.blocking_recv().map_or(Received::Closed, Received::Job);
-        };
-        let received = match timeout {
-            // The timer is made inside the runtime (it needs its clock).
-            Some(timeout) => runtime.block_on(async { tokio::time::timeout(timeout, self.queue.recv()).await }),
-            None => Ok(self.queue.blocking_recv()),
-        };
-        match received {
-            Ok(Some(job)) => Received::Job(job),
-            Ok(None) => Received::Closed,
-            Err(_) => Received::Nothing,
-        }
     }
 }
 
@@ -137,6 +117,18 @@ struct Replicated {
 }
 
 impl Replicated {
+    /// The next job, waiting at most `timeout` (on the replica's runtime: the timer needs its
+    /// clock).
+    fn receive(&self, writer: &mut Writer, timeout: Duration) -> Received {
+        let queue = &mut writer.queue;
+        let received = (self.replica.runtime).block_on(async { tokio::time::timeout(timeout, queue.recv()).await });
+        match received {
+            Ok(Some(job)) => Received::Job(job),
+            Ok(None) => Received::Closed,
+            Err(_) => Received::Nothing,
+        }
+    }
+
     fn take(&mut self, writer: &mut Writer, job: Job) {
         match job {
             Job::Execute {
@@ -178,7 +170,7 @@ impl Replicated {
         let head = writer.next_revision - 1;
         if group.position.last_revision <= head {
             // The stored position lags the events after a crash: these are here already.
-            self.position = group.position;
+            self.reached(writer, group.position);
             return;
         }
         if group.first_revision != head + 1 {
@@ -214,14 +206,21 @@ impl Replicated {
         events: Vec<crate::domain::Event>,
         last_checksum: Option<u32>,
     ) {
-        self.position = position;
-        self.replica
-            .applied_sequence
-            .store(position.sequence, Ordering::Release);
         writer.make_visible(events, last_checksum, position.sequence);
+        self.reached(writer, position);
         writer
             .snapshots
             .after_commit(&writer.state, writer.next_revision - 1, &writer.log);
+    }
+
+    /// This replica holds the stream up to `position`: said to those waiting for a sequence
+    /// (a start catching up, a watch from the stream's head) and to the metrics.
+    fn reached(&mut self, writer: &Writer, position: StreamPosition) {
+        self.position = position;
+        (self.replica.applied_sequence).store(position.sequence, Ordering::Release);
+        writer
+            .applied
+            .send_modify(|applied| applied.sequence = position.sequence);
     }
 
     /// Decides the waiting commands as one group and appends it.
@@ -267,9 +266,7 @@ impl Replicated {
                                 "the change is in the replicated log but this replica could not store it ({error}); it will appear once the disk recovers: read before retrying"
                             ),
                         );
-                        for waiting in group {
-                            let _ = waiting.reply.send(Err(unavailable.clone()));
-                        }
+                        refuse(group, &unavailable);
                         return;
                     }
                 }
@@ -286,9 +283,7 @@ impl Replicated {
                         "the replicated log did not acknowledge the change ({cause}); it may still appear: read before retrying"
                     ),
                 );
-                for waiting in group {
-                    let _ = waiting.reply.send(Err(unavailable.clone()));
-                }
+                refuse(group, &unavailable);
             }
             None => {
                 self.replica.metrics.write_conflicts.inc();
@@ -354,7 +349,7 @@ impl Replicated {
             if left.is_zero() {
                 break;
             }
-            match writer.receive(Some(left)) {
+            match self.receive(writer, left) {
                 Received::Job(job) => self.take(writer, job),
                 Received::Nothing => {}
                 Received::Closed => return false,
@@ -375,5 +370,13 @@ impl Replicated {
             }
         }
         self.position.sequence > sequence
+    }
+}
+
+/// Answers every one of `waiting` with `error`.
+fn refuse(waiting: impl IntoIterator<Item = Waiting>, error: &Error) {
+    for waiting in waiting {
+        // The caller may have gone away.
+        let _ = waiting.reply.send(Err(error.clone()));
     }
 }
