@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod convert;
+pub mod lookup;
 pub mod prefixes;
 pub mod rollout;
 pub mod routes;

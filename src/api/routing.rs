@@ -1,7 +1,6 @@
 //! addressing.v1.Routing: longest-prefix-match lookups over every binding of every account,
 //! answered from the routing projection under one short read lock per call.
 
-use std::net::IpAddr;
 use std::sync::RwLock;
 
 use std::pin::Pin;
@@ -9,61 +8,27 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{AppContext, convert, routes, unary, wire};
+use super::lookup::{self, MAX_CACHED_ROUTES, RouteCache, View};
+use super::{AppContext, routes, unary};
 use crate::auth::layer::caller_of;
 use crate::domain::fields::MAX_LOOKUP_BATCH;
-use crate::domain::{Binding, BindingId, Error, IdMap, Micros, PrefixId, ProvisioningState, Reason, fields};
+use crate::domain::{Error, Reason, fields};
 use crate::operations::{self, NewBinding, PreviewOf};
 use crate::pb::api;
 use crate::pb::api::routing_server::Routing;
-use crate::projection::ReadModel;
-use crate::projection::routing::Route;
-
-/// Room reserved per batch result: an address, ids and a binding.
-const TYPICAL_ENTRY_BYTES: usize = 256;
-/// Encoded result tails kept for reuse; past this many (deleted bindings linger) it restarts.
-const MAX_CACHED_TAILS: usize = 1 << 20;
-
-/// An encoded result tail (see `wire`), valid while its binding's version is unchanged.
-type TailCache = IdMap<(PrefixId, Option<BindingId>), (Version, Vec<u8>)>;
-/// A binding's modification time and state (`None`: no binding).
-type Version = Option<(Micros, ProvisioningState)>;
 
 pub struct RoutingService {
     app: AppContext,
-    /// Batch lookups reuse each route's encoded result: formatting ids and the binding per
-    /// address was most of their cost. Checked against the binding's modification time and
-    /// state, so a changed binding is re-encoded.
-    tails: RwLock<TailCache>,
+    /// Batch lookups reuse each route's encoded fields (see `lookup`).
+    routes: RwLock<RouteCache>,
 }
 
 impl RoutingService {
     pub fn new(app: AppContext) -> RoutingService {
         RoutingService {
             app,
-            tails: RwLock::default(),
+            routes: RwLock::default(),
         }
-    }
-}
-
-/// The answer for one address: `None` when no prefix covers it.
-fn resolve(model: &ReadModel, text: &str, address: IpAddr, active_only: bool) -> Option<api::LookupAddressResult> {
-    let route = model.routes.lookup(address, active_only)?;
-    let binding = route.binding_id.and_then(|id| model.state.binding_by_id(id));
-    Some(result(model, route, binding, text.to_string()))
-}
-
-fn result(model: &ReadModel, route: Route, binding: Option<&Binding>, address: String) -> api::LookupAddressResult {
-    let account_id = model
-        .state
-        .prefix_by_id(route.prefix_id)
-        .map(|prefix| prefix.account_id.to_string());
-    api::LookupAddressResult {
-        address,
-        found: binding.is_some(),
-        prefix_id: route.prefix_id.to_string(),
-        account_id: account_id.unwrap_or_default(),
-        binding: binding.map(convert::binding),
     }
 }
 
@@ -77,7 +42,7 @@ impl Routing for RoutingService {
         unary(self.app.metrics(), "LookupAddress", &metadata, async {
             let address = fields::address("address", &request.address)?;
             let model = self.app.engine()?.projections().read();
-            let result = resolve(&model, &request.address, address, request.active_only).ok_or_else(|| {
+            let result = lookup::resolve(&model, &request.address, address, request.active_only).ok_or_else(|| {
                 Error::field(
                     Reason::AddressNotCovered,
                     "address",
@@ -116,37 +81,26 @@ impl Routing for RoutingService {
                 .enumerate()
                 .map(|(index, text)| fields::address_at("addresses", index, text))
                 .collect::<Result<Vec<_>, _>>()?;
+            let view = View::from_request(request.view)?;
             let model = self.app.engine()?.projections().read();
-            let mut response = api::LookupAddressesResponse::with_capacity(addresses.len(), TYPICAL_ENTRY_BYTES);
-            let cached = self.tails.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let mut fresh = TailCache::default();
-            let routes = model.routes.lookup_many(&addresses, request.active_only);
-            for (text, route) in request.addresses.iter().zip(routes) {
-                let Some(route) = route else {
-                    response.push(text, &[]);
-                    continue;
-                };
-                let binding = route.binding_id.and_then(|id| model.state.binding_by_id(id));
-                let version = binding.map(|binding| (binding.modified_at, binding.state));
-                let key = (route.prefix_id, route.binding_id);
-                let current = |entry: &&(Version, Vec<u8>)| entry.0 == version;
-                if let Some((_, tail)) = cached.get(&key).filter(current) {
-                    response.push(text, tail);
-                } else if let Some((_, tail)) = fresh.get(&key).filter(current) {
-                    response.push(text, tail);
-                } else {
-                    let tail = wire::encode_tail(&result(&model, route, binding, String::new()));
-                    response.push(text, &tail);
-                    fresh.insert(key, (version, tail));
-                }
-            }
+            let cached = self.routes.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut fresh = RouteCache::default();
+            let response = lookup::answer(
+                &model,
+                &request.addresses,
+                &addresses,
+                request.active_only,
+                view,
+                &cached,
+                &mut fresh,
+            );
             drop((cached, model));
             if !fresh.is_empty() {
-                let mut tails = self.tails.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-                if tails.len() + fresh.len() > MAX_CACHED_TAILS {
-                    tails.clear();
+                let mut routes = self.routes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if routes.len() + fresh.len() > MAX_CACHED_ROUTES {
+                    routes.clear();
                 }
-                tails.extend(fresh);
+                routes.extend(fresh);
             }
             Ok(response)
         })

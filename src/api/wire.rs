@@ -1,9 +1,10 @@
 //! `addressing.v1.LookupAddressesResponse` by hand (build.rs maps the message here): a batch
 //! answer is up to 10,000 results, and building each as a message (seven formatted strings and
 //! a nested binding) was most of the server's work. So the server writes the encoded `results`
-//! entries straight into one buffer, reusing the encoded tail of each result (everything but
-//! the address), and a client keeps the entries as received until it asks for them decoded.
-//! On the wire it is the message of the contract, field for field.
+//! entries straight into one buffer, reusing each route's encoded fields (everything but the
+//! address), and a client keeps the entries as received until it asks for them decoded. In the
+//! COMPACT view the `bindings` entries go in a second buffer and a result points into them. On
+//! the wire it is the message of the contract, field for field.
 
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint};
@@ -13,14 +14,47 @@ use crate::pb::api;
 
 /// The field number of `results`.
 const RESULTS: u32 = 1;
+/// The field number of `bindings`.
+const BINDINGS: u32 = 2;
 /// The field number of `LookupAddressResult.address`.
 const ADDRESS: u32 = 1;
+/// The field number of `LookupAddressResult.binding`.
+const BINDING: u32 = 5;
+/// The field number of `LookupAddressResult.binding_index`.
+const BINDING_INDEX: u32 = 6;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LookupAddressesResponse {
     /// The `results` entries, encoded (key, length and body each), in order.
     entries: Vec<u8>,
     count: usize,
+    /// The `bindings` entries (COMPACT), encoded the same way.
+    bindings: Vec<u8>,
+    binding_count: usize,
+}
+
+/// A result's fields shared by every address resolving to the same prefix and binding, encoded
+/// once: `head` is `found`, `prefix_id` and `account_id`; `binding` the `ServiceBinding`
+/// message's body (empty when there is none).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EncodedRoute {
+    pub head: Vec<u8>,
+    pub binding: Option<Vec<u8>>,
+}
+
+impl EncodedRoute {
+    /// Encodes `result` (its `address` is written per entry, so it must be empty).
+    pub fn new(result: &api::LookupAddressResult) -> EncodedRoute {
+        debug_assert!(result.address.is_empty(), "the address is written per entry");
+        let head = api::LookupAddressResult {
+            binding: None,
+            ..result.clone()
+        };
+        EncodedRoute {
+            head: head.encode_to_vec(),
+            binding: result.binding.as_ref().map(Message::encode_to_vec),
+        }
+    }
 }
 
 impl LookupAddressesResponse {
@@ -28,22 +62,55 @@ impl LookupAddressesResponse {
     pub fn with_capacity(count: usize, entry_bytes: usize) -> LookupAddressesResponse {
         LookupAddressesResponse {
             entries: Vec::with_capacity(count * entry_bytes),
-            count: 0,
+            ..LookupAddressesResponse::default()
         }
     }
 
-    /// Appends the result for `address`: `tail` is the encoding of its other fields (`found`,
-    /// `prefix_id`, `account_id`, `binding`), as [`encode_tail`] makes it; empty when no prefix
-    /// covers the address.
-    pub fn push(&mut self, address: &str, tail: &[u8]) {
+    /// FULL: appends the result for `address`; `route` is `None` when no prefix covers it.
+    pub fn push(&mut self, address: &str, route: Option<&EncodedRoute>) {
         let address_field = 1 + encoded_len_varint(address.len() as u64) + address.len();
+        let (head, binding) = match route {
+            Some(route) => (route.head.as_slice(), route.binding.as_deref()),
+            None => (&[][..], None),
+        };
+        let binding_field = binding.map_or(0, |body| 1 + encoded_len_varint(body.len() as u64) + body.len());
         encode_key(RESULTS, WireType::LengthDelimited, &mut self.entries);
-        encode_varint((address_field + tail.len()) as u64, &mut self.entries);
+        encode_varint((address_field + head.len() + binding_field) as u64, &mut self.entries);
         encode_key(ADDRESS, WireType::LengthDelimited, &mut self.entries);
         encode_varint(address.len() as u64, &mut self.entries);
         self.entries.extend_from_slice(address.as_bytes());
-        self.entries.extend_from_slice(tail);
+        self.entries.extend_from_slice(head);
+        if let Some(body) = binding {
+            encode_key(BINDING, WireType::LengthDelimited, &mut self.entries);
+            encode_varint(body.len() as u64, &mut self.entries);
+            self.entries.extend_from_slice(body);
+        }
         self.count += 1;
+    }
+
+    /// COMPACT: appends a result without its address; `binding_index` points into `bindings`
+    /// (see [`LookupAddressesResponse::push_binding`]).
+    pub fn push_compact(&mut self, route: Option<&EncodedRoute>, binding_index: Option<u32>) {
+        let head = route.map_or(&[][..], |route| route.head.as_slice());
+        let index_field = binding_index.map_or(0, |index| 1 + encoded_len_varint(u64::from(index)));
+        encode_key(RESULTS, WireType::LengthDelimited, &mut self.entries);
+        encode_varint((head.len() + index_field) as u64, &mut self.entries);
+        self.entries.extend_from_slice(head);
+        if let Some(index) = binding_index {
+            encode_key(BINDING_INDEX, WireType::Varint, &mut self.entries);
+            encode_varint(u64::from(index), &mut self.entries);
+        }
+        self.count += 1;
+    }
+
+    /// COMPACT: lists a binding (its encoded body) and returns its index.
+    pub fn push_binding(&mut self, body: &[u8]) -> u32 {
+        encode_key(BINDINGS, WireType::LengthDelimited, &mut self.bindings);
+        encode_varint(body.len() as u64, &mut self.bindings);
+        self.bindings.extend_from_slice(body);
+        self.binding_count += 1;
+        // A batch is at most MAX_LOOKUP_BATCH addresses, so at most that many bindings.
+        u32::try_from(self.binding_count - 1).unwrap_or(u32::MAX)
     }
 
     /// How many results there are.
@@ -59,25 +126,26 @@ impl LookupAddressesResponse {
     pub fn results(&self) -> Result<Vec<api::LookupAddressResult>, DecodeError> {
         Ok(Decoded::decode(self.entries.as_slice())?.results)
     }
+
+    /// The listed bindings (COMPACT), decoded.
+    pub fn bindings(&self) -> Result<Vec<api::ServiceBinding>, DecodeError> {
+        Ok(Decoded::decode(self.bindings.as_slice())?.bindings)
+    }
 }
 
-/// The same entries as prost would decode them.
+/// The contract's message as prost would decode it: what a client built from the .proto sees.
 #[derive(Clone, PartialEq, prost::Message)]
-struct Decoded {
+pub struct Decoded {
     #[prost(message, repeated, tag = "1")]
-    results: Vec<api::LookupAddressResult>,
-}
-
-/// The encoding of a result's fields after `address`: what every address resolving to the same
-/// prefix and binding shares.
-pub fn encode_tail(result: &api::LookupAddressResult) -> Vec<u8> {
-    debug_assert!(result.address.is_empty(), "the address is written per entry");
-    result.encode_to_vec()
+    pub results: Vec<api::LookupAddressResult>,
+    #[prost(message, repeated, tag = "2")]
+    pub bindings: Vec<api::ServiceBinding>,
 }
 
 impl Message for LookupAddressesResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         buf.put_slice(&self.entries);
+        buf.put_slice(&self.bindings);
     }
 
     fn merge_field(
@@ -87,25 +155,26 @@ impl Message for LookupAddressesResponse {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        if tag != RESULTS {
-            return prost::encoding::skip_field(wire_type, tag, buf, ctx);
-        }
+        let (entries, count) = match tag {
+            RESULTS => (&mut self.entries, &mut self.count),
+            BINDINGS => (&mut self.bindings, &mut self.binding_count),
+            _ => return prost::encoding::skip_field(wire_type, tag, buf, ctx),
+        };
         let mut body = Vec::new();
         prost::encoding::bytes::merge(wire_type, &mut body, buf, ctx)?;
-        encode_key(RESULTS, WireType::LengthDelimited, &mut self.entries);
-        encode_varint(body.len() as u64, &mut self.entries);
-        self.entries.extend_from_slice(&body);
-        self.count += 1;
+        encode_key(tag, WireType::LengthDelimited, entries);
+        encode_varint(body.len() as u64, entries);
+        entries.extend_from_slice(&body);
+        *count += 1;
         Ok(())
     }
 
     fn encoded_len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.bindings.len()
     }
 
     fn clear(&mut self) {
-        self.entries.clear();
-        self.count = 0;
+        *self = LookupAddressesResponse::default();
     }
 }
 
@@ -113,10 +182,8 @@ impl Message for LookupAddressesResponse {
 mod tests {
     use super::*;
 
-    #[test]
-    fn encodes_and_decodes_as_the_contract_message() {
-        let covered = api::LookupAddressResult {
-            address: String::new(),
+    fn covered() -> api::LookupAddressResult {
+        api::LookupAddressResult {
             found: true,
             prefix_id: "a".repeat(32),
             account_id: "b".repeat(32),
@@ -125,30 +192,58 @@ mod tests {
                 cidr: "192.0.2.1/32".into(),
                 ..Default::default()
             }),
-        };
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn full_encodes_and_decodes_as_the_contract_message() {
+        let covered = covered();
         let mut response = LookupAddressesResponse::with_capacity(2, 64);
-        response.push("192.0.2.1", &encode_tail(&covered));
-        response.push("198.51.100.7", &[]);
-        let expected = vec![
-            api::LookupAddressResult {
-                address: "192.0.2.1".into(),
-                ..covered
-            },
-            api::LookupAddressResult {
-                address: "198.51.100.7".into(),
-                ..Default::default()
-            },
-        ];
+        response.push("192.0.2.1", Some(&EncodedRoute::new(&covered)));
+        response.push("198.51.100.7", None);
+        let expected = Decoded {
+            results: vec![
+                api::LookupAddressResult {
+                    address: "192.0.2.1".into(),
+                    ..covered
+                },
+                api::LookupAddressResult {
+                    address: "198.51.100.7".into(),
+                    ..Default::default()
+                },
+            ],
+            bindings: Vec::new(),
+        };
         let bytes = response.encode_to_vec();
-        assert_eq!(
-            bytes,
-            Decoded {
-                results: expected.clone()
-            }
-            .encode_to_vec()
-        );
+        assert_eq!(bytes, expected.encode_to_vec());
         let received = LookupAddressesResponse::decode(bytes.as_slice()).unwrap();
         assert_eq!(received.len(), 2);
-        assert_eq!(received.results().unwrap(), expected);
+        assert_eq!(received.results().unwrap(), expected.results);
+    }
+
+    #[test]
+    fn compact_lists_bindings_apart_and_points_to_them() {
+        let covered = covered();
+        let route = EncodedRoute::new(&covered);
+        let mut response = LookupAddressesResponse::default();
+        let index = response.push_binding(route.binding.as_deref().unwrap());
+        response.push_compact(Some(&route), Some(index));
+        response.push_compact(None, None);
+        let expected = Decoded {
+            results: vec![
+                api::LookupAddressResult {
+                    binding: None,
+                    binding_index: Some(0),
+                    ..covered.clone()
+                },
+                api::LookupAddressResult::default(),
+            ],
+            bindings: vec![covered.binding.unwrap()],
+        };
+        assert_eq!(Decoded::decode(response.encode_to_vec().as_slice()).unwrap(), expected);
+        let received = LookupAddressesResponse::decode(response.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(received.results().unwrap(), expected.results);
+        assert_eq!(received.bindings().unwrap(), expected.bindings);
     }
 }

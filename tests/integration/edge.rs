@@ -48,12 +48,14 @@ async fn requests_over_the_size_limit_are_resource_exhausted() {
     let big = api::LookupAddressesRequest {
         addresses: vec!["192.0.2.1".into(); 200],
         active_only: false,
+        ..Default::default()
     };
     let status = server.routing().lookup_addresses(big).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let small = api::LookupAddressesRequest {
         addresses: vec!["192.0.2.1".into(); 10],
         active_only: false,
+        ..Default::default()
     };
     server.routing().lookup_addresses(small).await.unwrap();
 }
@@ -113,6 +115,7 @@ async fn calls_over_the_concurrency_cap_are_refused_not_queued() {
             let request = api::LookupAddressesRequest {
                 addresses: vec!["10.1.2.3".into(); 10_000],
                 active_only: false,
+                ..Default::default()
             };
             server.routing().lookup_addresses(request).await.map(|_| ())
         });

@@ -30,9 +30,60 @@ async fn lookup_batch(
     addresses: Vec<String>,
     active_only: bool,
 ) -> Result<Vec<api::LookupAddressResult>, tonic::Status> {
-    let request = api::LookupAddressesRequest { addresses, active_only };
-    let response = server.routing().lookup_addresses(request).await?.into_inner();
-    Ok(response.results().unwrap())
+    let full = api::LookupAddressesRequest {
+        addresses: addresses.clone(),
+        active_only,
+        view: api::LookupView::Unspecified as i32,
+    };
+    let full = server.routing().lookup_addresses(full).await?.into_inner();
+    let compact = api::LookupAddressesRequest {
+        addresses: addresses.clone(),
+        active_only,
+        view: api::LookupView::Compact as i32,
+    };
+    let compact = server.routing().lookup_addresses(compact).await?.into_inner();
+    let results = full.results().unwrap();
+    assert!(full.bindings().unwrap().is_empty(), "FULL lists no bindings apart");
+    assert_eq!(
+        expand_compact(&addresses, &compact),
+        results,
+        "COMPACT says what FULL says"
+    );
+    Ok(results)
+}
+
+/// A COMPACT answer written out as FULL, checking its shape on the way: no address echoed,
+/// every binding listed once and pointed to by some result.
+fn expand_compact(addresses: &[String], compact: &api::LookupAddressesResponse) -> Vec<api::LookupAddressResult> {
+    let bindings = compact.bindings().unwrap();
+    let results = compact.results().unwrap();
+    assert_eq!(results.len(), addresses.len());
+    let ids: std::collections::HashSet<&str> = bindings.iter().map(|binding| binding.id.as_str()).collect();
+    assert_eq!(ids.len(), bindings.len(), "each binding listed once");
+    let mut pointed = vec![false; bindings.len()];
+    let expanded = addresses
+        .iter()
+        .zip(results)
+        .map(|(address, result)| {
+            assert!(result.address.is_empty() && result.binding.is_none(), "{result:?}");
+            assert_eq!(result.found, result.binding_index.is_some(), "{result:?}");
+            let binding = result.binding_index.map(|index| {
+                pointed[index as usize] = true;
+                bindings[index as usize].clone()
+            });
+            api::LookupAddressResult {
+                address: address.clone(),
+                binding,
+                binding_index: None,
+                ..result
+            }
+        })
+        .collect();
+    assert!(
+        pointed.iter().all(|pointed| *pointed),
+        "every listed binding is matched"
+    );
+    expanded
 }
 
 async fn service_of(server: &TestServer, address: &str) -> Option<String> {
@@ -152,6 +203,53 @@ async fn uncovered_unbound_and_malformed_addresses() {
     );
     let at_limit = vec!["203.0.113.1".into(); 10_000];
     assert_eq!(lookup_batch(&server, at_limit, false).await.unwrap().len(), 10_000);
+}
+
+/// COMPACT: each matched binding once, in order of first match, results pointing into them;
+/// an unknown view is refused naming the field.
+#[tokio::test]
+async fn the_compact_view_lists_each_binding_once() {
+    let server = TestServer::start().await;
+    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
+    let wide = server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    let narrow = server.bind(&prefix, "192.0.2.1/32", CDN).await;
+    let unbound = server.create_prefix(&account(), "198.51.100.0/24").await;
+    let addresses: Vec<String> = [
+        "192.0.2.1",
+        "192.0.2.7",
+        "198.51.100.1",
+        "192.0.2.1",
+        "192.0.2.9",
+        "8.8.8.8",
+    ]
+    .map(String::from)
+    .to_vec();
+    let request = api::LookupAddressesRequest {
+        addresses: addresses.clone(),
+        active_only: false,
+        view: api::LookupView::Compact as i32,
+    };
+    let response = server.routing().lookup_addresses(request).await.unwrap().into_inner();
+    let bindings: Vec<String> = response.bindings().unwrap().into_iter().map(|b| b.id).collect();
+    assert_eq!(bindings, [narrow.id, wide.id]);
+    let results = response.results().unwrap();
+    let indexes: Vec<Option<i32>> = results.iter().map(|result| result.binding_index).collect();
+    assert_eq!(indexes, [Some(0), Some(1), None, Some(0), Some(1), None]);
+    assert_eq!(results[2].prefix_id, unbound.id);
+    assert!(results[5].prefix_id.is_empty() && !results[5].found);
+    // The same through the FULL view, result by result.
+    assert_eq!(
+        expand_compact(&addresses, &response),
+        lookup_batch(&server, addresses, false).await.unwrap()
+    );
+
+    let unknown = api::LookupAddressesRequest {
+        addresses: vec!["192.0.2.1".into()],
+        active_only: false,
+        view: 7,
+    };
+    let status = server.routing().lookup_addresses(unknown).await.unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "MALFORMED_REQUEST", 1019, Some("view"));
 }
 
 #[tokio::test]

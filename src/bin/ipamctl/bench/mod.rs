@@ -23,8 +23,8 @@ use workload::Workload;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
-    /// health, lookup, lookup-batch, create, mixed, watch, load, or etcd-put (durable puts to
-    /// an etcd cluster at --server, the anchor for creates).
+    /// health, lookup, lookup-batch (FULL view), lookup-batch-compact, create, mixed, watch,
+    /// load, or etcd-put (durable puts to an etcd cluster at --server, the anchor for creates).
     #[arg(default_value = "health")]
     pub scenario: String,
     /// Run these scenarios alternately (e.g. health,lookup) and print throughput ratios.
@@ -51,7 +51,7 @@ pub struct BenchArgs {
     /// Unmeasured run-in before measuring.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
-    /// Addresses per LookupAddresses call (lookup-batch).
+    /// Addresses per LookupAddresses call (lookup-batch, lookup-batch-compact).
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
     /// Fraction of reads in the mixed scenario.

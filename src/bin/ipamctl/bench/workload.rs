@@ -111,6 +111,7 @@ pub enum Workload {
     LookupBatch {
         addresses: Vec<String>,
         batch: usize,
+        view: api::LookupView,
     },
     Create {
         targets: Arc<CreateTargets>,
@@ -133,9 +134,14 @@ impl Workload {
             "lookup" => Ok(Workload::Lookup {
                 addresses: lookup_fixture(channels, args).await?,
             }),
-            "lookup-batch" => Ok(Workload::LookupBatch {
+            "lookup-batch" | "lookup-batch-compact" => Ok(Workload::LookupBatch {
                 addresses: lookup_fixture(channels, args).await?,
                 batch: args.batch.max(1),
+                view: if scenario == "lookup-batch" {
+                    api::LookupView::Full
+                } else {
+                    api::LookupView::Compact
+                },
             }),
             "etcd-put" => Ok(Workload::EtcdPut),
             "create" => Ok(Workload::Create {
@@ -157,7 +163,7 @@ impl Workload {
                 Ok(Workload::Done)
             }
             other => Err(format!(
-                "unknown scenario {other:?}: use health, lookup, lookup-batch, create, mixed, watch, load or etcd-put"
+                "unknown scenario {other:?}: use health, lookup, lookup-batch, lookup-batch-compact, create, mixed, watch, load or etcd-put"
             )),
         }
     }
@@ -174,7 +180,7 @@ impl Workload {
                 clients.health.check(request).await.map(|_| 1).map_err(|s| s.code())
             }
             Workload::Lookup { addresses } => lookup_one(clients, pick(addresses, 0)).await,
-            Workload::LookupBatch { addresses, batch } => {
+            Workload::LookupBatch { addresses, batch, view } => {
                 let start = (sequence as usize * 7919 + worker * 104_729) % addresses.len();
                 let batch_addresses: Vec<String> = (0..*batch)
                     .map(|i| addresses[(start + i) % addresses.len()].clone())
@@ -182,6 +188,7 @@ impl Workload {
                 let request = api::LookupAddressesRequest {
                     addresses: batch_addresses,
                     active_only: false,
+                    view: *view as i32,
                 };
                 clients
                     .routing

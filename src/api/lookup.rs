@@ -1,0 +1,118 @@
+//! Batch lookups' answers (`LookupAddresses`), written straight into the encoded response
+//! (`wire`): each route's fields are encoded once and kept in a cache checked against its
+//! binding's version, so a batch costs a table lookup and a copy per address. FULL echoes each
+//! address with its whole binding; COMPACT lists each matched binding once and points to it.
+
+use std::net::IpAddr;
+
+use super::convert;
+use super::wire::{EncodedRoute, LookupAddressesResponse};
+use crate::domain::{Binding, BindingId, Error, IdMap, Micros, PrefixId, ProvisioningState, Reason};
+use crate::pb::api;
+use crate::projection::ReadModel;
+use crate::projection::routing::Route;
+
+/// Room reserved per result: an address, ids and a binding.
+const TYPICAL_ENTRY_BYTES: usize = 256;
+/// Encoded routes kept for reuse; past this many (deleted bindings linger) the cache restarts.
+pub const MAX_CACHED_ROUTES: usize = 1 << 20;
+
+/// Encoded routes by (prefix, binding), each valid while its binding's version is unchanged.
+pub type RouteCache = IdMap<(PrefixId, Option<BindingId>), (Version, EncodedRoute)>;
+/// A binding's modification time and state (`None`: no binding).
+type Version = Option<(Micros, ProvisioningState)>;
+
+/// How a batch's results are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    Full,
+    Compact,
+}
+
+impl View {
+    /// The request's `view`; an unknown value is refused naming the field.
+    pub fn from_request(view: i32) -> Result<View, Error> {
+        match api::LookupView::try_from(view) {
+            Ok(api::LookupView::Unspecified | api::LookupView::Full) => Ok(View::Full),
+            Ok(api::LookupView::Compact) => Ok(View::Compact),
+            Err(_) => Err(Error::field(
+                Reason::MalformedRequest,
+                "view",
+                format!("view {view} is not a LookupView: use LOOKUP_VIEW_FULL or LOOKUP_VIEW_COMPACT"),
+            )),
+        }
+    }
+}
+
+/// The answer for one address as a whole message (what LookupAddress sends, and what a FULL
+/// batch result decodes to): `None` when no prefix covers it.
+pub fn resolve(model: &ReadModel, text: &str, address: IpAddr, active_only: bool) -> Option<api::LookupAddressResult> {
+    let route = model.routes.lookup(address, active_only)?;
+    let binding = route.binding_id.and_then(|id| model.state.binding_by_id(id));
+    Some(result(model, route, binding, text.to_string()))
+}
+
+fn result(model: &ReadModel, route: Route, binding: Option<&Binding>, address: String) -> api::LookupAddressResult {
+    let account_id = model
+        .state
+        .prefix_by_id(route.prefix_id)
+        .map(|prefix| prefix.account_id.to_string());
+    api::LookupAddressResult {
+        address,
+        found: binding.is_some(),
+        prefix_id: route.prefix_id.to_string(),
+        account_id: account_id.unwrap_or_default(),
+        binding: binding.map(convert::binding),
+        binding_index: None,
+    }
+}
+
+/// The batch's answer: `texts` as asked, `addresses` the same parsed. Routes found in `cached`
+/// are reused; the ones encoded here are added to `fresh` (for the caller to keep).
+pub fn answer(
+    model: &ReadModel,
+    texts: &[String],
+    addresses: &[IpAddr],
+    active_only: bool,
+    view: View,
+    cached: &RouteCache,
+    fresh: &mut RouteCache,
+) -> LookupAddressesResponse {
+    let mut response = LookupAddressesResponse::with_capacity(addresses.len(), TYPICAL_ENTRY_BYTES);
+    let mut listed: IdMap<BindingId, u32> = IdMap::default();
+    let routes = model.routes.lookup_many(addresses, active_only);
+    for (text, route) in texts.iter().zip(routes) {
+        let found = route.map(|route| (encode(model, route, cached, fresh), route.binding_id));
+        match view {
+            View::Full => response.push(text, found.map(|(encoded, _)| encoded)),
+            View::Compact => {
+                let index = found.and_then(|(encoded, binding_id)| {
+                    let body = encoded.binding.as_deref()?;
+                    Some(*listed.entry(binding_id?).or_insert_with(|| response.push_binding(body)))
+                });
+                response.push_compact(found.map(|(encoded, _)| encoded), index);
+            }
+        }
+    }
+    response
+}
+
+/// `route` encoded: from `cached` while its binding is unchanged, else from `fresh` (one batch
+/// reads one state, so what it encoded stays current), else encoded now and kept in `fresh`.
+fn encode<'a>(model: &ReadModel, route: Route, cached: &'a RouteCache, fresh: &'a mut RouteCache) -> &'a EncodedRoute {
+    let binding = route.binding_id.and_then(|id| model.state.binding_by_id(id));
+    let version = binding.map(|binding| (binding.modified_at, binding.state));
+    let key = (route.prefix_id, route.binding_id);
+    if let Some((known, encoded)) = cached.get(&key)
+        && *known == version
+    {
+        return encoded;
+    }
+    let (_, encoded) = fresh.entry(key).or_insert_with(|| {
+        (
+            version,
+            EncodedRoute::new(&result(model, route, binding, String::new())),
+        )
+    });
+    encoded
+}
