@@ -123,7 +123,39 @@ fn write_fuzz_seeds() {
     let key = NetworkKey::of(&"192.0.2.0/25".parse().unwrap());
     let token = page_token::encode(&scope, key);
 
-    let seeds: [(&str, Vec<Vec<u8>>); 5] = [
+    // lookup_batch: four commands (192.0.2.0/24, bound whole to Magic Transit and .1/32 to the
+    // CDN, the first activated), then addresses inside in three spellings and one anywhere; a
+    // second with an IPv6 prefix bound whole; a third with text that is no address.
+    let inside = |choice: u8, last_octet: u8| {
+        let mut bytes = vec![choice, 0, 0, 0, 0, last_octet];
+        bytes.extend_from_slice(&[0; 12]);
+        bytes
+    };
+    let mut ipv4_batch = vec![4, 0, 0, 192, 0, 2, 0, 8, 0];
+    ipv4_batch.extend_from_slice(&[1, 0, 0]);
+    ipv4_batch.extend_from_slice(&[0; 16]);
+    ipv4_batch.push(0);
+    ipv4_batch.extend_from_slice(&[1, 0, 8, 0, 0, 0, 1]);
+    ipv4_batch.extend_from_slice(&[0; 12]);
+    ipv4_batch.push(1);
+    ipv4_batch.extend_from_slice(&[2, 0]);
+    ipv4_batch.push(0);
+    for (choice, last_octet) in [(1, 1), (9, 7), (17, 1), (1, 200)] {
+        ipv4_batch.extend(inside(choice, last_octet));
+    }
+    ipv4_batch.extend_from_slice(&[0, 0, 198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let mut ipv6_batch = vec![2, 0, 1, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1];
+    ipv6_batch.extend_from_slice(&[1, 0, 0]);
+    ipv6_batch.extend_from_slice(&[0; 16]);
+    ipv6_batch.extend_from_slice(&[2, 1]);
+    for choice in [1, 9, 17] {
+        ipv6_batch.extend(inside(choice, 9));
+    }
+    let mut text_batch = ipv4_batch[..ipv4_batch.len() - 18].to_vec();
+    text_batch.extend_from_slice(&[24, 0, 7]);
+    text_batch.extend_from_slice(b"2001:db");
+
+    let seeds: [(&str, Vec<Vec<u8>>); 6] = [
         (
             "record",
             vec![record.clone(), single_record, record[..record.len() - 3].to_vec()],
@@ -162,6 +194,7 @@ fn write_fuzz_seeds() {
             .map(|text| text.as_bytes().to_vec())
             .to_vec(),
         ),
+        ("lookup_batch", vec![ipv4_batch, ipv6_batch, text_batch]),
     ];
     for (target, inputs) in seeds {
         let dir = fuzz_dir("corpus", target);
