@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use crate::api::lookup::{self, RouteCache, View};
 use crate::api::wire::Decoded;
-use crate::domain::{AccountId, BindingId, Command, Event, Micros, Outcome, Prefix, PrefixId, Service, fields};
 use crate::domain::network::NetworkKey;
+use crate::domain::{AccountId, BindingId, Command, Event, Micros, Outcome, Prefix, PrefixId, Service, fields};
 use crate::log::codec;
 use crate::operations::page_token::{self, ListScope};
 use crate::projection::ReadModel;
@@ -244,7 +244,10 @@ fn check_batch(model: &ReadModel, created: &Created, input: &mut Input) {
         assert_eq!(&expanded, full, "COMPACT says what FULL says");
     }
     assert_eq!(compact.results.len(), expected.len());
-    assert!(pointed.iter().all(|pointed| *pointed), "only matched bindings are listed");
+    assert!(
+        pointed.iter().all(|pointed| *pointed),
+        "only matched bindings are listed"
+    );
     let mut ids: Vec<&str> = compact.bindings.iter().map(|binding| binding.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -273,7 +276,11 @@ impl Input<'_> {
 /// Up to 24 commands decided by the real rules (refusals skipped) on an empty model: prefixes
 /// of three accounts in both families, bindings inside them, activations and deletions.
 fn build_routing_model(model: &mut ReadModel, input: &mut Input) -> Created {
-    assert_eq!((model.state.n_prefixes(), model.state.n_bindings()), (0, 0), "starts empty");
+    assert_eq!(
+        (model.state.n_prefixes(), model.state.n_bindings()),
+        (0, 0),
+        "starts empty"
+    );
     let mut created = Created {
         prefixes: Vec::new(),
         bindings: Vec::new(),
@@ -293,13 +300,17 @@ fn build_routing_model(model: &mut ReadModel, input: &mut Input) -> Created {
                 Command::CreatePrefix {
                     id: PrefixId(fresh_id()),
                     account_id: AccountId(Uuid::from_u128(1 + u128::from(input.byte() % 3))),
-                    cidr: cidr.map(|cidr| cidr.trunc()).unwrap_or_else(|_| "192.0.2.0/24".parse().unwrap()),
+                    cidr: cidr
+                        .map(|cidr| cidr.trunc())
+                        .unwrap_or_else(|_| "192.0.2.0/24".parse().unwrap()),
                     asn: None,
                     description: String::new(),
                 }
             }
             1 => {
-                let Some(index) = pick(created.prefixes.len(), input.byte()) else { continue };
+                let Some(index) = pick(created.prefixes.len(), input.byte()) else {
+                    continue;
+                };
                 let prefix = &created.prefixes[index];
                 let longest = if prefix.cidr.addr().is_ipv4() { 32 } else { 128 };
                 let length = prefix.cidr.prefix_len() + input.byte() % (longest - prefix.cidr.prefix_len() + 1);
@@ -314,14 +325,20 @@ fn build_routing_model(model: &mut ReadModel, input: &mut Input) -> Created {
                 }
             }
             2 => {
-                let Some(index) = pick(created.bindings.len(), input.byte()) else { continue };
+                let Some(index) = pick(created.bindings.len(), input.byte()) else {
+                    continue;
+                };
                 Command::ActivateBinding {
                     binding_id: created.bindings[index],
                 }
             }
             _ => {
-                let Some(index) = pick(created.bindings.len(), input.byte()) else { continue };
-                let Some(binding) = model.state.binding_by_id(created.bindings[index]) else { continue };
+                let Some(index) = pick(created.bindings.len(), input.byte()) else {
+                    continue;
+                };
+                let Some(binding) = model.state.binding_by_id(created.bindings[index]) else {
+                    continue;
+                };
                 Command::DeleteBinding {
                     account_id: binding.account_id,
                     prefix_id: binding.prefix_id,
@@ -348,7 +365,9 @@ fn clear_routing_model(model: &mut ReadModel, created: Created) {
         .collect();
     live.sort_unstable_by(|a, b| b.cmp(a));
     for (_, binding_id) in live {
-        let Some(binding) = model.state.binding_by_id(binding_id) else { continue };
+        let Some(binding) = model.state.binding_by_id(binding_id) else {
+            continue;
+        };
         let command = Command::DeleteBinding {
             account_id: binding.account_id,
             prefix_id: binding.prefix_id,
@@ -363,7 +382,11 @@ fn clear_routing_model(model: &mut ReadModel, created: Created) {
         };
         apply(model, &command);
     }
-    assert_eq!((model.state.n_prefixes(), model.state.n_bindings()), (0, 0), "left empty");
+    assert_eq!(
+        (model.state.n_prefixes(), model.state.n_bindings()),
+        (0, 0),
+        "left empty"
+    );
 }
 
 /// Decides `command` and applies its events; `None` if the rules refused it.
@@ -410,7 +433,7 @@ fn batch_addresses(input: &mut Input, prefixes: &[IpNet]) -> Vec<String> {
         let choice = input.byte();
         let inside = (!prefixes.is_empty()).then(|| prefixes[usize::from(input.byte()) % prefixes.len()]);
         let address = match inside {
-            Some(cidr) if choice % 8 != 0 => within(cidr, input.bytes()),
+            Some(cidr) if !choice.is_multiple_of(8) => within(cidr, input.bytes()),
             _ => IpAddr::from(input.bytes::<16>()).to_canonical(),
         };
         let text = match (choice >> 3) % 4 {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use ipam_bindings::pb::api;
 use ipam_bindings::server::ServerOptions;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 use crate::common::*;
 
@@ -131,4 +132,136 @@ async fn calls_over_the_concurrency_cap_are_refused_not_queued() {
         }
     }
     assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
+}
+
+/// Sends any bytes as a request message and discards the answer's: what a typed client
+/// cannot send.
+#[derive(Default)]
+struct RawCodec;
+struct RawEncoder;
+struct Discard;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Discard {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        let remaining = prost::bytes::Buf::remaining(src);
+        prost::bytes::Buf::advance(src, remaining);
+        Ok(Some(()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = Discard;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> Discard {
+        Discard
+    }
+}
+
+/// Hostile bodies on both surfaces: bytes that are not protobuf, a truncated field, and groups
+/// nested 100,000 deep are INVALID_ARGUMENT `MALFORMED_REQUEST` on every service (unary and
+/// streaming), never INTERNAL; on the JSON API, JSON nested 100,000 deep is 400
+/// `MALFORMED_JSON` and a body over the limit 429 `REQUEST_TOO_LARGE` (read no further than
+/// the limit). The server goes on serving.
+#[tokio::test]
+async fn hostile_bodies_are_refused_clearly_on_both_surfaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ServerOptions::new(dir.path(), Duration::from_secs(3600));
+    options.max_message_bytes = 256 * 1024;
+    let server = TestServer::start_with_options(options).await;
+    let nested_groups = [vec![0x7b; 100_000], vec![0x7c; 100_000]].concat();
+    let bodies: [(&str, Vec<u8>); 3] = [
+        ("not protobuf", vec![0xff, 0xff, 0xff]),
+        ("truncated", vec![0x0a, 0x40, b'a']),
+        ("nested groups", nested_groups),
+    ];
+    let unary = [
+        "/addressing.v1.Prefixes/CreatePrefix",
+        "/addressing.v1.ServiceBindings/CreateServiceBinding",
+        "/addressing.v1.Services/ListServices",
+        "/addressing.v1.Routing/LookupAddresses",
+        "/addressing.v1.Routing/PreviewChange",
+        "/addressing.v1.Rollout/CompleteProvisioning",
+    ];
+    let mut grpc = tonic::client::Grpc::new(server.channel.clone());
+    for (what, body) in &bodies {
+        for method in unary {
+            grpc.ready().await.unwrap();
+            let path = http::uri::PathAndQuery::from_static(method);
+            let request = tonic::Request::new(body.clone());
+            let status = grpc.unary(request, path, RawCodec).await.unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{what} on {method}: {status:?}");
+            let reason = status.get_details_error_info().map(|info| info.reason);
+            assert_eq!(reason.as_deref(), Some("MALFORMED_REQUEST"), "{what} on {method}");
+        }
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static("/addressing.v1.ServiceBindings/WatchServiceBindings");
+        let request = tonic::Request::new(body.clone());
+        let status = match grpc.server_streaming(request, path, RawCodec).await {
+            Err(status) => status,
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                stream.message().await.expect_err("a refusal")
+            }
+        };
+        assert_eq!(status.code(), Code::InvalidArgument, "{what} on a watch: {status:?}");
+    }
+
+    let prefixes = format!("/client/v4/accounts/{}/addressing/prefixes", account());
+    let json = [("content-type", "application/json")];
+    let deep = format!(
+        r#"{{"cidr":"192.0.2.0/24","x":{}1{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let reply = http(server.http_address, "POST", &prefixes, &json, Some(&deep)).await;
+    assert_eq!(
+        (reply.status, &reply.json["errors"][0]["code"]),
+        (400, &serde_json::json!(1500)),
+        "{}",
+        reply.body
+    );
+    let oversized = format!(
+        r#"{{"cidr":"192.0.2.0/24","description":"{}"}}"#,
+        "x".repeat(300 * 1024)
+    );
+    let reply = http(server.http_address, "POST", &prefixes, &json, Some(&oversized)).await;
+    assert_eq!(
+        (reply.status, &reply.json["errors"][0]["code"]),
+        (429, &serde_json::json!(1504)),
+        "{}",
+        reply.body
+    );
+
+    // Still serving, on both surfaces.
+    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
+    let listed = http(
+        server.http_address,
+        "GET",
+        &format!("/client/v4/accounts/{}/addressing/prefixes", prefix.account_id),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(
+        listed.json["result"][0]["id"],
+        serde_json::json!(prefix.id),
+        "{}",
+        listed.body
+    );
 }

@@ -1,11 +1,10 @@
 //! The command line: every subcommand and argument, with its help. Global options (server,
-//! account, output, TLS) are listed apart from each command's own.
+//! account, output, TLS) are listed apart from each command's own. Nothing here but clap and
+//! the library: the `ipamctl_args` fuzz target compiles this file on its own.
+
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-
-use crate::bench::BenchArgs;
-use crate::connection::TlsArgs;
-use crate::output::Format;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -284,4 +283,168 @@ pub enum BindingCommand {
         #[arg(long)]
         validate_only: bool,
     },
+}
+
+/// TLS towards a server started with --tls-cert (and --tls-client-ca for mutual TLS).
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "TLS options")]
+pub struct TlsArgs {
+    /// PEM CA that signed the server's certificate; turns TLS on (so does an https:// --server).
+    #[arg(long, global = true, env = "IPAM_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for servers that require one (mutual TLS).
+    #[arg(long, global = true, env = "IPAM_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    pub tls_client_cert: Option<std::path::PathBuf>,
+    /// PEM key of --tls-client-cert.
+    #[arg(long, global = true, env = "IPAM_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    pub tls_client_key: Option<std::path::PathBuf>,
+    /// Name to verify in the server's certificate (default: the host of --server).
+    #[arg(long, global = true, env = "IPAM_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// `ipamctl bench`'s arguments.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// health, lookup, lookup-batch (FULL view), lookup-batch-compact, create, mixed, watch,
+    /// load, or etcd-put (durable puts to an etcd cluster at --server, the anchor for creates).
+    #[arg(default_value = "health")]
+    pub scenario: String,
+    /// Run these scenarios alternately (e.g. health,lookup) and print throughput ratios.
+    #[arg(long, value_delimiter = ',')]
+    pub compare: Vec<String>,
+    /// Rounds of --compare.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Calls in flight at once (workers).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// HTTP/2 connections the workers share.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// How long to measure (after warmup).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Stop after this many calls instead of after --duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Open loop at this many calls per second in total.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Unmeasured run-in before measuring.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Addresses per LookupAddresses call (lookup-batch, lookup-batch-compact).
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Fraction of reads in the mixed scenario.
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
+    /// Prefixes the fixture (and the load scenario) creates.
+    #[arg(long, default_value_t = 1000)]
+    pub prefixes: usize,
+    /// Bindings per prefix the fixture (and the load scenario) creates, the prefix-wide one included.
+    #[arg(long, default_value_t = 4)]
+    pub bindings_per_prefix: usize,
+    /// The load scenario's history per prefix: create and delete one more binding this many
+    /// times (two events each), so the log grows while the live set does not.
+    #[arg(long, default_value_t = 0)]
+    pub churn_per_prefix: usize,
+    /// Watchers of the watch scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    /// Draw the latency percentile curve (one per scenario) to this SVG file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+/// The URL to dial for `--server`: `HOST:PORT` as grpcurl users type it means
+/// `http://HOST:PORT`, and `https://` when a CA is given (an `http://` URL with a CA too).
+pub fn server_url(server: &str, tls: bool) -> String {
+    match server.split_once("://") {
+        None if tls => format!("https://{server}"),
+        None => format!("http://{server}"),
+        Some(("http", rest)) if tls => format!("https://{rest}"),
+        Some(_) => server.to_string(),
+    }
+}
+
+/// The property of the `ipamctl_args` fuzz target (`fuzz/fuzz_targets/ipamctl_args.rs`
+/// includes this file), replayed over its corpus by this module's tests: any argument list
+/// (the input split at NUL bytes) is parsed or refused with a message, never a panic; an
+/// accepted one parses the same again, names an account exactly when it has one, dials a URL,
+/// and a service name it carries resolves to a service whose own name resolves to it again.
+#[cfg(any(test, fuzzing))]
+pub fn check_arguments(data: &[u8]) {
+    use clap::{CommandFactory, FromArgMatches};
+    use ipam_bindings::domain::Service;
+
+    thread_local! {
+        /// The definition, built once: building it is most of a parse's cost.
+        static DEFINITION: std::cell::RefCell<clap::Command> = std::cell::RefCell::new(Cli::command());
+    }
+    let argv: Vec<String> = std::iter::once("ipamctl".to_string())
+        .chain(
+            data.split(|byte| *byte == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned()),
+        )
+        .collect();
+    let parse = || {
+        DEFINITION
+            .with_borrow_mut(|definition| definition.try_get_matches_from_mut(&argv))
+            .and_then(|matches| Cli::from_arg_matches(&matches))
+    };
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            assert!(!error.render().to_string().is_empty(), "a refusal says why");
+            return;
+        }
+    };
+    let again = parse().expect("parses again");
+    assert_eq!(format!("{again:?}"), format!("{cli:?}"));
+    assert_eq!(cli.global.required_account().is_ok(), !cli.global.account.is_empty());
+    assert!(server_url(&cli.global.server, cli.tls.tls_ca.is_some()).contains("://"));
+    let service = match &cli.command {
+        Command::Bindings(BindingCommand::Create { service, .. }) => Some(service),
+        Command::Preview(PreviewCommand::Create { service, .. }) => Some(service),
+        _ => None,
+    };
+    if let Some(service) = service.and_then(|name| Service::from_name(name)) {
+        assert_eq!(Service::from_name(service.name()), Some(service));
+        assert_eq!(Service::from_name(&service.id().to_string()), Some(service));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fuzz target's seeds and past findings (`fuzz/corpus/ipamctl_args/`,
+    /// `fuzz/regressions/ipamctl_args/`) hold the property under stable `cargo test`.
+    #[test]
+    fn every_seed_and_past_finding_of_the_arguments_target_holds() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let mut checked = 0;
+        for kind in ["corpus", "regressions"] {
+            let Ok(entries) = std::fs::read_dir(root.join(kind).join("ipamctl_args")) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                let bytes = std::fs::read(&path).unwrap();
+                let held = std::panic::catch_unwind(|| check_arguments(&bytes));
+                assert!(held.is_ok(), "{} breaks the property", path.display());
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "the seeds are missing from fuzz/corpus/ipamctl_args");
+    }
 }

@@ -4,30 +4,12 @@
 
 use std::time::Duration;
 
-use clap::Args;
+pub use crate::cli::TlsArgs;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_types::StatusExt;
-
-/// TLS towards a server started with --tls-cert (and --tls-client-ca for mutual TLS).
-#[derive(Args, Debug, Clone, Default)]
-#[command(next_help_heading = "TLS options")]
-pub struct TlsArgs {
-    /// PEM CA that signed the server's certificate; turns TLS on (so does an https:// --server).
-    #[arg(long, global = true, env = "IPAM_TLS_CA")]
-    pub tls_ca: Option<std::path::PathBuf>,
-    /// PEM client certificate, for servers that require one (mutual TLS).
-    #[arg(long, global = true, env = "IPAM_TLS_CLIENT_CERT", requires = "tls_client_key")]
-    pub tls_client_cert: Option<std::path::PathBuf>,
-    /// PEM key of --tls-client-cert.
-    #[arg(long, global = true, env = "IPAM_TLS_CLIENT_KEY", requires = "tls_client_cert")]
-    pub tls_client_key: Option<std::path::PathBuf>,
-    /// Name to verify in the server's certificate (default: the host of --server).
-    #[arg(long, global = true, env = "IPAM_TLS_DOMAIN")]
-    pub tls_domain: Option<String>,
-}
 
 impl TlsArgs {
     fn client_config(&self, url: &str) -> Result<Option<ClientTlsConfig>, String> {
@@ -100,13 +82,7 @@ impl Connection {
     /// The URL to dial: `HOST:PORT` as grpcurl users type it means `http://HOST:PORT`, and
     /// `https://` when a CA is given (an `http://` URL with a CA too).
     fn url(&self) -> String {
-        let tls = self.tls.tls_ca.is_some();
-        match self.server.split_once("://") {
-            None if tls => format!("https://{}", self.server),
-            None => format!("http://{}", self.server),
-            Some(("http", rest)) if tls => format!("https://{rest}"),
-            Some(_) => self.server.clone(),
-        }
+        crate::cli::server_url(&self.server, self.tls.tls_ca.is_some())
     }
 
     pub async fn connect(&self) -> Result<Transport, String> {

@@ -5,11 +5,7 @@ use ipam_bindings::pb::api;
 use prost_types::Timestamp;
 use serde_json::{Value, json};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
+pub use crate::cli::Format;
 
 fn time(timestamp: &Option<Timestamp>) -> String {
     let Some(timestamp) = timestamp else {

@@ -17,63 +17,10 @@ use std::time::Duration;
 use crate::connection::Transport;
 use tokio::time::Instant;
 
+pub use crate::cli::BenchArgs;
 use crate::connection::Connection;
 use stats::{Recorder, Summary};
 use workload::Workload;
-
-#[derive(Clone, Debug, clap::Args)]
-pub struct BenchArgs {
-    /// health, lookup, lookup-batch (FULL view), lookup-batch-compact, create, mixed, watch,
-    /// load, or etcd-put (durable puts to an etcd cluster at --server, the anchor for creates).
-    #[arg(default_value = "health")]
-    pub scenario: String,
-    /// Run these scenarios alternately (e.g. health,lookup) and print throughput ratios.
-    #[arg(long, value_delimiter = ',')]
-    pub compare: Vec<String>,
-    /// Rounds of --compare.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
-    /// Calls in flight at once (workers).
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
-    /// HTTP/2 connections the workers share.
-    #[arg(long, default_value_t = 4)]
-    pub connections: usize,
-    /// How long to measure (after warmup).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-    /// Stop after this many calls instead of after --duration.
-    #[arg(long)]
-    pub requests: Option<u64>,
-    /// Open loop at this many calls per second in total.
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Unmeasured run-in before measuring.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub warmup: Duration,
-    /// Addresses per LookupAddresses call (lookup-batch, lookup-batch-compact).
-    #[arg(long, default_value_t = 1000)]
-    pub batch: usize,
-    /// Fraction of reads in the mixed scenario.
-    #[arg(long, default_value_t = 0.9)]
-    pub read_ratio: f64,
-    /// Prefixes the fixture (and the load scenario) creates.
-    #[arg(long, default_value_t = 1000)]
-    pub prefixes: usize,
-    /// Bindings per prefix the fixture (and the load scenario) creates, the prefix-wide one included.
-    #[arg(long, default_value_t = 4)]
-    pub bindings_per_prefix: usize,
-    /// The load scenario's history per prefix: create and delete one more binding this many
-    /// times (two events each), so the log grows while the live set does not.
-    #[arg(long, default_value_t = 0)]
-    pub churn_per_prefix: usize,
-    /// Watchers of the watch scenario.
-    #[arg(long, default_value_t = 1000)]
-    pub watchers: usize,
-    /// Draw the latency percentile curve (one per scenario) to this SVG file.
-    #[arg(long)]
-    pub plot: Option<std::path::PathBuf>,
-}
 
 /// One measured run.
 pub struct RunResult {
