@@ -195,6 +195,10 @@ pub struct Lpm<K: Key> {
     root: Box<[u64]>,
     /// The length of the prefix that painted each root slot (meaningful where a value is).
     root_lengths: Box<[u8]>,
+    /// One bit per 4 KiB page of `root`: written since the table was made. Moving the root to
+    /// huge pages copies only these: reading the whole 128 MiB root instead (page faults on
+    /// its untouched pages included) stalled that one insert for 35-45 ms.
+    root_pages_written: Box<[u64]>,
     /// Prefixes of length 0..=ROOT_BITS, which live in the root.
     short: HashMap<(K, u8), u32>,
     nodes: Vec<Node>,
@@ -211,6 +215,7 @@ impl<K: Key> Default for Lpm<K> {
         Lpm {
             root: vec![0; root].into_boxed_slice(),
             root_lengths: vec![0; root].into_boxed_slice(),
+            root_pages_written: vec![0; root.div_ceil(ROOT_SLOTS_PER_PAGE * 64)].into_boxed_slice(),
             short: HashMap::new(),
             nodes: Vec::new(),
             locals: Vec::new(),
@@ -389,15 +394,24 @@ impl<K: Key> Lpm<K> {
     fn move_to_huge_pages(&mut self) {
         let mut root = vec![0u64; self.root.len()].into_boxed_slice();
         advise_huge_pages(&root);
-        // Only the slots in use: writing the zeros too would make every page resident.
-        for (slot, &entry) in self.root.iter().enumerate().filter(|(_, entry)| **entry != 0) {
-            root[slot] = entry;
+        // Only the pages ever written: copying the zeros too would make every page resident.
+        for (word_index, &word) in self.root_pages_written.iter().enumerate() {
+            let written = (0..64).filter(|bit| word & (1u64 << bit) != 0);
+            for page in written.map(|bit| word_index * 64 + bit) {
+                let slots = page * ROOT_SLOTS_PER_PAGE..((page + 1) * ROOT_SLOTS_PER_PAGE).min(root.len());
+                root[slots.clone()].copy_from_slice(&self.root[slots]);
+            }
         }
         self.root = root;
         let mut nodes = Vec::with_capacity(self.nodes.capacity());
         advise_huge_pages(nodes.spare_capacity_mut());
         nodes.append(&mut self.nodes);
         self.nodes = nodes;
+    }
+
+    fn note_root_write(&mut self, slot: usize) {
+        let page = slot / ROOT_SLOTS_PER_PAGE;
+        self.root_pages_written[page / 64] |= 1 << (page % 64);
     }
 
     fn root_value(&self, slot: usize) -> u32 {
@@ -409,10 +423,12 @@ impl<K: Key> Lpm<K> {
     }
 
     fn set_root_value(&mut self, slot: usize, value: u32) {
+        self.note_root_write(slot);
         self.root[slot] = (self.root[slot] & !u64::from(u32::MAX)) | u64::from(value.wrapping_add(1));
     }
 
     fn set_root_child(&mut self, slot: usize, child: u32) {
+        self.note_root_write(slot);
         self.root[slot] = (self.root[slot] & u64::from(u32::MAX)) | u64::from(child.wrapping_add(1)) << 32;
     }
 
@@ -537,6 +553,8 @@ fn prefetch<T>(value: &T) {
 /// From this many prefixes on, a table asks for huge pages (below it, a 2 MiB page per touched
 /// region of the mostly empty root would cost more memory than the TLB misses cost time).
 pub(super) const HUGE_PAGES_FROM: usize = 65_536;
+/// Root slots in a 4 KiB page.
+const ROOT_SLOTS_PER_PAGE: usize = 4096 / std::mem::size_of::<u64>();
 
 /// Asks the kernel to back `memory` with transparent huge pages: the IPv4 root is 128 MiB and
 /// the nodes tens of MiB, read at random, and with 4 KiB pages nearly every lookup also missed

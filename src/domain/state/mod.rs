@@ -53,8 +53,12 @@ pub struct Page<'a, T> {
 }
 
 /// A map keyed by ids this server generated (random UUIDs): a fast hash is safe for them.
-/// Keys a caller chooses (request ids) keep std's DoS-resistant SipHash.
-pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// Keys a caller chooses (request ids) keep std's DoS-resistant SipHash. griddle's map grows
+/// incrementally (a few entries move to the larger table with each insert): std's moves every
+/// entry in the insert that crosses the load factor, which at 229,000 bindings stalled the
+/// writer's decide and then the projections' apply for ~35 ms each, with every caller in the
+/// group waiting (docs/benchmarks.md, tail latency of creates).
+pub type IdMap<K, V> = griddle::HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Clone, Debug, Default)]
 pub struct State {
