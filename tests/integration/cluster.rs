@@ -646,6 +646,50 @@ async fn without_a_quorum_writes_fail_reads_go_on_and_writes_resume() {
     assert!(refused_copies <= 1);
 }
 
+/// A write through a replica is traced like one on a single node: the call's server span under
+/// the caller's, and the writer's queue, decide, append (the stream's acknowledgement) and
+/// apply spans under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_replica_records_the_writers_spans() {
+    let Some(nats) = nats_server() else { return };
+    let cluster = NatsCluster::start(nats).await;
+    let (collector, collector_address) = crate::tracing::Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (urls, endpoint) = (cluster.urls(0), format!("http://{collector_address}"));
+    let args = [
+        "--log-backend",
+        "jetstream",
+        "--nats-url",
+        urls.as_str(),
+        "--otlp-endpoint",
+        endpoint.as_str(),
+    ];
+    let replica = ServerProcess::start(dir.path(), &args, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+    let trace_id = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(api::CreatePrefixRequest {
+        account_id: account(),
+        cidr: "192.0.2.0/24".into(),
+        ..Default::default()
+    });
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    replica.api().prefixes().create_prefix(request).await.unwrap();
+
+    let trace = crate::tracing::hex(trace_id);
+    let call = collector.span(&trace, "CreatePrefix").await;
+    for name in ["write.queue", "write.decide", "write.append", "write.apply"] {
+        let child = collector.span(&trace, name).await;
+        assert_eq!(child.parent_span_id, call.span_id, "{name} under the call");
+        assert!(
+            call.start_time_unix_nano <= child.start_time_unix_nano
+                && child.end_time_unix_nano <= call.end_time_unix_nano,
+            "{name} within the call"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_could_lose_events_is_refused() {
     let Some(nats) = nats_server() else { return };

@@ -18,7 +18,7 @@ use crate::common::*;
 
 /// What the collector received: spans, and the resource attributes they came with.
 #[derive(Clone, Default)]
-struct Collector {
+pub struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
     resource: Arc<Mutex<HashMap<String, String>>>,
 }
@@ -44,7 +44,7 @@ impl TraceService for Collector {
 }
 
 impl Collector {
-    async fn start() -> (Collector, std::net::SocketAddr) {
+    pub async fn start() -> (Collector, std::net::SocketAddr) {
         let collector = Collector::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -58,7 +58,7 @@ impl Collector {
     }
 
     /// Waits until a span of `trace_id` named `name` arrived.
-    async fn span(&self, trace_id: &[u8], name: &str) -> Span {
+    pub async fn span(&self, trace_id: &[u8], name: &str) -> Span {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let found = (self.spans.lock().unwrap().iter())
@@ -82,7 +82,7 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
     })
 }
 
-fn hex(text: &str) -> Vec<u8> {
+pub fn hex(text: &str) -> Vec<u8> {
     ipam_bindings::hex::decode(text).unwrap()
 }
 

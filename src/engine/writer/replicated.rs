@@ -28,6 +28,7 @@ use super::{Job, MAX_GROUP, Writer};
 use crate::domain::{Actor, Command, Error, Outcome, Reason};
 use crate::log::StreamPosition;
 use crate::replica::{Appended, Replica, StreamGroup};
+use crate::telemetry::{self, WriteTimes};
 
 /// Races a command may lose in a row before it fails with WRITE_CONFLICT. Each round one of
 /// the replicas appending at once wins; with three, losing 32 in a row is ~(2/3)^32 = 2e-6.
@@ -46,6 +47,8 @@ struct Waiting {
     /// Races lost in a row.
     conflicts: u32,
     queued: Instant,
+    /// The call's trace context, when it is sampled: the writer's spans go under it.
+    trace: Option<opentelemetry::Context>,
 }
 
 impl Writer {
@@ -132,14 +135,24 @@ impl Replicated {
     fn take(&mut self, writer: &mut Writer, job: Job) {
         match job {
             Job::Execute {
-                command, actor, reply, ..
-            } => self.waiting.push_back(Waiting {
                 command,
                 actor,
                 reply,
-                conflicts: 0,
-                queued: Instant::now(),
-            }),
+                trace,
+            } => {
+                let (trace, queued) = match trace {
+                    Some((context, queued)) => (Some(context), queued),
+                    None => (None, Instant::now()),
+                };
+                self.waiting.push_back(Waiting {
+                    command,
+                    actor,
+                    reply,
+                    conflicts: 0,
+                    queued,
+                    trace,
+                })
+            }
             Job::Replicated(Ok(group)) => {
                 if self.unstored.is_some() || self.diverged.is_some() {
                     // The tail is ahead of what can be stored; it will be read again after a restart.
@@ -232,6 +245,7 @@ impl Replicated {
         let results: Vec<Result<Outcome, Error>> = (group.iter())
             .map(|waiting| writer.decide(&waiting.command, &waiting.actor, &mut events, Some(&mut undos)))
             .collect();
+        let decided = Instant::now();
         if events.is_empty() {
             let replies = group.into_iter().map(|waiting| waiting.reply).zip(results).collect();
             writer.reply(replies);
@@ -239,6 +253,7 @@ impl Replicated {
         }
         let append = self.replica.message(self.position.sequence, &events);
         let appended = self.replica.append(&append);
+        let acknowledged = Instant::now();
         writer.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
         writer.metrics.group_commands.observe(group.len() as f64);
         let failure = match appended {
@@ -250,8 +265,27 @@ impl Replicated {
                 {
                     Ok(last_checksum) => {
                         self.advance(writer, position, events, last_checksum);
-                        let replies = group.into_iter().map(|waiting| waiting.reply).zip(results).collect();
+                        let applied = (acknowledged, Instant::now());
+                        let n_commands = group.len();
+                        let mut traced = Vec::new();
+                        let mut replies = Vec::with_capacity(n_commands);
+                        for (waiting, result) in group.into_iter().zip(results) {
+                            if let Some(trace) = waiting.trace {
+                                traced.push((trace, waiting.queued));
+                            }
+                            replies.push((waiting.reply, result));
+                        }
                         writer.reply(replies);
+                        for (trace, queued) in traced {
+                            let times = WriteTimes {
+                                queued,
+                                group_started: started,
+                                decided: (started, decided),
+                                appended: (decided, acknowledged),
+                                applied,
+                            };
+                            telemetry::write_spans(&trace, &times, n_commands);
+                        }
                         return;
                     }
                     Err(error) => {
