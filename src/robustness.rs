@@ -1,5 +1,5 @@
 //! The properties the fuzz targets check (`fuzz/`), one function per parser of untrusted
-//! bytes: each takes any input, must not panic, and asserts what an accepted input implies. The
+//! bytes (and per hand-written encoder; ipamctl's argument check lives in its `cli.rs`): each takes any input, must not panic, and asserts what an accepted input implies. The
 //! same functions replay the fuzz corpus and every crash ever found under stable `cargo test`
 //! (`tests/integration/fuzz_corpus.rs`), so a fixed finding stays fixed.
 
@@ -13,11 +13,12 @@ use prost::Message;
 use uuid::Uuid;
 
 use crate::api::lookup::{self, RouteCache, View};
-use crate::api::wire::Decoded;
+use crate::api::wire::{Decoded, LookupAddressesResponse};
 use crate::domain::network::NetworkKey;
 use crate::domain::{AccountId, BindingId, Command, Event, Micros, Outcome, Prefix, PrefixId, Service, fields};
 use crate::log::codec;
 use crate::operations::page_token::{self, ListScope};
+use crate::pb::api;
 use crate::projection::ReadModel;
 use crate::replica::StreamGroup;
 
@@ -170,8 +171,7 @@ pub fn request_fields(data: &[u8]) {
 /// several spellings). Accepted batches: the FULL answer decodes with prost to exactly the
 /// message of the one-address path for each address (`resolve`, a whole `LookupAddressResult`
 /// built field by field), whether its routes were encoded fresh or taken from the cache; the
-/// COMPACT answer says the same, lists each binding once and only bindings some result points
-/// to, and echoes no address.
+/// COMPACT answer says the same ([`compact_says_what_full_says`]).
 pub fn lookup_batch(data: &[u8]) {
     ROUTING_MODEL.with_borrow_mut(|model| {
         let mut input = Input(data);
@@ -210,7 +210,8 @@ fn check_batch(model: &ReadModel, created: &Created, input: &mut Input) {
     let answer = |view, cached: &RouteCache, fresh: &mut RouteCache| {
         let response = lookup::answer(model, &texts, &addresses, active_only, view, cached, fresh);
         assert_eq!(response.len(), texts.len(), "one result per address");
-        Decoded::decode(response.encode_to_vec().as_slice()).expect("the answer decodes with prost")
+        // As a client receives it.
+        LookupAddressesResponse::decode(response.encode_to_vec().as_slice()).expect("the answer decodes")
     };
     let fresh_full = answer(View::Full, &RouteCache::default(), &mut cache);
     let cached_full = answer(View::Full, &cache, &mut RouteCache::default());
@@ -219,39 +220,50 @@ fn check_batch(model: &ReadModel, created: &Created, input: &mut Input) {
         .iter()
         .zip(&addresses)
         .map(|(text, address)| {
-            lookup::resolve(model, text, *address, active_only).unwrap_or_else(|| crate::pb::api::LookupAddressResult {
+            lookup::resolve(model, text, *address, active_only).unwrap_or_else(|| api::LookupAddressResult {
                 address: text.clone(),
                 ..Default::default()
             })
         })
         .collect();
-    assert_eq!(fresh_full.results, expected, "FULL is the one-address answer");
-    assert!(fresh_full.bindings.is_empty());
+    let decoded = Decoded::decode(fresh_full.encode_to_vec().as_slice()).expect("FULL decodes with prost");
+    assert_eq!(decoded.results, expected, "FULL is the one-address answer");
+    assert!(decoded.bindings.is_empty(), "FULL lists no bindings apart");
     assert_eq!(cached_full, fresh_full, "cached routes encode the same");
-    let mut pointed = vec![false; compact.bindings.len()];
-    for (result, full) in compact.results.iter().zip(&expected) {
-        let binding = result.binding_index.map(|index| {
+    compact_says_what_full_says(&texts, &compact, &expected);
+}
+
+/// A COMPACT answer to `addresses` against the FULL one's results: no address echoed and no
+/// binding inline, a binding index exactly where a binding was found, every listed binding
+/// listed once and pointed to, and written out as FULL (`results_for`), the same results.
+pub fn compact_says_what_full_says(
+    addresses: &[String],
+    compact: &LookupAddressesResponse,
+    full: &[api::LookupAddressResult],
+) {
+    let results = compact.results().expect("COMPACT results decode");
+    let bindings = compact.bindings().expect("COMPACT bindings decode");
+    let mut pointed = vec![false; bindings.len()];
+    for result in &results {
+        assert!(result.address.is_empty() && result.binding.is_none(), "{result:?}");
+        assert_eq!(result.found, result.binding_index.is_some(), "{result:?}");
+        if let Some(index) = result.binding_index {
             pointed[index as usize] = true;
-            compact.bindings[index as usize].clone()
-        });
-        assert!(result.address.is_empty() && result.binding.is_none());
-        let expanded = crate::pb::api::LookupAddressResult {
-            address: full.address.clone(),
-            binding,
-            binding_index: None,
-            ..result.clone()
-        };
-        assert_eq!(&expanded, full, "COMPACT says what FULL says");
+        }
     }
-    assert_eq!(compact.results.len(), expected.len());
     assert!(
         pointed.iter().all(|pointed| *pointed),
         "only matched bindings are listed"
     );
-    let mut ids: Vec<&str> = compact.bindings.iter().map(|binding| binding.id.as_str()).collect();
+    let mut ids: Vec<&str> = bindings.iter().map(|binding| binding.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), compact.bindings.len(), "each binding listed once");
+    assert_eq!(ids.len(), bindings.len(), "each binding listed once");
+    assert_eq!(
+        compact.results_for(addresses).as_deref(),
+        Ok(full),
+        "COMPACT says what FULL says"
+    );
 }
 
 /// Reads an input front to back; past its end every byte is 0.

@@ -131,6 +131,40 @@ impl LookupAddressesResponse {
     pub fn bindings(&self) -> Result<Vec<api::ServiceBinding>, DecodeError> {
         Ok(Decoded::decode(self.bindings.as_slice())?.bindings)
     }
+
+    /// The results for `addresses` (the request's, in order) as FULL writes them, whichever
+    /// view answered: each with its address and the binding its `binding_index` points to.
+    /// An answer that does not decode, or does not fit the request, is an error saying how.
+    pub fn results_for(&self, addresses: &[String]) -> Result<Vec<api::LookupAddressResult>, String> {
+        let undecodable = |error: DecodeError| format!("it does not decode: {error}");
+        let (results, bindings) = (
+            self.results().map_err(undecodable)?,
+            self.bindings().map_err(undecodable)?,
+        );
+        if results.len() != addresses.len() {
+            return Err(format!("{} results for {} addresses", results.len(), addresses.len()));
+        }
+        let pointed_to = |index: i32| {
+            let binding = usize::try_from(index).ok().and_then(|index| bindings.get(index));
+            binding
+                .cloned()
+                .ok_or_else(|| format!("a result points to binding {index} of {}", bindings.len()))
+        };
+        (results.into_iter().zip(addresses))
+            .map(|(result, address)| {
+                let binding = match result.binding_index {
+                    Some(index) => Some(pointed_to(index)?),
+                    None => result.binding,
+                };
+                Ok(api::LookupAddressResult {
+                    address: address.clone(),
+                    binding,
+                    binding_index: None,
+                    ..result
+                })
+            })
+            .collect()
+    }
 }
 
 /// The contract's message as prost would decode it: what a client built from the .proto sees.

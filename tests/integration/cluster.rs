@@ -655,16 +655,9 @@ async fn a_write_on_a_replica_records_the_writers_spans() {
     let cluster = NatsCluster::start(nats).await;
     let (collector, collector_address) = crate::tracing::Collector::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (urls, endpoint) = (cluster.urls(0), format!("http://{collector_address}"));
-    let args = [
-        "--log-backend",
-        "jetstream",
-        "--nats-url",
-        urls.as_str(),
-        "--otlp-endpoint",
-        endpoint.as_str(),
-    ];
-    let replica = ServerProcess::start(dir.path(), &args, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+    let urls = cluster.urls(0);
+    let args = ["--log-backend", "jetstream", "--nats-url", urls.as_str()];
+    let replica = crate::tracing::traced_server(dir.path(), collector_address, &args).await;
     let trace_id = "6bf92f3577b34da6a3ce929d0e0e4736";
     let mut request = tonic::Request::new(api::CreatePrefixRequest {
         account_id: account(),
@@ -679,15 +672,7 @@ async fn a_write_on_a_replica_records_the_writers_spans() {
 
     let trace = crate::tracing::hex(trace_id);
     let call = collector.span(&trace, "CreatePrefix").await;
-    for name in ["write.queue", "write.decide", "write.append", "write.apply"] {
-        let child = collector.span(&trace, name).await;
-        assert_eq!(child.parent_span_id, call.span_id, "{name} under the call");
-        assert!(
-            call.start_time_unix_nano <= child.start_time_unix_nano
-                && child.end_time_unix_nano <= call.end_time_unix_nano,
-            "{name} within the call"
-        );
-    }
+    collector.write_spans_under(&trace, &call).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

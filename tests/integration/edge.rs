@@ -229,23 +229,27 @@ async fn hostile_bodies_are_refused_clearly_on_both_surfaces() {
         "[".repeat(100_000),
         "]".repeat(100_000)
     );
-    let reply = http(server.http_address, "POST", &prefixes, &json, Some(&deep)).await;
-    assert_eq!(
-        (reply.status, &reply.json["errors"][0]["code"]),
-        (400, &serde_json::json!(1500)),
-        "{}",
-        reply.body
+    let refused = |reply: HttpReply, status: u16, code: u64| {
+        assert_eq!(
+            (reply.status, &reply.json["errors"][0]["code"]),
+            (status, &serde_json::json!(code)),
+            "{}",
+            reply.body
+        );
+    };
+    refused(
+        http(server.http_address, "POST", &prefixes, &json, Some(&deep)).await,
+        400,
+        1500,
     );
     let oversized = format!(
         r#"{{"cidr":"192.0.2.0/24","description":"{}"}}"#,
         "x".repeat(300 * 1024)
     );
-    let reply = http(server.http_address, "POST", &prefixes, &json, Some(&oversized)).await;
-    assert_eq!(
-        (reply.status, &reply.json["errors"][0]["code"]),
-        (429, &serde_json::json!(1504)),
-        "{}",
-        reply.body
+    refused(
+        http(server.http_address, "POST", &prefixes, &json, Some(&oversized)).await,
+        429,
+        1504,
     );
 
     // Still serving, on both surfaces.

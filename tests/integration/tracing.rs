@@ -57,6 +57,22 @@ impl Collector {
         (collector, address)
     }
 
+    /// Waits for the writer's spans of `trace_id` and checks they lie under `call`, within it.
+    pub async fn write_spans_under(&self, trace_id: &[u8], call: &Span) {
+        for name in ["write.queue", "write.decide", "write.append", "write.apply"] {
+            let child = self.span(trace_id, name).await;
+            assert_eq!(child.parent_span_id, call.span_id, "{name} under the call");
+            assert!(
+                child.start_time_unix_nano >= call.start_time_unix_nano,
+                "{name} within the call"
+            );
+            assert!(
+                child.end_time_unix_nano <= call.end_time_unix_nano,
+                "{name} within the call"
+            );
+        }
+    }
+
     /// Waits until a span of `trace_id` named `name` arrived.
     pub async fn span(&self, trace_id: &[u8], name: &str) -> Span {
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -86,22 +102,21 @@ pub fn hex(text: &str) -> Vec<u8> {
     ipam_bindings::hex::decode(text).unwrap()
 }
 
-/// The server binary exporting to `collector` (batches every 100 ms).
-async fn traced_server(dir: &std::path::Path, collector: std::net::SocketAddr) -> ServerProcess {
+/// The server binary with `args`, exporting to `collector` (batches every 100 ms).
+pub async fn traced_server(dir: &std::path::Path, collector: std::net::SocketAddr, args: &[&str]) -> ServerProcess {
     let endpoint = format!("http://{collector}");
-    ServerProcess::start(
-        dir,
-        &["--otlp-endpoint", &endpoint],
-        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
-    )
-    .await
+    let args: Vec<&str> = ["--otlp-endpoint", endpoint.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    ServerProcess::start(dir, &args, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_is_a_server_span_under_the_callers_trace_with_the_writes_spans() {
     let (collector, collector_address) = Collector::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = traced_server(dir.path(), collector_address).await;
+    let server = traced_server(dir.path(), collector_address, &[]).await;
     let api = server.api();
     let (trace_id, parent_id) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let account_id = account();
@@ -134,18 +149,7 @@ async fn a_create_is_a_server_span_under_the_callers_trace_with_the_writes_spans
     assert_eq!(attribute(&call, "rpc.grpc.status_code").as_deref(), Some("0"));
     assert_eq!(attribute(&call, "account_id"), Some(account_id.clone()));
     assert_eq!(attribute(&call, "request_id").as_deref(), Some("trace-me-1"));
-    for name in ["write.queue", "write.decide", "write.append", "write.apply"] {
-        let child = collector.span(&hex(trace_id), name).await;
-        assert_eq!(child.parent_span_id, call.span_id, "{name} under the call");
-        assert!(
-            child.start_time_unix_nano >= call.start_time_unix_nano,
-            "{name} within the call"
-        );
-        assert!(
-            child.end_time_unix_nano <= call.end_time_unix_nano,
-            "{name} within the call"
-        );
-    }
+    collector.write_spans_under(&hex(trace_id), &call).await;
     let resource = collector.resource.lock().unwrap().clone();
     assert_eq!(resource.get("service.name").map(String::as_str), Some("ipam-bindings"));
     assert_eq!(
@@ -177,7 +181,7 @@ async fn a_create_is_a_server_span_under_the_callers_trace_with_the_writes_spans
 async fn an_unsampled_parent_records_nothing() {
     let (collector, collector_address) = Collector::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = traced_server(dir.path(), collector_address).await;
+    let server = traced_server(dir.path(), collector_address, &[]).await;
     let api = server.api();
     let call = |trace_id: &str, flags: &str| {
         let mut request = Request::new(api::ListServicesRequest { account_id: account() });

@@ -37,32 +37,9 @@ pub async fn run(channel: Transport, addresses: Vec<String>, active_only: bool, 
             view: api::LookupView::Compact as i32,
         };
         let response = client.lookup_addresses(request).await.map_err(fail)?.into_inner();
-        let undecodable = |error: prost::DecodeError| format!("the server's answer does not decode: {error}");
-        let results = response.results().map_err(undecodable)?;
-        let bindings = response.bindings().map_err(undecodable)?;
-        if results.len() != chunk.len() {
-            return Err(format!(
-                "the server answered {} results for {} addresses",
-                results.len(),
-                chunk.len()
-            ));
-        }
-        for (address, result) in chunk.iter().zip(results) {
-            let result = api::LookupAddressResult {
-                address: address.clone(),
-                ..result
-            };
-            let binding = match result.binding_index {
-                Some(index) => Some(
-                    usize::try_from(index)
-                        .ok()
-                        .and_then(|index| bindings.get(index))
-                        .ok_or_else(|| {
-                            format!("the server's answer points to binding {index} of {}", bindings.len())
-                        })?,
-                ),
-                None => None,
-            };
+        let results = (response.results_for(chunk)).map_err(|why| format!("the server's answer is unusable: {why}"))?;
+        for result in results {
+            let binding = result.binding.as_ref();
             if format == Format::Json {
                 println!(
                     "{}",
