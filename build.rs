@@ -30,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/addressing/v1/routing.proto",
                 "proto/addressing/v1/rollout.proto",
                 "proto/addressing/events/v1/events.proto",
+                "proto/addressing/replica/v1/forward.proto",
             ],
             &["proto"],
         )?;

@@ -86,8 +86,10 @@ pub struct ReplicaMetrics {
     pub write_conflicts: Counter,
     /// 1 while connected to NATS.
     pub nats_connected: Gauge,
-    /// 1 while this replica holds the rollout's lease (runs the rollout).
-    pub rollout_lease_held: Gauge,
+    /// 1 while this replica holds the lease (appends for all, runs the rollout).
+    pub lease_held: Gauge,
+    /// Commands this replica forwarded to the lease holder and got an answer for.
+    pub forwarded_commands: Counter,
 }
 
 /// What the writer records about each group it commits.
@@ -140,9 +142,14 @@ impl Metrics {
             replica.nats_connected.clone(),
         );
         registry.register(
-            "replica_rollout_lease_held",
-            "1 while this replica holds the rollout lease",
-            replica.rollout_lease_held.clone(),
+            "replica_lease_held",
+            "1 while this replica holds the lease: it appends the writes of all replicas and runs the rollout",
+            replica.lease_held.clone(),
+        );
+        registry.register(
+            "replica_forwarded_commands",
+            "Commands this replica forwarded to the lease holder and got an answer for",
+            replica.forwarded_commands.clone(),
         );
         metrics
     }

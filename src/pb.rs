@@ -1,5 +1,5 @@
 //! Code generated from proto/ by build.rs: the public API (`addressing.v1`), the stored event
-//! schema (`addressing.events.v1`) and the descriptor set that reflection serves.
+//! schema (`addressing.events.v1`), the replicas' forwarded writes (`addressing.replica.v1`) and the descriptor set that reflection serves.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -13,9 +13,15 @@ pub mod addressing {
             tonic::include_proto!("addressing.events.v1");
         }
     }
+    pub mod replica {
+        pub mod v1 {
+            tonic::include_proto!("addressing.replica.v1");
+        }
+    }
 }
 
 pub use addressing::events::v1 as events;
+pub use addressing::replica::v1 as forward;
 pub use addressing::v1 as api;
 
 /// Descriptors of every file in proto/ and its imports, for server reflection.

@@ -331,9 +331,28 @@ pub async fn serve(
             engine.applied(),
             stop_receiver.clone(),
         ));
+        // The lease holder appends for every replica (the others forward their writes to
+        // it) and, with the built-in rollout, runs it.
+        let held = crate::replica::lease::hold(Arc::clone(replica), stop_receiver.clone()).await;
         if options.rollout == RolloutMode::Timer {
-            lease = Some(crate::replica::lease::hold(Arc::clone(replica), stop_receiver.clone()).await);
+            lease = Some(held);
         }
+        let writer = Arc::downgrade(&engine);
+        let applied = engine.applied();
+        tokio::spawn(crate::replica::forward::serve(
+            Arc::clone(replica),
+            move |command, actor| {
+                let writer = writer.clone();
+                async move {
+                    match writer.upgrade() {
+                        Some(engine) => engine.execute_forwarded(command, actor).await,
+                        None => Err(crate::engine::shutting_down()),
+                    }
+                }
+            },
+            move || applied.borrow().revision,
+            stop_receiver.clone(),
+        ));
         // SERVING only once this replica applied what the stream held at its start.
         let started = std::time::Instant::now();
         tokio::select! {

@@ -64,6 +64,8 @@ enum Job {
         /// writer records its spans under it (and measures nothing for other calls).
         trace: Option<(opentelemetry::Context, Instant)>,
         reply: oneshot::Sender<Result<Outcome, Error>>,
+        /// Sent by another replica: appended here, never forwarded again.
+        forwarded: bool,
     },
     /// A group of the replicated stream (or why the next one cannot be read), in stream order.
     Replicated(Result<StreamGroup, String>),
@@ -225,6 +227,16 @@ impl Engine {
     /// Runs a command through the writer; returns once its events are durable and visible to
     /// reads (read-your-writes). Its events record `actor`.
     pub async fn execute(&self, command: Command, actor: Actor) -> Result<Outcome, Error> {
+        self.run(command, actor, false).await
+    }
+
+    /// [`execute`](Self::execute) for a command another replica forwarded to this one (it
+    /// holds the lease): appended by this replica whatever the lease says by then.
+    pub async fn execute_forwarded(&self, command: Command, actor: Actor) -> Result<Outcome, Error> {
+        self.run(command, actor, true).await
+    }
+
+    async fn run(&self, command: Command, actor: Actor, forwarded: bool) -> Result<Outcome, Error> {
         let (reply, outcome) = oneshot::channel();
         let actor = Arc::new(actor);
         let trace = telemetry::current_call().map(|context| (context, Instant::now()));
@@ -234,6 +246,7 @@ impl Engine {
                 actor,
                 reply,
                 trace,
+                forwarded,
             })
             .await
             .map_err(|_| shutting_down())?;
@@ -340,7 +353,8 @@ impl Engine {
     }
 }
 
-fn shutting_down() -> Error {
+/// What a call gets when the engine stops before answering it.
+pub fn shutting_down() -> Error {
     Error::new(
         Reason::NotReady,
         "the server is shutting down; retry on another instance",

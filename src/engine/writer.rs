@@ -25,6 +25,7 @@ use crate::telemetry::{self, WriteTimes};
 /// Most commands decided and committed as one group (one fsync).
 const MAX_GROUP: usize = 1024;
 
+/// A caller waiting for its command and what it gets.
 type Reply = (oneshot::Sender<Result<Outcome, Error>>, Result<Outcome, Error>);
 
 /// What a writer is made of (see [`Writer`]'s fields).
@@ -117,6 +118,7 @@ impl Writer {
                         actor,
                         reply,
                         trace,
+                        forwarded: _,
                     } => {
                         let deciding = trace.as_ref().map(|_| Instant::now());
                         let result = self.decide(&command, &actor, &mut events, None);

@@ -1,13 +1,16 @@
-//! The rollout's lease: one replica at a time runs the built-in rollout, so activations are
-//! not sent N-fold. The lease is a key in a JetStream key-value bucket whose entries expire
-//! after [`LEASE_TTL`]: a replica takes it with `create` (only when absent), keeps it with
-//! `update` at its revision every third of the TTL, and lets it go at shutdown. A replica that
-//! loses NATS stops renewing and the key expires, so another takes over within the TTL.
+//! The lease: one replica at a time appends the writes of all (the others forward theirs to
+//! it, [`super::forward`]) and runs the built-in rollout, so replicas do not race for the
+//! stream's sequences and activations are not sent N-fold. The lease is a key in a JetStream
+//! key-value bucket whose entries expire after [`LEASE_TTL`]: a replica takes it with `create`
+//! (only when absent), keeps it with `update` at its revision every third of the TTL, and lets
+//! it go at shutdown. A replica that loses NATS stops renewing and the key expires, so another
+//! takes over within the TTL. The others read who holds it at the same pace
+//! ([`Replica::lease_holder`](super::Replica)).
 //!
-//! The lease only saves traffic; it is not what makes activation happen once. Two holders at
-//! once (a renewal that timed out but landed) still append one ACTIVATION per binding: an
-//! activation is decided against the stream's state and fenced by the append's
-//! compare-and-set, and an already ACTIVE binding appends nothing.
+//! The lease only saves work; it is not what keeps decisions right. Two holders at once (a
+//! renewal that timed out but landed) still append correctly: every append is decided against
+//! the stream's state and fenced by its compare-and-set, and an already ACTIVE binding
+//! appends nothing, so activation still happens once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +23,10 @@ use super::Replica;
 
 /// How long a lease lasts without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(6);
-const KEY: &str = "rollout";
+const KEY: &str = "writer";
 
-/// Holds the rollout lease whenever it can, until `shutdown`; the receiver says whether this
-/// replica holds it.
+/// Holds the lease whenever it can, until `shutdown`, and keeps [`Replica::lease_holder`]
+/// current; the receiver says whether this replica holds it.
 pub async fn hold(replica: Arc<Replica>, mut shutdown: watch::Receiver<bool>) -> watch::Receiver<bool> {
     let (held_sender, held) = watch::channel(false);
     tokio::spawn(async move {
@@ -52,12 +55,25 @@ pub async fn hold(replica: Arc<Replica>, mut shutdown: watch::Receiver<bool>) ->
                     None => store.create(KEY, owner.clone()).await.ok(),
                 };
                 if renewed.is_some() != revision.is_some() {
-                    info!(held = renewed.is_some(), "rollout lease");
+                    info!(
+                        held = renewed.is_some(),
+                        "lease (appends for all replicas, runs the rollout)"
+                    );
                 }
                 revision = renewed;
+                let holder = match revision {
+                    Some(_) => Some(replica.writer_id.clone()),
+                    None => match store.get(KEY).await {
+                        Ok(value) => value.and_then(|owner| String::from_utf8(owner.to_vec()).ok()),
+                        Err(_) => None,
+                    },
+                };
+                replica
+                    .lease_holder
+                    .send_if_modified(|known| std::mem::replace(known, holder.clone()) != holder);
             }
             let holding = revision.is_some();
-            replica.metrics.rollout_lease_held.set(holding as i64);
+            replica.metrics.lease_held.set(holding as i64);
             held_sender.send_if_modified(|held| std::mem::replace(held, holding) != holding);
             tokio::select! {
                 _ = shutdown.wait_for(|stopping| *stopping) => break,
@@ -69,6 +85,7 @@ pub async fn hold(replica: Arc<Replica>, mut shutdown: watch::Receiver<bool>) ->
             let _ = store.delete(KEY).await;
         }
         held_sender.send_replace(false);
+        replica.lease_holder.send_replace(None);
     });
     held
 }

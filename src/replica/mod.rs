@@ -9,9 +9,11 @@
 //! resend of the same message after a timeout land at most once.
 //!
 //! Rooms: this file connects and checks the stream and appends ([`Replica`]); [`message`] the
-//! message format; [`tail`] the ordered consumer feeding the writer; [`lease`] the rollout's
-//! lease; [`status`] the lag and connection metrics.
+//! message format; [`tail`] the ordered consumer feeding the writer; [`lease`] the lease (who
+//! appends for all and runs the rollout); [`forward`] writes sent to its holder; [`status`] the
+//! lag and connection metrics.
 
+pub mod forward;
 pub mod lease;
 mod message;
 pub mod status;
@@ -94,6 +96,8 @@ pub struct Replica {
     stream_last: AtomicU64,
     /// Set (once) when this replica's log and the stream disagree: it stops serving.
     pub diverged: std::sync::OnceLock<String>,
+    /// The writer id of the replica holding the lease, as last read ([`lease`] keeps it).
+    pub lease_holder: tokio::sync::watch::Sender<Option<String>>,
     pub metrics: Arc<ReplicaMetrics>,
 }
 
@@ -164,6 +168,7 @@ impl Replica {
             applied_sequence: AtomicU64::new(0),
             stream_last: AtomicU64::new(0),
             diverged: std::sync::OnceLock::new(),
+            lease_holder: tokio::sync::watch::Sender::new(None),
             metrics,
         })
     }

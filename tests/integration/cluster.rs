@@ -706,16 +706,109 @@ async fn a_stream_that_could_lose_events_is_refused() {
     );
 }
 
-/// Which replicas say they hold the rollout lease.
+/// Which replicas say they hold the lease.
 async fn lease_holders(servers: &[&TestServer]) -> Vec<usize> {
     let mut holders = Vec::new();
     for (index, server) in servers.iter().enumerate() {
         let metrics = scrape_metrics(server.metrics_address).await;
-        if metrics.get("ipam_replica_rollout_lease_held") == Some(&1.0) {
+        if metrics.get("ipam_replica_lease_held") == Some(&1.0) {
             holders.push(index);
         }
     }
     holders
+}
+
+/// Waits until exactly one replica holds the lease (never two at once) and returns it.
+async fn lease_holder(servers: &[&TestServer]) -> usize {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let holders = lease_holders(servers).await;
+        assert!(holders.len() <= 1, "one lease holder at most: {holders:?}");
+        if let [holder] = holders[..] {
+            return holder;
+        }
+        assert!(Instant::now() < deadline, "no replica took the lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A replica's counter, summed over its label sets (0 when it has none yet).
+async fn counter(server: &TestServer, name: &str) -> f64 {
+    let metrics = scrape_metrics(server.metrics_address).await;
+    (metrics.iter())
+        .filter(|(sample, _)| sample.as_str() == name || sample.starts_with(&format!("{name}{{")))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_on_every_replica_are_appended_by_the_lease_holder() {
+    let Some(nats) = nats_server() else { return };
+    let cluster = NatsCluster::start(nats).await;
+    let replicas = Replicas::start(&cluster).await;
+    let servers: Vec<&TestServer> = replicas.servers.iter().collect();
+    let owner = account();
+    let holder = lease_holder(&servers).await;
+    let others: Vec<&TestServer> = (servers.iter().enumerate())
+        .filter(|(index, _)| *index != holder)
+        .map(|(_, server)| *server)
+        .collect();
+
+    // The others forward once they read who holds the lease (a third of its TTL at most). A
+    // forwarded create is answered once this replica applied it: read here at once, with no
+    // x-ipam-min-revision.
+    let mut created = 0;
+    let mut probed = None;
+    for (index, server) in others.iter().enumerate() {
+        let deadline = Instant::now() + PATIENCE;
+        while counter(server, "ipam_replica_forwarded_commands_total").await < 1.0 {
+            created += 1;
+            let prefix = server
+                .create_prefix(&owner, &format!("1{index}.{}.{}.0/24", created / 256, created % 256))
+                .await;
+            let read = server
+                .prefixes()
+                .get_prefix(api::GetPrefixRequest {
+                    account_id: owner.clone(),
+                    prefix_id: prefix.id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(read, prefix);
+            probed = Some(prefix);
+            assert!(
+                Instant::now() < deadline,
+                "replica {index} never forwarded to the lease holder"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // Writers on all three at once: every create lands, and no append loses a race.
+    let mut conflicts_before = 0.0;
+    for server in &servers {
+        conflicts_before += counter(server, "ipam_replica_write_conflicts_total").await;
+    }
+    let forwarded_before = counter(others[0], "ipam_replica_forwarded_commands_total").await;
+    let writers = spawn_writers(&servers, &owner, 10, 3);
+    let acknowledged: Vec<(String, String)> = writers.join_all().await.into_iter().flatten().collect();
+    assert_eq!(acknowledged.len(), 6 * 10);
+    let mut conflicts_after = 0.0;
+    for server in &servers {
+        conflicts_after += counter(server, "ipam_replica_write_conflicts_total").await;
+    }
+    assert_eq!(
+        conflicts_after, conflicts_before,
+        "appends raced although one replica holds the lease"
+    );
+    assert!(counter(others[0], "ipam_replica_forwarded_commands_total").await >= forwarded_before + 20.0);
+    // A binding last, so that the replicas' watches end at the head.
+    let prefix = probed.expect("a prefix created through a forwarding replica");
+    others[1].bind(&prefix, &prefix.cidr, MAGIC_TRANSIT).await;
+    let head = head_of(servers[holder]).await;
+    let listed = converged(&servers, &owner, head).await;
+    assert_eq!(listed.len(), created + acknowledged.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -733,16 +826,8 @@ async fn the_rollout_runs_on_one_replica_and_activates_each_binding_once() {
     }
 
     let servers: Vec<&TestServer> = replicas.servers.iter().collect();
+    let holder = lease_holder(&servers).await;
     let deadline = Instant::now() + PATIENCE;
-    let holder = loop {
-        let holders = lease_holders(&servers).await;
-        assert!(holders.len() <= 1, "one lease holder at most: {holders:?}");
-        if let [holder] = holders[..] {
-            break holder;
-        }
-        assert!(Instant::now() < deadline, "no replica took the rollout lease");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
     let all_active = |listed: &[api::ServiceBinding]| {
         listed.len() == bindings.len()
             && listed.iter().all(|binding| {

@@ -15,6 +15,12 @@
 //!   STORAGE_UNAVAILABLE. The message may still land: if it does, the tail brings it like any
 //!   other, and the writer's next append (decided against the old position) conflicts and
 //!   waits for it. Nothing is applied that is not in the stream, nothing twice.
+//!
+//! Unless this replica holds the lease: then the group's commands go to the holder instead
+//! ([`crate::replica::forward`]), which appends them with its own; their results wait here
+//! until the tail brought this replica to the revision the holder reached, so a reply still
+//! means "in the stream and applied here". Commands other replicas forwarded here are
+//! appended by this writer, never sent on.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,9 +30,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
-use super::{Job, MAX_GROUP, Writer};
+use super::{Job, MAX_GROUP, Reply, Writer};
 use crate::domain::{Actor, Command, Error, Outcome, Reason};
 use crate::log::StreamPosition;
+use crate::replica::forward::Forwarded;
 use crate::replica::{Appended, Replica, StreamGroup};
 use crate::telemetry::{self, WriteTimes};
 
@@ -49,7 +56,20 @@ struct Waiting {
     queued: Instant,
     /// The call's trace context, when it is sampled: the writer's spans go under it.
     trace: Option<opentelemetry::Context>,
+    /// Sent by another replica: appended here, never forwarded.
+    forwarded: bool,
 }
+
+/// Results of forwarded commands, waiting for this replica to apply what the holder reached.
+struct Awaiting {
+    revision: u64,
+    replies: Vec<Reply>,
+    /// After this, the callers are told their change landed but is not applied here yet.
+    deadline: Instant,
+}
+
+/// How long forwarded results wait for the tail to bring what the holder appended.
+const APPLY_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Writer {
     pub(super) fn run_replicated(mut self, replica: Arc<Replica>, position: StreamPosition) {
@@ -57,6 +77,7 @@ impl Writer {
             replica,
             position,
             waiting: VecDeque::new(),
+            awaiting: VecDeque::new(),
             stopping: false,
             diverged: None,
             unstored: None,
@@ -67,11 +88,16 @@ impl Writer {
                 if run.stopping {
                     break;
                 }
-                match run.receive(&mut self, IDLE_WAKE) {
+                let wake = match run.awaiting.front() {
+                    Some(awaiting) => IDLE_WAKE.min(awaiting.deadline.saturating_duration_since(Instant::now())),
+                    None => IDLE_WAKE,
+                };
+                match run.receive(&mut self, wake) {
                     Received::Job(job) => run.take(&mut self, job),
                     Received::Nothing => {}
                     Received::Closed => break,
                 }
+                run.release_forwarded(&self);
             }
             while run.waiting.len() < MAX_GROUP
                 && let Ok(job) = self.queue.try_recv()
@@ -96,6 +122,13 @@ impl Writer {
                 run.append_group(&mut self);
             }
         }
+        let stopped = Error::new(
+            Reason::StorageUnavailable,
+            "the change is in the replicated log, but this replica stopped before applying it",
+        );
+        for awaiting in run.awaiting.drain(..) {
+            refuse_replies(awaiting.replies, &stopped);
+        }
         self.snapshots.finish();
     }
 }
@@ -112,6 +145,8 @@ struct Replicated {
     /// The last stream message the log, the projections and the writer's state hold.
     position: StreamPosition,
     waiting: VecDeque<Waiting>,
+    /// Forwarded commands' results, in the order of their revisions.
+    awaiting: VecDeque<Awaiting>,
     stopping: bool,
     /// The stream and this replica's log disagree: writes are refused with this.
     diverged: Option<String>,
@@ -139,6 +174,7 @@ impl Replicated {
                 actor,
                 reply,
                 trace,
+                forwarded,
             } => {
                 let (trace, queued) = match trace {
                     Some((context, queued)) => (Some(context), queued),
@@ -151,6 +187,7 @@ impl Replicated {
                     conflicts: 0,
                     queued,
                     trace,
+                    forwarded,
                 })
             }
             Job::Replicated(Ok(group)) => {
@@ -221,6 +258,7 @@ impl Replicated {
     ) {
         writer.make_visible(events, last_checksum, position.sequence);
         self.reached(writer, position);
+        self.release_forwarded(writer);
         writer
             .snapshots
             .after_commit(&writer.state, writer.next_revision - 1, &writer.log);
@@ -236,10 +274,84 @@ impl Replicated {
             .send_modify(|applied| applied.sequence = position.sequence);
     }
 
-    /// Decides the waiting commands as one group and appends it.
+    /// Sends the waiting commands to the lease holder as one group or, when this replica
+    /// holds the lease or no holder answers, decides and appends them itself.
     fn append_group(&mut self, writer: &mut Writer) {
         let size = self.waiting.len().min(MAX_GROUP);
         let group: Vec<Waiting> = self.waiting.drain(..size).collect();
+        let group = match self.replica.forward_target() {
+            Some(holder) => {
+                let left = self.forward(&holder, group);
+                // Refusals need no revision this replica lacks.
+                self.release_forwarded(writer);
+                left
+            }
+            None => group,
+        };
+        if !group.is_empty() {
+            self.append_directly(writer, group);
+        }
+    }
+
+    /// Forwards this replica's own commands of `group` to `holder`; returns what is left to
+    /// append here (commands forwarded to this replica, or all of them when no holder listens).
+    fn forward(&mut self, holder: &str, group: Vec<Waiting>) -> Vec<Waiting> {
+        let (own, mut here): (Vec<Waiting>, Vec<Waiting>) = group.into_iter().partition(|waiting| !waiting.forwarded);
+        if own.is_empty() {
+            return here;
+        }
+        let commands: Vec<_> = own.iter().map(|waiting| (&waiting.command, &*waiting.actor)).collect();
+        let forwarded = self.replica.runtime.block_on(self.replica.forward(holder, &commands));
+        match forwarded {
+            Forwarded::Answered { results, revision } => {
+                let replies = own.into_iter().map(|waiting| waiting.reply).zip(results).collect();
+                self.awaiting.push_back(Awaiting {
+                    revision,
+                    replies,
+                    deadline: Instant::now() + APPLY_PATIENCE,
+                });
+            }
+            Forwarded::NoHolder => here.splice(0..0, own).for_each(drop),
+            Forwarded::Unknown(cause) => {
+                let unavailable = Error::new(
+                    Reason::StorageUnavailable,
+                    format!("{cause}; the change may still appear: read before retrying"),
+                );
+                refuse(own, &unavailable);
+            }
+        }
+        here
+    }
+
+    /// Replies to forwarded commands whose revision this replica applied, and tells those
+    /// that waited too long.
+    fn release_forwarded(&mut self, writer: &Writer) {
+        let head = writer.next_revision - 1;
+        let now = Instant::now();
+        while let Some(awaiting) = self.awaiting.front() {
+            if awaiting.revision <= head {
+                let awaiting = self.awaiting.pop_front().expect("a front");
+                for (reply, result) in awaiting.replies {
+                    let _ = reply.send(result);
+                }
+            } else if awaiting.deadline <= now {
+                let awaiting = self.awaiting.pop_front().expect("a front");
+                let late = Error::new(
+                    Reason::StorageUnavailable,
+                    format!(
+                        "the change is in the replicated log (revision {}), but this replica has not applied it yet; read with x-ipam-min-revision",
+                        awaiting.revision
+                    ),
+                );
+                refuse_replies(awaiting.replies, &late);
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Decides `group` against this replica's state and appends it to the stream.
+    fn append_directly(&mut self, writer: &mut Writer, group: Vec<Waiting>) {
         let (mut events, mut undos) = (Vec::new(), Vec::new());
         let started = Instant::now();
         let results: Vec<Result<Outcome, Error>> = (group.iter())
@@ -404,6 +516,13 @@ impl Replicated {
             }
         }
         self.position.sequence > sequence
+    }
+}
+
+/// Answers each reply with `error` instead of its result.
+fn refuse_replies(replies: Vec<Reply>, error: &Error) {
+    for (reply, _) in replies {
+        let _ = reply.send(Err(error.clone()));
     }
 }
 

@@ -6,7 +6,7 @@
 //! refuse data written by a newer one; the checksum catches a damaged disk before a wrong state
 //! is served. [`schema`] maps the domain's types to the stored schema and back.
 
-mod schema;
+pub(crate) mod schema;
 
 use prost::Message;
 

@@ -81,14 +81,29 @@ pub(super) fn to_stored(event: &Event) -> stored::Event {
     stored::Event {
         time_micros: event.time.0,
         change: Some(change),
-        actor: event.actor.as_deref().map(|actor| stored::Actor {
-            principal: actor.principal.clone(),
-            credential: actor.credential.clone(),
-            via: actor.via.clone(),
-            call_id: actor.call_id.clone(),
-            request_id: actor.request_id.clone(),
-            peer: actor.peer.clone(),
-        }),
+        actor: event.actor.as_deref().map(actor_record),
+    }
+}
+
+pub(crate) fn actor_record(actor: &Actor) -> stored::Actor {
+    stored::Actor {
+        principal: actor.principal.clone(),
+        credential: actor.credential.clone(),
+        via: actor.via.clone(),
+        call_id: actor.call_id.clone(),
+        request_id: actor.request_id.clone(),
+        peer: actor.peer.clone(),
+    }
+}
+
+pub(crate) fn actor(record: stored::Actor) -> Actor {
+    Actor {
+        principal: record.principal,
+        credential: record.credential,
+        via: record.via,
+        call_id: record.call_id,
+        request_id: record.request_id,
+        peer: record.peer,
     }
 }
 
@@ -111,20 +126,11 @@ pub(super) fn from_stored(revision: u64, event: stored::Event) -> Result<Event, 
         revision,
         time: Micros(event.time_micros),
         change,
-        actor: event.actor.map(|actor| {
-            Arc::new(Actor {
-                principal: actor.principal,
-                credential: actor.credential,
-                via: actor.via,
-                call_id: actor.call_id,
-                request_id: actor.request_id,
-                peer: actor.peer,
-            })
-        }),
+        actor: event.actor.map(|record| Arc::new(actor(record))),
     })
 }
 
-pub(super) fn prefix_record(prefix: &Prefix) -> stored::PrefixRecord {
+pub(crate) fn prefix_record(prefix: &Prefix) -> stored::PrefixRecord {
     stored::PrefixRecord {
         id: prefix.id.as_bytes().to_vec(),
         account_id: prefix.account_id.as_bytes().to_vec(),
@@ -136,7 +142,7 @@ pub(super) fn prefix_record(prefix: &Prefix) -> stored::PrefixRecord {
     }
 }
 
-pub(super) fn binding_record(binding: &Binding) -> stored::BindingRecord {
+pub(crate) fn binding_record(binding: &Binding) -> stored::BindingRecord {
     let state = match binding.state {
         ProvisioningState::Provisioning => stored::ProvisioningState::Provisioning,
         ProvisioningState::Active => stored::ProvisioningState::Active,
@@ -153,7 +159,7 @@ pub(super) fn binding_record(binding: &Binding) -> stored::BindingRecord {
     }
 }
 
-pub(super) fn prefix(record: Option<stored::PrefixRecord>) -> Result<Prefix, String> {
+pub(crate) fn prefix(record: Option<stored::PrefixRecord>) -> Result<Prefix, String> {
     let record = record.ok_or("prefix record missing")?;
     Ok(Prefix {
         id: PrefixId::from_bytes(&record.id).ok_or("bad prefix id")?,
@@ -166,7 +172,7 @@ pub(super) fn prefix(record: Option<stored::PrefixRecord>) -> Result<Prefix, Str
     })
 }
 
-pub(super) fn binding(record: Option<stored::BindingRecord>) -> Result<Binding, String> {
+pub(crate) fn binding(record: Option<stored::BindingRecord>) -> Result<Binding, String> {
     let record = record.ok_or("binding record missing")?;
     let service_id = ServiceId::from_bytes(&record.service_id).ok_or("bad service id")?;
     let state = match stored::ProvisioningState::try_from(record.state) {
@@ -186,6 +192,6 @@ pub(super) fn binding(record: Option<stored::BindingRecord>) -> Result<Binding, 
     })
 }
 
-fn cidr(text: &str) -> Result<IpNet, String> {
+pub(crate) fn cidr(text: &str) -> Result<IpNet, String> {
     text.parse().map_err(|_| format!("bad cidr {text:?}"))
 }
