@@ -14,6 +14,11 @@
 #
 #   benches/replicas.sh [ROUNDS] [DURATION] [CONCURRENCY]      (defaults: 3 5s 64)
 #
+# NO_FAILOVER=1 skips the failover part.
+# With BASELINE=path/to/another/ipam-bindings, three more replicas of that build run on their
+# own stream (IPAM_BASELINE) of the same NATS cluster, and each round adds a `baseline` row:
+# callers spread over those three (two builds side by side in one run).
+#
 # Needs target/release/{ipam-bindings,ipamctl} (cargo build --release), nats-server (NATS_SERVER
 # or .ci/install-nats-server) and etcd (Debian etcd-server). Server worker threads: IPAM_WORKER_THREADS
 # (default 1 each: 3 replicas + 3 NATS nodes + the client share 2 cores).
@@ -61,6 +66,14 @@ for i in 1 2 3; do
         --metrics-listen 127.0.0.1:$((9800 + i)) >"$work/replica$i.log" 2>&1 &
     pids+=($!)
 done
+if [ -n "${BASELINE:-}" ]; then
+    for i in 1 2 3; do
+        RUST_LOG=warn "$BASELINE" --data-dir "$work/baseline$i" --listen 127.0.0.1:$((50810 + i)) \
+            --log-backend jetstream --nats-url "$(urls $i)" --nats-stream IPAM_BASELINE --provisioning-delay 100h \
+            --metrics-listen 127.0.0.1:$((9810 + i)) >"$work/baseline$i.log" 2>&1 &
+        pids+=($!)
+    done
+fi
 RUST_LOG=warn "$server" --data-dir "$work/single" --listen 127.0.0.1:50800 --provisioning-delay 100h \
     >"$work/single.log" 2>&1 &
 pids+=($!)
@@ -78,12 +91,15 @@ for i in 1 2 3; do
 done
 
 account=$(printf "%032d" 0)
-for port in 50800 50801 50802 50803; do
+ports="50800 50801 50802 50803"
+[ -z "${BASELINE:-}" ] || ports+=" 50811 50812 50813"
+for port in $ports; do
     until "$ipamctl" --server "127.0.0.1:$port" --account "$account" prefixes list >/dev/null 2>&1; do sleep 0.1; done
 done
 until ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2401 put /ready 1 >/dev/null 2>&1; do sleep 0.2; done
 
 replicas=127.0.0.1:50801,127.0.0.1:50802,127.0.0.1:50803
+baseline=127.0.0.1:50811,127.0.0.1:50812,127.0.0.1:50813
 members=127.0.0.1:2401,127.0.0.1:2402,127.0.0.1:2403
 bench() { "$ipamctl" --output json --worker-threads 1 bench --duration "$duration" --warmup 1s \
     --concurrency "$concurrency" --connections 6 "$@" 2>"$work/bench.err" | grep '"calls_per_s"' ||
@@ -97,7 +113,7 @@ print(f"{sys.argv[1]:9s} {r['calls_per_s']:8.0f}/s  p50 {l['p50']:6.2f}  p99 {l[
 EOF
 summary() { python3 "$work/summary.py" "$1"; }
 conflicts() {
-    for i in 1 2 3; do curl -sf "http://127.0.0.1:$((9800 + i))/metrics" | awk '/^ipam_replica_write_conflicts_total/ { print $2 }'; done |
+    for i in 1 2 3; do curl -sf "http://127.0.0.1:$((${1:-9800} + i))/metrics" | awk '/^ipam_replica_write_conflicts_total/ { print $2 }'; done |
         awk '{ s += $1 } END { print s }'
 }
 echo "durable creates, $concurrency callers, $duration per run, $(nproc) cores, server worker threads $IPAM_WORKER_THREADS"
@@ -105,6 +121,10 @@ for round in $(seq 1 "$rounds"); do
     echo "round $round"
     bench --server "$replicas" create | summary replicas
     echo "          (appends that lost a race, all replicas so far: $(conflicts))"
+    if [ -n "${BASELINE:-}" ]; then
+        bench --server "$baseline" create | summary baseline
+        echo "          (appends that lost a race, all baseline replicas so far: $(conflicts 9810))"
+    fi
     bench --server 127.0.0.1:50801 create | summary "replica1"
     bench --server 127.0.0.1:50800 create | summary single
     bench --server "$members" etcd-put | summary etcd
@@ -133,5 +153,6 @@ failover() {
     sleep 5
 }
 echo "failover: creates at 200/s over the replicas, the stream leader's node killed after 3 s (max = the write pause)"
+[ -z "${NO_FAILOVER:-}" ] || exit 0
 failover KILL
 failover TERM

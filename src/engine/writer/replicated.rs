@@ -56,9 +56,24 @@ struct Waiting {
     queued: Instant,
     /// The call's trace context, when it is sampled: the writer's spans go under it.
     trace: Option<opentelemetry::Context>,
-    /// Sent by another replica: appended here, never forwarded.
-    forwarded: bool,
+    /// Appended by this replica, never forwarded: sent here by another replica, or no
+    /// holder took it.
+    append_here: bool,
 }
+
+/// What became of a group sent to the lease holder, told to the writer by the task that sent
+/// it.
+enum ForwardDone {
+    Answered(Awaiting),
+    /// No holder listened: the writer appends these itself.
+    NotTaken(Vec<Waiting>),
+    /// No answer: the callers were told.
+    Refused,
+}
+
+/// Groups sent to the holder at once, at most: each is a request in flight while the writer
+/// goes on applying the stream (which brings the earlier ones' revisions) and sending more.
+const FORWARDS_IN_FLIGHT: usize = 4;
 
 /// Results of forwarded commands, waiting for this replica to apply what the holder reached.
 struct Awaiting {
@@ -77,28 +92,35 @@ impl Writer {
             replica,
             position,
             waiting: VecDeque::new(),
-            awaiting: VecDeque::new(),
+            awaiting: Vec::new(),
+            forwards: tokio::sync::mpsc::unbounded_channel(),
+            forwards_in_flight: 0,
             stopping: false,
             diverged: None,
             unstored: None,
         };
         run.replica.applied_sequence.store(position.sequence, Ordering::Release);
         loop {
-            if run.waiting.is_empty() {
-                if run.stopping {
+            if run.waiting.is_empty() || run.forwards_in_flight >= FORWARDS_IN_FLIGHT {
+                if run.stopping && run.waiting.is_empty() {
                     break;
                 }
-                let wake = match run.awaiting.front() {
-                    Some(awaiting) => IDLE_WAKE.min(awaiting.deadline.saturating_duration_since(Instant::now())),
-                    None => IDLE_WAKE,
-                };
+                let wake = (run.awaiting.iter())
+                    .map(|awaiting| awaiting.deadline.saturating_duration_since(Instant::now()))
+                    .fold(IDLE_WAKE, Duration::min);
                 match run.receive(&mut self, wake) {
                     Received::Job(job) => run.take(&mut self, job),
+                    Received::Forward(done) => run.forward_done(done),
                     Received::Nothing => {}
                     Received::Closed => break,
                 }
                 run.release_forwarded(&self);
             }
+            while let Ok(done) = run.forwards.1.try_recv() {
+                run.forward_done(done);
+            }
+            // An answer may come after the tail brought its revision.
+            run.release_forwarded(&self);
             while run.waiting.len() < MAX_GROUP
                 && let Ok(job) = self.queue.try_recv()
             {
@@ -135,6 +157,7 @@ impl Writer {
 
 enum Received {
     Job(Job),
+    Forward(ForwardDone),
     Nothing,
     Closed,
 }
@@ -145,8 +168,14 @@ struct Replicated {
     /// The last stream message the log, the projections and the writer's state hold.
     position: StreamPosition,
     waiting: VecDeque<Waiting>,
-    /// Forwarded commands' results, in the order of their revisions.
-    awaiting: VecDeque<Awaiting>,
+    /// Forwarded commands' results, until this replica applied their revision.
+    awaiting: Vec<Awaiting>,
+    /// The forwarding tasks report here.
+    forwards: (
+        tokio::sync::mpsc::UnboundedSender<ForwardDone>,
+        tokio::sync::mpsc::UnboundedReceiver<ForwardDone>,
+    ),
+    forwards_in_flight: usize,
     stopping: bool,
     /// The stream and this replica's log disagree: writes are refused with this.
     diverged: Option<String>,
@@ -157,14 +186,19 @@ struct Replicated {
 impl Replicated {
     /// The next job, waiting at most `timeout` (on the replica's runtime: the timer needs its
     /// clock).
-    fn receive(&self, writer: &mut Writer, timeout: Duration) -> Received {
+    fn receive(&mut self, writer: &mut Writer, timeout: Duration) -> Received {
         let queue = &mut writer.queue;
-        let received = (self.replica.runtime).block_on(async { tokio::time::timeout(timeout, queue.recv()).await });
-        match received {
-            Ok(Some(job)) => Received::Job(job),
-            Ok(None) => Received::Closed,
-            Err(_) => Received::Nothing,
-        }
+        let forwards = &mut self.forwards.1;
+        (self.replica.runtime).block_on(async {
+            tokio::select! {
+                job = queue.recv() => match job {
+                    Some(job) => Received::Job(job),
+                    None => Received::Closed,
+                },
+                Some(done) = forwards.recv() => Received::Forward(done),
+                _ = tokio::time::sleep(timeout) => Received::Nothing,
+            }
+        })
     }
 
     fn take(&mut self, writer: &mut Writer, job: Job) {
@@ -187,7 +221,7 @@ impl Replicated {
                     conflicts: 0,
                     queued,
                     trace,
-                    forwarded,
+                    append_here: forwarded,
                 })
             }
             Job::Replicated(Ok(group)) => {
@@ -277,15 +311,15 @@ impl Replicated {
     /// Sends the waiting commands to the lease holder as one group or, when this replica
     /// holds the lease or no holder answers, decides and appends them itself.
     fn append_group(&mut self, writer: &mut Writer) {
+        let holder = self.replica.forward_target();
+        if holder.is_some() && self.forwards_in_flight >= FORWARDS_IN_FLIGHT {
+            // They go with the next group, once an answer came back.
+            return;
+        }
         let size = self.waiting.len().min(MAX_GROUP);
         let group: Vec<Waiting> = self.waiting.drain(..size).collect();
-        let group = match self.replica.forward_target() {
-            Some(holder) => {
-                let left = self.forward(&holder, group);
-                // Refusals need no revision this replica lacks.
-                self.release_forwarded(writer);
-                left
-            }
+        let group = match holder {
+            Some(holder) => self.forward(holder, group),
             None => group,
         };
         if !group.is_empty() {
@@ -293,34 +327,54 @@ impl Replicated {
         }
     }
 
-    /// Forwards this replica's own commands of `group` to `holder`; returns what is left to
-    /// append here (commands forwarded to this replica, or all of them when no holder listens).
-    fn forward(&mut self, holder: &str, group: Vec<Waiting>) -> Vec<Waiting> {
-        let (own, mut here): (Vec<Waiting>, Vec<Waiting>) = group.into_iter().partition(|waiting| !waiting.forwarded);
+    /// Sends this replica's own commands of `group` to `holder` (the answer comes back
+    /// through [`ForwardDone`]); returns what is left to append here.
+    fn forward(&mut self, holder: String, group: Vec<Waiting>) -> Vec<Waiting> {
+        let (own, here): (Vec<Waiting>, Vec<Waiting>) = group.into_iter().partition(|waiting| !waiting.append_here);
         if own.is_empty() {
             return here;
         }
-        let commands: Vec<_> = own.iter().map(|waiting| (&waiting.command, &*waiting.actor)).collect();
-        let forwarded = self.replica.runtime.block_on(self.replica.forward(holder, &commands));
-        match forwarded {
-            Forwarded::Answered { results, revision } => {
-                let replies = own.into_iter().map(|waiting| waiting.reply).zip(results).collect();
-                self.awaiting.push_back(Awaiting {
+        self.forwards_in_flight += 1;
+        let replica = Arc::clone(&self.replica);
+        let done = self.forwards.0.clone();
+        self.replica.runtime.spawn(async move {
+            let commands: Vec<_> = own.iter().map(|waiting| (&waiting.command, &*waiting.actor)).collect();
+            let forwarded = replica.forward(&holder, &commands).await;
+            drop(commands);
+            let outcome = match forwarded {
+                Forwarded::Answered { results, revision } => ForwardDone::Answered(Awaiting {
                     revision,
-                    replies,
+                    replies: own.into_iter().map(|waiting| waiting.reply).zip(results).collect(),
                     deadline: Instant::now() + APPLY_PATIENCE,
-                });
-            }
-            Forwarded::NoHolder => here.splice(0..0, own).for_each(drop),
-            Forwarded::Unknown(cause) => {
-                let unavailable = Error::new(
-                    Reason::StorageUnavailable,
-                    format!("{cause}; the change may still appear: read before retrying"),
-                );
-                refuse(own, &unavailable);
-            }
-        }
+                }),
+                Forwarded::NoHolder => ForwardDone::NotTaken(own),
+                Forwarded::Unknown(cause) => {
+                    let unavailable = Error::new(
+                        Reason::StorageUnavailable,
+                        format!("{cause}; the change may still appear: read before retrying"),
+                    );
+                    refuse(own, &unavailable);
+                    ForwardDone::Refused
+                }
+            };
+            // The writer stopped: its callers learn it from their dropped replies.
+            let _ = done.send(outcome);
+        });
         here
+    }
+
+    fn forward_done(&mut self, done: ForwardDone) {
+        self.forwards_in_flight -= 1;
+        match done {
+            ForwardDone::Answered(awaiting) => self.awaiting.push(awaiting),
+            ForwardDone::NotTaken(group) => {
+                for mut waiting in group.into_iter().rev() {
+                    waiting.append_here = true;
+                    self.waiting.push_front(waiting);
+                }
+            }
+            ForwardDone::Refused => {}
+        }
     }
 
     /// Replies to forwarded commands whose revision this replica applied, and tells those
@@ -328,14 +382,15 @@ impl Replicated {
     fn release_forwarded(&mut self, writer: &Writer) {
         let head = writer.next_revision - 1;
         let now = Instant::now();
-        while let Some(awaiting) = self.awaiting.front() {
+        let mut index = 0;
+        while index < self.awaiting.len() {
+            let awaiting = &self.awaiting[index];
             if awaiting.revision <= head {
-                let awaiting = self.awaiting.pop_front().expect("a front");
-                for (reply, result) in awaiting.replies {
+                for (reply, result) in self.awaiting.swap_remove(index).replies {
                     let _ = reply.send(result);
                 }
             } else if awaiting.deadline <= now {
-                let awaiting = self.awaiting.pop_front().expect("a front");
+                let awaiting = self.awaiting.swap_remove(index);
                 let late = Error::new(
                     Reason::StorageUnavailable,
                     format!(
@@ -345,7 +400,7 @@ impl Replicated {
                 );
                 refuse_replies(awaiting.replies, &late);
             } else {
-                break;
+                index += 1;
             }
         }
     }
@@ -497,6 +552,7 @@ impl Replicated {
             }
             match self.receive(writer, left) {
                 Received::Job(job) => self.take(writer, job),
+                Received::Forward(done) => self.forward_done(done),
                 Received::Nothing => {}
                 Received::Closed => return false,
             }
