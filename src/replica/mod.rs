@@ -1,6 +1,7 @@
 //! Replicas (`--log-backend jetstream`): the event log's truth is a NATS JetStream stream that
-//! every replica appends to and tails; each replica keeps its own sled copy of the log, its
-//! projections and watch feed, so reads never wait on NATS.
+//! every replica tails and the lease holder appends to (the others forward their writes to it,
+//! or append themselves when no holder answers); each replica keeps its own sled copy of the
+//! log, its projections and watch feed, so reads never wait on NATS.
 //!
 //! One stream message is one group of decided commands (a run record of its events, see
 //! [`crate::log::codec::encode_group`]) with headers naming its first and last revision. An
