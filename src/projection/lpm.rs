@@ -8,8 +8,8 @@
 //! measures both side by side; the numbers are in docs/benchmarks.md.
 //!
 //! Not used for IPv6: 8-bit strides without path compression walk up to 14 nodes to a /128,
-//! and measured slower than prefix-trie's path-compressed trie on IPv6 hits; IPv6 stays on
-//! prefix-trie (see ARCHITECTURE.md).
+//! and measured slower than prefix-trie's path-compressed trie on IPv6 hits; IPv6 uses
+//! [`by_length`](super::by_length) (a hash map per prefix length).
 //!
 //! Layout. A prefix no longer than the root's bits (`R`) lives in the root: it is painted onto
 //! the `2^(R-len)` root slots it covers, each slot remembering the length that painted it so that

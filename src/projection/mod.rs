@@ -3,6 +3,7 @@
 //! duration of one query (never across an `.await`), so a read never waits for an fsync and
 //! never sees half of a group.
 
+pub mod by_length;
 pub mod lpm;
 pub mod route_history;
 pub mod routing;

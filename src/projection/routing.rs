@@ -8,9 +8,9 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv6Net};
-use prefix_trie::PrefixMap;
+use ipnet::IpNet;
 
+use super::by_length::ByLength;
 use super::lpm::{HUGE_PAGES_FROM, Lpm, advise_huge_pages};
 use crate::domain::{Binding, BindingId, Change, Prefix, PrefixId, ProvisioningState, State};
 
@@ -34,24 +34,23 @@ struct Entry {
 #[derive(Default)]
 struct Table {
     v4: Lpm<u32>,
-    /// IPv6 stays on prefix-trie (see `lpm`'s module comment for why).
-    v6: PrefixMap<Ipv6Net, u32>,
-    /// Indexed by the LPM values; freed slots are reused.
+    /// IPv6: a hash map per prefix length holding the entries themselves (see `by_length`
+    /// for why not a trie).
+    v6: ByLength<Entry>,
+    /// IPv4's entries, indexed by the LPM values; freed slots are reused.
     entries: Vec<Entry>,
     free: Vec<u32>,
 }
 
 impl Table {
-    fn slot(&self, cidr: IpNet) -> Option<u32> {
-        match cidr {
-            IpNet::V4(net) => self.v4.get(net.network().to_bits(), net.prefix_len()),
-            IpNet::V6(net) => self.v6.get(&net).copied(),
-        }
-    }
-
     fn entry_mut(&mut self, cidr: IpNet) -> Option<&mut Entry> {
-        let slot = self.slot(cidr)?;
-        Some(&mut self.entries[slot as usize])
+        match cidr {
+            IpNet::V4(net) => {
+                let slot = self.v4.get(net.network().to_bits(), net.prefix_len())?;
+                Some(&mut self.entries[slot as usize])
+            }
+            IpNet::V6(net) => self.v6.get_mut(net.network().to_bits(), net.prefix_len()),
+        }
     }
 
     fn insert(&mut self, cidr: IpNet, entry: Entry) {
@@ -63,6 +62,13 @@ impl Table {
 
     /// Inserts a CIDR the table does not hold yet.
     fn insert_new(&mut self, cidr: IpNet, entry: Entry) {
+        let net = match cidr {
+            IpNet::V4(net) => net,
+            IpNet::V6(net) => {
+                self.v6.insert(net.network().to_bits(), net.prefix_len(), entry);
+                return;
+            }
+        };
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.entries[slot as usize] = entry;
@@ -77,18 +83,16 @@ impl Table {
                 u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 routes")
             }
         };
-        match cidr {
-            IpNet::V4(net) => self.v4.insert(net.network().to_bits(), net.prefix_len(), slot),
-            IpNet::V6(net) => self.v6.insert(net, slot),
-        };
+        self.v4.insert(net.network().to_bits(), net.prefix_len(), slot);
     }
 
     fn remove(&mut self, cidr: IpNet) {
-        let slot = match cidr {
-            IpNet::V4(net) => self.v4.remove(net.network().to_bits(), net.prefix_len()),
-            IpNet::V6(net) => self.v6.remove(&net),
-        };
-        self.free.extend(slot);
+        match cidr {
+            IpNet::V4(net) => self
+                .free
+                .extend(self.v4.remove(net.network().to_bits(), net.prefix_len())),
+            IpNet::V6(net) => drop(self.v6.remove(net.network().to_bits(), net.prefix_len())),
+        }
     }
 
     fn set_binding(&mut self, cidr: IpNet, prefix_id: PrefixId, binding_id: BindingId) {
@@ -117,11 +121,13 @@ impl Table {
 
     #[inline]
     fn longest_match(&self, address: IpAddr) -> Option<Route> {
-        let slot = match address {
-            IpAddr::V4(address) => self.v4.longest_match(address.to_bits()),
+        match address {
+            IpAddr::V4(address) => {
+                let slot = self.v4.longest_match(address.to_bits())?;
+                Some(self.entries[slot as usize].route)
+            }
             IpAddr::V6(address) => self.v6_longest_match(address),
-        }?;
-        Some(self.entries[slot as usize].route)
+        }
     }
 
     /// Routes for many addresses, in order (IPv4 ones with overlapped cache misses).
@@ -136,18 +142,18 @@ impl Table {
         let mut v4_slots = self.v4.longest_matches(&v4).into_iter();
         addresses
             .iter()
-            .map(|address| {
-                let slot = match address {
-                    IpAddr::V4(_) => v4_slots.next().flatten(),
-                    IpAddr::V6(address) => self.v6_longest_match(*address),
-                }?;
-                Some(self.entries[slot as usize].route)
+            .map(|address| match address {
+                IpAddr::V4(_) => {
+                    let slot = v4_slots.next().flatten()?;
+                    Some(self.entries[slot as usize].route)
+                }
+                IpAddr::V6(address) => self.v6_longest_match(*address),
             })
             .collect()
     }
 
-    fn v6_longest_match(&self, address: Ipv6Addr) -> Option<u32> {
-        self.v6.get_lpm(&Ipv6Net::from(address)).map(|(_, slot)| *slot)
+    fn v6_longest_match(&self, address: Ipv6Addr) -> Option<Route> {
+        self.v6.longest_match(address.to_bits()).map(|entry| entry.route)
     }
 }
 
