@@ -159,7 +159,7 @@ impl Routing for RoutingService {
         let (metadata, extensions, request) = request.into_parts();
         let caller = caller_of(&extensions);
         let (revision, table) = unary(self.app.metrics(), "ExportRoutes", &metadata, async {
-            operations::export_routes(&self.app, &caller, &request.account_id, request.active_only)
+            operations::export_routes(&self.app, &caller, &request.account_id, request.active_only).await
         })
         .await?
         .into_inner();

@@ -112,6 +112,7 @@ fn read_model_of(state: State, head: u64) -> Result<(ReadModel, State), StartErr
             routes,
             head,
             route_history: None,
+            routes_changed: Default::default(),
         },
         writer_state,
     ))

@@ -6,7 +6,7 @@ use super::bindings::{create_command, delete_command};
 use super::{AppContext, NewBinding, authorize};
 use crate::auth::{Caller, Permission};
 use crate::domain::state::{RangeChange, RouteTo};
-use crate::domain::{AccountId, Error, Micros, fields};
+use crate::domain::{AccountId, Error, Micros, Reason, fields};
 
 /// The change to preview, as the caller sent it.
 #[derive(Clone, Copy, Debug)]
@@ -67,13 +67,17 @@ pub fn authorize_table(caller: &Caller, account_id: &str) -> Result<Option<Accou
 }
 
 /// The effective table at one head, of one account (or all with an empty `account_id`).
-pub fn export_routes(
+/// Computing a large table takes a while (about half a second at a million routes): it runs
+/// on a blocking thread, and reads the projections a piece at a time, so writes go on.
+pub async fn export_routes(
     app: &AppContext,
     caller: &Caller,
     account_id: &str,
     active_only: bool,
 ) -> Result<(u64, Vec<RouteTo>), Error> {
     let account_id = authorize_table(caller, account_id)?;
-    let model = app.engine()?.projections().read();
-    Ok((model.head, model.state.effective_routes(account_id, active_only)))
+    let projections = app.engine()?.projections().clone();
+    tokio::task::spawn_blocking(move || projections.effective_routes(account_id, active_only))
+        .await
+        .map_err(|error| Error::new(Reason::Internal, format!("the export task failed: {error}")))
 }

@@ -10,7 +10,8 @@ pub mod routing;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use crate::domain::{Event, State};
+use crate::domain::state::{IdMap, RouteTo};
+use crate::domain::{AccountId, Change, Event, PrefixId, State};
 use route_history::RouteHistory;
 use routing::RoutingTable;
 
@@ -23,10 +24,20 @@ pub struct ReadModel {
     pub head: u64,
     /// The effective table and its recent changes, once something asked for them.
     pub route_history: Option<RouteHistory>,
+    /// Per prefix, the revision of the last event that changed its bindings (absent: none
+    /// since this model was built), so that a table read in pieces knows which to read again.
+    pub routes_changed: IdMap<PrefixId, u64>,
 }
 
 impl ReadModel {
     pub fn apply(&mut self, event: &Event) {
+        match &event.change {
+            Change::PrefixDeleted(prefix) => drop(self.routes_changed.remove(&prefix.id)),
+            Change::PrefixCreated(_) | Change::PrefixUpdated(_) => {}
+            Change::BindingCreated { binding, .. }
+            | Change::BindingProvisioningStateChanged(binding)
+            | Change::BindingDeleted(binding) => drop(self.routes_changed.insert(binding.prefix_id, event.revision)),
+        }
         self.state.apply(event);
         self.routes.apply(&event.change);
         if let Some(history) = &mut self.route_history {
@@ -35,6 +46,9 @@ impl ReadModel {
         self.head = event.revision;
     }
 }
+
+/// Prefixes whose routes [`Projections::effective_routes`] reads under one read lock.
+pub const PREFIXES_PER_READ: usize = 64;
 
 /// A cheap, cloneable handle on the shared read model.
 #[derive(Clone, Default)]
@@ -61,11 +75,158 @@ impl Projections {
         self.model.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The effective table of one account (or all) at one head, as
+    /// [`State::effective_routes`], without holding the read lock for all of it: a table of a
+    /// million routes takes about half a second to compute, and the writer's next group would
+    /// wait that long for its write lock (and every read behind it). The prefixes are read
+    /// [`PREFIXES_PER_READ`] at a time, each noting the head it was read at; a last read
+    /// walks the table's prefixes at the final head and reads again the few whose bindings
+    /// changed since (or that are new), so the answer is the table at that head exactly.
+    pub fn effective_routes(&self, account_id: Option<AccountId>, active_only: bool) -> (u64, Vec<RouteTo>) {
+        let prefixes: Vec<PrefixId> = self.read().state.table_prefixes(account_id).collect();
+        let mut routes = Vec::new();
+        let mut read: IdMap<PrefixId, (u64, std::ops::Range<usize>)> = IdMap::default();
+        for chunk in prefixes.chunks(PREFIXES_PER_READ) {
+            let model = self.read();
+            for prefix_id in chunk {
+                let start = routes.len();
+                model.state.prefix_routes(*prefix_id, active_only, &mut routes);
+                read.insert(*prefix_id, (model.head, start..routes.len()));
+            }
+        }
+        let model = self.read();
+        let current = |prefix_id: &PrefixId| {
+            (read.get(prefix_id))
+                .filter(|(at, _)| model.routes_changed.get(prefix_id).is_none_or(|changed| changed <= at))
+        };
+        let unchanged = model.state.table_prefixes(account_id).eq(prefixes.iter().copied())
+            && prefixes.iter().all(|prefix_id| current(prefix_id).is_some());
+        if unchanged {
+            return (model.head, routes);
+        }
+        let mut at_head = Vec::with_capacity(routes.len());
+        for prefix_id in model.state.table_prefixes(account_id) {
+            match current(&prefix_id) {
+                Some((_, range)) => at_head.extend_from_slice(&routes[range.clone()]),
+                None => model.state.prefix_routes(prefix_id, active_only, &mut at_head),
+            }
+        }
+        (model.head, at_head)
+    }
+
     /// Applies one durable group of events as a unit.
     pub fn apply(&self, events: &[Event]) {
         let mut model = self.model.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         for event in events {
             model.apply(event);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::domain::fixtures::{binding, prefix};
+    use crate::domain::{Micros, ProvisioningState, Service};
+
+    fn event(revision: u64, change: Change) -> Event {
+        Event {
+            revision,
+            time: Micros(revision as i64),
+            change,
+            actor: None,
+        }
+    }
+
+    /// Exports taken while groups are applied (bindings created, activated and deleted, prefixes
+    /// created and deleted, across many pieces of the read) each equal the table at their head.
+    #[test]
+    fn a_table_read_in_pieces_is_the_table_at_one_head() {
+        let projections = Projections::default();
+        // The table after each revision, computed in one piece by the applier's own copy.
+        let expected: Mutex<HashMap<u64, Vec<RouteTo>>> = Mutex::default();
+        let mut copy = State::default();
+        let mut revision = 0;
+        let mut apply = |changes: Vec<Change>, copy: &mut State| {
+            let events: Vec<Event> = changes
+                .into_iter()
+                .map(|change| {
+                    revision += 1;
+                    event(revision, change)
+                })
+                .collect();
+            for event in &events {
+                copy.apply(event);
+            }
+            expected
+                .lock()
+                .unwrap()
+                .insert(revision, copy.effective_routes(None, false));
+            projections.apply(&events);
+        };
+        let prefixes: Vec<_> = (0..4 * PREFIXES_PER_READ)
+            .map(|n| prefix(&format!("10.{}.{}.0/24", n / 256, n % 256)))
+            .collect();
+        apply(prefixes.iter().cloned().map(Change::PrefixCreated).collect(), &mut copy);
+
+        let applied = std::sync::atomic::AtomicBool::new(false);
+        let exports = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut exports = Vec::new();
+                while !applied.load(std::sync::atomic::Ordering::Acquire) {
+                    exports.push(projections.effective_routes(None, false));
+                }
+                exports
+            });
+            let mut rng = fastrand::Rng::with_seed(9);
+            let mut bound: Vec<crate::domain::Binding> = Vec::new();
+            let mut extra = 0;
+            for _ in 0..500 {
+                let owner = &prefixes[rng.usize(..prefixes.len())];
+                let change = match rng.u8(..4) {
+                    0 if !bound.is_empty() => Change::BindingDeleted(bound.swap_remove(rng.usize(..bound.len()))),
+                    1 if !bound.is_empty() => {
+                        let mut active = bound[rng.usize(..bound.len())].clone();
+                        active.state = ProvisioningState::Active;
+                        Change::BindingProvisioningStateChanged(active)
+                    }
+                    2 => {
+                        extra += 1;
+                        Change::PrefixCreated(prefix(&format!("11.{}.{}.0/24", extra / 256, extra % 256)))
+                    }
+                    _ => {
+                        let host = format!("{}/32", owner.cidr.hosts().nth(rng.usize(..250)).unwrap());
+                        if bound
+                            .iter()
+                            .any(|b| b.prefix_id == owner.id && b.cidr.to_string() == host)
+                        {
+                            continue;
+                        }
+                        let created = binding(owner, &host, Service::Cdn, ProvisioningState::Provisioning);
+                        bound.push(created.clone());
+                        Change::BindingCreated {
+                            binding: created,
+                            request_id: None,
+                        }
+                    }
+                };
+                apply(vec![change], &mut copy);
+            }
+            applied.store(true, std::sync::atomic::Ordering::Release);
+            reader.join().unwrap()
+        });
+        let expected = expected.lock().unwrap();
+        let heads: std::collections::BTreeSet<u64> = exports.iter().map(|(head, _)| *head).collect();
+        assert!(
+            heads.len() > 10,
+            "the exports saw the table move: {} heads",
+            heads.len()
+        );
+        for (head, routes) in exports {
+            assert_eq!(&routes, &expected[&head], "the export at revision {head}");
         }
     }
 }

@@ -110,22 +110,31 @@ impl State {
     /// specific binding (ACTIVE ones only with `active_only`), in address order, IPv4 first;
     /// of one account or of all.
     pub fn effective_routes(&self, account_id: Option<AccountId>, active_only: bool) -> Vec<RouteTo> {
-        let prefixes: Box<dyn Iterator<Item = PrefixId>> = match account_id {
+        let mut routes: Vec<RouteTo> = Vec::new();
+        for prefix_id in self.table_prefixes(account_id) {
+            self.prefix_routes(prefix_id, active_only, &mut routes);
+        }
+        routes
+    }
+
+    /// The prefixes of the effective table of one account or of all, in address order
+    /// (prefixes never overlap, so their routes follow each other in that order too).
+    pub fn table_prefixes(&self, account_id: Option<AccountId>) -> Box<dyn Iterator<Item = PrefixId> + '_> {
+        match account_id {
             Some(account_id) => Box::new(scoped(&self.prefixes_by_account, account_id).map(|(_, id)| *id)),
             None => Box::new(self.prefixes_by_network.values().copied()),
-        };
-        let mut routes: Vec<RouteTo> = Vec::new();
-        for prefix_id in prefixes {
-            let bindings = (self.bindings_of(prefix_id))
-                .filter(|binding| counts(binding, active_only))
-                .map(|binding| (AddressRange::of(&binding.cidr), binding));
-            routes.extend(
-                effective_ranges(bindings)
-                    .into_iter()
-                    .map(|(range, binding)| RouteTo::new(range, binding)),
-            );
         }
-        // Prefixes come in network order and never overlap: the routes are in address order.
-        routes
+    }
+
+    /// Appends the effective routes of one prefix (none when it does not exist).
+    pub fn prefix_routes(&self, prefix_id: PrefixId, active_only: bool, routes: &mut Vec<RouteTo>) {
+        let bindings = (self.bindings_of(prefix_id))
+            .filter(|binding| counts(binding, active_only))
+            .map(|binding| (AddressRange::of(&binding.cidr), binding));
+        routes.extend(
+            effective_ranges(bindings)
+                .into_iter()
+                .map(|(range, binding)| RouteTo::new(range, binding)),
+        );
     }
 }
