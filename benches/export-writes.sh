@@ -7,7 +7,7 @@
 #
 #   benches/export-writes.sh SERVER-A SERVER-B [ROUNDS]        (ROUNDS defaults to 3)
 #
-# Uses target/release/ipamctl (or $IPAMCTL). Loading takes a few minutes on 2 cores.
+# Uses target/release/ipamctl (or $IPAMCTL) and grpcurl. Loading takes a few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 server_a=$1
@@ -22,7 +22,9 @@ ctl() { "$ipamctl" --server "http://127.0.0.1:$port" "$@"; }
 start() {
     RUST_LOG=warn "$1" --data-dir "$2" --listen "127.0.0.1:$port" --provisioning-delay 100h --worker-threads 2 >/dev/null 2>&1 &
     pid=$!
-    until ctl --account "$(printf "%032d" 0)" services >/dev/null 2>&1; do sleep 0.05; done
+    until grpcurl -plaintext -max-time 1 "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; do
+        sleep 0.05
+    done
 }
 stop() {
     kill -TERM "$pid"
@@ -46,7 +48,7 @@ for round in $(seq "$rounds"); do
         export_start=$(date +%s.%N)
         routes=$(ctl --output json routes export | wc -l)
         export_end=$(date +%s.%N)
-        wait "$creates"
+        wait "$creates" || { cat "$work/create.json"; exit 1; }
         python3 - "$round" "$side" "$server" "$((routes - 1))" "$(echo "$export_end - $export_start" | bc -l)" "$work/create.json" <<'PY'
 import json, sys
 round_, side, server, routes, seconds, path = sys.argv[1:]
