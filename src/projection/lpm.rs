@@ -19,6 +19,9 @@
 //! encoded: `run_starts` marks where the value changes and `runs` holds one value per run
 //! (inline when few), so a node with a few prefixes costs one 128-byte block. `has_child` marks
 //! the slots that continue into a child node, whose index is the rank of the slot there.
+//! A root slot is 4 bytes and holds either its value or its child node: the child inherits
+//! the slot's value and paints it under its own prefixes (so the root costs 64 MiB for IPv4,
+//! not 128 with both in every slot, and a lookup still reads one slot and one node).
 //!
 //! A lookup walks root → nodes and keeps the last value it met: a deeper node's prefixes are
 //! longer than any above it, and within a node the painting already chose the longest. On the
@@ -149,13 +152,28 @@ impl Default for Runs {
 
 /// What a lookup reads, in one 128-byte block (two cache lines the CPU fetches as a pair).
 /// The node's own prefixes, needed only by updates, live apart in `Lpm::locals`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 #[repr(C, align(128))]
 struct Node {
     run_starts: SlotBits,
     runs: Runs,
     has_child: SlotBits,
     children: Box<[u32]>,
+    /// For a child of the root: the value of the root slot it hangs from (the root slot holds
+    /// the child instead), painted under the node's own prefixes. NONE below the root.
+    inherited: u32,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            run_starts: SlotBits::default(),
+            runs: Runs::default(),
+            has_child: SlotBits::default(),
+            children: Box::default(),
+            inherited: NONE,
+        }
+    }
 }
 
 impl Node {
@@ -172,7 +190,7 @@ impl Node {
 
     /// Rebuilds the slot values from the node's prefixes (sorted by length).
     fn repaint(&mut self, locals: &[Local]) {
-        let mut slots = [NONE; SLOTS];
+        let mut slots = [self.inherited; SLOTS];
         for local in locals {
             slots[local.slots()].fill(local.value);
         }
@@ -190,13 +208,14 @@ impl Node {
 
 /// The table. Keys are given with their prefix length; bits past it are ignored.
 pub struct Lpm<K: Key> {
-    /// Per root slot: value + 1 in the low half, child node + 1 in the high half (0 = none),
-    /// so one load answers both and an empty table is untouched zeroed memory (no RSS).
-    root: Box<[u64]>,
+    /// Per root slot: 0 when empty, [`CHILD`] | node when a node hangs there (the slot's own
+    /// value is then the node's `inherited`, painted into it), value + 1 otherwise. One load
+    /// answers both, 4 bytes a slot, and an empty table is untouched zeroed memory (no RSS).
+    root: Box<[u32]>,
     /// The length of the prefix that painted each root slot (meaningful where a value is).
     root_lengths: Box<[u8]>,
     /// One bit per 4 KiB page of `root`: written since the table was made. Moving the root to
-    /// huge pages copies only these: reading the whole 128 MiB root instead (page faults on
+    /// huge pages copies only these: reading the whole 64 MiB root instead (page faults on
     /// its untouched pages included) stalled that one insert for 35-45 ms.
     root_pages_written: Box<[u64]>,
     /// Prefixes of length 0..=ROOT_BITS, which live in the root.
@@ -213,7 +232,7 @@ impl<K: Key> Default for Lpm<K> {
     fn default() -> Self {
         let root = 1usize << K::ROOT_BITS;
         Lpm {
-            root: vec![0; root].into_boxed_slice(),
+            root: vec![0u32; root].into_boxed_slice(),
             root_lengths: vec![0; root].into_boxed_slice(),
             root_pages_written: vec![0; root.div_ceil(ROOT_SLOTS_PER_PAGE * 64)].into_boxed_slice(),
             short: HashMap::new(),
@@ -251,12 +270,11 @@ impl<K: Key> Lpm<K> {
             for key in group {
                 prefetch(&self.root[key.chunk(0, K::ROOT_BITS)]);
             }
-            let mut roots = [0u64; GROUP];
+            let mut roots = [0u32; GROUP];
             for (root, key) in roots.iter_mut().zip(group) {
                 *root = self.root[key.chunk(0, K::ROOT_BITS)];
-                let child = ((*root >> 32) as u32).wrapping_sub(1);
-                if child != NONE {
-                    prefetch(&self.nodes[child as usize]);
+                if *root & CHILD != 0 {
+                    prefetch(&self.nodes[(*root & !CHILD) as usize]);
                 }
             }
             matches.extend(group.iter().zip(roots).map(|(key, root)| self.walk(*key, root)));
@@ -266,9 +284,12 @@ impl<K: Key> Lpm<K> {
 
     /// The rest of a lookup, given the key's root entry.
     #[inline]
-    fn walk(&self, key: K, root: u64) -> Option<u32> {
-        let mut best = (root as u32).wrapping_sub(1);
-        let mut next = ((root >> 32) as u32).wrapping_sub(1);
+    fn walk(&self, key: K, root: u32) -> Option<u32> {
+        let (mut best, mut next) = match root & CHILD {
+            0 => (root.wrapping_sub(1), NONE),
+            // The node holds the slot's value where none of its own prefixes cover.
+            _ => (NONE, root & !CHILD),
+        };
         let mut start = K::ROOT_BITS;
         while next != NONE {
             let node = &self.nodes[next as usize];
@@ -303,7 +324,7 @@ impl<K: Key> Lpm<K> {
     /// Stores `value` for the prefix; returns the value it replaces.
     pub fn insert(&mut self, key: K, len: u8, value: u32) -> Option<u32> {
         assert!(
-            u32::from(len) <= K::BITS && value != NONE,
+            u32::from(len) <= K::BITS && value < CHILD - 1,
             "prefix length or value out of range"
         );
         let key = key.masked(u32::from(len));
@@ -392,7 +413,7 @@ impl<K: Key> Lpm<K> {
     /// Copies the root and the nodes into memory advised for huge pages before it is touched
     /// (the kernel only merges pages already touched slowly, in the background).
     fn move_to_huge_pages(&mut self) {
-        let mut root = vec![0u64; self.root.len()].into_boxed_slice();
+        let mut root = vec![0u32; self.root.len()].into_boxed_slice();
         advise_huge_pages(&root);
         // Only the pages ever written: copying the zeros too would make every page resident.
         for (word_index, &word) in self.root_pages_written.iter().enumerate() {
@@ -415,21 +436,42 @@ impl<K: Key> Lpm<K> {
     }
 
     fn root_value(&self, slot: usize) -> u32 {
-        (self.root[slot] as u32).wrapping_sub(1)
+        match self.root_child(slot) {
+            NONE => self.root[slot].wrapping_sub(1),
+            child => self.nodes[child as usize].inherited,
+        }
     }
 
     fn root_child(&self, slot: usize) -> u32 {
-        ((self.root[slot] >> 32) as u32).wrapping_sub(1)
+        match self.root[slot] & CHILD {
+            0 => NONE,
+            _ => self.root[slot] & !CHILD,
+        }
     }
 
     fn set_root_value(&mut self, slot: usize, value: u32) {
-        self.note_root_write(slot);
-        self.root[slot] = (self.root[slot] & !u64::from(u32::MAX)) | u64::from(value.wrapping_add(1));
+        match self.root_child(slot) {
+            NONE => {
+                self.note_root_write(slot);
+                self.root[slot] = value.wrapping_add(1);
+            }
+            child => {
+                let node = &mut self.nodes[child as usize];
+                node.inherited = value;
+                node.repaint(&self.locals[child as usize]);
+            }
+        }
     }
 
+    /// Hangs the new node `child` from the root slot, which hands it its value.
     fn set_root_child(&mut self, slot: usize, child: u32) {
+        assert!(child < CHILD, "fewer than 2^31 nodes");
+        let value = self.root_value(slot);
+        let node = &mut self.nodes[child as usize];
+        node.inherited = value;
+        node.repaint(&self.locals[child as usize]);
         self.note_root_write(slot);
-        self.root[slot] = (self.root[slot] & u64::from(u32::MAX)) | u64::from(child.wrapping_add(1)) << 32;
+        self.root[slot] = CHILD | child;
     }
 
     fn root_slots(key: K, len: u8) -> std::ops::Range<usize> {
@@ -521,11 +563,14 @@ impl<K: Key> Lpm<K> {
             if !self.locals[node as usize].is_empty() || !self.nodes[node as usize].has_child.is_empty() {
                 return;
             }
-            self.nodes[node as usize] = Node::default();
+            let inherited = std::mem::take(&mut self.nodes[node as usize]).inherited;
             self.locals[node as usize] = Vec::new();
             self.free_nodes.push(node);
             if depth == 0 {
-                self.set_root_child(key.chunk(0, K::ROOT_BITS), NONE);
+                // The root slot holds its value again.
+                let slot = key.chunk(0, K::ROOT_BITS);
+                self.note_root_write(slot);
+                self.root[slot] = inherited.wrapping_add(1);
             } else {
                 let slot = key.chunk(K::ROOT_BITS + STRIDE * (depth as u32 - 1), STRIDE);
                 let parent = &mut self.nodes[path[depth - 1] as usize];
@@ -554,9 +599,11 @@ fn prefetch<T>(value: &T) {
 /// region of the mostly empty root would cost more memory than the TLB misses cost time).
 pub(super) const HUGE_PAGES_FROM: usize = 65_536;
 /// Root slots in a 4 KiB page.
-const ROOT_SLOTS_PER_PAGE: usize = 4096 / std::mem::size_of::<u64>();
+const ROOT_SLOTS_PER_PAGE: usize = 4096 / std::mem::size_of::<u32>();
+/// Marks a root slot that holds a child node rather than a value.
+const CHILD: u32 = 1 << 31;
 
-/// Asks the kernel to back `memory` with transparent huge pages: the IPv4 root is 128 MiB and
+/// Asks the kernel to back `memory` with transparent huge pages: the IPv4 root is 64 MiB and
 /// the nodes tens of MiB, read at random, and with 4 KiB pages nearly every lookup also missed
 /// the TLB (docs/benchmarks.md, in-process lookups). Pages already touched are merged later by
 /// the kernel's khugepaged. A refusal (THP off) is harmless.
