@@ -158,16 +158,51 @@ pub struct WriteTimes {
 
 /// The writer's spans of one command, children of the call that asked.
 pub fn write_spans(parent: &Context, times: &WriteTimes, n_commands: usize) {
+    phase_spans(
+        parent,
+        &[
+            ("write.queue", times.queued, times.group_started),
+            ("write.decide", times.decided.0, times.decided.1),
+            ("write.append", times.appended.0, times.appended.1),
+            ("write.apply", times.applied.0, times.applied.1),
+        ],
+        n_commands,
+    );
+}
+
+/// When a replica that does not hold the lease did what for one command it forwarded.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardTimes {
+    pub queued: Instant,
+    /// The group went to the lease holder.
+    pub sent: Instant,
+    /// The holder answered (the group is in the stream).
+    pub answered: Instant,
+    /// This replica applied the holder's revision, from its tail.
+    pub applied: Instant,
+}
+
+/// The forwarding replica's spans of one command: waiting in its queue, the holder's round
+/// trip (`write.forward`: its decide, append and apply), and waiting for its own tail to bring
+/// the change (`write.apply`).
+pub fn forward_spans(parent: &Context, times: &ForwardTimes, n_commands: usize) {
+    phase_spans(
+        parent,
+        &[
+            ("write.queue", times.queued, times.sent),
+            ("write.forward", times.sent, times.answered),
+            ("write.apply", times.answered, times.applied),
+        ],
+        n_commands,
+    );
+}
+
+/// One span per phase (name, start, end), children of `parent`.
+fn phase_spans(parent: &Context, phases: &[(&'static str, Instant, Instant)], n_commands: usize) {
     let tracer = global::tracer(SERVICE_NAME);
     let now = (Instant::now(), SystemTime::now());
     let at = |instant: Instant| now.1 - now.0.saturating_duration_since(instant);
-    let spans = [
-        ("write.queue", times.queued, times.group_started),
-        ("write.decide", times.decided.0, times.decided.1),
-        ("write.append", times.appended.0, times.appended.1),
-        ("write.apply", times.applied.0, times.applied.1),
-    ];
-    for (name, start, end) in spans {
+    for &(name, start, end) in phases {
         let mut span = tracer
             .span_builder(name)
             .with_kind(SpanKind::Internal)

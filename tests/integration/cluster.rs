@@ -673,6 +673,39 @@ async fn a_write_on_a_replica_records_the_writers_spans() {
     let trace = crate::tracing::hex(trace_id);
     let call = collector.span(&trace, "CreatePrefix").await;
     collector.write_spans_under(&trace, &call).await;
+
+    // A second replica forwards its writes to the first (the lease holder): its spans are the
+    // wait in its queue, the holder's round trip and the wait for its own tail. Its first
+    // writes may be appended directly, until it has read who holds the lease.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = crate::tracing::traced_server(other_dir.path(), collector_address, &args).await;
+    let deadline = Instant::now() + PATIENCE;
+    for attempt in 1u32.. {
+        let trace_id = format!("7bf92f3577b34da6a3ce929d{attempt:08x}");
+        let mut request = tonic::Request::new(api::CreatePrefixRequest {
+            account_id: account(),
+            cidr: format!("198.51.{}.0/24", attempt % 256),
+            ..Default::default()
+        });
+        let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+        request
+            .metadata_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+        other.api().prefixes().create_prefix(request).await.unwrap();
+        let trace = crate::tracing::hex(&trace_id);
+        let call = collector.span(&trace, "CreatePrefix").await;
+        // The call's span is exported with its children; give them a moment to arrive.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if collector.received(&trace, "write.forward").is_some() {
+            (collector.spans_under(&trace, &call, &["write.queue", "write.forward", "write.apply"])).await;
+            assert!(
+                collector.received(&trace, "write.append").is_none(),
+                "the holder appended it"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second replica never forwarded a write");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,7 +59,17 @@ impl Collector {
 
     /// Waits for the writer's spans of `trace_id` and checks they lie under `call`, within it.
     pub async fn write_spans_under(&self, trace_id: &[u8], call: &Span) {
-        for name in ["write.queue", "write.decide", "write.append", "write.apply"] {
+        self.spans_under(
+            trace_id,
+            call,
+            &["write.queue", "write.decide", "write.append", "write.apply"],
+        )
+        .await;
+    }
+
+    /// Waits for the spans `names` of `trace_id` and checks they lie under `call`, within it.
+    pub async fn spans_under(&self, trace_id: &[u8], call: &Span, names: &[&str]) {
+        for &name in names {
             let child = self.span(trace_id, name).await;
             assert_eq!(child.parent_span_id, call.span_id, "{name} under the call");
             assert!(
@@ -73,14 +83,18 @@ impl Collector {
         }
     }
 
+    /// A span of `trace_id` named `name`, if one arrived.
+    pub fn received(&self, trace_id: &[u8], name: &str) -> Option<Span> {
+        (self.spans.lock().unwrap().iter())
+            .find(|span| span.trace_id == trace_id && span.name == name)
+            .cloned()
+    }
+
     /// Waits until a span of `trace_id` named `name` arrived.
     pub async fn span(&self, trace_id: &[u8], name: &str) -> Span {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let found = (self.spans.lock().unwrap().iter())
-                .find(|span| span.trace_id == trace_id && span.name == name)
-                .cloned();
-            if let Some(span) = found {
+            if let Some(span) = self.received(trace_id, name) {
                 return span;
             }
             assert!(tokio::time::Instant::now() < deadline, "no span {name} arrived");

@@ -35,7 +35,7 @@ use crate::domain::{Actor, Command, Error, Outcome, Reason};
 use crate::log::StreamPosition;
 use crate::replica::forward::Forwarded;
 use crate::replica::{Appended, Replica, StreamGroup};
-use crate::telemetry::{self, WriteTimes};
+use crate::telemetry::{self, ForwardTimes, WriteTimes};
 
 /// Races a command may lose in a row before it fails with WRITE_CONFLICT. Each round one of
 /// the replicas appending at once wins; with three, losing 32 in a row is ~(2/3)^32 = 2e-6.
@@ -81,6 +81,11 @@ struct Awaiting {
     replies: Vec<Reply>,
     /// After this, the callers are told their change landed but is not applied here yet.
     deadline: Instant,
+    /// The sampled calls among them (their trace context and when they were queued), for
+    /// their spans once applied.
+    traced: Vec<(opentelemetry::Context, Instant)>,
+    sent: Instant,
+    answered: Instant,
 }
 
 /// How long forwarded results wait for the tail to bring what the holder appended.
@@ -339,14 +344,24 @@ impl Replicated {
         let done = self.forwards.0.clone();
         self.replica.runtime.spawn(async move {
             let commands: Vec<_> = own.iter().map(|waiting| (&waiting.command, &*waiting.actor)).collect();
+            let sent = Instant::now();
             let forwarded = replica.forward(&holder, &commands).await;
             drop(commands);
             let outcome = match forwarded {
-                Forwarded::Answered { results, revision } => ForwardDone::Answered(Awaiting {
-                    revision,
-                    replies: own.into_iter().map(|waiting| waiting.reply).zip(results).collect(),
-                    deadline: Instant::now() + APPLY_PATIENCE,
-                }),
+                Forwarded::Answered { results, revision } => {
+                    let mut own = own;
+                    let traced = (own.iter_mut())
+                        .filter_map(|waiting| Some((waiting.trace.take()?, waiting.queued)))
+                        .collect();
+                    ForwardDone::Answered(Awaiting {
+                        revision,
+                        replies: own.into_iter().map(|waiting| waiting.reply).zip(results).collect(),
+                        deadline: Instant::now() + APPLY_PATIENCE,
+                        traced,
+                        sent,
+                        answered: Instant::now(),
+                    })
+                }
                 Forwarded::NoHolder => ForwardDone::NotTaken(own),
                 Forwarded::Unknown(cause) => {
                     let unavailable = Error::new(
@@ -386,8 +401,19 @@ impl Replicated {
         while index < self.awaiting.len() {
             let awaiting = &self.awaiting[index];
             if awaiting.revision <= head {
-                for (reply, result) in self.awaiting.swap_remove(index).replies {
+                let awaiting = self.awaiting.swap_remove(index);
+                let n_commands = awaiting.replies.len();
+                for (reply, result) in awaiting.replies {
                     let _ = reply.send(result);
+                }
+                for (trace, queued) in awaiting.traced {
+                    let times = ForwardTimes {
+                        queued,
+                        sent: awaiting.sent,
+                        answered: awaiting.answered,
+                        applied: now,
+                    };
+                    telemetry::forward_spans(&trace, &times, n_commands);
                 }
             } else if awaiting.deadline <= now {
                 let awaiting = self.awaiting.swap_remove(index);
