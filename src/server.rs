@@ -341,11 +341,11 @@ pub async fn serve(
         let applied = engine.applied();
         tokio::spawn(crate::replica::forward::serve(
             Arc::clone(replica),
-            move |command, actor| {
+            move |command, actor, trace| {
                 let writer = writer.clone();
                 async move {
                     match writer.upgrade() {
-                        Some(engine) => engine.execute_forwarded(command, actor).await,
+                        Some(engine) => engine.execute_forwarded(command, actor, trace).await,
                         None => Err(crate::engine::shutting_down()),
                     }
                 }

@@ -122,6 +122,24 @@ pub fn adopt_parent(span: &tracing::Span, headers: &http::HeaderMap) {
     let _ = span.set_parent(parent);
 }
 
+/// The W3C `traceparent` of `context`, to carry a trace to another replica ("" when none).
+pub fn traceparent_of_context(context: &Context) -> String {
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(context, &mut carrier);
+    carrier.remove("traceparent").unwrap_or_default()
+}
+
+/// The trace a `traceparent` from another replica names, when tracing is on and it is
+/// sampled: the writer's spans go under it.
+pub fn context_of_traceparent(traceparent: &str) -> Option<Context> {
+    if !enabled() || traceparent.is_empty() {
+        return None;
+    }
+    let carrier = std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    context.span().span_context().is_sampled().then_some(context)
+}
+
 /// The `traceparent` of `span` (version 00), for the response; `None` when it is not sampled
 /// or tracing is off.
 pub fn traceparent_of(span: &tracing::Span) -> Option<http::HeaderValue> {

@@ -227,19 +227,31 @@ impl Engine {
     /// Runs a command through the writer; returns once its events are durable and visible to
     /// reads (read-your-writes). Its events record `actor`.
     pub async fn execute(&self, command: Command, actor: Actor) -> Result<Outcome, Error> {
-        self.run(command, actor, false).await
+        self.run(command, actor, false, telemetry::current_call()).await
     }
 
     /// [`execute`](Self::execute) for a command another replica forwarded to this one (it
-    /// holds the lease): appended by this replica whatever the lease says by then.
-    pub async fn execute_forwarded(&self, command: Command, actor: Actor) -> Result<Outcome, Error> {
-        self.run(command, actor, true).await
+    /// holds the lease): appended by this replica whatever the lease says by then. Its spans
+    /// go under `trace`, the asking call's (from the other replica), when it is traced.
+    pub async fn execute_forwarded(
+        &self,
+        command: Command,
+        actor: Actor,
+        trace: Option<opentelemetry::Context>,
+    ) -> Result<Outcome, Error> {
+        self.run(command, actor, true, trace).await
     }
 
-    async fn run(&self, command: Command, actor: Actor, forwarded: bool) -> Result<Outcome, Error> {
+    async fn run(
+        &self,
+        command: Command,
+        actor: Actor,
+        forwarded: bool,
+        trace: Option<opentelemetry::Context>,
+    ) -> Result<Outcome, Error> {
         let (reply, outcome) = oneshot::channel();
         let actor = Arc::new(actor);
-        let trace = telemetry::current_call().map(|context| (context, Instant::now()));
+        let trace = trace.map(|context| (context, Instant::now()));
         self.jobs
             .send(Job::Execute {
                 command,

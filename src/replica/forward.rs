@@ -28,6 +28,7 @@ use crate::domain::error::FieldViolation;
 use crate::domain::{AccountId, Actor, BindingId, Command, Error, Outcome, PrefixId, Reason, Service, ServiceId};
 use crate::log::codec::schema;
 use crate::pb::forward as wire;
+use crate::telemetry;
 
 /// What became of a forwarded group.
 pub enum Forwarded {
@@ -54,14 +55,16 @@ impl Replica {
         holder.as_ref().filter(|holder| **holder != self.writer_id).cloned()
     }
 
-    /// Sends `commands` to `holder` and waits for its answer.
-    pub async fn forward(&self, holder: &str, commands: &[(&Command, &Actor)]) -> Forwarded {
+    /// Sends `commands` (each with the `traceparent` of the call that asked, or "") to
+    /// `holder` and waits for its answer.
+    pub async fn forward(&self, holder: &str, commands: &[(&Command, &Actor)], traceparents: Vec<String>) -> Forwarded {
         use async_nats::RequestErrorKind as Kind;
         let group = wire::ForwardedGroup {
             commands: commands
                 .iter()
                 .map(|(command, actor)| command_record(command, actor))
                 .collect(),
+            traceparents,
         };
         let request = async_nats::Request::new()
             .payload(Bytes::from(group.encode_to_vec()))
@@ -85,15 +88,16 @@ impl Replica {
 }
 
 /// Takes the groups other replicas forward to this one until `shutdown`: each command runs
-/// through `execute` (this replica's writer, never forwarding again), and the answer carries
-/// `revision()` read once all have run.
+/// through `execute` (this replica's writer, never forwarding again; with the trace of the
+/// call that asked, if it is traced), and the answer carries `revision()` read once all have
+/// run.
 pub async fn serve<Execute, Run>(
     replica: Arc<Replica>,
     execute: Execute,
     revision: impl Fn() -> u64 + Send + Sync + 'static,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    Execute: Fn(Command, Actor) -> Run + Send + Sync + 'static,
+    Execute: Fn(Command, Actor, Option<opentelemetry::Context>) -> Run + Send + Sync + 'static,
     Run: Future<Output = Result<Outcome, Error>> + Send + 'static,
 {
     let subject = replica.writes_subject(&replica.writer_id);
@@ -124,8 +128,8 @@ pub async fn serve<Execute, Run>(
         };
         let (replica, execute, revision) = (Arc::clone(&replica), Arc::clone(&execute), Arc::clone(&revision));
         tokio::spawn(async move {
-            let commands = match decode_group(&request.payload) {
-                Ok(commands) => commands,
+            let (commands, traceparents) = match decode_group(&request.payload) {
+                Ok(decoded) => decoded,
                 Err(why) => {
                     // Not answered: the sender learns nothing ran only by reading.
                     warn!(why, "an unreadable forwarded group; dropped");
@@ -133,8 +137,12 @@ pub async fn serve<Execute, Run>(
                 }
             };
             // All queued before any is awaited, so that the writer decides them as one group.
+            let mut traceparents = traceparents.into_iter();
             let runs: Vec<_> = (commands.into_iter())
-                .map(|(command, actor)| tokio::spawn(execute(command, actor)))
+                .map(|(command, actor)| {
+                    let trace = telemetry::context_of_traceparent(&traceparents.next().unwrap_or_default());
+                    tokio::spawn(execute(command, actor, trace))
+                })
                 .collect();
             let mut results = Vec::with_capacity(runs.len());
             for run in runs {
@@ -228,9 +236,11 @@ fn command_record(command: &Command, actor: &Actor) -> wire::ForwardedCommand {
     }
 }
 
-fn decode_group(bytes: &[u8]) -> Result<Vec<(Command, Actor)>, String> {
+/// The group's commands and their callers' `traceparent`s (fewer when a sender sent none).
+fn decode_group(bytes: &[u8]) -> Result<(Vec<(Command, Actor)>, Vec<String>), String> {
     let group = wire::ForwardedGroup::decode(bytes).map_err(|error| error.to_string())?;
-    group.commands.into_iter().map(command).collect()
+    let commands = group.commands.into_iter().map(command).collect::<Result<_, _>>()?;
+    Ok((commands, group.traceparents))
 }
 
 fn command(record: wire::ForwardedCommand) -> Result<(Command, Actor), String> {
@@ -413,12 +423,15 @@ mod tests {
             },
             Command::ActivateBinding { binding_id },
         ];
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string();
         for command in commands {
             let bytes = wire::ForwardedGroup {
                 commands: vec![command_record(&command, &actor)],
+                traceparents: vec![traceparent.clone()],
             }
             .encode_to_vec();
-            assert_eq!(decode_group(&bytes).unwrap(), vec![(command, actor.clone())]);
+            let decoded = (vec![(command, actor.clone())], vec![traceparent.clone()]);
+            assert_eq!(decode_group(&bytes).unwrap(), decoded);
         }
         let mut refusal = Error::field(Reason::InvalidCidr, "cidr", "bad");
         refusal.retry_after = Some(std::time::Duration::from_millis(1500));

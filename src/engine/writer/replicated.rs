@@ -344,8 +344,11 @@ impl Replicated {
         let done = self.forwards.0.clone();
         self.replica.runtime.spawn(async move {
             let commands: Vec<_> = own.iter().map(|waiting| (&waiting.command, &*waiting.actor)).collect();
+            let traceparents = (own.iter())
+                .map(|waiting| (waiting.trace.as_ref()).map_or_else(String::new, telemetry::traceparent_of_context))
+                .collect();
             let sent = Instant::now();
-            let forwarded = replica.forward(&holder, &commands).await;
+            let forwarded = replica.forward(&holder, &commands, traceparents).await;
             drop(commands);
             let outcome = match forwarded {
                 Forwarded::Answered { results, revision } => {
