@@ -236,8 +236,11 @@ fn command_record(command: &Command, actor: &Actor) -> wire::ForwardedCommand {
     }
 }
 
-/// The group's commands and their callers' `traceparent`s (fewer when a sender sent none).
-fn decode_group(bytes: &[u8]) -> Result<(Vec<(Command, Actor)>, Vec<String>), String> {
+/// A forwarded group's commands with who asked, and the callers' `traceparent`s (fewer when
+/// a sender sent none).
+type DecodedGroup = (Vec<(Command, Actor)>, Vec<String>);
+
+fn decode_group(bytes: &[u8]) -> Result<DecodedGroup, String> {
     let group = wire::ForwardedGroup::decode(bytes).map_err(|error| error.to_string())?;
     let commands = group.commands.into_iter().map(command).collect::<Result<_, _>>()?;
     Ok((commands, group.traceparents))
