@@ -16,8 +16,8 @@
 //!   other, and the writer's next append (decided against the old position) conflicts and
 //!   waits for it. Nothing is applied that is not in the stream, nothing twice.
 //!
-//! Unless this replica holds the lease: then the group's commands go to the holder instead
-//! ([`crate::replica::forward`]), which appends them with its own; their results wait here
+//! When another replica holds the lease, the group's commands go to that holder instead
+//! ([`forwarding`], over [`crate::replica::forward`]), which appends them with its own; their results wait here
 //! until the tail brought this replica to the revision the holder reached, so a reply still
 //! means "in the stream and applied here". Commands other replicas forwarded here are
 //! appended by this writer, never sent on.
@@ -30,12 +30,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
-use super::{Job, MAX_GROUP, Reply, Writer};
+use super::{Job, MAX_GROUP, Writer};
 use crate::domain::{Actor, Command, Error, Outcome, Reason};
 use crate::log::StreamPosition;
-use crate::replica::forward::Forwarded;
 use crate::replica::{Appended, Replica, StreamGroup};
-use crate::telemetry::{self, ForwardTimes, WriteTimes};
+use crate::telemetry::{self, WriteTimes};
+
+mod forwarding;
+use forwarding::{Awaiting, FORWARDS_IN_FLIGHT, ForwardDone};
 
 /// Races a command may lose in a row before it fails with WRITE_CONFLICT. Each round one of
 /// the replicas appending at once wins; with three, losing 32 in a row is ~(2/3)^32 = 2e-6.
@@ -61,36 +63,6 @@ struct Waiting {
     append_here: bool,
 }
 
-/// What became of a group sent to the lease holder, told to the writer by the task that sent
-/// it.
-enum ForwardDone {
-    Answered(Awaiting),
-    /// No holder listened: the writer appends these itself.
-    NotTaken(Vec<Waiting>),
-    /// No answer: the callers were told.
-    Refused,
-}
-
-/// Groups sent to the holder at once, at most: each is a request in flight while the writer
-/// goes on applying the stream (which brings the earlier ones' revisions) and sending more.
-const FORWARDS_IN_FLIGHT: usize = 4;
-
-/// Results of forwarded commands, waiting for this replica to apply what the holder reached.
-struct Awaiting {
-    revision: u64,
-    replies: Vec<Reply>,
-    /// After this, the callers are told their change landed but is not applied here yet.
-    deadline: Instant,
-    /// The sampled calls among them (their trace context and when they were queued), for
-    /// their spans once applied.
-    traced: Vec<(opentelemetry::Context, Instant)>,
-    sent: Instant,
-    answered: Instant,
-}
-
-/// How long forwarded results wait for the tail to bring what the holder appended.
-const APPLY_PATIENCE: Duration = Duration::from_secs(30);
-
 impl Writer {
     pub(super) fn run_replicated(mut self, replica: Arc<Replica>, position: StreamPosition) {
         let mut run = Replicated {
@@ -110,9 +82,7 @@ impl Writer {
                 if run.stopping && run.waiting.is_empty() {
                     break;
                 }
-                let wake = (run.awaiting.iter())
-                    .map(|awaiting| awaiting.deadline.saturating_duration_since(Instant::now()))
-                    .fold(IDLE_WAKE, Duration::min);
+                let wake = run.forwarded_patience().min(IDLE_WAKE);
                 match run.receive(&mut self, wake) {
                     Received::Job(job) => run.take(&mut self, job),
                     Received::Forward(done) => run.forward_done(done),
@@ -149,13 +119,7 @@ impl Writer {
                 run.append_group(&mut self);
             }
         }
-        let stopped = Error::new(
-            Reason::StorageUnavailable,
-            "the change is in the replicated log, but this replica stopped before applying it",
-        );
-        for awaiting in run.awaiting.drain(..) {
-            refuse_replies(awaiting.replies, &stopped);
-        }
+        run.refuse_forwarded();
         self.snapshots.finish();
     }
 }
@@ -332,108 +296,6 @@ impl Replicated {
         }
     }
 
-    /// Sends this replica's own commands of `group` to `holder` (the answer comes back
-    /// through [`ForwardDone`]); returns what is left to append here.
-    fn forward(&mut self, holder: String, group: Vec<Waiting>) -> Vec<Waiting> {
-        let (own, here): (Vec<Waiting>, Vec<Waiting>) = group.into_iter().partition(|waiting| !waiting.append_here);
-        if own.is_empty() {
-            return here;
-        }
-        self.forwards_in_flight += 1;
-        let replica = Arc::clone(&self.replica);
-        let done = self.forwards.0.clone();
-        self.replica.runtime.spawn(async move {
-            let commands: Vec<_> = own.iter().map(|waiting| (&waiting.command, &*waiting.actor)).collect();
-            let traceparents = (own.iter())
-                .map(|waiting| (waiting.trace.as_ref()).map_or_else(String::new, telemetry::traceparent_of_context))
-                .collect();
-            let sent = Instant::now();
-            let forwarded = replica.forward(&holder, &commands, traceparents).await;
-            drop(commands);
-            let outcome = match forwarded {
-                Forwarded::Answered { results, revision } => {
-                    let mut own = own;
-                    let traced = (own.iter_mut())
-                        .filter_map(|waiting| Some((waiting.trace.take()?, waiting.queued)))
-                        .collect();
-                    ForwardDone::Answered(Awaiting {
-                        revision,
-                        replies: own.into_iter().map(|waiting| waiting.reply).zip(results).collect(),
-                        deadline: Instant::now() + APPLY_PATIENCE,
-                        traced,
-                        sent,
-                        answered: Instant::now(),
-                    })
-                }
-                Forwarded::NoHolder => ForwardDone::NotTaken(own),
-                Forwarded::Unknown(cause) => {
-                    let unavailable = Error::new(
-                        Reason::StorageUnavailable,
-                        format!("{cause}; the change may still appear: read before retrying"),
-                    );
-                    refuse(own, &unavailable);
-                    ForwardDone::Refused
-                }
-            };
-            // The writer stopped: its callers learn it from their dropped replies.
-            let _ = done.send(outcome);
-        });
-        here
-    }
-
-    fn forward_done(&mut self, done: ForwardDone) {
-        self.forwards_in_flight -= 1;
-        match done {
-            ForwardDone::Answered(awaiting) => self.awaiting.push(awaiting),
-            ForwardDone::NotTaken(group) => {
-                for mut waiting in group.into_iter().rev() {
-                    waiting.append_here = true;
-                    self.waiting.push_front(waiting);
-                }
-            }
-            ForwardDone::Refused => {}
-        }
-    }
-
-    /// Replies to forwarded commands whose revision this replica applied, and tells those
-    /// that waited too long.
-    fn release_forwarded(&mut self, writer: &Writer) {
-        let head = writer.next_revision - 1;
-        let now = Instant::now();
-        let mut index = 0;
-        while index < self.awaiting.len() {
-            let awaiting = &self.awaiting[index];
-            if awaiting.revision <= head {
-                let awaiting = self.awaiting.swap_remove(index);
-                let n_commands = awaiting.replies.len();
-                for (reply, result) in awaiting.replies {
-                    let _ = reply.send(result);
-                }
-                for (trace, queued) in awaiting.traced {
-                    let times = ForwardTimes {
-                        queued,
-                        sent: awaiting.sent,
-                        answered: awaiting.answered,
-                        applied: now,
-                    };
-                    telemetry::forward_spans(&trace, &times, n_commands);
-                }
-            } else if awaiting.deadline <= now {
-                let awaiting = self.awaiting.swap_remove(index);
-                let late = Error::new(
-                    Reason::StorageUnavailable,
-                    format!(
-                        "the change is in the replicated log (revision {}), but this replica has not applied it yet; read with x-ipam-min-revision",
-                        awaiting.revision
-                    ),
-                );
-                refuse_replies(awaiting.replies, &late);
-            } else {
-                index += 1;
-            }
-        }
-    }
-
     /// Decides `group` against this replica's state and appends it to the stream.
     fn append_directly(&mut self, writer: &mut Writer, group: Vec<Waiting>) {
         let (mut events, mut undos) = (Vec::new(), Vec::new());
@@ -601,13 +463,6 @@ impl Replicated {
             }
         }
         self.position.sequence > sequence
-    }
-}
-
-/// Answers each reply with `error` instead of its result.
-fn refuse_replies(replies: Vec<Reply>, error: &Error) {
-    for (reply, _) in replies {
-        let _ = reply.send(Err(error.clone()));
     }
 }
 
