@@ -29,6 +29,16 @@ pub fn binding(prefix: &Prefix, cidr: &str, service: Service, state: Provisionin
     }
 }
 
+/// `change` as the event at `revision` (its time: the revision, in microseconds).
+pub fn event(revision: u64, change: Change) -> Event {
+    Event {
+        revision,
+        time: Micros(revision as i64),
+        change,
+        actor: None,
+    }
+}
+
 /// The creation of a prefix (of a fresh account) at `revision`.
 pub fn prefix_event(revision: u64, cidr: &str) -> Event {
     Event {

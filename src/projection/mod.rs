@@ -154,20 +154,11 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::domain::fixtures::{binding, prefix};
-    use crate::domain::{Micros, ProvisioningState, Service};
-
-    fn event(revision: u64, change: Change) -> Event {
-        Event {
-            revision,
-            time: Micros(revision as i64),
-            change,
-            actor: None,
-        }
-    }
+    use crate::domain::fixtures::{binding, event, prefix};
+    use crate::domain::{ProvisioningState, Service};
 
     /// Exports taken while groups are applied (bindings created, activated and deleted, prefixes
-    /// created and deleted, across many pieces of the read) each equal the table at their head.
+    /// created, across many pieces of the read) each equal the table at their head.
     #[test]
     fn a_table_read_in_pieces_is_the_table_at_one_head() {
         let projections = Projections::default();

@@ -274,17 +274,8 @@ impl RouteHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::fixtures;
-    use crate::domain::{Micros, Service};
-
-    fn event(revision: u64, change: Change) -> Event {
-        Event {
-            revision,
-            time: Micros(revision as i64),
-            change,
-            actor: None,
-        }
-    }
+    use crate::domain::Service;
+    use crate::domain::fixtures::{self, event};
 
     #[test]
     fn keeps_the_last_revisions_and_serves_from_there() {
