@@ -44,11 +44,12 @@ struct Level<V> {
     removed_since_rebuild: usize,
 }
 
-/// The key's hash for the filter (independent of the map's).
+/// The key's bit in a filter of `64 - shift` address bits (a hash independent of the map's).
 #[inline]
-fn filter_hash(key: u128) -> u64 {
+fn filter_bit(key: u128, shift: u32) -> usize {
     let folded = (key as u64) ^ ((key >> 64) as u64).rotate_left(29);
-    folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (folded >> 31)
+    let hash = folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (folded >> 31);
+    (hash.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> shift) as usize
 }
 
 fn mask(len: u8) -> u128 {
@@ -71,12 +72,12 @@ impl<V> Level<V> {
 
     #[inline]
     fn may_hold(&self, key: u128) -> bool {
-        let bit = (filter_hash(key).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> self.filter_shift) as usize;
+        let bit = filter_bit(key, self.filter_shift);
         self.filter[bit >> 6] >> (bit & 63) & 1 == 1
     }
 
     fn mark(&mut self, key: u128) {
-        let bit = (filter_hash(key).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> self.filter_shift) as usize;
+        let bit = filter_bit(key, self.filter_shift);
         self.filter[bit >> 6] |= 1 << (bit & 63);
     }
 
@@ -87,9 +88,9 @@ impl<V> Level<V> {
         self.filter = vec![0; bits / 64];
         self.filter_shift = 64 - bits.trailing_zeros();
         self.removed_since_rebuild = 0;
-        let keys: Vec<u128> = self.map.keys().copied().collect();
-        for key in keys {
-            self.mark(key);
+        for &key in self.map.keys() {
+            let bit = filter_bit(key, self.filter_shift);
+            self.filter[bit >> 6] |= 1 << (bit & 63);
         }
     }
 
