@@ -122,11 +122,15 @@ pub fn adopt_parent(span: &tracing::Span, headers: &http::HeaderMap) {
     let _ = span.set_parent(parent);
 }
 
-/// The W3C `traceparent` of `context`, to carry a trace to another replica ("" when none).
+/// The W3C `traceparent` (version 00) of `context`, to carry a trace to another replica or
+/// back to the caller; "" when its span is not valid or not sampled.
 pub fn traceparent_of_context(context: &Context) -> String {
-    let mut carrier = std::collections::HashMap::new();
-    TraceContextPropagator::new().inject_context(context, &mut carrier);
-    carrier.remove("traceparent").unwrap_or_default()
+    let span = context.span();
+    let span_context = span.span_context();
+    if !span_context.is_valid() || !span_context.is_sampled() {
+        return String::new();
+    }
+    format!("00-{}-{}-01", span_context.trace_id(), span_context.span_id())
 }
 
 /// The trace a `traceparent` from another replica names, when tracing is on and it is
@@ -146,13 +150,8 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<http::HeaderValue> {
     if !enabled() {
         return None;
     }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if !span_context.is_valid() || !span_context.is_sampled() {
-        return None;
-    }
-    let value = format!("00-{}-{}-01", span_context.trace_id(), span_context.span_id());
-    http::HeaderValue::from_str(&value).ok()
+    let value = traceparent_of_context(&span.context());
+    (!value.is_empty()).then(|| http::HeaderValue::from_str(&value).ok())?
 }
 
 /// The context a write records its spans under: the current call's, when it is sampled.
