@@ -14,7 +14,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("addressing_descriptor.bin"))
         // Undecodable requests are the caller's fault: INVALID_ARGUMENT, not INTERNAL.
         .codec_path("crate::api::codec::AddressingCodec")
-        // Written by hand so that batch lookups encode each result once (src/api/wire.rs).
+        // Written by hand so that a batch lookup decodes its addresses into one buffer and
+        // encodes each result once (src/api/wire/).
+        .extern_path(
+            ".addressing.v1.LookupAddressesRequest",
+            "crate::api::wire::LookupAddressesRequest",
+        )
         .extern_path(
             ".addressing.v1.LookupAddressesResponse",
             "crate::api::wire::LookupAddressesResponse",

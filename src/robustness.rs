@@ -13,7 +13,7 @@ use prost::Message;
 use uuid::Uuid;
 
 use crate::api::lookup::{self, RouteCache, View};
-use crate::api::wire::{Decoded, LookupAddressesResponse};
+use crate::api::wire::{Decoded, LookupAddressesRequest, LookupAddressesResponse};
 use crate::domain::network::NetworkKey;
 use crate::domain::{AccountId, BindingId, Command, Event, Micros, Outcome, Prefix, PrefixId, Service, fields};
 use crate::log::codec;
@@ -29,13 +29,14 @@ type FieldCheck = fn(&str, &str) -> bool;
 
 /// The fuzz targets, by name: what `fuzz/fuzz_targets/<name>.rs` runs and the corpus replay
 /// finds in `fuzz/corpus/<name>/`.
-pub const TARGETS: [(&str, Property); 6] = [
+pub const TARGETS: [(&str, Property); 7] = [
     ("record", record),
     ("snapshot", snapshot),
     ("stream_message", stream_message),
     ("page_token", page_token),
     ("fields", request_fields),
     ("lookup_batch", lookup_batch),
+    ("lookup_request", lookup_request),
 ];
 
 /// A stored log record (the first 8 bytes: the revision of its last event, little-endian).
@@ -166,6 +167,57 @@ pub fn request_fields(data: &[u8]) {
     }
 }
 
+/// LookupAddresses' hand-written request decoder against the message prost generates from the
+/// contract, on any bytes (the first picks where the buffer is split in two chunks, as a
+/// network buffer may be): both decode to the same addresses, flags and view, or both refuse
+/// with the same error (field named), in one chunk or two; an accepted request encodes to
+/// exactly the bytes prost's message encodes to.
+pub fn lookup_request(data: &[u8]) {
+    let Some((split, message)) = data.split_first() else {
+        return;
+    };
+    let expected = contract::LookupAddressesRequest::decode(message);
+    let decoded = LookupAddressesRequest::decode(message);
+    let at = usize::from(*split) % (message.len() + 1);
+    let in_two_chunks = LookupAddressesRequest::decode(prost::bytes::Buf::chain(&message[..at], &message[at..]));
+    assert_eq!(
+        decoded, in_two_chunks,
+        "the same whether the buffer is in one chunk or two"
+    );
+    match (expected, decoded) {
+        (Ok(expected), Ok(decoded)) => {
+            let addresses: Vec<&str> = decoded.addresses().collect();
+            assert_eq!(addresses, expected.addresses, "the same addresses");
+            assert_eq!(
+                (decoded.active_only, decoded.view),
+                (expected.active_only, expected.view)
+            );
+            assert_eq!(decoded.encoded_len(), expected.encoded_len());
+            assert_eq!(
+                decoded.encode_to_vec(),
+                expected.encode_to_vec(),
+                "encodes as prost does"
+            );
+        }
+        (Err(expected), Err(decoded)) => assert_eq!(decoded.to_string(), expected.to_string()),
+        (expected, decoded) => panic!("prost's message: {expected:?}; the hand-written one: {decoded:?}"),
+    }
+}
+
+/// The batch lookup's request as prost generates it from the contract (the name matters: it is
+/// in the errors' field paths).
+mod contract {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LookupAddressesRequest {
+        #[prost(string, repeated, tag = "1")]
+        pub addresses: Vec<String>,
+        #[prost(bool, tag = "2")]
+        pub active_only: bool,
+        #[prost(int32, tag = "3")]
+        pub view: i32,
+    }
+}
+
 /// LookupAddresses' hand-written encoder, on a routing table and a batch both built from the
 /// input (prefixes and bindings through the real rules, addresses inside and outside them in
 /// several spellings). Accepted batches: the FULL answer decodes with prost to exactly the
@@ -208,6 +260,7 @@ fn check_batch(model: &ReadModel, created: &Created, input: &mut Input) {
     };
     let mut cache = RouteCache::default();
     let answer = |view, cached: &RouteCache, fresh: &mut RouteCache| {
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         let response = lookup::answer(model, &texts, &addresses, active_only, view, cached, fresh);
         assert_eq!(response.len(), texts.len(), "one result per address");
         // As a client receives it.

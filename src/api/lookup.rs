@@ -71,7 +71,7 @@ fn result(model: &ReadModel, route: Route, binding: Option<&Binding>, address: S
 /// are reused; the ones encoded here are added to `fresh` (for the caller to keep).
 pub fn answer(
     model: &ReadModel,
-    texts: &[String],
+    texts: &[&str],
     addresses: &[IpAddr],
     active_only: bool,
     view: View,

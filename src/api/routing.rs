@@ -65,19 +65,18 @@ impl Routing for RoutingService {
     ) -> Result<Response<api::LookupAddressesResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         unary(self.app.metrics(), "LookupAddresses", &metadata, async {
-            if request.addresses.len() > MAX_LOOKUP_BATCH {
+            if request.len() > MAX_LOOKUP_BATCH {
                 return Err(Error::field(
                     Reason::TooManyAddresses,
                     "addresses",
                     format!(
                         "{} addresses in one call; at most {MAX_LOOKUP_BATCH} are allowed",
-                        request.addresses.len()
+                        request.len()
                     ),
                 ));
             }
-            let addresses = request
-                .addresses
-                .iter()
+            let texts: Vec<&str> = request.addresses().collect();
+            let addresses = (texts.iter())
                 .enumerate()
                 .map(|(index, text)| fields::address_at("addresses", index, text))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -87,7 +86,7 @@ impl Routing for RoutingService {
             let mut fresh = RouteCache::default();
             let response = lookup::answer(
                 &model,
-                &request.addresses,
+                &texts,
                 &addresses,
                 request.active_only,
                 view,

@@ -333,10 +333,7 @@ async fn call(f: &Fixture, service: &str, method: &str, token: Option<&str>, n: 
             api.routing().lookup_address(with_token(token, request)).await.map(drop)
         }
         ("Routing", "LookupAddresses") => {
-            let request = api::LookupAddressesRequest {
-                addresses: vec!["198.51.100.7".into()],
-                ..Default::default()
-            };
+            let request = api::LookupAddressesRequest::new(["198.51.100.7"], false, api::LookupView::Unspecified);
             api.routing()
                 .lookup_addresses(with_token(token, request))
                 .await

@@ -12,7 +12,9 @@ use ipam_bindings::domain::{
 };
 use ipam_bindings::log::codec;
 use ipam_bindings::operations::page_token::{self, ListScope};
+use ipam_bindings::pb::api;
 use ipam_bindings::robustness::TARGETS;
+use prost::Message;
 
 fn fuzz_dir(kind: &str, target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -155,7 +157,16 @@ fn write_fuzz_seeds() {
     text_batch.extend_from_slice(&[24, 0, 7]);
     text_batch.extend_from_slice(b"2001:db");
 
-    let seeds: [(&str, Vec<Vec<u8>>); 6] = [
+    // LookupAddresses requests (after the byte that picks where the buffer splits): a whole
+    // one, one with an address that is not UTF-8, one cut short.
+    let request = api::LookupAddressesRequest::new(["192.0.2.1", "2001:db8::1", "x"], true, api::LookupView::Compact);
+    let mut whole = vec![7];
+    whole.extend(request.encode_to_vec());
+    let mut not_utf8 = vec![3, 10, 2, 0xc3, 0x28];
+    not_utf8.extend(request.encode_to_vec());
+    let cut = whole[..whole.len() - 4].to_vec();
+
+    let seeds: [(&str, Vec<Vec<u8>>); 7] = [
         (
             "record",
             vec![record.clone(), single_record, record[..record.len() - 3].to_vec()],
@@ -195,6 +206,7 @@ fn write_fuzz_seeds() {
             .to_vec(),
         ),
         ("lookup_batch", vec![ipv4_batch, ipv6_batch, text_batch]),
+        ("lookup_request", vec![whole, not_utf8, cut]),
     ];
     for (target, inputs) in seeds {
         let dir = fuzz_dir("corpus", target);

@@ -31,17 +31,9 @@ async fn lookup_batch(
     addresses: Vec<String>,
     active_only: bool,
 ) -> Result<Vec<api::LookupAddressResult>, tonic::Status> {
-    let full = api::LookupAddressesRequest {
-        addresses: addresses.clone(),
-        active_only,
-        view: api::LookupView::Unspecified as i32,
-    };
+    let full = api::LookupAddressesRequest::new(&addresses, active_only, api::LookupView::Unspecified);
     let full = server.routing().lookup_addresses(full).await?.into_inner();
-    let compact = api::LookupAddressesRequest {
-        addresses: addresses.clone(),
-        active_only,
-        view: api::LookupView::Compact as i32,
-    };
+    let compact = api::LookupAddressesRequest::new(&addresses, active_only, api::LookupView::Compact);
     let compact = server.routing().lookup_addresses(compact).await?.into_inner();
     let results = full.results().unwrap();
     assert!(full.bindings().unwrap().is_empty(), "FULL lists no bindings apart");
@@ -187,11 +179,7 @@ async fn the_compact_view_lists_each_binding_once() {
     ]
     .map(String::from)
     .to_vec();
-    let request = api::LookupAddressesRequest {
-        addresses: addresses.clone(),
-        active_only: false,
-        view: api::LookupView::Compact as i32,
-    };
+    let request = api::LookupAddressesRequest::new(&addresses, false, api::LookupView::Compact);
     let response = server.routing().lookup_addresses(request).await.unwrap().into_inner();
     let bindings: Vec<String> = response.bindings().unwrap().into_iter().map(|b| b.id).collect();
     assert_eq!(bindings, [narrow.id, wide.id]);
@@ -204,11 +192,8 @@ async fn the_compact_view_lists_each_binding_once() {
     let full = lookup_batch(&server, addresses.clone(), false).await.unwrap();
     compact_says_what_full_says(&addresses, &response, &full);
 
-    let unknown = api::LookupAddressesRequest {
-        addresses: vec!["192.0.2.1".into()],
-        active_only: false,
-        view: 7,
-    };
+    let mut unknown = api::LookupAddressesRequest::new(["192.0.2.1"], false, api::LookupView::Unspecified);
+    unknown.view = 7;
     let status = server.routing().lookup_addresses(unknown).await.unwrap_err();
     assert_error(&status, Code::InvalidArgument, "MALFORMED_REQUEST", 1019, Some("view"));
 }

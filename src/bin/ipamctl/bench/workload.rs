@@ -182,14 +182,8 @@ impl Workload {
             Workload::Lookup { addresses } => lookup_one(clients, pick(addresses, 0)).await,
             Workload::LookupBatch { addresses, batch, view } => {
                 let start = (sequence as usize * 7919 + worker * 104_729) % addresses.len();
-                let batch_addresses: Vec<String> = (0..*batch)
-                    .map(|i| addresses[(start + i) % addresses.len()].clone())
-                    .collect();
-                let request = api::LookupAddressesRequest {
-                    addresses: batch_addresses,
-                    active_only: false,
-                    view: *view as i32,
-                };
+                let batch_addresses = (0..*batch).map(|i| &addresses[(start + i) % addresses.len()]);
+                let request = api::LookupAddressesRequest::new(batch_addresses, false, *view);
                 clients
                     .routing
                     .lookup_addresses(request)

@@ -31,11 +31,7 @@ pub async fn run(channel: Transport, addresses: Vec<String>, active_only: bool, 
         "ADDRESS", "FOUND", "CIDR", "SERVICE", "STATE", "PREFIX", "ACCOUNT",
     ]);
     for chunk in addresses.chunks(BATCH) {
-        let request = api::LookupAddressesRequest {
-            addresses: chunk.to_vec(),
-            active_only,
-            view: api::LookupView::Compact as i32,
-        };
+        let request = api::LookupAddressesRequest::new(chunk, active_only, api::LookupView::Compact);
         let response = client.lookup_addresses(request).await.map_err(fail)?.into_inner();
         let results = (response.results_for(chunk)).map_err(|why| format!("the server's answer is unusable: {why}"))?;
         for result in results {

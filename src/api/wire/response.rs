@@ -194,11 +194,28 @@ impl Message for LookupAddressesResponse {
             BINDINGS => (&mut self.bindings, &mut self.binding_count),
             _ => return prost::encoding::skip_field(wire_type, tag, buf, ctx),
         };
-        let mut body = Vec::new();
-        prost::encoding::bytes::merge(wire_type, &mut body, buf, ctx)?;
-        encode_key(tag, WireType::LengthDelimited, entries);
-        encode_varint(body.len() as u64, entries);
-        entries.extend_from_slice(&body);
+        let mut append = |body: &[u8]| {
+            encode_key(tag, WireType::LengthDelimited, entries);
+            encode_varint(body.len() as u64, entries);
+            entries.extend_from_slice(body);
+        };
+        // Straight from the received buffer when the entry is whole in it (tonic's holds the
+        // whole message), without a temporary per entry.
+        let in_place = (wire_type == WireType::LengthDelimited)
+            .then(|| super::whole_field(buf.chunk()))
+            .flatten()
+            .map(|(consumed, body)| {
+                append(body);
+                consumed
+            });
+        match in_place {
+            Some(consumed) => buf.advance(consumed),
+            None => {
+                let mut body = Vec::new();
+                prost::encoding::bytes::merge(wire_type, &mut body, buf, ctx)?;
+                append(&body);
+            }
+        }
         *count += 1;
         Ok(())
     }

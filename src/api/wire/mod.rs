@@ -1,0 +1,21 @@
+//! The batch lookup's messages written by hand (build.rs maps them here): a batch is up to
+//! 10,000 addresses, so what prost's generated code does per address (a `String` each on the
+//! way in, a whole message per result on the way out) was most of the server's work. Each
+//! type is, on the wire, the contract's message field for field.
+
+mod request;
+mod response;
+
+pub use request::LookupAddressesRequest;
+pub use response::{Decoded, EncodedRoute, LookupAddressesResponse};
+
+/// The body of a length-delimited field at the start of `chunk`, if all of it is there: the
+/// bytes the field takes after its key (length included) and the body. Lets a decoder copy a
+/// field straight from a received buffer (tonic's always holds a whole message) instead of
+/// into a temporary of its own first.
+fn whole_field(chunk: &[u8]) -> Option<(usize, &[u8])> {
+    let mut rest = chunk;
+    let len = usize::try_from(prost::encoding::decode_varint(&mut rest).ok()?).ok()?;
+    let body = rest.get(..len)?;
+    Some((chunk.len() - rest.len() + len, body))
+}
