@@ -109,12 +109,8 @@ impl Message for LookupAddressesRequest {
     }
 
     fn encoded_len(&self) -> usize {
-        let addresses: usize = (self.ends.iter())
-            .scan(0, |start, end| {
-                let len = end - *start;
-                *start = *end;
-                Some(1 + encoded_len_varint(len as u64) + len)
-            })
+        let addresses: usize = (self.addresses())
+            .map(|address| 1 + encoded_len_varint(address.len() as u64) + address.len())
             .sum();
         let active_only = if self.active_only { 2 } else { 0 };
         let view = if self.view != 0 {
