@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ipam_bindings::api::lookup::{self, RouteCache, View};
-use ipam_bindings::domain::{AccountId, BindingId, Command, Event, Micros, PrefixId, Service, fields};
+use ipam_bindings::domain::{AccountId, BindingId, Command, Micros, PrefixId, Service, fields};
 use ipam_bindings::pb::api;
 use ipam_bindings::projection::ReadModel;
 use ipnet::IpNet;
@@ -25,17 +25,9 @@ const PREFIXES: u32 = 200;
 const BATCH: usize = 1000;
 
 fn apply(model: &mut ReadModel, command: &Command) {
-    let now = Micros(1);
-    let decision = model.state.decide(command, now).expect("the fixture follows the rules");
-    for change in decision.changes {
-        let revision = model.head + 1;
-        model.apply(&Event {
-            revision,
-            time: now,
-            change,
-            actor: None,
-        });
-    }
+    model
+        .decide_and_apply(command, Micros(1))
+        .expect("the fixture follows the rules");
 }
 
 /// The i-th prefix as `ipamctl bench` makes them: IPv4 /24s of 20.0.0.0/6, IPv6 /48s of

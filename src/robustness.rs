@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::api::lookup::{self, RouteCache, View};
 use crate::api::wire::{Decoded, LookupAddressesRequest, LookupAddressesResponse};
 use crate::domain::network::NetworkKey;
-use crate::domain::{AccountId, BindingId, Command, Event, Micros, Outcome, Prefix, PrefixId, Service, fields};
+use crate::domain::{AccountId, BindingId, Command, Micros, Outcome, Prefix, PrefixId, Service, fields};
 use crate::log::codec;
 use crate::operations::page_token::{self, ListScope};
 use crate::pb::api;
@@ -457,17 +457,7 @@ fn clear_routing_model(model: &mut ReadModel, created: Created) {
 /// Decides `command` and applies its events; `None` if the rules refused it.
 fn apply(model: &mut ReadModel, command: &Command) -> Option<Outcome> {
     let now = Micros(i64::try_from(model.head).unwrap_or(i64::MAX));
-    let decision = model.state.decide(command, now).ok()?;
-    for change in decision.changes {
-        let revision = model.head + 1;
-        model.apply(&Event {
-            revision,
-            time: now,
-            change,
-            actor: None,
-        });
-    }
-    Some(decision.outcome)
+    model.decide_and_apply(command, now).ok()
 }
 
 /// Ids never reused within a process (a deleted binding's id stays taken).

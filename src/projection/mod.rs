@@ -13,7 +13,7 @@ use std::sync::Arc;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::domain::state::{IdMap, RouteTo};
-use crate::domain::{AccountId, Change, Event, PrefixId, State};
+use crate::domain::{AccountId, Change, Command, Error, Event, Micros, Outcome, PrefixId, State};
 use route_history::RouteHistory;
 use routing::RoutingTable;
 
@@ -46,6 +46,23 @@ impl ReadModel {
             history.apply(&self.state, event);
         }
         self.head = event.revision;
+    }
+
+    /// Decides `command` against this model's state at `now` and applies the events at once,
+    /// with no log under them: for fixtures that build a model through the real rules (the
+    /// fuzz properties, benchmarks). The service's writes go through the engine.
+    pub fn decide_and_apply(&mut self, command: &Command, now: Micros) -> Result<Outcome, Error> {
+        let decision = self.state.decide(command, now)?;
+        for change in decision.changes {
+            let revision = self.head + 1;
+            self.apply(&Event {
+                revision,
+                time: now,
+                change,
+                actor: None,
+            });
+        }
+        Ok(decision.outcome)
     }
 }
 

@@ -201,20 +201,15 @@ impl Message for LookupAddressesResponse {
         };
         // Straight from the received buffer when the entry is whole in it (tonic's holds the
         // whole message), without a temporary per entry.
-        let in_place = (wire_type == WireType::LengthDelimited)
-            .then(|| super::whole_field(buf.chunk()))
-            .flatten()
-            .map(|(consumed, body)| {
-                append(body);
-                consumed
-            });
-        match in_place {
-            Some(consumed) => buf.advance(consumed),
-            None => {
-                let mut body = Vec::new();
-                prost::encoding::bytes::merge(wire_type, &mut body, buf, ctx)?;
-                append(&body);
-            }
+        if wire_type == WireType::LengthDelimited
+            && let Some((consumed, body)) = super::whole_field(buf.chunk())
+        {
+            append(body);
+            buf.advance(consumed);
+        } else {
+            let mut body = Vec::new();
+            prost::encoding::bytes::merge(wire_type, &mut body, buf, ctx)?;
+            append(&body);
         }
         *count += 1;
         Ok(())
