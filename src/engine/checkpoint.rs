@@ -1,5 +1,5 @@
 //! Checkpoints beside the log, kept by the engine's threads: the background snapshot (copied
-//! from the writer's state a chunk per commit, completed and stored by a helper thread), the
+//! from the projections' state a chunk per commit, completed and stored by a helper thread), the
 //! marker thread rewriting the log's length mark, and the final checkpoint at a stop.
 
 use std::sync::mpsc;
@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 use crate::domain::State;
 use crate::domain::state::RecordCopy;
 use crate::log::EventLog;
+use crate::projection::Projections;
 
 /// Records the writer copies for a background snapshot after each commit: small enough that
 /// a commit barely waits for it.
@@ -57,9 +58,11 @@ impl Snapshots {
 
     /// After a commit that brought the log to `head`: copies the next chunk of a snapshot
     /// being taken, or starts one when `every` events have passed since the last.
-    pub(super) fn after_commit(&mut self, state: &State, head: u64, log: &EventLog) {
+    pub(super) fn after_commit(&mut self, projections: &Projections, head: u64, log: &EventLog) {
         if let Some(copying) = self.copying.as_mut() {
-            if copying.copy.copy_from(state, SNAPSHOT_CHUNK) {
+            // Under the read lock: readers go on; only the writer (this thread) waits for it.
+            let copied = copying.copy.copy_from(&projections.read().state, SNAPSHOT_CHUNK);
+            if copied {
                 let SnapshotCopy { started_at, copy } = self.copying.take().expect("copying");
                 let log = log.clone();
                 let spawned = std::thread::Builder::new()
@@ -82,7 +85,7 @@ impl Snapshots {
         self.last = head;
         self.copying = Some(SnapshotCopy {
             started_at: head,
-            copy: state.start_copy(),
+            copy: projections.read().state.start_copy(),
         });
     }
 

@@ -1,5 +1,6 @@
 //! The write side of the service. Every change goes through one thread, in this order:
-//! decide (against the writer's own copy of the state) -> append the group to the log and fsync
+//! decide (against the projections' state, seeing the group's earlier decisions) -> append the
+//! group to the log and fsync
 //! once -> apply to the read projections -> publish to watchers -> reply. Commands that queue up
 //! while an fsync runs form the next group, so concurrent writers share fsyncs (group commit)
 //! and the rules hold under any concurrency: decisions are serialized, and each one sees every
@@ -148,7 +149,6 @@ impl Engine {
         });
         let writer = writer::Writer::new(writer::WriterParts {
             queue,
-            state: rebuilt.writer_state,
             head,
             log: log.clone(),
             projections: projections.clone(),

@@ -1,5 +1,4 @@
-//! Start-up: the read model and the writer's copy of the state, rebuilt from the log, from
-//! the snapshot when one is usable.
+//! Start-up: the read model, rebuilt from the log, from the snapshot when one is usable.
 
 use std::time::Instant;
 
@@ -14,8 +13,6 @@ use crate::projection::routing::RoutingTable;
 /// What a start rebuilt from the log.
 pub(super) struct Rebuilt {
     pub model: ReadModel,
-    /// The writer's own copy of the state, equal to the model's.
-    pub writer_state: State,
     /// The revision of the snapshot the start began from (0: none).
     pub snapshot_revision: u64,
 }
@@ -23,13 +20,13 @@ pub(super) struct Rebuilt {
 /// The state as of the log's head (`log_head`): the snapshot plus the tail after it, or the
 /// whole log when no snapshot is usable.
 pub(super) fn rebuild(log: &EventLog, log_head: u64) -> Result<Rebuilt, StartError> {
-    let (mut model, mut writer_state) = match restore_snapshot(log, log_head)? {
+    let mut model = match restore_snapshot(log, log_head)? {
         Some(restored) => restored,
         None => {
             // No usable snapshot: the whole log, its records folded event by event and the
             // indexes and routing tables built once at the end.
             let (state, head) = State::replay(log.read_after(0))?;
-            read_model_of(state, head)?
+            read_model_of(state, head)
         }
     };
     let snapshot_revision = model.head;
@@ -37,21 +34,32 @@ pub(super) fn rebuild(log: &EventLog, log_head: u64) -> Result<Rebuilt, StartErr
     for event in log.read_after(model.head) {
         let event = event?;
         model.apply(&event);
-        writer_state.apply(&event);
     }
+    return_freed_memory();
     Ok(Rebuilt {
         model,
-        writer_state,
         snapshot_revision,
     })
 }
 
-/// The read model of the stored snapshot and the writer's copy of its state, if there is a
-/// usable snapshot. A missing or unreadable snapshot, or one taken from another log, is `None`
+/// Hands the memory a start freed back to the system. A start frees much of what it
+/// allocated (the snapshot's bytes and their decoding, the records read to check the log, the
+/// threads' scratch), but glibc returns only the top of each of its arenas by itself, so those
+/// pages stayed resident: 50 MB of the RSS after a start at 1.1M events (docs/benchmarks.md,
+/// Restart). `malloc_trim` releases every free page of every arena, once.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks malloc's own free lists, under their locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The read model of the stored snapshot, if there is a usable one. A missing or unreadable snapshot, or one taken from another log, is `None`
 /// (full replay). A snapshot newer than the log's head means the log lost events it once had,
 /// and a damaged record under the snapshot is damage all the same: both refuse to start rather
 /// than serve from a log that is not sound.
-fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, State)>, StartError> {
+fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, StartError> {
     match log.has_snapshot() {
         Ok(true) => {}
         Ok(false) => return Ok(None),
@@ -87,7 +95,7 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
         );
         return Ok(None);
     }
-    let restored = read_model_of(snapshot.state, snapshot.revision)?;
+    let restored = read_model_of(snapshot.state, snapshot.revision);
     info!(
         revision = snapshot.revision,
         bytes = snapshot.encoded_len,
@@ -97,23 +105,14 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
     Ok(Some(restored))
 }
 
-/// The read model over `state` (as of `head`) and the writer's copy of it: the copy is made
-/// while the routing tables are built, on another thread.
-fn read_model_of(state: State, head: u64) -> Result<(ReadModel, State), StartError> {
-    let (writer_state, routes) = std::thread::scope(|scope| {
-        let copy = scope.spawn(|| state.clone());
-        let routes = RoutingTable::of(&state);
-        (copy.join(), routes)
-    });
-    let writer_state = writer_state.map_err(StartError::panicked)?;
-    Ok((
-        ReadModel {
-            state,
-            routes,
-            head,
-            route_history: None,
-            routes_changed: Default::default(),
-        },
-        writer_state,
-    ))
+/// The read model over `state` (as of `head`).
+fn read_model_of(state: State, head: u64) -> ReadModel {
+    let routes = RoutingTable::of(&state);
+    ReadModel {
+        state,
+        routes,
+        head,
+        route_history: None,
+        routes_changed: Default::default(),
+    }
 }

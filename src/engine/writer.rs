@@ -1,6 +1,6 @@
-//! The writer thread: takes the queued commands as one group, decides each against its own
-//! copy of the state, appends the group's events to the log with one fsync, applies them to
-//! the projections, publishes them and replies. A failed append rolls the group back: no one
+//! The writer thread: takes the queued commands as one group, decides each against the
+//! projections' state (seeing the group's earlier decisions), appends the group's events to
+//! the log with one fsync, applies them to the projections, publishes them and replies. A failed append rolls the group back: no one
 //! in it gets a success, and the log is recovered before the next append. A replica's writer
 //! appends to the replicated stream instead ([`replicated`]).
 
@@ -15,7 +15,6 @@ use tracing::{debug, error, warn};
 
 use super::checkpoint::{MARK_EVERY, Mark, Snapshots};
 use super::{Applied, CommittedGroup, Job};
-use crate::domain::state::Undo;
 use crate::domain::{Actor, Command, Error, Event, Micros, Outcome, Reason, State};
 use crate::log::{EventLog, LogError};
 use crate::metrics::WriteMetrics;
@@ -31,8 +30,7 @@ type Reply = (oneshot::Sender<Result<Outcome, Error>>, Result<Outcome, Error>);
 /// What a writer is made of (see [`Writer`]'s fields).
 pub(super) struct WriterParts {
     pub queue: mpsc::Receiver<Job>,
-    pub state: State,
-    /// The log's head, as of `state`.
+    /// The log's head, as of the projections.
     pub head: u64,
     pub log: EventLog,
     pub projections: Projections,
@@ -48,9 +46,7 @@ pub(super) struct WriterParts {
 
 pub(super) struct Writer {
     queue: mpsc::Receiver<Job>,
-    /// The writer's own copy of the state: it runs ahead of the projections by the group being
-    /// committed, so that each decision sees the ones before it.
-    state: State,
+    /// The revision the next decided event gets: the projections' head + 1 between groups.
     next_revision: u64,
     log: EventLog,
     projections: Projections,
@@ -73,7 +69,6 @@ impl Writer {
     pub(super) fn new(parts: WriterParts) -> Writer {
         Writer {
             queue: parts.queue,
-            state: parts.state,
             next_revision: parts.head + 1,
             log: parts.log,
             projections: parts.projections,
@@ -108,9 +103,7 @@ impl Writer {
                 }
             }
             let group_started = Instant::now();
-            let mut events = Vec::new();
-            let mut replies: Vec<Reply> = Vec::with_capacity(jobs.len());
-            let mut traced = Vec::new();
+            let mut group = Vec::with_capacity(jobs.len());
             for job in jobs {
                 match job {
                     Job::Execute {
@@ -119,22 +112,23 @@ impl Writer {
                         reply,
                         trace,
                         forwarded: _,
-                    } => {
-                        let deciding = trace.as_ref().map(|_| Instant::now());
-                        let result = self.decide(&command, &actor, &mut events, None);
-                        replies.push((reply, result));
-                        if let (Some((trace, queued)), Some(deciding)) = (trace, deciding) {
-                            traced.push((trace, queued, (deciding, Instant::now())));
-                        }
-                    }
+                    } => group.push((command, actor, reply, trace)),
                     Job::Stop => stopping = true,
                     // Only a replica's writer is sent the stream's groups.
                     Job::Replicated(_) => {}
                 }
             }
-            let n_commands = replies.len();
+            let (results, events) = self.decide_group(group.iter().map(|(command, actor, ..)| (command, actor)));
+            let decided = (group_started, Instant::now());
+            let n_commands = group.len();
+            let mut replies: Vec<Reply> = Vec::with_capacity(n_commands);
+            let mut traced = Vec::new();
+            for ((_, _, reply, trace), result) in group.into_iter().zip(results) {
+                replies.push((reply, result));
+                traced.extend(trace);
+            }
             let (appended, applied) = self.commit(events, replies);
-            for (trace, queued, decided) in traced {
+            for (trace, queued) in traced {
                 let times = WriteTimes {
                     queued,
                     group_started,
@@ -149,32 +143,65 @@ impl Writer {
         // Anything queued after Stop is refused: the receiver is dropped here.
     }
 
-    /// Decides `command` against the writer's state and applies its events there (with what
-    /// takes each back out into `undos`, when given: a replica's group may lose its race).
-    fn decide(
+    /// Decides `commands` in order against the projections' state, each seeing the decisions
+    /// before it, and numbers their events from [`next_revision`](Self::next_revision) on.
+    ///
+    /// The state is shared with the readers, not copied (a copy was a third of the memory
+    /// after a start: docs/benchmarks.md, Restart). To let a decision see the group's earlier
+    /// ones, their events are applied to the state under the write lock and taken back out
+    /// ([`State::undo`]) before it is released, so readers never see a decision that is not
+    /// durable; a group of one only reads. The events are applied for good once stored.
+    fn decide_group<'a>(
         &mut self,
-        command: &Command,
-        actor: &Arc<Actor>,
-        events: &mut Vec<Event>,
-        mut undos: Option<&mut Vec<Undo>>,
-    ) -> Result<Outcome, Error> {
-        let now = Micros::now();
-        let decision = self.state.decide(command, now)?;
-        for change in decision.changes {
-            let event = Event {
-                revision: self.next_revision,
-                time: now,
-                change,
-                actor: Some(Arc::clone(actor)),
-            };
-            self.next_revision += 1;
-            match undos.as_deref_mut() {
-                Some(undos) => undos.push(self.state.apply_undoably(&event)),
-                None => self.state.apply(&event),
+        commands: impl ExactSizeIterator<Item = (&'a Command, &'a Arc<Actor>)>,
+    ) -> (Vec<Result<Outcome, Error>>, Vec<Event>) {
+        let n_commands = commands.len();
+        let mut results = Vec::with_capacity(n_commands);
+        let mut events = Vec::new();
+        if n_commands == 1 {
+            let model = self.projections.read();
+            debug_assert_eq!(
+                model.head + 1,
+                self.next_revision,
+                "the writer decides at the projections' head"
+            );
+            for (command, actor) in commands {
+                results.push(decide(
+                    &model.state,
+                    command,
+                    actor,
+                    &mut self.next_revision,
+                    &mut events,
+                ));
             }
-            events.push(event);
+            return (results, events);
         }
-        Ok(decision.outcome)
+        let mut model = self.projections.write();
+        debug_assert_eq!(
+            model.head + 1,
+            self.next_revision,
+            "the writer decides at the projections' head"
+        );
+        let mut undos = Vec::new();
+        for (index, (command, actor)) in commands.enumerate() {
+            let first_event = events.len();
+            results.push(decide(
+                &model.state,
+                command,
+                actor,
+                &mut self.next_revision,
+                &mut events,
+            ));
+            if index + 1 < n_commands {
+                for event in &events[first_event..] {
+                    undos.push(model.state.apply_undoably(event));
+                }
+            }
+        }
+        for undo in undos.into_iter().rev() {
+            model.state.undo(undo);
+        }
+        (results, events)
     }
 
     /// Returns when the append (with its fsync) and the apply ran, for the calls' traces.
@@ -214,7 +241,7 @@ impl Writer {
         }
         self.reply(replies);
         self.snapshots
-            .after_commit(&self.state, self.next_revision - 1, &self.log);
+            .after_commit(&self.projections, self.next_revision - 1, &self.log);
         (appended, applied)
     }
 
@@ -263,14 +290,11 @@ impl Writer {
         });
     }
 
-    /// Forgets a group that was not made durable: the writer's state goes back to the
-    /// projections' (which never saw it), its revisions will be reused, and the log is
-    /// recovered at once if it can be (else before the next append).
+    /// Forgets a group that was not made durable: the projections never saw it, its revisions
+    /// will be reused, and the log is recovered at once if it can be (else before the next
+    /// append).
     fn roll_back(&mut self) {
-        let model = self.projections.read();
-        self.state = model.state.clone();
-        self.next_revision = model.head + 1;
-        drop(model);
+        self.next_revision = self.projections.read().head + 1;
         self.log_needs_recovery = true;
         let _ = self.recover_log();
     }
@@ -294,4 +318,27 @@ impl Writer {
             }
         }
     }
+}
+
+/// Decides `command` against `state` at the current time; its events take the revisions from
+/// `next_revision` on.
+fn decide(
+    state: &State,
+    command: &Command,
+    actor: &Arc<Actor>,
+    next_revision: &mut u64,
+    events: &mut Vec<Event>,
+) -> Result<Outcome, Error> {
+    let now = Micros::now();
+    let decision = state.decide(command, now)?;
+    for change in decision.changes {
+        events.push(Event {
+            revision: *next_revision,
+            time: now,
+            change,
+            actor: Some(Arc::clone(actor)),
+        });
+        *next_revision += 1;
+    }
+    Ok(decision.outcome)
 }

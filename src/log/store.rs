@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::{EVENTS_TREE, LogError, SLED_FILE};
 
 /// sled's page cache. The log is read whole only at start-up and in part by lagging watchers;
-/// sled's default (1 GiB) kept far more memory resident after a start, for no gain in
-/// creates/s or start-up time (docs/benchmarks.md, Restart).
-const PAGE_CACHE_BYTES: u64 = 64 << 20;
+/// appends touch its last pages. sled's default (1 GiB) kept far more memory resident after a
+/// start, and 64 MiB a quarter of the RSS after one, for no gain in creates/s or start-up time
+/// over 16 MiB (docs/benchmarks.md, Restart).
+const PAGE_CACHE_BYTES: u64 = 16 << 20;
 
 /// A switch that makes appends fail as a full disk would: for tests of the storage-fault path
 /// through the real server (a full disk needs a small filesystem and root). Never set by the

@@ -1,5 +1,5 @@
 //! Service bindings: every rule of the contract, idempotent retries, the 64-way race on a
-//! first binding, and state surviving a restart.
+//! first binding, concurrent writes decided in groups, and state surviving a restart.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -382,6 +382,122 @@ async fn racing_overlapping_prefixes_only_one_is_accepted() {
         }
     }
     assert!(!accepted.is_empty());
+}
+
+/// The writer decides a group of concurrent commands against the one state the reads use,
+/// applying each decision for the next one to see and taking them all back before the append.
+/// Whatever the groups were, the state served afterwards must be the state the log replays
+/// to: every binding, its state, and what each request id remembers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_leave_the_state_the_log_replays_to() {
+    let server = Arc::new(TestServer::start_with_delay(std::time::Duration::from_millis(200)).await);
+    let owner = account();
+    let mut prefixes = Vec::new();
+    for octet in 0..4 {
+        let prefix = server.create_prefix(&owner, &format!("10.{octet}.0.0/24")).await;
+        server.bind(&prefix, &prefix.cidr, MAGIC_TRANSIT).await;
+        prefixes.push(prefix);
+    }
+    let mut writers = tokio::task::JoinSet::new();
+    for worker in 0..48 {
+        let server = Arc::clone(&server);
+        let prefix = prefixes[worker % prefixes.len()].clone();
+        writers.spawn(async move {
+            let mut request_ids = Vec::new();
+            for step in 0..12 {
+                // Workers of one prefix race for the same /28s, some nested in a /26 that
+                // another worker may be creating or deleting in the same group.
+                let slot = (worker / 4 + step) % 16;
+                let base = prefix.cidr.trim_end_matches(".0/24");
+                let cidr = match step % 3 {
+                    0 => format!("{base}.{}/26", (slot % 4) * 64),
+                    _ => format!("{base}.{}/28", slot * 16),
+                };
+                let request_id = format!("worker-{}-{step}", worker % 8);
+                let request = api::CreateServiceBindingRequest {
+                    account_id: prefix.account_id.clone(),
+                    prefix_id: prefix.id.clone(),
+                    cidr,
+                    service_id: [CDN, SPECTRUM][step % 2].into(),
+                    request_id: request_id.clone(),
+                    validate_only: false,
+                };
+                let created = server.bindings().create_service_binding(request).await;
+                if let Ok(binding) = created {
+                    let binding = binding.into_inner();
+                    request_ids.push((request_id, binding.id.clone()));
+                    if step % 4 == 3 {
+                        // Another worker may delete it first.
+                        let _ = server.delete_binding(&binding).await;
+                    }
+                }
+            }
+            request_ids
+        });
+    }
+    let mut remembered = Vec::new();
+    while let Some(result) = writers.join_next().await {
+        remembered.extend(result.unwrap());
+    }
+    assert!(
+        remembered.len() > 48,
+        "most workers created something: {}",
+        remembered.len()
+    );
+    // The rollout activates everything first, so that nothing changes across the restart.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let before = loop {
+        let mut lists = Vec::new();
+        for prefix in &prefixes {
+            lists.push(server.list_all_bindings(prefix, 0).await);
+        }
+        let active = Some(api::ProvisioningState::Active as i32);
+        if (lists.iter().flatten()).all(|binding| binding.provisioning.as_ref().map(|p| p.state) == active) {
+            break lists;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rollout activates every binding"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+
+    let server = Arc::into_inner(server)
+        .expect("the workers are done")
+        .restart_from_the_log()
+        .await;
+    for (prefix, before) in prefixes.iter().zip(&before) {
+        assert_eq!(&server.list_all_bindings(prefix, 0).await, before, "{}", prefix.cidr);
+    }
+    // A request id retried after the restart answers with the binding it first created
+    // (when it still exists) or is refused as a reused id, exactly as before the restart.
+    for (request_id, binding_id) in remembered.iter().take(24) {
+        let prefix = before
+            .iter()
+            .flatten()
+            .find(|binding| &binding.id == binding_id)
+            .map(|binding| binding.prefix_id.clone());
+        let Some(prefix_id) = prefix else { continue };
+        let binding = before
+            .iter()
+            .flatten()
+            .find(|binding| &binding.id == binding_id)
+            .unwrap();
+        let retried = server
+            .bindings()
+            .create_service_binding(api::CreateServiceBindingRequest {
+                account_id: binding.account_id.clone(),
+                prefix_id,
+                cidr: binding.cidr.clone(),
+                service_id: binding.service_id.clone(),
+                request_id: request_id.clone(),
+                validate_only: false,
+            })
+            .await
+            .expect("a retry of a remembered request")
+            .into_inner();
+        assert_eq!(&retried.id, binding_id, "{request_id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

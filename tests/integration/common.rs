@@ -136,6 +136,16 @@ impl TestServer {
         next._temp_dir = self._temp_dir.take();
         next
     }
+
+    /// Stops the server, removes the snapshot its stop wrote and starts a new one on the same
+    /// data directory: the state is then rebuilt from the log alone, event by event.
+    pub async fn restart_from_the_log(mut self) -> TestServer {
+        self.stop().await.expect("clean stop");
+        std::fs::remove_file(self.options.data_dir.join("state.snapshot")).expect("the stop wrote a snapshot");
+        let mut next = TestServer::start_with_options(self.options.clone()).await;
+        next._temp_dir = self._temp_dir.take();
+        next
+    }
 }
 
 impl std::ops::Deref for TestServer {

@@ -1,7 +1,7 @@
 //! Storage faults: with the disk full (injected at the log, where sled would report ENOSPC),
-//! writes fail UNAVAILABLE saying why, nothing unstored is acknowledged, reads keep working,
-//! and writes resume once the disk recovers, without a restart and without a gap in the
-//! revisions.
+//! writes fail UNAVAILABLE saying why (alone or decided together in a group), nothing unstored
+//! is acknowledged or seen by reads, reads keep working, and writes resume once the disk
+//! recovers, without a restart and without a gap in the revisions.
 
 use std::time::Duration;
 
@@ -46,8 +46,50 @@ async fn a_full_disk_fails_writes_clearly_and_they_resume_when_it_recovers() {
         .unwrap_err();
     assert_error(&refused, Code::Unavailable, "STORAGE_UNAVAILABLE", 1300, None);
 
+    // Concurrent ones, decided together in groups (each seeing the ones before it), are
+    // refused alike and leave nothing behind.
+    let mut concurrent = tokio::task::JoinSet::new();
+    for host in 10..42 {
+        let (api, prefix) = (Api::new(server.channel.clone()), prefix.clone());
+        concurrent.spawn(async move {
+            api.try_bind(&prefix, &format!("192.0.2.{host}/32"), CDN)
+                .await
+                .map(|_| ())
+        });
+    }
+    for round in 0..8 {
+        let (api, prefix) = (Api::new(server.channel.clone()), prefix.clone());
+        concurrent.spawn(async move {
+            let update = api::UpdatePrefixRequest {
+                account_id: prefix.account_id.clone(),
+                prefix_id: prefix.id.clone(),
+                description: format!("update {round}"),
+                ..Default::default()
+            };
+            api.prefixes().update_prefix(update).await.map(|_| ())
+        });
+    }
+    while let Some(refused) = concurrent.join_next().await {
+        assert_error(
+            &refused.unwrap().unwrap_err(),
+            Code::Unavailable,
+            "STORAGE_UNAVAILABLE",
+            1300,
+            None,
+        );
+    }
+
     // Reads are served from the projections, untouched by the failed writes.
     assert_eq!(server.list_all_bindings(&prefix, 0).await.len(), 1);
+    let described = (server.prefixes())
+        .get_prefix(api::GetPrefixRequest {
+            account_id: prefix.account_id.clone(),
+            prefix_id: prefix.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(described.description, prefix.description);
     assert_eq!(service_at(&server, "192.0.2.1").await, "Magic Transit");
     assert_eq!(list_revision(&server.channel, &prefix).await, 2);
 

@@ -1,17 +1,17 @@
 //! A replica's writer: the same decide -> append -> apply -> reply, with the append going to
 //! the replicated stream as one message per group, compare-and-set on the stream's sequence.
 //! The writer is also the only one that applies the stream's groups (its tail hands them in
-//! through the same queue), so the writer's state, the local log and the projections move
-//! together and always equal the stream up to [`StreamPosition`].
+//! through the same queue), so the local log and the projections move together and always
+//! equal the stream up to [`StreamPosition`].
 //!
-//! A group is decided against the state at the stream position it was decided on and applied
-//! to the writer's state with undos. Then:
+//! A group is decided against the projections' state at the stream position it was decided
+//! on ([`Writer::decide_group`]: nothing is applied until it lands). Then:
 //! - it landed: the local log stores it (with its position), the projections apply it, the
 //!   callers get their replies; the tail's copy of it is skipped later;
-//! - another replica's append came first (conflict): the group is undone, the writer waits for
-//!   the tail to bring what it missed, and decides the same commands again; a command that
+//! - another replica's append came first (conflict): the group is forgotten, the writer waits
+//!   for the tail to bring what it missed, and decides the same commands again; a command that
 //!   lost [`MAX_CONFLICTS`] times in a row gets WRITE_CONFLICT;
-//! - no answer (NATS down, no quorum): the group is undone and its callers get
+//! - no answer (NATS down, no quorum): the group is forgotten and its callers get
 //!   STORAGE_UNAVAILABLE. The message may still land: if it does, the tail brings it like any
 //!   other, and the writer's next append (decided against the old position) conflicts and
 //!   waits for it. Nothing is applied that is not in the stream, nothing twice.
@@ -134,7 +134,7 @@ enum Received {
 /// The replicated writer's own state, next to the [`Writer`]'s.
 struct Replicated {
     replica: Arc<Replica>,
-    /// The last stream message the log, the projections and the writer's state hold.
+    /// The last stream message the log and the projections hold.
     position: StreamPosition,
     waiting: VecDeque<Waiting>,
     /// Forwarded commands' results, until this replica applied their revision.
@@ -245,9 +245,6 @@ impl Replicated {
                 return;
             }
         };
-        for event in &group.events {
-            writer.state.apply(event);
-        }
         writer.next_revision = group.position.last_revision + 1;
         self.advance(writer, group.position, group.events, last_checksum);
     }
@@ -264,7 +261,7 @@ impl Replicated {
         self.release_forwarded(writer);
         writer
             .snapshots
-            .after_commit(&writer.state, writer.next_revision - 1, &writer.log);
+            .after_commit(&writer.projections, writer.next_revision - 1, &writer.log);
     }
 
     /// This replica holds the stream up to `position`: said to those waiting for a sequence
@@ -298,11 +295,8 @@ impl Replicated {
 
     /// Decides `group` against this replica's state and appends it to the stream.
     fn append_directly(&mut self, writer: &mut Writer, group: Vec<Waiting>) {
-        let (mut events, mut undos) = (Vec::new(), Vec::new());
         let started = Instant::now();
-        let results: Vec<Result<Outcome, Error>> = (group.iter())
-            .map(|waiting| writer.decide(&waiting.command, &waiting.actor, &mut events, Some(&mut undos)))
-            .collect();
+        let (results, events) = writer.decide_group(group.iter().map(|waiting| (&waiting.command, &waiting.actor)));
         let decided = Instant::now();
         if events.is_empty() {
             let replies = group.into_iter().map(|waiting| waiting.reply).zip(results).collect();
@@ -351,7 +345,7 @@ impl Replicated {
                         // disk takes it.
                         error!(%error, revision = append.first_revision, "storing an appended group failed");
                         writer.log_needs_recovery = true;
-                        self.undo(writer, undos);
+                        self.forget_group(writer);
                         let unavailable = Error::new(
                             Reason::StorageUnavailable,
                             format!(
@@ -366,7 +360,7 @@ impl Replicated {
             Appended::Conflict => None,
             Appended::Unknown(cause) => Some(cause),
         };
-        self.undo(writer, undos);
+        self.forget_group(writer);
         match failure {
             Some(cause) => {
                 let unavailable = Error::new(
@@ -420,11 +414,8 @@ impl Replicated {
         }
     }
 
-    /// Takes back a group that did not land: the writer's state returns to the position's.
-    fn undo(&mut self, writer: &mut Writer, undos: Vec<crate::domain::state::Undo>) {
-        for undo in undos.into_iter().rev() {
-            writer.state.undo(undo);
-        }
+    /// Forgets a group that did not land: its revisions will be decided again.
+    fn forget_group(&mut self, writer: &mut Writer) {
         writer.next_revision = writer.projections.read().head + 1;
     }
 
