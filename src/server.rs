@@ -3,11 +3,14 @@
 //! open the log -> serve (health NOT_SERVING) -> rebuild projections -> SERVING -> rollout ->
 //! shutdown: NOT_SERVING, end watch streams, finish calls in flight, make the log durable.
 
+mod connection;
+
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
@@ -271,7 +274,9 @@ pub async fn serve(
 
     let mut stop_signal = stop_receiver.clone();
     // Without TCP_NODELAY, a response's HTTP/2 frames can wait on the peer's delayed ACK (~40 ms).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(connection::Unvectored));
     let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stop_signal.wait_for(|stopping| *stopping).await;
     }));
