@@ -49,25 +49,16 @@ pub async fn unary<T>(
     let traceparent = Some(header("traceparent"))
         .filter(|value| is_traceparent(value))
         .unwrap_or_default();
-    // The OTLP fields cost every call a little (the log layer formats a span's fields when it
-    // opens): only a server that exports traces declares them.
     let request_id = header(REQUEST_ID);
-    let span = if telemetry::enabled() {
-        info_span!(
-            "call",
-            method,
-            request_id,
-            traceparent,
-            "otel.name" = method,
-            "otel.kind" = "server",
-            "rpc.system" = "grpc",
-            "rpc.grpc.status_code" = tracing::field::Empty,
-            "otel.status_code" = tracing::field::Empty,
-            "error.reason" = tracing::field::Empty,
-            account_id = tracing::field::Empty,
-        )
-    } else {
-        info_span!("call", method, request_id, traceparent)
+    // A read's span is made only when something will use it: exported traces, or debug logs
+    // (where a successful read has its call line). Otherwise a read that succeeds logs
+    // nothing, and one that fails makes the same span just for its line below. Making it for
+    // every call (the log layer formats its fields when it opens, whether a line follows or
+    // not) was half of a unary lookup's handler time (docs/benchmarks.md, unary lookups).
+    let eager = telemetry::enabled() || CHANGES.contains(&method) || tracing::enabled!(tracing::Level::DEBUG);
+    let span = match eager {
+        true => call_span(method, request_id, traceparent),
+        false => tracing::Span::none(),
     };
     telemetry::adopt_parent(&span, metadata.as_ref());
     let traceparent_back = span.clone();
@@ -76,7 +67,12 @@ pub async fn unary<T>(
         metrics.calls_in_flight.inc();
         let result = work.await;
         metrics.calls_in_flight.dec();
-        log_call(method, started, result.as_ref().err());
+        match (eager, result.as_ref().err()) {
+            (false, Some(error)) => {
+                call_span(method, request_id, traceparent).in_scope(|| log_call(method, started, Some(error)))
+            }
+            (_, error) => log_call(method, started, error),
+        }
         let code = result
             .as_ref()
             .err()
@@ -120,6 +116,29 @@ pub async fn unary<T>(
             }
             Err(status)
         }
+    }
+}
+
+/// The span of one call: method, `x-request-id` and `traceparent`, and with traces exported the
+/// OpenTelemetry fields (the log layer formats a span's fields when it opens, so only a server
+/// that exports traces declares those).
+fn call_span(method: &'static str, request_id: &str, traceparent: &str) -> tracing::Span {
+    if telemetry::enabled() {
+        info_span!(
+            "call",
+            method,
+            request_id,
+            traceparent,
+            "otel.name" = method,
+            "otel.kind" = "server",
+            "rpc.system" = "grpc",
+            "rpc.grpc.status_code" = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+            "error.reason" = tracing::field::Empty,
+            account_id = tracing::field::Empty,
+        )
+    } else {
+        info_span!("call", method, request_id, traceparent)
     }
 }
 

@@ -93,6 +93,33 @@ async fn json_logs_carry_request_id_and_traceparent() {
     assert_eq!(call["span"]["request_id"], "req-json-1", "{call}");
     assert_eq!(call["span"]["traceparent"], traceparent, "{call}");
     assert_eq!(call["code"], "OK");
+
+    // A read that fails is an info line in the same kind of span (made only for it).
+    let mut lookup = tonic::Request::new(api::LookupAddressRequest {
+        address: "203.0.113.9".into(),
+        ..Default::default()
+    });
+    lookup
+        .metadata_mut()
+        .insert("x-request-id", "req-json-2".parse().unwrap());
+    lookup
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    api.routing().lookup_address(lookup).await.unwrap_err();
+    let call = loop {
+        let line = tokio::time::timeout(PATIENCE, server.lines.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        if value["message"] == "call" {
+            break value;
+        }
+    };
+    assert_eq!(call["method"], "LookupAddress", "{call}");
+    assert_eq!(call["reason"], "ADDRESS_NOT_COVERED", "{call}");
+    assert_eq!(call["span"]["request_id"], "req-json-2", "{call}");
+    assert_eq!(call["span"]["traceparent"], traceparent, "{call}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
