@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Undecodable requests are the caller's fault: INVALID_ARGUMENT, not INTERNAL.
         .codec_path("crate::api::codec::AddressingCodec")
         // Written by hand so that a batch lookup decodes its addresses into one buffer and
-        // encodes each result once (src/api/wire/).
+        // encodes each result once, and a unary lookup reuses those results (src/api/wire/).
         .extern_path(
             ".addressing.v1.LookupAddressesRequest",
             "crate::api::wire::LookupAddressesRequest",
@@ -23,6 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(
             ".addressing.v1.LookupAddressesResponse",
             "crate::api::wire::LookupAddressesResponse",
+        )
+        .extern_path(
+            ".addressing.v1.LookupAddressResponse",
+            "crate::api::wire::LookupAddressResponse",
         )
         .build_client(true)
         .build_server(true)

@@ -206,7 +206,23 @@ pub fn lookup_request(data: &[u8]) {
 
 /// The batch lookup's request as prost generates it from the contract (the name matters: it is
 /// in the errors' field paths).
-mod contract {
+/// Messages of the contract that the server writes or reads by hand (`api::wire`), as prost
+/// generates them from the .proto: what those are held to.
+pub mod contract {
+    use crate::pb::api;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LookupAddressResponse {
+        #[prost(string, tag = "1")]
+        pub address: String,
+        #[prost(string, tag = "2")]
+        pub prefix_id: String,
+        #[prost(string, tag = "3")]
+        pub account_id: String,
+        #[prost(message, optional, tag = "4")]
+        pub binding: Option<api::ServiceBinding>,
+    }
+
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct LookupAddressesRequest {
         #[prost(string, repeated, tag = "1")]
@@ -223,7 +239,8 @@ mod contract {
 /// several spellings). Accepted batches: the FULL answer decodes with prost to exactly the
 /// message of the one-address path for each address (`resolve`, a whole `LookupAddressResult`
 /// built field by field), whether its routes were encoded fresh or taken from the cache; the
-/// COMPACT answer says the same ([`compact_says_what_full_says`]).
+/// COMPACT answer says the same ([`compact_says_what_full_says`]); the unary answer written from
+/// the same routes is prost's encoding of the contract's message with those fields.
 pub fn lookup_batch(data: &[u8]) {
     ROUTING_MODEL.with_borrow_mut(|model| {
         let mut input = Input(data);
@@ -284,6 +301,25 @@ fn check_batch(model: &ReadModel, created: &Created, input: &mut Input) {
     assert!(decoded.bindings.is_empty(), "FULL lists no bindings apart");
     assert_eq!(cached_full, fresh_full, "cached routes encode the same");
     compact_says_what_full_says(&texts, &compact, &expected);
+    for (text, address) in texts.iter().zip(&addresses) {
+        let whole = lookup::resolve(model, text, *address, active_only).map(|result| {
+            contract::LookupAddressResponse {
+                address: result.address,
+                prefix_id: result.prefix_id,
+                account_id: result.account_id,
+                binding: result.binding,
+            }
+            .encode_to_vec()
+        });
+        for cached in [&RouteCache::default(), &cache] {
+            let unary = lookup::answer_one(model, text, *address, active_only, cached, &mut RouteCache::default());
+            assert_eq!(
+                unary.map(|answer| answer.encode_to_vec()),
+                whole,
+                "the unary answer of {text:?} is the contract's message"
+            );
+        }
+    }
 }
 
 /// A COMPACT answer to `addresses` against the FULL one's results: no address echoed and no

@@ -1,12 +1,13 @@
-//! Batch lookups' answers (`LookupAddresses`), written straight into the encoded response
-//! (`wire`): each route's fields are encoded once and kept in a cache checked against its
-//! binding's version, so a batch costs a table lookup and a copy per address. FULL echoes each
-//! address with its whole binding; COMPACT lists each matched binding once and points to it.
+//! Lookups' answers, written straight into the encoded response (`wire`): each route's fields
+//! are encoded once and kept in a cache checked against its binding's version, so a batch
+//! (`LookupAddresses`) costs a table lookup and a copy per address, and a unary
+//! `LookupAddress` one of each. FULL echoes each address with its whole binding; COMPACT lists
+//! each matched binding once and points to it.
 
 use std::net::IpAddr;
 
 use super::convert;
-use super::wire::{EncodedRoute, LookupAddressesResponse};
+use super::wire::{EncodedRoute, LookupAddressResponse, LookupAddressesResponse};
 use crate::domain::{Binding, BindingId, Error, IdMap, Micros, PrefixId, ProvisioningState, Reason};
 use crate::pb::api;
 use crate::projection::ReadModel;
@@ -42,6 +43,23 @@ impl View {
             )),
         }
     }
+}
+
+/// The unary answer for `address` (asked as `text`), from the encoded route (`cached`, or
+/// encoded here and added to `fresh` for the caller to keep): `None` when no prefix covers it.
+pub fn answer_one(
+    model: &ReadModel,
+    text: &str,
+    address: IpAddr,
+    active_only: bool,
+    cached: &RouteCache,
+    fresh: &mut RouteCache,
+) -> Option<LookupAddressResponse> {
+    let route = model.routes.lookup(address, active_only)?;
+    Some(LookupAddressResponse::encoded(
+        text,
+        encode(model, route, cached, fresh),
+    ))
 }
 
 /// The answer for one address as a whole message (what LookupAddress sends, and what a FULL

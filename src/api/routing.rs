@@ -19,7 +19,7 @@ use crate::pb::api::routing_server::Routing;
 
 pub struct RoutingService {
     app: AppContext,
-    /// Batch lookups reuse each route's encoded fields (see `lookup`).
+    /// Lookups reuse each route's encoded fields (see `lookup`).
     routes: RwLock<RouteCache>,
 }
 
@@ -29,6 +29,18 @@ impl RoutingService {
             app,
             routes: RwLock::default(),
         }
+    }
+
+    /// Adds the routes a lookup encoded to the cache.
+    fn keep(&self, fresh: RouteCache) {
+        if fresh.is_empty() {
+            return;
+        }
+        let mut routes = self.routes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if routes.len() + fresh.len() > MAX_CACHED_ROUTES {
+            routes.clear();
+        }
+        routes.extend(fresh);
     }
 }
 
@@ -42,18 +54,24 @@ impl Routing for RoutingService {
         unary(self.app.metrics(), "LookupAddress", &metadata, async {
             let address = fields::address("address", &request.address)?;
             let model = self.app.engine()?.projections().read();
-            let result = lookup::resolve(&model, &request.address, address, request.active_only).ok_or_else(|| {
+            let cached = self.routes.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut fresh = RouteCache::default();
+            let answer = lookup::answer_one(
+                &model,
+                &request.address,
+                address,
+                request.active_only,
+                &cached,
+                &mut fresh,
+            );
+            drop((cached, model));
+            self.keep(fresh);
+            answer.ok_or_else(|| {
                 Error::field(
                     Reason::AddressNotCovered,
                     "address",
                     format!("no prefix covers {address}"),
                 )
-            })?;
-            Ok(api::LookupAddressResponse {
-                address: result.address,
-                prefix_id: result.prefix_id,
-                account_id: result.account_id,
-                binding: result.binding,
             })
         })
         .await
@@ -94,13 +112,7 @@ impl Routing for RoutingService {
                 &mut fresh,
             );
             drop((cached, model));
-            if !fresh.is_empty() {
-                let mut routes = self.routes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-                if routes.len() + fresh.len() > MAX_CACHED_ROUTES {
-                    routes.clear();
-                }
-                routes.extend(fresh);
-            }
+            self.keep(fresh);
             Ok(response)
         })
         .await

@@ -35,11 +35,13 @@ pub struct LookupAddressesResponse {
 
 /// A result's fields shared by every address resolving to the same prefix and binding, encoded
 /// once: `head` is `found`, `prefix_id` and `account_id`; `binding` the `ServiceBinding`
-/// message's body (empty when there is none).
+/// message's body (empty when there is none); `owner` is `prefix_id` and `account_id` as the
+/// unary [`LookupAddressResponse`](super::LookupAddressResponse) numbers them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EncodedRoute {
     pub head: Vec<u8>,
     pub binding: Option<Vec<u8>>,
+    pub owner: Vec<u8>,
 }
 
 impl EncodedRoute {
@@ -53,6 +55,7 @@ impl EncodedRoute {
         EncodedRoute {
             head: head.encode_to_vec(),
             binding: result.binding.as_ref().map(Message::encode_to_vec),
+            owner: super::LookupAddressResponse::owner_fields(&result.prefix_id, &result.account_id),
         }
     }
 }
