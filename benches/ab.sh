@@ -30,11 +30,13 @@ for round in $(seq 1 "$rounds"); do
         env RUST_LOG=warn IPAM_DATA_DIR="$dir" IPAM_LISTEN=127.0.0.1:$port IPAM_PROVISIONING_DELAY=100h \
             ${servers[$side]} >/dev/null 2>&1 &
         pid=$!
+        # A failed bench must not leave the server running.
+        trap 'kill "$pid" 2>/dev/null || true' EXIT
         until "$ipamctl" --server "$endpoint" --account "$(printf "%032d" 0)" services >/dev/null 2>&1; do sleep 0.05; done
         cpu_before=$(server_cpu_ticks "$pid")
         result=$("$ipamctl" --server "$endpoint" bench "$@" 2>&1 | tail -3 | tr '\n' ' ')
         cpu=$(($(server_cpu_ticks "$pid") - cpu_before))
-        calls=$(grep -o '([0-9]* calls' <<<"$result" | tr -dc 0-9)
+        calls=$(grep -o "([0-9]* calls" <<<"$result" | tr -dc 0-9 || true)
         # Server CPU time (user + system, warmup included) per measured call: steadier than
         # calls/s when client and server share the cores, and it counts threads that calls/s
         # does not show (the writer, sled's I/O pool).
