@@ -158,7 +158,8 @@ impl Writer {
         let n_commands = commands.len();
         let mut results = Vec::with_capacity(n_commands);
         let mut events = Vec::new();
-        if n_commands == 1 {
+        // A group of one (or none: only a stop) needs no decision applied for a next one.
+        if n_commands <= 1 {
             let model = self.projections.read();
             debug_assert_eq!(
                 model.head + 1,
