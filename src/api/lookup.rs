@@ -62,8 +62,9 @@ pub fn answer_one(
     ))
 }
 
-/// The answer for one address as a whole message (what LookupAddress sends, and what a FULL
-/// batch result decodes to): `None` when no prefix covers it.
+/// The answer for one address as a whole message, built field by field (what a FULL batch
+/// result decodes to, and the fields of the unary answer: the properties hold the encoded
+/// answers to it): `None` when no prefix covers it.
 pub fn resolve(model: &ReadModel, text: &str, address: IpAddr, active_only: bool) -> Option<api::LookupAddressResult> {
     let route = model.routes.lookup(address, active_only)?;
     let binding = route.binding_id.and_then(|id| model.state.binding_by_id(id));

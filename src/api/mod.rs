@@ -32,8 +32,9 @@ use crate::metrics::{CallLabels, MethodLabels, Metrics};
 pub use crate::operations::AppContext;
 
 /// Runs one call (a unary call, or the opening of a stream) inside a span that carries the
-/// method, the `x-request-id` (set by [`crate::edge`]) and the caller's W3C `traceparent`;
-/// times it, logs method, status and latency, and maps the error.
+/// method, the `x-request-id` (set by [`crate::edge`]) and the caller's W3C `traceparent`
+/// (for a read, only when something uses it: see below); times it, logs method, status and
+/// latency, and maps the error.
 pub async fn unary<T>(
     metrics: &Metrics,
     method: &'static str,

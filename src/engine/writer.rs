@@ -156,33 +156,22 @@ impl Writer {
         commands: impl ExactSizeIterator<Item = (&'a Command, &'a Arc<Actor>)>,
     ) -> (Vec<Result<Outcome, Error>>, Vec<Event>) {
         let n_commands = commands.len();
-        let mut results = Vec::with_capacity(n_commands);
         let mut events = Vec::new();
-        // A group of one (or none: only a stop) needs no decision applied for a next one.
-        if n_commands <= 1 {
-            let model = self.projections.read();
-            debug_assert_eq!(
-                model.head + 1,
-                self.next_revision,
-                "the writer decides at the projections' head"
-            );
-            for (command, actor) in commands {
-                results.push(decide(
-                    &model.state,
-                    command,
-                    actor,
-                    &mut self.next_revision,
-                    &mut events,
-                ));
-            }
-            return (results, events);
-        }
-        let mut model = self.projections.write();
         debug_assert_eq!(
-            model.head + 1,
+            self.projections.read().head + 1,
             self.next_revision,
             "the writer decides at the projections' head"
         );
+        // A group of one (or none: only a stop) needs no decision applied for a next one.
+        if n_commands <= 1 {
+            let model = self.projections.read();
+            let results = commands
+                .map(|(command, actor)| decide(&model.state, command, actor, &mut self.next_revision, &mut events))
+                .collect();
+            return (results, events);
+        }
+        let mut model = self.projections.write();
+        let mut results = Vec::with_capacity(n_commands);
         let mut undos = Vec::new();
         for (index, (command, actor)) in commands.enumerate() {
             let first_event = events.len();

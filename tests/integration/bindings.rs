@@ -472,22 +472,14 @@ async fn concurrent_writes_leave_the_state_the_log_replays_to() {
     // A request id retried after the restart answers with the binding it first created
     // (when it still exists) or is refused as a reused id, exactly as before the restart.
     for (request_id, binding_id) in remembered.iter().take(24) {
-        let prefix = before
-            .iter()
-            .flatten()
-            .find(|binding| &binding.id == binding_id)
-            .map(|binding| binding.prefix_id.clone());
-        let Some(prefix_id) = prefix else { continue };
-        let binding = before
-            .iter()
-            .flatten()
-            .find(|binding| &binding.id == binding_id)
-            .unwrap();
+        let Some(binding) = before.iter().flatten().find(|binding| &binding.id == binding_id) else {
+            continue;
+        };
         let retried = server
             .bindings()
             .create_service_binding(api::CreateServiceBindingRequest {
                 account_id: binding.account_id.clone(),
-                prefix_id,
+                prefix_id: binding.prefix_id.clone(),
                 cidr: binding.cidr.clone(),
                 service_id: binding.service_id.clone(),
                 request_id: request_id.clone(),

@@ -130,18 +130,21 @@ impl TestServer {
     }
 
     /// Stops the server and starts a new one on the same data directory.
-    pub async fn restart(mut self) -> TestServer {
-        self.stop().await.expect("clean stop");
-        let mut next = TestServer::start_with_options(self.options.clone()).await;
-        next._temp_dir = self._temp_dir.take();
-        next
+    pub async fn restart(self) -> TestServer {
+        self.restart_after(|_| ()).await
     }
 
     /// Stops the server, removes the snapshot its stop wrote and starts a new one on the same
     /// data directory: the state is then rebuilt from the log alone, event by event.
-    pub async fn restart_from_the_log(mut self) -> TestServer {
+    pub async fn restart_from_the_log(self) -> TestServer {
+        self.restart_after(|dir| std::fs::remove_file(dir.join("state.snapshot")).expect("the stop wrote a snapshot"))
+            .await
+    }
+
+    /// Stops the server, does `while_stopped` to its data directory, and starts a new one there.
+    async fn restart_after(mut self, while_stopped: impl FnOnce(&Path)) -> TestServer {
         self.stop().await.expect("clean stop");
-        std::fs::remove_file(self.options.data_dir.join("state.snapshot")).expect("the stop wrote a snapshot");
+        while_stopped(&self.options.data_dir);
         let mut next = TestServer::start_with_options(self.options.clone()).await;
         next._temp_dir = self._temp_dir.take();
         next

@@ -53,6 +53,20 @@ async fn requests_over_the_size_limit_are_resource_exhausted() {
     server.routing().lookup_addresses(small).await.unwrap();
 }
 
+/// The next JSON log line of a call (`"message": "call"`), skipping the others.
+async fn next_call_line(server: &mut ServerProcess) -> serde_json::Value {
+    loop {
+        let line = tokio::time::timeout(PATIENCE, server.lines.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        if value["message"] == "call" {
+            return value;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_request_id_and_traceparent() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,16 +90,7 @@ async fn json_logs_carry_request_id_and_traceparent() {
         .metadata_mut()
         .insert("traceparent", traceparent.parse().unwrap());
     api.prefixes().create_prefix(request).await.unwrap();
-    let call = loop {
-        let line = tokio::time::timeout(PATIENCE, server.lines.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
-        if value["message"] == "call" {
-            break value;
-        }
-    };
+    let call = next_call_line(&mut server).await;
     assert_eq!(
         call["method"], "CreatePrefix",
         "the read before it logged no info line: {call}"
@@ -106,16 +111,7 @@ async fn json_logs_carry_request_id_and_traceparent() {
         .metadata_mut()
         .insert("traceparent", traceparent.parse().unwrap());
     api.routing().lookup_address(lookup).await.unwrap_err();
-    let call = loop {
-        let line = tokio::time::timeout(PATIENCE, server.lines.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
-        if value["message"] == "call" {
-            break value;
-        }
-    };
+    let call = next_call_line(&mut server).await;
     assert_eq!(call["method"], "LookupAddress", "{call}");
     assert_eq!(call["reason"], "ADDRESS_NOT_COVERED", "{call}");
     assert_eq!(call["span"]["request_id"], "req-json-2", "{call}");

@@ -62,7 +62,9 @@ impl LookupAddressResponse {
         let mut owner = Vec::new();
         for (tag, value) in [(PREFIX_ID, prefix_id), (ACCOUNT_ID, account_id)] {
             if !value.is_empty() {
-                string::encode(tag, &value.to_string(), &mut owner);
+                encode_key(tag, WireType::LengthDelimited, &mut owner);
+                encode_varint(value.len() as u64, &mut owner);
+                owner.extend_from_slice(value.as_bytes());
             }
         }
         owner
@@ -96,12 +98,7 @@ impl Message for LookupAddressResponse {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        let field = |name: &'static str| {
-            move |mut error: DecodeError| {
-                error.push("LookupAddressResponse", name);
-                error
-            }
-        };
+        let field = |name| super::in_field("LookupAddressResponse", name);
         match tag {
             ADDRESS => string::merge(wire_type, &mut self.address, buf, ctx).map_err(field("address")),
             PREFIX_ID => string::merge(wire_type, &mut self.prefix_id, buf, ctx).map_err(field("prefix_id")),
@@ -138,27 +135,18 @@ impl Message for LookupAddressResponse {
 
 #[cfg(test)]
 mod tests {
+    use super::super::covered;
     use super::*;
     use crate::robustness::contract::LookupAddressResponse as Contract;
 
-    fn result(binding: bool) -> api::LookupAddressResult {
-        api::LookupAddressResult {
-            found: binding,
-            prefix_id: "a".repeat(32),
-            account_id: "b".repeat(32),
-            binding: binding.then(|| api::ServiceBinding {
-                id: "c".repeat(32),
-                cidr: "192.0.2.0/24".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn an_encoded_answer_is_the_contract_message_and_decodes_into_the_fields() {
-        for binding in [true, false] {
-            let result = result(binding);
+        let uncovered = api::LookupAddressResult {
+            found: false,
+            binding: None,
+            ..covered()
+        };
+        for result in [covered(), uncovered] {
             let answer = LookupAddressResponse::encoded("192.0.2.7", &EncodedRoute::new(&result));
             let expected = Contract {
                 address: "192.0.2.7".into(),

@@ -12,6 +12,31 @@ pub use answer::LookupAddressResponse;
 pub use request::LookupAddressesRequest;
 pub use response::{Decoded, EncodedRoute, LookupAddressesResponse};
 
+/// A result with a binding, for the encoders' tests.
+#[cfg(test)]
+fn covered() -> crate::pb::api::LookupAddressResult {
+    use crate::pb::api;
+    api::LookupAddressResult {
+        found: true,
+        prefix_id: "a".repeat(32),
+        account_id: "b".repeat(32),
+        binding: Some(api::ServiceBinding {
+            id: "c".repeat(32),
+            cidr: "192.0.2.1/32".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Names `field` of `message` in a decoding error, as prost's generated code does.
+fn in_field(message: &'static str, field: &'static str) -> impl FnOnce(prost::DecodeError) -> prost::DecodeError {
+    move |mut error| {
+        error.push(message, field);
+        error
+    }
+}
+
 /// The body of a length-delimited field at the start of `chunk`, if all of it is there: the
 /// bytes the field takes after its key (length included) and the body. Lets a decoder copy a
 /// field straight from a received buffer (tonic's always holds a whole message) instead of

@@ -93,12 +93,7 @@ impl Message for LookupAddressesRequest {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        let in_field = |field| {
-            move |mut error: DecodeError| {
-                error.push("LookupAddressesRequest", field);
-                error
-            }
-        };
+        let in_field = |field| super::in_field("LookupAddressesRequest", field);
         match tag {
             ADDRESSES => self.merge_address(wire_type, buf, ctx).map_err(in_field("addresses")),
             ACTIVE_ONLY => prost::encoding::bool::merge(wire_type, &mut self.active_only, buf, ctx)

@@ -229,21 +229,8 @@ impl Message for LookupAddressesResponse {
 
 #[cfg(test)]
 mod tests {
+    use super::super::covered;
     use super::*;
-
-    fn covered() -> api::LookupAddressResult {
-        api::LookupAddressResult {
-            found: true,
-            prefix_id: "a".repeat(32),
-            account_id: "b".repeat(32),
-            binding: Some(api::ServiceBinding {
-                id: "c".repeat(32),
-                cidr: "192.0.2.1/32".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn full_encodes_and_decodes_as_the_contract_message() {
