@@ -285,8 +285,8 @@ fn lookups(c: &mut Criterion) {
     let (lpm, lpm_allocated, lpm_resident) = measured(|| build_lpm(&data));
     let previous = PreviousRouting::build(&data);
     println!(
-        "{bindings} bindings in {} prefixes. Per binding: routing table (two tables, all and ACTIVE, \
-         each holding prefixes and bindings) allocated {} B, resident {} B; prefix-trie (one map of \
+        "{bindings} bindings in {} prefixes. Per binding: routing table (one table of the prefixes \
+         and bindings) allocated {} B, resident {} B; prefix-trie (one map of \
          the bindings) allocated {} B, resident {} B; lpm (IPv4 bindings only) allocated {} B, \
          resident {} B per IPv4 binding.",
         data.prefixes.len(),

@@ -12,8 +12,10 @@
 //! [`by_length`](super::by_length) (a hash map per prefix length).
 //!
 //! Layout. A prefix no longer than the root's bits (`R`) lives in the root: it is painted onto
-//! the `2^(R-len)` root slots it covers, each slot remembering the length that painted it so that
-//! a longer prefix is never overwritten by a shorter one. A longer prefix lives in the node
+//! the `2^(R-len)` root slots it covers, then the longer such prefixes inside it are painted
+//! again over it (found in an ordered map of them), so that each slot holds its longest prefix's
+//! value. (A byte per slot remembering the length that painted it did the same with 16 MiB more
+//! for IPv4.) A longer prefix lives in the node
 //! whose 8 bits contain its last bit. A node's own prefixes live apart (`Lpm::locals`, needed by
 //! updates only); from them the node derives the value of each of its 256 slots, run-length
 //! encoded: `run_starts` marks where the value changes and `runs` holds one value per run
@@ -30,14 +32,13 @@
 //! first so that their cache misses overlap. Updates repaint one node (256 slots) or the root
 //! slots a short prefix covers.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::collections::BTreeMap;
 
 mod node;
 use node::{Local, NONE, Node, STRIDE};
 
 /// A fixed-width key, most significant bit first.
-pub trait Key: Copy + Eq + Hash {
+pub trait Key: Copy + Ord {
     const BITS: u32;
     /// How many top bits index the root array.
     const ROOT_BITS: u32;
@@ -45,6 +46,8 @@ pub trait Key: Copy + Eq + Hash {
     fn chunk(self, start: u32, len: u32) -> usize;
     /// The key with all but its top `len` bits cleared.
     fn masked(self, len: u32) -> Self;
+    /// The key with all but its top `len` bits set: the last key of the prefix.
+    fn last_in(self, len: u32) -> Self;
 }
 
 impl Key for u32 {
@@ -59,6 +62,10 @@ impl Key for u32 {
     fn masked(self, len: u32) -> Self {
         self & u32::MAX.checked_shl(Self::BITS - len).unwrap_or(0)
     }
+
+    fn last_in(self, len: u32) -> Self {
+        self | u32::MAX.checked_shr(len).unwrap_or(0)
+    }
 }
 
 /// The table. Keys are given with their prefix length; bits past it are ignored.
@@ -67,14 +74,13 @@ pub struct Lpm<K: Key> {
     /// value is then the node's `inherited`, painted into it), value + 1 otherwise. One load
     /// answers both, 4 bytes a slot, and an empty table is untouched zeroed memory (no RSS).
     root: Box<[u32]>,
-    /// The length of the prefix that painted each root slot (meaningful where a value is).
-    root_lengths: Box<[u8]>,
     /// One bit per 4 KiB page of `root`: written since the table was made. Moving the root to
     /// huge pages copies only these: reading the whole 64 MiB root instead (page faults on
     /// its untouched pages included) stalled that one insert for 35-45 ms.
     root_pages_written: Box<[u64]>,
-    /// Prefixes of length 0..=ROOT_BITS, which live in the root.
-    short: HashMap<(K, u8), u32>,
+    /// Prefixes of length 0..=ROOT_BITS, which live in the root, by length then key (so the
+    /// longer ones inside a prefix are ranges).
+    short: BTreeMap<(u8, K), u32>,
     nodes: Vec<Node>,
     /// Per node, the prefixes that end in it, sorted by length (so painting in order lets
     /// longer prefixes win).
@@ -88,9 +94,8 @@ impl<K: Key> Default for Lpm<K> {
         let root = 1usize << K::ROOT_BITS;
         Lpm {
             root: vec![0u32; root].into_boxed_slice(),
-            root_lengths: vec![0; root].into_boxed_slice(),
             root_pages_written: vec![0; root.div_ceil(ROOT_SLOTS_PER_PAGE * 64)].into_boxed_slice(),
-            short: HashMap::new(),
+            short: BTreeMap::new(),
             nodes: Vec::new(),
             locals: Vec::new(),
             free_nodes: Vec::new(),
@@ -167,7 +172,7 @@ impl<K: Key> Lpm<K> {
     pub fn get(&self, key: K, len: u8) -> Option<u32> {
         let key = key.masked(u32::from(len));
         if u32::from(len) <= K::ROOT_BITS {
-            return self.short.get(&(key, len)).copied();
+            return self.short.get(&(len, key)).copied();
         }
         let (node, local) = self.find_node(key, len)?;
         self.locals[node as usize]
@@ -184,13 +189,8 @@ impl<K: Key> Lpm<K> {
         );
         let key = key.masked(u32::from(len));
         let replaced = if u32::from(len) <= K::ROOT_BITS {
-            let replaced = self.short.insert((key, len), value);
-            for slot in Self::root_slots(key, len) {
-                if self.root_value(slot) == NONE || self.root_lengths[slot] <= len {
-                    self.set_root_value(slot, value);
-                    self.root_lengths[slot] = len;
-                }
-            }
+            let replaced = self.short.insert((len, key), value);
+            self.paint_root(key, len, value);
             replaced
         } else {
             let mut node = self.child_or_insert(None, key.chunk(0, K::ROOT_BITS));
@@ -233,20 +233,12 @@ impl<K: Key> Lpm<K> {
     pub fn remove(&mut self, key: K, len: u8) -> Option<u32> {
         let key = key.masked(u32::from(len));
         let removed = if u32::from(len) <= K::ROOT_BITS {
-            let removed = self.short.remove(&(key, len))?;
-            let (fallback, fallback_len) = (0..len)
+            let removed = self.short.remove(&(len, key))?;
+            let fallback = (0..len)
                 .rev()
-                .find_map(|shorter| {
-                    let value = self.short.get(&(key.masked(u32::from(shorter)), shorter))?;
-                    Some((*value, shorter))
-                })
-                .unwrap_or((NONE, 0));
-            for slot in Self::root_slots(key, len) {
-                if self.root_value(slot) != NONE && self.root_lengths[slot] == len {
-                    self.set_root_value(slot, fallback);
-                    self.root_lengths[slot] = fallback_len;
-                }
-            }
+                .find_map(|shorter| self.short.get(&(shorter, key.masked(u32::from(shorter)))).copied())
+                .unwrap_or(NONE);
+            self.paint_root(key, len, fallback);
             removed
         } else {
             let path = self.path(key, len)?;
@@ -263,6 +255,26 @@ impl<K: Key> Lpm<K> {
         };
         self.len -= 1;
         Some(removed)
+    }
+
+    /// Paints `value` on the root slots of the short prefix `key`/`len`, then the longer short
+    /// prefixes inside it with their own values, shortest first: each slot ends with the value
+    /// of the longest prefix covering it. A /24 (IPv4) paints one slot and looks for nothing.
+    fn paint_root(&mut self, key: K, len: u8, value: u32) {
+        for slot in Self::root_slots(key, len) {
+            self.set_root_value(slot, value);
+        }
+        let last = key.last_in(u32::from(len));
+        for longer in len + 1..=K::ROOT_BITS as u8 {
+            let inside: Vec<(K, u32)> = (self.short.range((longer, key)..=(longer, last)))
+                .map(|(&(_, key), &value)| (key, value))
+                .collect();
+            for (key, value) in inside {
+                for slot in Self::root_slots(key, longer) {
+                    self.set_root_value(slot, value);
+                }
+            }
+        }
     }
 
     /// Copies the root and the nodes into memory advised for huge pages before it is touched
@@ -483,6 +495,7 @@ pub(super) fn advise_huge_pages<T>(memory: &[T]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     /// The longest matching prefix by brute force.
     fn reference(prefixes: &HashMap<(u32, u8), u32>, key: u32) -> Option<u32> {

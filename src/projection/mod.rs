@@ -205,19 +205,31 @@ mod tests {
             .collect();
         apply(prefixes.iter().cloned().map(Change::PrefixCreated).collect(), &mut copy);
 
-        let applied = std::sync::atomic::AtomicBool::new(false);
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let applied = AtomicBool::new(false);
+        let exports_taken = AtomicUsize::new(0);
         let exports = std::thread::scope(|scope| {
             let reader = scope.spawn(|| {
                 let mut exports = Vec::new();
-                while !applied.load(std::sync::atomic::Ordering::Acquire) {
+                while !applied.load(Ordering::Acquire) {
                     exports.push(projections.effective_routes(None, false));
+                    exports_taken.fetch_add(1, Ordering::Release);
                 }
                 exports
             });
             let mut rng = fastrand::Rng::with_seed(9);
             let mut bound: Vec<crate::domain::Binding> = Vec::new();
             let mut extra = 0;
-            for _ in 0..500 {
+            for round in 0..500 {
+                // Now and then, two whole exports at this head (the second started after the
+                // first ended), so that the reads see the table move however the threads are
+                // scheduled; the rest of the time the exports race the applies.
+                if round % 25 == 0 {
+                    let taken = exports_taken.load(Ordering::Acquire);
+                    while exports_taken.load(Ordering::Acquire) < taken + 2 {
+                        std::thread::yield_now();
+                    }
+                }
                 let owner = &prefixes[rng.usize(..prefixes.len())];
                 let change = match rng.u8(..4) {
                     0 if !bound.is_empty() => Change::BindingDeleted(bound.swap_remove(rng.usize(..bound.len()))),
@@ -248,7 +260,7 @@ mod tests {
                 };
                 apply(vec![change], &mut copy);
             }
-            applied.store(true, std::sync::atomic::Ordering::Release);
+            applied.store(true, Ordering::Release);
             reader.join().unwrap()
         });
         let expected = expected.lock().unwrap();

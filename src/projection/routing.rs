@@ -1,10 +1,14 @@
 //! The longest-prefix-match table behind the Routing service: for an address, the prefix that
 //! covers it and the most specific binding (or most specific ACTIVE binding) containing it.
 //!
-//! Two tables, one for all bindings and one for ACTIVE ones, each holding every prefix and
-//! binding CIDR of its kind, so a lookup is one LPM search: the entry found names the prefix
-//! (prefixes never overlap and bindings lie inside them) and the binding at that CIDR, if any.
-//! A prefix-wide binding shares its prefix's CIDR and so its entry.
+//! One table holds every prefix and binding CIDR, so a lookup is one LPM search: the entry
+//! found names the prefix (prefixes never overlap and bindings lie inside them), the binding at
+//! that CIDR, if any, and whether that binding is ACTIVE. A prefix-wide binding shares its
+//! prefix's CIDR and so its entry. An ACTIVE-only lookup that lands on a binding not ACTIVE yet
+//! (a binding is PROVISIONING for seconds after its creation) looks for the next enclosing
+//! entry that decides it, up to the prefix's; every other lookup costs the same as an
+//! all-bindings one. A second table of the ACTIVE bindings alone doubled the memory of the
+//! routes (docs/benchmarks.md, the routing table's memory) for that rare case.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -22,12 +26,31 @@ pub struct Route {
     pub binding_id: Option<BindingId>,
 }
 
-/// What one CIDR stands for in a table.
+/// What one CIDR stands for in the table.
 #[derive(Clone, Copy)]
 struct Entry {
+    /// The prefix and the binding at this CIDR (whatever its state).
     route: Route,
     /// The CIDR is a prefix's (its binding, if any, is the prefix-wide one).
     is_prefix: bool,
+    /// The binding at this CIDR is ACTIVE.
+    active: bool,
+    /// The CIDR's prefix length: where the search for an enclosing ACTIVE binding starts.
+    len: u8,
+}
+
+impl Entry {
+    /// The route of the ACTIVE bindings for an address whose most specific CIDR is this one,
+    /// or `None` when an enclosing entry decides it (this one's binding is not ACTIVE).
+    fn active_route(&self) -> Option<Route> {
+        if self.active || self.route.binding_id.is_none() {
+            return Some(self.route);
+        }
+        self.is_prefix.then_some(Route {
+            prefix_id: self.route.prefix_id,
+            binding_id: None,
+        })
+    }
 }
 
 /// CIDR -> entry, for both families, with LPM search.
@@ -43,6 +66,16 @@ struct Table {
 }
 
 impl Table {
+    fn entry(&self, cidr: IpNet) -> Option<&Entry> {
+        match cidr {
+            IpNet::V4(net) => {
+                let slot = self.v4.get(net.network().to_bits(), net.prefix_len())?;
+                Some(&self.entries[slot as usize])
+            }
+            IpNet::V6(net) => self.v6.get(net.network().to_bits(), net.prefix_len()),
+        }
+    }
+
     fn entry_mut(&mut self, cidr: IpNet) -> Option<&mut Entry> {
         match cidr {
             IpNet::V4(net) => {
@@ -95,17 +128,19 @@ impl Table {
         }
     }
 
-    fn set_binding(&mut self, cidr: IpNet, prefix_id: PrefixId, binding_id: BindingId) {
+    fn set_binding(&mut self, cidr: IpNet, route: Route, active: bool) {
         match self.entry_mut(cidr) {
-            Some(entry) => entry.route.binding_id = Some(binding_id),
+            Some(entry) => {
+                entry.route.binding_id = route.binding_id;
+                entry.active = active;
+            }
             None => self.insert_new(
                 cidr,
                 Entry {
-                    route: Route {
-                        prefix_id,
-                        binding_id: Some(binding_id),
-                    },
+                    route,
                     is_prefix: false,
+                    active,
+                    len: cidr.prefix_len(),
                 },
             ),
         }
@@ -113,25 +148,29 @@ impl Table {
 
     fn clear_binding(&mut self, cidr: IpNet) {
         match self.entry_mut(cidr) {
-            Some(entry) if entry.is_prefix => entry.route.binding_id = None,
+            Some(entry) if entry.is_prefix => {
+                entry.route.binding_id = None;
+                entry.active = false;
+            }
             Some(_) => self.remove(cidr),
             None => {}
         }
     }
 
     #[inline]
-    fn longest_match(&self, address: IpAddr) -> Option<Route> {
+    fn longest_match(&self, address: IpAddr) -> Option<&Entry> {
         match address {
             IpAddr::V4(address) => {
                 let slot = self.v4.longest_match(address.to_bits())?;
-                Some(self.entries[slot as usize].route)
+                Some(&self.entries[slot as usize])
             }
             IpAddr::V6(address) => self.v6_longest_match(address),
         }
     }
 
-    /// Routes for many addresses, in order (IPv4 ones with overlapped cache misses).
-    fn longest_matches(&self, addresses: &[IpAddr]) -> Vec<Option<Route>> {
+    /// `answer` of each address and its longest match, in order (IPv4 ones found with
+    /// overlapped cache misses).
+    fn longest_matches<T>(&self, addresses: &[IpAddr], answer: impl Fn(IpAddr, Option<&Entry>) -> T) -> Vec<T> {
         let v4: Vec<u32> = addresses
             .iter()
             .filter_map(|address| match address {
@@ -142,25 +181,24 @@ impl Table {
         let mut v4_slots = self.v4.longest_matches(&v4).into_iter();
         addresses
             .iter()
-            .map(|address| match address {
-                IpAddr::V4(_) => {
-                    let slot = v4_slots.next().flatten()?;
-                    Some(self.entries[slot as usize].route)
-                }
-                IpAddr::V6(address) => self.v6_longest_match(*address),
+            .map(|&address| {
+                let entry = match address {
+                    IpAddr::V4(_) => v4_slots.next().flatten().map(|slot| &self.entries[slot as usize]),
+                    IpAddr::V6(address) => self.v6_longest_match(address),
+                };
+                answer(address, entry)
             })
             .collect()
     }
 
-    fn v6_longest_match(&self, address: Ipv6Addr) -> Option<Route> {
-        self.v6.longest_match(address.to_bits()).map(|entry| entry.route)
+    fn v6_longest_match(&self, address: Ipv6Addr) -> Option<&Entry> {
+        self.v6.longest_match(address.to_bits())
     }
 }
 
 #[derive(Default)]
 pub struct RoutingTable {
-    all: Table,
-    active: Table,
+    table: Table,
 }
 
 impl RoutingTable {
@@ -180,17 +218,11 @@ impl RoutingTable {
         match change {
             Change::PrefixCreated(prefix) => self.add_prefix(prefix),
             Change::PrefixUpdated(_) => {}
-            Change::PrefixDeleted(prefix) => {
-                self.all.remove(prefix.cidr);
-                self.active.remove(prefix.cidr);
-            }
+            Change::PrefixDeleted(prefix) => self.table.remove(prefix.cidr),
             Change::BindingCreated { binding, .. } | Change::BindingProvisioningStateChanged(binding) => {
                 self.put_binding(binding)
             }
-            Change::BindingDeleted(binding) => {
-                self.all.clear_binding(binding.cidr);
-                self.active.clear_binding(binding.cidr);
-            }
+            Change::BindingDeleted(binding) => self.table.clear_binding(binding.cidr),
         }
     }
 
@@ -202,29 +234,63 @@ impl RoutingTable {
                 binding_id: None,
             },
             is_prefix: true,
+            active: false,
+            len: prefix.cidr.prefix_len(),
         };
-        self.all.insert(prefix.cidr, entry);
-        self.active.insert(prefix.cidr, entry);
+        self.table.insert(prefix.cidr, entry);
     }
 
     /// Adds a binding, or records its new state.
     pub fn put_binding(&mut self, binding: &Binding) {
-        self.all.set_binding(binding.cidr, binding.prefix_id, binding.id);
-        if binding.state == ProvisioningState::Active {
-            self.active.set_binding(binding.cidr, binding.prefix_id, binding.id);
-        }
+        let route = Route {
+            prefix_id: binding.prefix_id,
+            binding_id: Some(binding.id),
+        };
+        let active = binding.state == ProvisioningState::Active;
+        self.table.set_binding(binding.cidr, route, active);
     }
 
     /// [`lookup`](Self::lookup) for many addresses at once, in order: faster per address.
     pub fn lookup_many(&self, addresses: &[IpAddr], active_only: bool) -> Vec<Option<Route>> {
-        let table = if active_only { &self.active } else { &self.all };
-        table.longest_matches(addresses)
+        self.table.longest_matches(addresses, |address, entry| {
+            Some(self.route(address, entry?, active_only))
+        })
     }
 
     /// The route for `address`, or `None` when no prefix covers it.
+    #[inline]
     pub fn lookup(&self, address: IpAddr, active_only: bool) -> Option<Route> {
-        let table = if active_only { &self.active } else { &self.all };
-        table.longest_match(address)
+        let entry = self.table.longest_match(address)?;
+        Some(self.route(address, entry, active_only))
+    }
+
+    /// The route of `address`, whose longest match is `entry`.
+    #[inline]
+    fn route(&self, address: IpAddr, entry: &Entry, active_only: bool) -> Route {
+        if !active_only {
+            return entry.route;
+        }
+        entry
+            .active_route()
+            .unwrap_or_else(|| self.enclosing_active_route(address, entry))
+    }
+
+    /// The ACTIVE route of `address` from the entries enclosing `entry` (whose binding is not
+    /// ACTIVE): the nearest one with an ACTIVE binding, else the prefix with none. At most one
+    /// exact search per shorter length, down to the prefix's entry, which always decides.
+    #[cold]
+    fn enclosing_active_route(&self, address: IpAddr, entry: &Entry) -> Route {
+        (0..entry.len)
+            .rev()
+            .filter_map(|len| {
+                let cidr = IpNet::new(address, len).expect("shorter than a valid length").trunc();
+                self.table.entry(cidr)
+            })
+            .find_map(Entry::active_route)
+            .unwrap_or(Route {
+                prefix_id: entry.route.prefix_id,
+                binding_id: None,
+            })
     }
 }
 
@@ -297,6 +363,98 @@ mod tests {
         table.apply(&Change::PrefixDeleted(p));
         assert_eq!(route(&table, "192.0.2.9", false), None);
         assert_eq!(route(&table, "192.0.2.9", true), None);
+    }
+
+    /// The expected route by brute force: the prefix containing the address, then the
+    /// longest binding (ACTIVE, when asked) containing it.
+    fn brute_force(prefixes: &[Prefix], bindings: &[Binding], address: IpAddr, active_only: bool) -> Option<Route> {
+        let prefix = prefixes.iter().find(|p| p.cidr.contains(&address))?;
+        let binding = (bindings.iter())
+            .filter(|b| b.prefix_id == prefix.id && b.cidr.contains(&address))
+            .filter(|b| !active_only || b.state == ProvisioningState::Active)
+            .max_by_key(|b| b.cidr.prefix_len());
+        Some(Route {
+            prefix_id: prefix.id,
+            binding_id: binding.map(|b| b.id),
+        })
+    }
+
+    /// Random prefixes, nested bindings created, activated and deleted in any order, in both
+    /// families: every lookup (one at a time and in batches, all and ACTIVE-only) agrees with
+    /// a brute-force search.
+    #[test]
+    fn agrees_with_brute_force_through_nested_provisioning_bindings() {
+        let mut rng = fastrand::Rng::with_seed(19);
+        let mut table = RoutingTable::default();
+        let prefixes: Vec<Prefix> = (0..4)
+            .map(|i| prefix(&format!("10.{i}.0.0/16")))
+            .chain((0..4).map(|i| prefix(&format!("2001:db8:{i}::/48"))))
+            .collect();
+        for p in &prefixes {
+            table.apply(&Change::PrefixCreated(p.clone()));
+        }
+        let random_in = |rng: &mut fastrand::Rng, cidr: IpNet| -> IpAddr {
+            match cidr {
+                IpNet::V4(net) => IpAddr::V4((net.network().to_bits() | rng.u32(..) & net.hostmask().to_bits()).into()),
+                IpNet::V6(net) => {
+                    // Only the low 24 bits vary, so that nested bindings are often hit.
+                    let host = u128::from(rng.u32(..1 << 24)) & net.hostmask().to_bits();
+                    IpAddr::V6((net.network().to_bits() | host).into())
+                }
+            }
+        };
+        let mut bindings: Vec<Binding> = Vec::new();
+        for _ in 0..3_000 {
+            let p = &prefixes[rng.usize(..prefixes.len())];
+            match rng.u8(..4) {
+                0 | 1 => {
+                    let len = match p.cidr {
+                        IpNet::V4(_) => rng.u8(16..=32),
+                        IpNet::V6(_) => [48, 56, 64, 100, 112, 120, 128][rng.usize(..7)],
+                    };
+                    let cidr = IpNet::new(random_in(&mut rng, p.cidr), len).unwrap().trunc();
+                    if !bindings.iter().any(|b| b.cidr == cidr) {
+                        let state = [ProvisioningState::Active, ProvisioningState::Provisioning][rng.usize(..2)];
+                        let b = binding(p, &cidr.to_string(), state);
+                        table.apply(&Change::BindingCreated {
+                            binding: b.clone(),
+                            request_id: None,
+                        });
+                        bindings.push(b);
+                    }
+                }
+                2 if !bindings.is_empty() => {
+                    let index = rng.usize(..bindings.len());
+                    let b = &mut bindings[index];
+                    b.state = ProvisioningState::Active;
+                    table.apply(&Change::BindingProvisioningStateChanged(b.clone()));
+                }
+                _ if !bindings.is_empty() => {
+                    let b = bindings.swap_remove(rng.usize(..bindings.len()));
+                    table.apply(&Change::BindingDeleted(b));
+                }
+                _ => {}
+            }
+            let addresses: Vec<IpAddr> = (0..8)
+                .map(|_| {
+                    let around = match bindings.is_empty() || rng.bool() {
+                        true => prefixes[rng.usize(..prefixes.len())].cidr,
+                        false => bindings[rng.usize(..bindings.len())].cidr,
+                    };
+                    random_in(&mut rng, around)
+                })
+                .chain(["10.9.0.1".parse().unwrap()])
+                .collect();
+            for active_only in [false, true] {
+                let expected: Vec<_> = (addresses.iter())
+                    .map(|a| brute_force(&prefixes, &bindings, *a, active_only))
+                    .collect();
+                let one_by_one: Vec<_> = addresses.iter().map(|a| table.lookup(*a, active_only)).collect();
+                assert_eq!(one_by_one, expected, "active_only {active_only}");
+                assert_eq!(table.lookup_many(&addresses, active_only), expected);
+            }
+        }
+        assert!(bindings.iter().any(|b| b.state == ProvisioningState::Provisioning));
     }
 
     #[test]
