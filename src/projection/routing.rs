@@ -19,11 +19,25 @@ use super::lpm::{HUGE_PAGES_FROM, Lpm, advise_huge_pages};
 use crate::domain::{Binding, BindingId, Change, Prefix, PrefixId, ProvisioningState, State};
 
 /// What a lookup found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Route {
     pub prefix_id: PrefixId,
     /// The most specific (ACTIVE, when asked) binding containing the address, if any.
     pub binding_id: Option<BindingId>,
+    /// That binding is ACTIVE (`false` when there is none). A binding changes once in its
+    /// life, when it turns ACTIVE, so with the ids this tells which version of it was found.
+    pub binding_active: bool,
+}
+
+impl Route {
+    /// A prefix's route with no binding.
+    fn prefix_only(prefix_id: PrefixId) -> Route {
+        Route {
+            prefix_id,
+            binding_id: None,
+            binding_active: false,
+        }
+    }
 }
 
 /// What one CIDR stands for in the table.
@@ -33,8 +47,6 @@ struct Entry {
     route: Route,
     /// The CIDR is a prefix's (its binding, if any, is the prefix-wide one).
     is_prefix: bool,
-    /// The binding at this CIDR is ACTIVE.
-    active: bool,
     /// The CIDR's prefix length: where the search for an enclosing ACTIVE binding starts.
     len: u8,
 }
@@ -43,13 +55,10 @@ impl Entry {
     /// The route of the ACTIVE bindings for an address whose most specific CIDR is this one,
     /// or `None` when an enclosing entry decides it (this one's binding is not ACTIVE).
     fn active_route(&self) -> Option<Route> {
-        if self.active || self.route.binding_id.is_none() {
+        if self.route.binding_active || self.route.binding_id.is_none() {
             return Some(self.route);
         }
-        self.is_prefix.then_some(Route {
-            prefix_id: self.route.prefix_id,
-            binding_id: None,
-        })
+        self.is_prefix.then(|| Route::prefix_only(self.route.prefix_id))
     }
 }
 
@@ -128,18 +137,14 @@ impl Table {
         }
     }
 
-    fn set_binding(&mut self, cidr: IpNet, route: Route, active: bool) {
+    fn set_binding(&mut self, cidr: IpNet, route: Route) {
         match self.entry_mut(cidr) {
-            Some(entry) => {
-                entry.route.binding_id = route.binding_id;
-                entry.active = active;
-            }
+            Some(entry) => entry.route = route,
             None => self.insert_new(
                 cidr,
                 Entry {
                     route,
                     is_prefix: false,
-                    active,
                     len: cidr.prefix_len(),
                 },
             ),
@@ -148,10 +153,7 @@ impl Table {
 
     fn clear_binding(&mut self, cidr: IpNet) {
         match self.entry_mut(cidr) {
-            Some(entry) if entry.is_prefix => {
-                entry.route.binding_id = None;
-                entry.active = false;
-            }
+            Some(entry) if entry.is_prefix => entry.route = Route::prefix_only(entry.route.prefix_id),
             Some(_) => self.remove(cidr),
             None => {}
         }
@@ -229,12 +231,8 @@ impl RoutingTable {
     /// Adds a prefix (covering no binding yet).
     pub fn add_prefix(&mut self, prefix: &Prefix) {
         let entry = Entry {
-            route: Route {
-                prefix_id: prefix.id,
-                binding_id: None,
-            },
+            route: Route::prefix_only(prefix.id),
             is_prefix: true,
-            active: false,
             len: prefix.cidr.prefix_len(),
         };
         self.table.insert(prefix.cidr, entry);
@@ -245,9 +243,9 @@ impl RoutingTable {
         let route = Route {
             prefix_id: binding.prefix_id,
             binding_id: Some(binding.id),
+            binding_active: binding.state == ProvisioningState::Active,
         };
-        let active = binding.state == ProvisioningState::Active;
-        self.table.set_binding(binding.cidr, route, active);
+        self.table.set_binding(binding.cidr, route);
     }
 
     /// [`lookup`](Self::lookup) for many addresses at once, in order: faster per address.
@@ -287,10 +285,7 @@ impl RoutingTable {
                 self.table.entry(cidr)
             })
             .find_map(Entry::active_route)
-            .unwrap_or(Route {
-                prefix_id: entry.route.prefix_id,
-                binding_id: None,
-            })
+            .unwrap_or(Route::prefix_only(entry.route.prefix_id))
     }
 }
 
@@ -352,13 +347,7 @@ mod tests {
         let addresses = ["192.0.2.9", "2001:db8::1", "192.0.2.200", "10.0.0.1"].map(|a| a.parse().unwrap());
         let one_by_one: Vec<_> = addresses.iter().map(|a| table.lookup(*a, false)).collect();
         assert_eq!(table.lookup_many(&addresses, false), one_by_one);
-        assert_eq!(
-            one_by_one[2],
-            Some(Route {
-                prefix_id: p.id,
-                binding_id: None
-            })
-        );
+        assert_eq!(one_by_one[2], Some(Route::prefix_only(p.id)));
 
         table.apply(&Change::PrefixDeleted(p));
         assert_eq!(route(&table, "192.0.2.9", false), None);
@@ -376,6 +365,7 @@ mod tests {
         Some(Route {
             prefix_id: prefix.id,
             binding_id: binding.map(|b| b.id),
+            binding_active: binding.is_some_and(|b| b.state == ProvisioningState::Active),
         })
     }
 
