@@ -519,11 +519,27 @@ impl Drop for ServerProcess {
     }
 }
 
-/// A port nothing listens on (just released).
+/// A port nothing listens on, for a process the test starts later (nats-server, the binary).
+///
+/// Taken below Linux's ephemeral range (32768 and up), so no test binding port 0 in the
+/// meantime can be handed the same port, and from a per-process cursor, so two calls never
+/// return the same one. A port that some other program holds is skipped.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static CURSOR: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = CURSOR.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + CURSOR.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
