@@ -452,7 +452,7 @@ impl<K: Key> Lpm<K> {
 
 /// Asks the CPU to start loading `value`'s cache line.
 #[inline]
-fn prefetch<T>(value: &T) {
+pub fn prefetch<T>(value: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint; it never faults and reads nothing into the program.
     unsafe {
