@@ -128,7 +128,7 @@ pub fn answer(
             View::Full => response.push(text, found.map(|(encoded, _)| encoded)),
             View::Compact => {
                 let index = found.and_then(|(encoded, binding_id)| {
-                    let body = encoded.binding.as_deref()?;
+                    let body = encoded.binding()?;
                     Some(*listed.entry(binding_id?).or_insert_with(|| response.push_binding(body)))
                 });
                 response.push_compact(found.map(|(encoded, _)| encoded), index);

@@ -35,17 +35,17 @@ pub struct LookupAddressResponse {
 impl LookupAddressResponse {
     /// The answer for `address` resolving to `route`, written from the route's encoded fields.
     pub fn encoded(address: &str, route: &EncodedRoute) -> LookupAddressResponse {
-        let binding = route.binding.as_deref();
+        let binding = route.binding();
         let binding_field = binding.map_or(0, |body| 1 + encoded_len_varint(body.len() as u64) + body.len());
         let mut encoded = Vec::with_capacity(
-            1 + encoded_len_varint(address.len() as u64) + address.len() + route.owner.len() + binding_field,
+            1 + encoded_len_varint(address.len() as u64) + address.len() + route.owner().len() + binding_field,
         );
         if !address.is_empty() {
             encode_key(ADDRESS, WireType::LengthDelimited, &mut encoded);
             encode_varint(address.len() as u64, &mut encoded);
             encoded.extend_from_slice(address.as_bytes());
         }
-        encoded.extend_from_slice(&route.owner);
+        encoded.extend_from_slice(route.owner());
         if let Some(body) = binding {
             encode_key(BINDING, WireType::LengthDelimited, &mut encoded);
             encode_varint(body.len() as u64, &mut encoded);

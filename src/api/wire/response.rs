@@ -34,14 +34,20 @@ pub struct LookupAddressesResponse {
 }
 
 /// A result's fields shared by every address resolving to the same prefix and binding, encoded
-/// once: `head` is `found`, `prefix_id` and `account_id`; `binding` the `ServiceBinding`
-/// message's body (empty when there is none); `owner` is `prefix_id` and `account_id` as the
-/// unary [`LookupAddressResponse`](super::LookupAddressResponse) numbers them.
+/// once: [`head`](EncodedRoute::head) is `found`, `prefix_id` and `account_id`;
+/// [`binding`](EncodedRoute::binding) the `ServiceBinding` message's body (`None` when there is
+/// none); [`owner`](EncodedRoute::owner) is `prefix_id` and `account_id` as the unary
+/// [`LookupAddressResponse`](super::LookupAddressResponse) numbers them. The three lie one
+/// after the other in one allocation, so a cache entry is small and a batch's copy of a route
+/// reads neighbouring lines.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EncodedRoute {
-    pub head: Vec<u8>,
-    pub binding: Option<Vec<u8>>,
-    pub owner: Vec<u8>,
+    bytes: Box<[u8]>,
+    /// Where the binding's body starts (the head ends).
+    binding_start: u32,
+    /// Where the owner fields start (the binding's body ends).
+    owner_start: u32,
+    has_binding: bool,
 }
 
 impl EncodedRoute {
@@ -52,19 +58,44 @@ impl EncodedRoute {
             binding: None,
             ..result.clone()
         };
-        EncodedRoute {
-            head: head.encode_to_vec(),
-            binding: result.binding.as_ref().map(Message::encode_to_vec),
-            owner: super::LookupAddressResponse::owner_fields(&result.prefix_id, &result.account_id),
+        let owner = super::LookupAddressResponse::owner_fields(&result.prefix_id, &result.account_id);
+        let binding_len = result.binding.as_ref().map_or(0, Message::encoded_len);
+        let mut bytes = Vec::with_capacity(head.encoded_len() + binding_len + owner.len());
+        head.encode_raw(&mut bytes);
+        let binding_start = bytes.len();
+        if let Some(binding) = &result.binding {
+            binding.encode_raw(&mut bytes);
         }
+        let owner_start = bytes.len();
+        bytes.extend_from_slice(&owner);
+        let offset = |at: usize| u32::try_from(at).expect("an encoded route is far below 4 GiB");
+        EncodedRoute {
+            bytes: bytes.into_boxed_slice(),
+            binding_start: offset(binding_start),
+            owner_start: offset(owner_start),
+            has_binding: result.binding.is_some(),
+        }
+    }
+
+    /// `found`, `prefix_id` and `account_id`, as a batch result numbers them.
+    pub fn head(&self) -> &[u8] {
+        &self.bytes[..self.binding_start as usize]
+    }
+
+    /// The `ServiceBinding` message's body, `None` when no binding covers the address.
+    pub fn binding(&self) -> Option<&[u8]> {
+        self.has_binding
+            .then(|| &self.bytes[self.binding_start as usize..self.owner_start as usize])
+    }
+
+    /// `prefix_id` and `account_id` as the unary answer numbers them.
+    pub fn owner(&self) -> &[u8] {
+        &self.bytes[self.owner_start as usize..]
     }
 
     /// Asks the CPU to start loading what a batch answer copies: the head and the binding.
     pub fn prefetch(&self) {
-        prefetch_bytes(&self.head);
-        if let Some(binding) = &self.binding {
-            prefetch_bytes(binding);
-        }
+        prefetch_bytes(&self.bytes[..self.owner_start as usize]);
     }
 }
 
@@ -90,7 +121,7 @@ impl LookupAddressesResponse {
     pub fn push(&mut self, address: &str, route: Option<&EncodedRoute>) {
         let address_field = 1 + encoded_len_varint(address.len() as u64) + address.len();
         let (head, binding) = match route {
-            Some(route) => (route.head.as_slice(), route.binding.as_deref()),
+            Some(route) => (route.head(), route.binding()),
             None => (&[][..], None),
         };
         let binding_field = binding.map_or(0, |body| 1 + encoded_len_varint(body.len() as u64) + body.len());
@@ -111,7 +142,7 @@ impl LookupAddressesResponse {
     /// COMPACT: appends a result without its address; `binding_index` points into `bindings`
     /// (see [`LookupAddressesResponse::push_binding`]).
     pub fn push_compact(&mut self, route: Option<&EncodedRoute>, binding_index: Option<u32>) {
-        let head = route.map_or(&[][..], |route| route.head.as_slice());
+        let head = route.map_or(&[][..], EncodedRoute::head);
         let index_field = binding_index.map_or(0, |index| 1 + encoded_len_varint(u64::from(index)));
         encode_key(RESULTS, WireType::LengthDelimited, &mut self.entries);
         encode_varint((head.len() + index_field) as u64, &mut self.entries);
@@ -280,7 +311,7 @@ mod tests {
         let covered = covered();
         let route = EncodedRoute::new(&covered);
         let mut response = LookupAddressesResponse::default();
-        let index = response.push_binding(route.binding.as_deref().unwrap());
+        let index = response.push_binding(route.binding().unwrap());
         response.push_compact(Some(&route), Some(index));
         response.push_compact(None, None);
         let expected = Decoded {
