@@ -57,16 +57,17 @@ for _ in range(1000):
         address = str(ipaddress.IPv6Address(prefix | (next_random() & 0xffff)))
     else:
         prefix = v4_prefix(next_random() % n_v4)
-        address = str(ipaddress.IPv4Address(prefix | (next_random() & 0xffffffff & 0xff)))
+        address = str(ipaddress.IPv4Address(prefix | (next_random() & 0xff)))
     encoded = address.encode()
     body += b"\x0a" + bytes([len(encoded)]) + encoded   # addresses = 1
 body += b"\x18" + bytes([view])                         # view = 3
 open(path, "wb").write(b"\x00" + struct.pack(">I", len(body)) + body)
 PY
+# Calls/s; with H2LOAD_VERBOSE set, h2load's whole report goes to stderr too.
 h2load_run() {
-    [ -n "${H2LOAD_VERBOSE:-}" ] && h2load -c 2 -m 2 -t 1 -D 2 -d "$dir/batch.bin" -H "content-type: application/grpc" -H "te: trailers" "http://127.0.0.1:$port/addressing.v1.Routing/LookupAddresses" >&2
     h2load -c 2 -m 2 -t 1 -D "$seconds" -d "$dir/batch.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
         "http://127.0.0.1:$port/addressing.v1.Routing/LookupAddresses" 2>/dev/null |
+        if [ -n "${H2LOAD_VERBOSE:-}" ]; then tee /dev/stderr; else cat; fi |
         sed -n 's/.*finished in .*, \([0-9.]*\) req\/s.*/\1/p'
 }
 ipamctl_run() {

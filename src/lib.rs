@@ -15,7 +15,8 @@
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`telemetry`]: OpenTelemetry traces over OTLP (off unless `--otlp-endpoint`).
 //! - [`config`]: flags and environment.
-//! - [`pb`]: generated protobuf code; [`hex`]: the hex encoding of tokens and exports.
+//! - [`pb`]: generated protobuf code; [`hex`]: the hex encoding of tokens and exports;
+//!   [`prefetch`]: cache-line prefetch hints for the lookup paths.
 
 pub mod api;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod log;
 pub mod metrics;
 pub mod operations;
 pub mod pb;
+pub mod prefetch;
 pub mod projection;
 pub mod replica;
 pub mod rest;

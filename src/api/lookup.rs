@@ -70,8 +70,7 @@ pub fn answer_one(
 /// answers to it): `None` when no prefix covers it.
 pub fn resolve(model: &ReadModel, text: &str, address: IpAddr, active_only: bool) -> Option<api::LookupAddressResult> {
     let route = model.routes.lookup(address, active_only)?;
-    let binding = route.binding_id.and_then(|id| model.state.binding_by_id(id));
-    Some(result(model, route, binding, text.to_string()))
+    Some(result(model, route, binding_of(model, &route), text.to_string()))
 }
 
 fn result(model: &ReadModel, route: Route, binding: Option<&Binding>, address: String) -> api::LookupAddressResult {
@@ -111,17 +110,16 @@ pub fn answer(
     let hits: Vec<Option<&EncodedRoute>> = routes
         .iter()
         .map(|route| {
-            let (_, encoded) = cached.get(route.as_ref()?)?;
+            let route = route.as_ref()?;
+            let (version, encoded) = cached.get(route)?;
+            debug_check_hit(model, route, version);
             encoded.prefetch();
             Some(encoded)
         })
         .collect();
     for ((text, route), hit) in texts.iter().zip(routes).zip(hits) {
         let found = route.map(|route| {
-            let encoded = match hit {
-                Some(encoded) => encoded,
-                None => encode(model, route, cached, fresh),
-            };
+            let encoded = hit.unwrap_or_else(|| encode_fresh(model, route, fresh));
             (encoded, route.binding_id)
         });
         match view {
@@ -141,22 +139,38 @@ pub fn answer(
 /// `route` encoded: from `cached` while its binding is unchanged, else from `fresh` (one batch
 /// reads one state, so what it encoded stays current), else encoded now and kept in `fresh`.
 fn encode<'a>(model: &ReadModel, route: Route, cached: &'a RouteCache, fresh: &'a mut RouteCache) -> &'a EncodedRoute {
-    let version_of = |binding: Option<&Binding>| binding.map(|binding| (binding.modified_at, binding.state));
-    let binding = || route.binding_id.and_then(|id| model.state.binding_by_id(id));
     if let Some((version, encoded)) = cached.get(&route) {
-        debug_assert_eq!(
-            *version,
-            version_of(binding()),
-            "{route:?} changed without turning ACTIVE"
-        );
+        debug_check_hit(model, &route, version);
         return encoded;
     }
+    encode_fresh(model, route, fresh)
+}
+
+/// `route` encoded from `fresh`, or encoded now and kept there (not in the cache yet).
+fn encode_fresh<'a>(model: &ReadModel, route: Route, fresh: &'a mut RouteCache) -> &'a EncodedRoute {
     let (_, encoded) = fresh.entry(route).or_insert_with(|| {
-        let binding = binding();
+        let binding = binding_of(model, &route);
         (
             version_of(binding),
             EncodedRoute::new(&result(model, route, binding, String::new())),
         )
     });
     encoded
+}
+
+fn binding_of<'a>(model: &'a ReadModel, route: &Route) -> Option<&'a Binding> {
+    route.binding_id.and_then(|id| model.state.binding_by_id(id))
+}
+
+fn version_of(binding: Option<&Binding>) -> Version {
+    binding.map(|binding| (binding.modified_at, binding.state))
+}
+
+/// Debug builds: a cached route's `version` is still its binding's (see [`RouteCache`]).
+fn debug_check_hit(model: &ReadModel, route: &Route, version: &Version) {
+    debug_assert_eq!(
+        *version,
+        version_of(binding_of(model, route)),
+        "{route:?} changed without turning ACTIVE"
+    );
 }

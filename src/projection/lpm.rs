@@ -37,6 +37,8 @@ use std::collections::BTreeMap;
 mod node;
 use node::{Local, NONE, Node, STRIDE};
 
+use crate::prefetch::prefetch;
+
 /// A fixed-width key, most significant bit first.
 pub trait Key: Copy + Ord {
     const BITS: u32;
@@ -448,18 +450,6 @@ impl<K: Key> Lpm<K> {
             }
         }
     }
-}
-
-/// Asks the CPU to start loading `value`'s cache line.
-#[inline]
-pub fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults and reads nothing into the program.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((value as *const T).cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
 }
 
 /// From this many prefixes on, a table asks for huge pages (below it, a 2 MiB page per touched

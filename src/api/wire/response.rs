@@ -95,16 +95,7 @@ impl EncodedRoute {
 
     /// Asks the CPU to start loading what a batch answer copies: the head and the binding.
     pub fn prefetch(&self) {
-        prefetch_bytes(&self.bytes[..self.owner_start as usize]);
-    }
-}
-
-/// Prefetches every cache line `bytes` touches (64-byte lines; the last byte's too, as the
-/// bytes need not start on a line).
-fn prefetch_bytes(bytes: &[u8]) {
-    let offsets = (0..bytes.len()).step_by(64).chain(bytes.len().checked_sub(1));
-    for offset in offsets {
-        crate::projection::lpm::prefetch(&bytes[offset]);
+        crate::prefetch::prefetch_bytes(&self.bytes[..self.owner_start as usize]);
     }
 }
 
