@@ -97,10 +97,8 @@ fn batches(c: &mut Criterion) {
     let model = model();
     let mut rng = fastrand::Rng::with_seed(7);
     let texts = batch(&mut rng);
-    let addresses: Vec<IpAddr> = (texts.iter().enumerate())
-        .map(|(index, text)| fields::address_at("addresses", index, text).unwrap())
-        .collect();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let addresses: Vec<IpAddr> = fields::addresses("addresses", &texts).unwrap();
     let mut cache = RouteCache::default();
     lookup::answer(
         &model,
@@ -119,11 +117,7 @@ fn batches(c: &mut Criterion) {
         b.iter(|| api::LookupAddressesRequest::decode(black_box(request.as_slice())).unwrap())
     });
     group.bench_function("parse-addresses", |b| {
-        b.iter(|| {
-            (black_box(&texts).iter().enumerate())
-                .map(|(index, text)| fields::address_at("addresses", index, text))
-                .collect::<Result<Vec<_>, _>>()
-        })
+        b.iter(|| fields::addresses("addresses", black_box(&texts)))
     });
     for (name, view) in [("answer-full", View::Full), ("answer-compact", View::Compact)] {
         group.bench_function(name, |b| {

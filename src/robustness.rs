@@ -161,6 +161,9 @@ pub fn request_fields(data: &[u8]) {
     for (field, check) in checks {
         check(field, &text);
     }
+    // The fast path for dotted quads reads addresses exactly as the standard parser does.
+    let standard = text.parse::<std::net::IpAddr>().map(|address| address.to_canonical());
+    assert_eq!(fields::address("address", &text).ok(), standard.ok(), "{text:?}");
     if let Ok(cidr) = fields::cidr("cidr", &text) {
         // An accepted CIDR's canonical text (what replies show) is accepted as the same one.
         assert_eq!(fields::cidr("cidr", &cidr.to_string()).ok(), Some(cidr));
@@ -267,12 +270,7 @@ fn check_batch(model: &ReadModel, created: &Created, input: &mut Input) {
     let active_only = input.byte() & 1 == 1;
     let cidrs: Vec<IpNet> = created.prefixes.iter().map(|prefix| prefix.cidr).collect();
     let texts = batch_addresses(input, &cidrs);
-    let parsed: Result<Vec<IpAddr>, _> = texts
-        .iter()
-        .enumerate()
-        .map(|(index, text)| fields::address_at("addresses", index, text))
-        .collect();
-    let Ok(addresses) = parsed else {
+    let Ok(addresses) = fields::addresses("addresses", &texts.iter().map(String::as_str).collect::<Vec<_>>()) else {
         return;
     };
     let mut cache = RouteCache::default();

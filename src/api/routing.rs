@@ -94,10 +94,7 @@ impl Routing for RoutingService {
                 ));
             }
             let texts: Vec<&str> = request.addresses().collect();
-            let addresses = (texts.iter())
-                .enumerate()
-                .map(|(index, text)| fields::address_at("addresses", index, text))
-                .collect::<Result<Vec<_>, _>>()?;
+            let addresses = fields::addresses("addresses", &texts)?;
             let view = View::from_request(request.view)?;
             let model = self.app.engine()?.projections().read();
             let cached = self.routes.read().unwrap_or_else(|poisoned| poisoned.into_inner());

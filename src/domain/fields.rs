@@ -147,14 +147,23 @@ pub fn address(field: &str, text: &str) -> Result<IpAddr, Error> {
     parse_address(text).ok_or_else(|| not_an_address(field, text))
 }
 
-/// [`address`] for entry `index` of a repeated field, named `field[index]` in an error (and
-/// only then: a batch parses thousands).
-pub fn address_at(field: &str, index: usize, text: &str) -> Result<IpAddr, Error> {
-    parse_address(text).ok_or_else(|| not_an_address(&format!("{field}[{index}]"), text))
+/// [`address`] for each entry of a repeated field, in order; the first that is not an address
+/// is refused as `field[index]`. One tight loop: a batch parses thousands, and collecting a
+/// `Result` per entry moved each through memory (most of the parse time in a profile).
+pub fn addresses(field: &str, texts: &[&str]) -> Result<Vec<IpAddr>, Error> {
+    let mut addresses = Vec::with_capacity(texts.len());
+    for text in texts {
+        match parse_address(text) {
+            Some(address) => addresses.push(address),
+            None => return Err(not_an_address(&format!("{field}[{}]", addresses.len()), text)),
+        }
+    }
+    Ok(addresses)
 }
 
+#[inline]
 fn parse_address(text: &str) -> Option<IpAddr> {
-    text.parse::<IpAddr>().ok().map(|address| address.to_canonical())
+    super::address::parse(text)
 }
 
 fn not_an_address(field: &str, text: &str) -> Error {
@@ -199,6 +208,13 @@ mod tests {
     #[test]
     fn addresses_in_every_form() {
         assert_eq!(address("address", "192.0.2.1").unwrap().to_string(), "192.0.2.1");
+        let batch = addresses("addresses", &["192.0.2.1", "2001:db8::1"]).unwrap();
+        assert_eq!(
+            batch,
+            [address("a", "192.0.2.1").unwrap(), address("a", "2001:db8::1").unwrap()]
+        );
+        let refused = addresses("addresses", &["192.0.2.1", "192.0.2.256"]).unwrap_err();
+        assert_eq!(refused.violations[0].field, "addresses[1]");
         assert_eq!(address("address", "::ffff:192.0.2.1").unwrap().to_string(), "192.0.2.1");
         assert_eq!(address("address", "2001:DB8:0::1").unwrap().to_string(), "2001:db8::1");
         assert_eq!(

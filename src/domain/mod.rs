@@ -3,6 +3,7 @@
 //! edge ([`crate::api`]) turns requests into commands and errors into statuses.
 
 pub mod actor;
+mod address;
 pub mod command;
 pub mod error;
 pub mod event;
