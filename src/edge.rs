@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -30,9 +30,12 @@ use tokio::sync::watch;
 use crate::domain::{Error, Reason};
 use crate::engine::Applied;
 
-pub const REQUEST_ID: &str = "x-request-id";
-pub const REVISION: &str = "x-ipam-revision";
-pub const MIN_REVISION: &str = "x-ipam-min-revision";
+// Header names as `HeaderName`s: a `&str` is parsed and validated at every use.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static REVISION: HeaderName = HeaderName::from_static("x-ipam-revision");
+pub static MIN_REVISION: HeaderName = HeaderName::from_static("x-ipam-min-revision");
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The revision the server has applied, once its engine is loaded (none before: a call that
 /// asks for a revision is NOT_READY then).
@@ -80,8 +83,8 @@ mod tests {
     }
 
     fn status_of(response: &Response<String>) -> (&str, Option<&str>) {
-        let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
-        (header("grpc-status").unwrap_or("0"), header(REQUEST_ID))
+        let header = |name: &HeaderName| response.headers().get(name).and_then(|v| v.to_str().ok());
+        (header(&GRPC_STATUS).unwrap_or("0"), header(&REQUEST_ID))
     }
 
     #[tokio::test]
@@ -96,7 +99,7 @@ mod tests {
             .insert("grpc-timeout", HeaderValue::from_static("20m"));
         request
             .headers_mut()
-            .insert(REQUEST_ID, HeaderValue::from_static("r-1"));
+            .insert(&REQUEST_ID, HeaderValue::from_static("r-1"));
         let response = edge.call(request).await.unwrap();
         assert_eq!(status_of(&response), ("4", Some("r-1")));
         // The server's own --request-timeout applies without a grpc-timeout too.
@@ -175,7 +178,7 @@ pub struct EdgeService<S> {
 
 /// `x-ipam-min-revision`: absent, a revision, or unusable.
 fn min_revision(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
-    match headers.get(MIN_REVISION) {
+    match headers.get(&MIN_REVISION) {
         None => Ok(None),
         Some(value) => value
             .to_str()
@@ -193,7 +196,7 @@ fn wait_patience(deadline: Duration) -> Duration {
 
 /// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let text = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;
@@ -212,7 +215,7 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 
 fn error_response<B: Default>(reason: Reason, message: &str, request_id: HeaderValue) -> Response<B> {
     let mut response = tonic::Status::from(Error::new(reason, message)).into_http::<B>();
-    response.headers_mut().insert(REQUEST_ID, request_id);
+    response.headers_mut().insert(&REQUEST_ID, request_id);
     response
 }
 
@@ -245,7 +248,7 @@ pub(crate) fn is_traceparent(value: &str) -> bool {
 /// convention (and our callers') is RESOURCE_EXHAUSTED.
 fn remap_oversized<B>(response: &mut Response<B>) {
     let headers = response.headers_mut();
-    let oversized = headers.get("grpc-status").is_some_and(|status| status == "11")
+    let oversized = headers.get(&GRPC_STATUS).is_some_and(|status| status == "11")
         && headers
             .get("grpc-message")
             .and_then(|m| m.to_str().ok())
@@ -253,7 +256,7 @@ fn remap_oversized<B>(response: &mut Response<B>) {
                 message.contains("message length too large") || message.contains("message%20length%20too%20large")
             });
     if oversized {
-        headers.insert("grpc-status", HeaderValue::from_static("8"));
+        headers.insert(&GRPC_STATUS, HeaderValue::from_static("8"));
     }
 }
 
@@ -272,11 +275,11 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let request_id = match request.headers().get(REQUEST_ID) {
+        let request_id = match request.headers().get(&REQUEST_ID) {
             Some(value) if usable_request_id(value) => value.clone(),
             _ => fresh_request_id(),
         };
-        request.headers_mut().insert(REQUEST_ID, request_id.clone());
+        request.headers_mut().insert(&REQUEST_ID, request_id.clone());
         let Ok(permit) = Arc::clone(&self.calls).try_acquire_owned() else {
             let response = error_response(
                 Reason::Overloaded,
@@ -325,9 +328,9 @@ where
             let mut response = response?;
             drop(permit);
             remap_oversized(&mut response);
-            response.headers_mut().insert(REQUEST_ID, request_id);
+            response.headers_mut().insert(&REQUEST_ID, request_id);
             if let Some(revision) = revisions.current() {
-                response.headers_mut().insert(REVISION, HeaderValue::from(revision));
+                response.headers_mut().insert(&REVISION, HeaderValue::from(revision));
             }
             Ok(response)
         })

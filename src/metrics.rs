@@ -4,7 +4,7 @@
 //! that describe state (log revision, projection sizes, rollout backlog) are read from the
 //! projections when scraped, so they cannot drift.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -50,10 +50,39 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
+/// The gRPC methods whose successful calls update series found once ([`Metrics::count_call`]).
+const METHODS: [&str; 17] = [
+    "LookupAddress",
+    "LookupAddresses",
+    "GetPrefix",
+    "ListPrefixes",
+    "GetServiceBinding",
+    "ListServiceBindings",
+    "ListServices",
+    "PreviewChange",
+    "ExportRoutes",
+    "WatchRoutes",
+    "WatchServiceBindings",
+    "CreatePrefix",
+    "UpdatePrefix",
+    "DeletePrefix",
+    "CreateServiceBinding",
+    "DeleteServiceBinding",
+    "CompleteProvisioning",
+];
+
+/// A method's series for successful calls: its OK counter and its latency histogram.
+struct MethodSeries {
+    ok: Counter,
+    seconds: Histogram,
+}
+
 pub struct Metrics {
     registry: Registry,
-    pub calls: Family<CallLabels, Counter>,
-    pub call_seconds: HistogramFamily,
+    calls: Family<CallLabels, Counter>,
+    call_seconds: HistogramFamily,
+    /// Per entry of [`METHODS`], found in the families on its first successful call.
+    method_series: [OnceLock<MethodSeries>; METHODS.len()],
     pub calls_in_flight: Gauge,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_request_seconds: RouteHistogramFamily,
@@ -232,6 +261,7 @@ impl Metrics {
             registry,
             calls,
             call_seconds,
+            method_series: Default::default(),
             calls_in_flight,
             http_requests,
             http_request_seconds,
@@ -249,6 +279,26 @@ impl Metrics {
             rollout_oldest_seconds,
             projections: Mutex::new(None),
         }
+    }
+
+    /// Counts a gRPC call of `method` that ended with `code` (a status code's name) after
+    /// `seconds`. A successful call of a known method updates series found once: looking a
+    /// series up in a family hashes its labels (SipHash) under the family's lock, on every call.
+    pub fn count_call(&self, method: &'static str, code: &'static str, seconds: f64) {
+        let known = METHODS.iter().position(|known| *known == method);
+        if let (Some(index), "OK") = (known, code) {
+            let series = self.method_series[index].get_or_init(|| MethodSeries {
+                ok: self.calls.get_or_create(&CallLabels { method, code }).clone(),
+                seconds: self.call_seconds.get_or_create(&MethodLabels { method }).clone(),
+            });
+            series.ok.inc();
+            series.seconds.observe(seconds);
+            return;
+        }
+        self.calls.get_or_create(&CallLabels { method, code }).inc();
+        self.call_seconds
+            .get_or_create(&MethodLabels { method })
+            .observe(seconds);
     }
 
     pub fn set_projections(&self, projections: Projections) {
@@ -311,4 +361,42 @@ pub async fn serve(
             let _ = stop.wait_for(|stopping| *stopping).await;
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_counts_in_the_same_series_whichever_way_it_is_found() {
+        let metrics = Metrics::new();
+        metrics.count_call("LookupAddress", "OK", 0.001);
+        metrics.count_call("LookupAddress", "OK", 0.001);
+        metrics.count_call("LookupAddress", "NOT_FOUND", 0.001);
+        metrics.count_call("SomeFutureMethod", "OK", 0.001);
+        let text = metrics.render();
+        for line in [
+            r#"ipam_grpc_calls_total{method="LookupAddress",code="OK"} 2"#,
+            r#"ipam_grpc_calls_total{method="LookupAddress",code="NOT_FOUND"} 1"#,
+            r#"ipam_grpc_calls_total{method="SomeFutureMethod",code="OK"} 1"#,
+            r#"ipam_grpc_call_seconds_count{method="LookupAddress"} 3"#,
+            r#"ipam_grpc_call_seconds_count{method="SomeFutureMethod"} 1"#,
+        ] {
+            assert!(text.lines().any(|got| got == line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_method_of_the_api_has_its_series_found_once() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET).unwrap();
+        let methods = (set.file.iter().filter(|file| file.package() == "addressing.v1"))
+            .flat_map(|file| &file.service)
+            .flat_map(|service| &service.method);
+        let names: Vec<&str> = methods.map(|method| method.name()).collect();
+        assert_eq!(names.len(), METHODS.len(), "{names:?}");
+        for name in names {
+            assert!(METHODS.contains(&name), "{name} is not in METHODS");
+        }
+    }
 }

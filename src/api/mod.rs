@@ -24,10 +24,13 @@ use tonic::{Response, Status};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::edge::{REQUEST_ID, is_traceparent};
+use http::HeaderName;
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 use crate::telemetry;
 
 use crate::domain::{Error, ErrorKind};
-use crate::metrics::{CallLabels, MethodLabels, Metrics};
+use crate::metrics::Metrics;
 
 pub use crate::operations::AppContext;
 
@@ -41,16 +44,15 @@ pub async fn unary<T>(
     metadata: &MetadataMap,
     work: impl Future<Output = Result<T, Error>>,
 ) -> Result<Response<T>, Status> {
-    let header = |name: &str| {
-        metadata
-            .get(name)
+    let header = |name: &HeaderName| {
+        (metadata.as_ref().get(name))
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default()
     };
-    let traceparent = Some(header("traceparent"))
+    let traceparent = Some(header(&TRACEPARENT))
         .filter(|value| is_traceparent(value))
         .unwrap_or_default();
-    let request_id = header(REQUEST_ID);
+    let request_id = header(&REQUEST_ID);
     // A read's span is made only when something will use it: exported traces, or debug logs
     // (where a successful read has its call line). Otherwise a read that succeeds logs
     // nothing, and one that fails makes the same span just for its line below. Making it for
@@ -84,17 +86,7 @@ pub async fn unary<T>(
             span.record("otel.status_code", "ERROR");
             span.record("error.reason", error.reason.name());
         }
-        metrics
-            .calls
-            .get_or_create(&CallLabels {
-                method,
-                code: status::code_name(code),
-            })
-            .inc();
-        metrics
-            .call_seconds
-            .get_or_create(&MethodLabels { method })
-            .observe(started.elapsed().as_secs_f64());
+        metrics.count_call(method, status::code_name(code), started.elapsed().as_secs_f64());
         result
     }
     .instrument(span)

@@ -37,7 +37,7 @@ pub use reload::watch_policy_file;
 /// The header a v4 or gRPC caller's token comes in.
 pub const AUTHORIZATION: &str = "authorization";
 /// Envoy's header naming the client certificates of the hops a call came through.
-pub const XFCC: &str = "x-forwarded-client-cert";
+pub static XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
 
 /// A permission a call needs.
 #[derive(Clone, Copy, Debug)]
@@ -66,13 +66,13 @@ impl<'a> Presented<'a> {
         peer_certificate: Option<&'a [u8]>,
         peer: Option<SocketAddr>,
     ) -> Presented<'a> {
-        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        let header = |name: &http::HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
         Presented {
-            authorization: header(AUTHORIZATION),
-            xfcc: header(XFCC),
+            authorization: header(&http::header::AUTHORIZATION),
+            xfcc: header(&XFCC),
             peer_certificate,
             peer,
-            call_id: headers.get(crate::edge::REQUEST_ID),
+            call_id: headers.get(&crate::edge::REQUEST_ID),
         }
     }
 }

@@ -33,11 +33,11 @@ pub struct RestEdge {
 
 pub async fn edge(State(edge): State<RestEdge>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let request_id = match request.headers().get(REQUEST_ID) {
+    let request_id = match request.headers().get(&REQUEST_ID) {
         Some(value) if usable_request_id(value) => value.clone(),
         _ => fresh_request_id(),
     };
-    request.headers_mut().insert(REQUEST_ID, request_id.clone());
+    request.headers_mut().insert(&REQUEST_ID, request_id.clone());
     let method = request.method().clone();
     let route = route_template(request.uri().path());
     let traceparent = (request.headers().get("traceparent"))
@@ -84,7 +84,7 @@ pub async fn edge(State(edge): State<RestEdge>, mut request: Request, next: Next
                 })
             }
         };
-        response.headers_mut().insert(REQUEST_ID, request_id);
+        response.headers_mut().insert(&REQUEST_ID, request_id);
         let status = response.status();
         let span = tracing::Span::current();
         span.record("http.response.status_code", status.as_u16());
