@@ -15,8 +15,12 @@ use crate::projection::routing::Route;
 
 /// Room reserved per result: an address, ids and a binding.
 const TYPICAL_ENTRY_BYTES: usize = 256;
-/// Encoded routes kept for reuse; past this many (deleted bindings linger) the cache restarts.
+/// Encoded routes kept for reuse: past this many, or past [`MAX_CACHED_BYTES`], the cache
+/// starts over (routes of deleted bindings linger in it; encoding a route again is cheap).
 pub const MAX_CACHED_ROUTES: usize = 1 << 20;
+/// The memory the kept routes may hold (a route with its binding is ~300 bytes, so ~200,000
+/// of them: a table of a million bindings looked up all over would otherwise hold ~300 MB).
+pub const MAX_CACHED_BYTES: usize = 64 << 20;
 
 /// Encoded routes by route. The route names the version of its binding: ids are never
 /// reused, and a binding changes once, when it turns ACTIVE (`Route::binding_active`), so a
@@ -25,6 +29,42 @@ pub const MAX_CACHED_ROUTES: usize = 1 << 20;
 pub type RouteCache = IdMap<Route, (Version, EncodedRoute)>;
 /// A binding's modification time and state (`None`: no binding).
 type Version = Option<(Micros, ProvisioningState)>;
+
+/// The routes kept between lookups, bounded by entries and by bytes.
+#[derive(Debug, Default)]
+pub struct KeptRoutes {
+    routes: RouteCache,
+    /// What `routes` holds: its entries and their encoded bytes.
+    bytes: usize,
+}
+
+impl KeptRoutes {
+    pub fn routes(&self) -> &RouteCache {
+        &self.routes
+    }
+
+    /// The bytes held, as counted against [`MAX_CACHED_BYTES`].
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds the routes a lookup encoded; past `max_entries` or `max_bytes` starts over with
+    /// them alone.
+    pub fn keep(&mut self, fresh: RouteCache, max_entries: usize, max_bytes: usize) {
+        let fresh_bytes: usize = fresh.values().map(|(_, encoded)| held_bytes(encoded)).sum();
+        if self.routes.len() + fresh.len() > max_entries || self.bytes + fresh_bytes > max_bytes {
+            self.routes.clear();
+            self.bytes = 0;
+        }
+        self.bytes += fresh_bytes;
+        self.routes.extend(fresh);
+    }
+}
+
+/// The memory one kept route takes: its map entry (and control byte) and its encoded bytes.
+fn held_bytes(encoded: &EncodedRoute) -> usize {
+    std::mem::size_of::<(Route, (Version, EncodedRoute))>() + 1 + encoded.len()
+}
 
 /// How a batch's results are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,4 +213,47 @@ fn debug_check_hit(model: &ReadModel, route: &Route, version: &Version) {
         version_of(binding_of(model, route)),
         "{route:?} changed without turning ACTIVE"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::PrefixId;
+
+    /// `n` routes of prefixes without bindings, each encoded.
+    fn fresh(n: usize) -> RouteCache {
+        (0..n)
+            .map(|_| {
+                let prefix_id = PrefixId::generate();
+                let route = Route {
+                    prefix_id,
+                    binding_id: None,
+                    binding_active: false,
+                };
+                let result = api::LookupAddressResult {
+                    prefix_id: prefix_id.to_string(),
+                    ..Default::default()
+                };
+                (route, (None, EncodedRoute::new(&result)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn kept_routes_start_over_past_either_bound() {
+        let one = held_bytes(&fresh(1).values().next().unwrap().1);
+        let mut kept = KeptRoutes::default();
+        kept.keep(fresh(3), 4, 10 * one);
+        assert_eq!((kept.routes().len(), kept.bytes()), (3, 3 * one));
+        // A fourth fits, a fifth entry does not: the cache starts over with the new ones.
+        kept.keep(fresh(1), 4, 10 * one);
+        assert_eq!(kept.routes().len(), 4);
+        kept.keep(fresh(2), 4, 10 * one);
+        assert_eq!((kept.routes().len(), kept.bytes()), (2, 2 * one));
+        // Past the bytes, with room for entries.
+        kept.keep(fresh(2), 100, 3 * one);
+        assert_eq!((kept.routes().len(), kept.bytes()), (2, 2 * one));
+        kept.keep(fresh(1), 100, 3 * one);
+        assert_eq!((kept.routes().len(), kept.bytes()), (3, 3 * one));
+    }
 }

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::lookup::{self, MAX_CACHED_ROUTES, RouteCache, View};
+use super::lookup::{self, KeptRoutes, MAX_CACHED_BYTES, MAX_CACHED_ROUTES, RouteCache, View};
 use super::{AppContext, routes, unary};
 use crate::auth::layer::caller_of;
 use crate::domain::fields::MAX_LOOKUP_BATCH;
@@ -20,7 +20,7 @@ use crate::pb::api::routing_server::Routing;
 pub struct RoutingService {
     app: AppContext,
     /// Lookups reuse each route's encoded fields (see `lookup`).
-    routes: RwLock<RouteCache>,
+    routes: RwLock<KeptRoutes>,
 }
 
 impl RoutingService {
@@ -37,10 +37,7 @@ impl RoutingService {
             return;
         }
         let mut routes = self.routes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if routes.len() + fresh.len() > MAX_CACHED_ROUTES {
-            routes.clear();
-        }
-        routes.extend(fresh);
+        routes.keep(fresh, MAX_CACHED_ROUTES, MAX_CACHED_BYTES);
     }
 }
 
@@ -54,17 +51,18 @@ impl Routing for RoutingService {
         unary(self.app.metrics(), "LookupAddress", &metadata, async {
             let address = fields::address("address", &request.address)?;
             let model = self.app.engine()?.projections().read();
-            let cached = self.routes.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let kept = self.routes.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let cached = kept.routes();
             let mut fresh = RouteCache::default();
             let answer = lookup::answer_one(
                 &model,
                 &request.address,
                 address,
                 request.active_only,
-                &cached,
+                cached,
                 &mut fresh,
             );
-            drop((cached, model));
+            drop((kept, model));
             self.keep(fresh);
             answer.ok_or_else(|| {
                 Error::field(
@@ -97,7 +95,8 @@ impl Routing for RoutingService {
             let addresses = fields::addresses("addresses", &texts)?;
             let view = View::from_request(request.view)?;
             let model = self.app.engine()?.projections().read();
-            let cached = self.routes.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let kept = self.routes.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let cached = kept.routes();
             let mut fresh = RouteCache::default();
             let response = lookup::answer(
                 &model,
@@ -105,10 +104,10 @@ impl Routing for RoutingService {
                 &addresses,
                 request.active_only,
                 view,
-                &cached,
+                cached,
                 &mut fresh,
             );
-            drop((cached, model));
+            drop((kept, model));
             self.keep(fresh);
             Ok(response)
         })

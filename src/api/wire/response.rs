@@ -93,6 +93,15 @@ impl EncodedRoute {
         &self.bytes[self.owner_start as usize..]
     }
 
+    /// The encoded bytes (head, binding and owner fields).
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
     /// Asks the CPU to start loading what a batch answer copies: the head and the binding.
     pub fn prefetch(&self) {
         crate::prefetch::prefetch_bytes(&self.bytes[..self.owner_start as usize]);
