@@ -276,7 +276,7 @@ pub async fn serve(
     // Without TCP_NODELAY, a response's HTTP/2 frames can wait on the peer's delayed ACK (~40 ms).
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .map(|accepted| accepted.map(connection::Unvectored));
+        .map(|accepted| accepted.map(connection::Unvectored::new));
     let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stop_signal.wait_for(|stopping| *stopping).await;
     }));
