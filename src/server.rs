@@ -4,6 +4,7 @@
 //! shutdown: NOT_SERVING, end watch streams, finish calls in flight, make the log durable.
 
 mod connection;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,8 +14,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::server::NamedService;
 use tonic::transport::Server;
-use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
-use tonic::transport::{Certificate, Identity};
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
@@ -100,20 +100,11 @@ async fn end_health_watches(mut reporter: HealthReporter) {
 
 /// TLS from `--tls-cert`/`--tls-key`, with client certificates required when
 /// `--tls-client-ca` is set; `None` for plaintext h2c (the default, for sidecars).
-fn tls_config(options: &ServerOptions) -> Result<Option<ServerTlsConfig>, ServeError> {
+fn tls_acceptor(options: &ServerOptions) -> Result<Option<tokio_rustls::TlsAcceptor>, ServeError> {
     let (Some(cert), Some(key)) = (&options.tls_cert, &options.tls_key) else {
         return Ok(None);
     };
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|error| ServeError::Tls(format!("cannot read {}: {error}", path.display())))
-    };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(client_ca) = &options.tls_client_ca {
-        config = config
-            .client_ca_root(Certificate::from_pem(read(client_ca)?))
-            .client_auth_optional(false);
-    }
-    Ok(Some(config))
+    tls::acceptor(cert, key, options.tls_client_ca.as_deref()).map(Some)
 }
 
 /// Waits until nothing else holds the engine (watch tasks and connection tasks end shortly
@@ -244,11 +235,8 @@ pub async fn serve(
     // One cap on calls in flight for both surfaces.
     let calls = Arc::new(tokio::sync::Semaphore::new(options.max_concurrent_calls.max(1)));
     let revisions = edge::Revisions::default();
-    let mut server = Server::builder();
-    if let Some(tls) = tls_config(&options)? {
-        server = server.tls_config(tls)?;
-    }
-    let router = server
+    let tls = tls_acceptor(&options)?;
+    let router = Server::builder()
         .concurrency_limit_per_connection(options.max_calls_per_connection)
         .load_shed(true)
         .http2_keepalive_interval(Some(options.http2_keepalive_interval))
@@ -274,12 +262,17 @@ pub async fn serve(
 
     let mut stop_signal = stop_receiver.clone();
     // Without TCP_NODELAY, a response's HTTP/2 frames can wait on the peer's delayed ACK (~40 ms).
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map(|accepted| accepted.map(connection::Unvectored::new));
-    let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+    let accepted = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stopped = async move {
         let _ = stop_signal.wait_for(|stopping| *stopping).await;
-    }));
+    };
+    let mut serving = match tls {
+        Some(acceptor) => tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(accepted, acceptor), stopped)),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            accepted.map(|accepted| accepted.map(connection::Unvectored::new)),
+            stopped,
+        )),
+    };
     let rest_server = http_listener.map(|listener| {
         let limits = rest::RestLimits {
             calls: Arc::clone(&calls),

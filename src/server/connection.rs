@@ -21,24 +21,23 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 /// Writes up to this many bytes are held for the next write or the flush.
 const HOLD_AT_MOST: usize = 4096;
 /// The most bytes held at once.
 const HELD_CAPACITY: usize = 16 * 1024;
 
-/// An accepted connection whose writes are never vectored to h2, and whose small writes are
-/// sent with the next one (see the module's doc).
-pub struct Unvectored {
-    stream: TcpStream,
+/// An accepted connection (TCP, or TLS over it) whose writes are never vectored to h2, and
+/// whose small writes are sent with the next one (see the module's doc).
+pub struct Unvectored<S> {
+    stream: S,
     /// Bytes accepted from h2 and not yet written to the socket.
     held: Vec<u8>,
 }
 
-impl Unvectored {
-    pub fn new(stream: TcpStream) -> Unvectored {
+impl<S: AsyncWrite + Unpin> Unvectored<S> {
+    pub fn new(stream: S) -> Unvectored<S> {
         Unvectored {
             stream,
             held: Vec::new(),
@@ -58,13 +57,13 @@ impl Unvectored {
     }
 }
 
-impl AsyncRead for Unvectored {
+impl<S: AsyncRead + Unpin> AsyncRead for Unvectored<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for Unvectored {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Unvectored<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if buf.len() <= HOLD_AT_MOST && this.held.len() + buf.len() <= HELD_CAPACITY {
@@ -108,10 +107,10 @@ impl AsyncWrite for Unvectored {
     }
 }
 
-impl Connected for Unvectored {
-    type ConnectInfo = TcpConnectInfo;
+impl<S: Connected> Connected for Unvectored<S> {
+    type ConnectInfo = S::ConnectInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> S::ConnectInfo {
         self.stream.connect_info()
     }
 }
@@ -120,6 +119,7 @@ impl Connected for Unvectored {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     /// Small writes (held) and large ones (sent with what is held) arrive whole and in order,
     /// also when the socket is full and writes go out in parts.

@@ -151,6 +151,51 @@ async fn tls_and_mutual_tls() {
     );
 }
 
+/// Handshakes run apart: clients that connect and never say a word (or send garbage) hold up
+/// no one, and a connection whose handshake failed leaves the server serving.
+#[tokio::test]
+async fn a_stalled_handshake_holds_up_no_one() {
+    use tokio::io::AsyncWriteExt;
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (address, _stop) = tls_server(&pki, dir.path(), false).await;
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    let mut garbage = tokio::net::TcpStream::connect(address).await.unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let client_tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca))
+        .domain_name("localhost");
+    let checked = tokio::time::timeout(Duration::from_secs(5), tls_check(address, Some(client_tls))).await;
+    assert_eq!(
+        checked.expect("served while others stall"),
+        Ok(ServingStatus::Serving as i32)
+    );
+    drop(silent);
+}
+
+/// A key that is not a PEM private key stops the start with a message naming the file.
+#[tokio::test]
+async fn an_unusable_key_is_a_start_up_error_naming_it() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("server.key");
+    std::fs::write(&key, "not a key").unwrap();
+    let cert = dir.path().join("server.pem");
+    std::fs::write(&cert, &pki.server_cert).unwrap();
+    let mut options = ServerOptions::new(dir.path().join("data"), Duration::from_secs(3600));
+    options.tls_cert = Some(cert);
+    options.tls_key = Some(key.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = serve(options, listener, std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("server.key") && error.contains("private key"), "{error}");
+}
+
 /// With mutual TLS and a policy, a client certificate's one URI SAN is the caller's SPIFFE id;
 /// a certificate with none or two is refused, and a token over it acts as the token's
 /// principal (the certificate's identity is recorded as `via`).
