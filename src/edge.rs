@@ -34,6 +34,7 @@ use crate::engine::Applied;
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static REVISION: HeaderName = HeaderName::from_static("x-ipam-revision");
 pub static MIN_REVISION: HeaderName = HeaderName::from_static("x-ipam-min-revision");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 

@@ -270,7 +270,7 @@ fn check_batch(model: &ReadModel, created: &Created, input: &mut Input) {
     let active_only = input.byte() & 1 == 1;
     let cidrs: Vec<IpNet> = created.prefixes.iter().map(|prefix| prefix.cidr).collect();
     let texts = batch_addresses(input, &cidrs);
-    let Ok(addresses) = fields::addresses("addresses", &texts.iter().map(String::as_str).collect::<Vec<_>>()) else {
+    let Ok(addresses) = fields::addresses("addresses", &texts) else {
         return;
     };
     let mut cache = RouteCache::default();

@@ -23,10 +23,9 @@ use tonic::metadata::MetadataMap;
 use tonic::{Response, Status};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::edge::{REQUEST_ID, is_traceparent};
 use http::HeaderName;
 
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+use crate::edge::{REQUEST_ID, TRACEPARENT, is_traceparent};
 use crate::telemetry;
 
 use crate::domain::{Error, ErrorKind};

@@ -144,26 +144,21 @@ pub fn page_size(field: &str, requested: i32) -> Result<usize, Error> {
 /// An IPv4 or IPv6 address in any standard textual form. IPv4-mapped IPv6 addresses
 /// (::ffff:192.0.2.1) are looked up as the IPv4 address they carry.
 pub fn address(field: &str, text: &str) -> Result<IpAddr, Error> {
-    parse_address(text).ok_or_else(|| not_an_address(field, text))
+    super::address::parse(text).ok_or_else(|| not_an_address(field, text))
 }
 
 /// [`address`] for each entry of a repeated field, in order; the first that is not an address
 /// is refused as `field[index]`. One tight loop: a batch parses thousands, and collecting a
 /// `Result` per entry moved each through memory (most of the parse time in a profile).
-pub fn addresses(field: &str, texts: &[&str]) -> Result<Vec<IpAddr>, Error> {
+pub fn addresses(field: &str, texts: &[impl AsRef<str>]) -> Result<Vec<IpAddr>, Error> {
     let mut addresses = Vec::with_capacity(texts.len());
-    for text in texts {
-        match parse_address(text) {
+    for text in texts.iter().map(AsRef::as_ref) {
+        match super::address::parse(text) {
             Some(address) => addresses.push(address),
             None => return Err(not_an_address(&format!("{field}[{}]", addresses.len()), text)),
         }
     }
     Ok(addresses)
-}
-
-#[inline]
-fn parse_address(text: &str) -> Option<IpAddr> {
-    super::address::parse(text)
 }
 
 fn not_an_address(field: &str, text: &str) -> Error {

@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::error::RestError;
 use crate::auth::{AUTHORIZATION, Access, Presented};
 use crate::domain::{Error, Reason};
-use crate::edge::{REQUEST_ID, fresh_request_id, is_traceparent, usable_request_id};
+use crate::edge::{REQUEST_ID, TRACEPARENT, fresh_request_id, is_traceparent, usable_request_id};
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::telemetry;
 
@@ -40,7 +40,7 @@ pub async fn edge(State(edge): State<RestEdge>, mut request: Request, next: Next
     request.headers_mut().insert(&REQUEST_ID, request_id.clone());
     let method = request.method().clone();
     let route = route_template(request.uri().path());
-    let traceparent = (request.headers().get("traceparent"))
+    let traceparent = (request.headers().get(&TRACEPARENT))
         .and_then(|value| value.to_str().ok())
         .filter(|value| is_traceparent(value))
         .unwrap_or_default()
@@ -92,7 +92,7 @@ pub async fn edge(State(edge): State<RestEdge>, mut request: Request, next: Next
             span.record("otel.status_code", "ERROR");
         }
         if let Some(traceparent) = telemetry::traceparent_of(&traceparent_back) {
-            response.headers_mut().insert("traceparent", traceparent);
+            response.headers_mut().insert(&TRACEPARENT, traceparent);
         }
         let latency_us = started.elapsed().as_micros() as u64;
         // As on gRPC: changes and failures at info, successful reads at debug (all counted).
