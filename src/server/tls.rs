@@ -75,7 +75,9 @@ pub fn acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Tls
 /// The TLS connections of `accepted`: each handshake runs in a task of its own (a slow client
 /// holds up no one), and a failed or timed-out one is logged at debug and dropped, as tonic
 /// does. Accept errors pass through for the server to judge. Ends when the server stops
-/// taking connections.
+/// taking connections: tonic drops this stream at the stop signal, so the listener closes (new
+/// connections are refused during the drain) and the handshaken connections still queued are
+/// closed with it.
 pub fn incoming<S>(
     accepted: S,
     acceptor: TlsAcceptor,

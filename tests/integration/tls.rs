@@ -176,6 +176,50 @@ async fn a_stalled_handshake_holds_up_no_one() {
     drop(silent);
 }
 
+/// Once the server is stopping it takes no new connections: one that arrives while a call is
+/// still being drained is refused, not handshaken and then left unserved until the exit.
+#[tokio::test]
+async fn a_stopping_server_refuses_new_connections_while_it_drains() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (address, stop) = tls_server(&pki, dir.path(), false).await;
+    let client_tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca))
+        .domain_name("localhost");
+    assert_eq!(
+        tls_check(address, Some(client_tls.clone())).await,
+        Ok(ServingStatus::Serving as i32)
+    );
+    let channel = Channel::from_shared(format!("https://localhost:{}", address.port()))
+        .unwrap()
+        .tls_config(client_tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // A call that waits for a revision the server will not reach before its deadline: it is in
+    // flight while the server drains.
+    let mut services = ipam_bindings::pb::api::services_client::ServicesClient::new(channel);
+    let mut request = tonic::Request::new(ipam_bindings::pb::api::ListServicesRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-ipam-min-revision", "1000000".parse().unwrap());
+    request.set_timeout(Duration::from_secs(3));
+    let waiting = tokio::spawn(async move { services.list_services(request).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the waiting call is still being drained");
+    let connected = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(address))
+        .await
+        .expect("a connection attempt is answered at once");
+    assert!(
+        connected.is_err(),
+        "a new connection is refused while the server drains"
+    );
+    let _ = waiting.await;
+}
+
 /// A key that is not a PEM private key stops the start with a message naming the file.
 #[tokio::test]
 async fn an_unusable_key_is_a_start_up_error_naming_it() {
