@@ -381,7 +381,7 @@ pub fn server_url(server: &str, tls: bool) -> String {
 /// (the input split at NUL bytes) is parsed or refused with a message, never a panic; an
 /// accepted one parses the same again, names an account exactly when it has one, dials a URL,
 /// and a service name it carries resolves to a service whose own name resolves to it again.
-#[cfg(any(test, fuzzing))]
+#[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
 pub fn check_arguments(data: &[u8]) {
     use clap::{CommandFactory, FromArgMatches};
     use ipam_bindings::domain::Service;
