@@ -44,16 +44,23 @@ impl<S: AsyncWrite + Unpin> Unvectored<S> {
         }
     }
 
-    /// Writes out every held byte.
-    fn poll_write_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Writes out every held byte, with as much of `next` as the same system call takes after
+    /// them; returns how many bytes of `next` went (0 until every held byte is out).
+    fn poll_write_held_then(&mut self, cx: &mut Context<'_>, next: &[u8]) -> Poll<io::Result<usize>> {
         while !self.held.is_empty() {
-            let written = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.held))?;
+            let slices = [IoSlice::new(&self.held), IoSlice::new(next)];
+            let written = ready!(Pin::new(&mut self.stream).poll_write_vectored(cx, &slices))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            if written >= self.held.len() {
+                let of_next = written - self.held.len();
+                self.held.clear();
+                return Poll::Ready(Ok(of_next));
+            }
             self.held.drain(..written);
         }
-        Poll::Ready(Ok(()))
+        Poll::Ready(Ok(0))
     }
 }
 
@@ -71,34 +78,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Unvectored<S> {
             return Poll::Ready(Ok(buf.len()));
         }
         // The held bytes go first, in the same system call as this write when they fit.
-        while !this.held.is_empty() {
-            let slices = [IoSlice::new(&this.held), IoSlice::new(buf)];
-            let written = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, &slices))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            if written >= this.held.len() {
-                let of_buf = written - this.held.len();
-                this.held.clear();
-                if of_buf > 0 {
-                    return Poll::Ready(Ok(of_buf));
-                }
-            } else {
-                this.held.drain(..written);
-            }
+        let of_buf = ready!(this.poll_write_held_then(cx, buf))?;
+        if of_buf > 0 {
+            return Poll::Ready(Ok(of_buf));
         }
         Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_write_held(cx))?;
+        ready!(this.poll_write_held_then(cx, &[]))?;
         Pin::new(&mut this.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_write_held(cx))?;
+        ready!(this.poll_write_held_then(cx, &[]))?;
         Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 
