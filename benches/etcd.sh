@@ -16,7 +16,9 @@ rounds=${2:-5}
 duration=${3:-5s}
 concurrency=${4:-64}
 ipamctl=${IPAMCTL:-target/release/ipamctl}
-command -v etcd >/dev/null || { echo "etcd is needed: apt-get install etcd-server" >&2; exit 1; }
+for tool in etcd etcdctl; do
+    command -v "$tool" >/dev/null || { echo "$tool is needed: apt-get install etcd-server etcd-client" >&2; exit 1; }
+done
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT

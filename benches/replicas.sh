@@ -27,6 +27,9 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3}
 duration=${2:-5s}
 concurrency=${3:-64}
+for tool in etcd etcdctl curl; do
+    command -v "$tool" >/dev/null || { echo "$tool is needed: apt-get install etcd-server etcd-client curl" >&2; exit 1; }
+done
 nats=${NATS_SERVER:-$(bash .ci/install-nats-server)}
 server=target/release/ipam-bindings
 ipamctl=target/release/ipamctl
