@@ -95,7 +95,7 @@ where
         match admit(&self.access, &request) {
             Ok(caller) => {
                 // No secret reaches a handler, a log line or a span.
-                request.headers_mut().remove(AUTHORIZATION);
+                request.headers_mut().remove(&AUTHORIZATION);
                 if let Some(caller) = caller {
                     request.extensions_mut().insert(caller);
                 }

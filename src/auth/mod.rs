@@ -35,7 +35,7 @@ pub use policy::{Permission, Policy};
 pub use reload::watch_policy_file;
 
 /// The header a v4 or gRPC caller's token comes in.
-pub const AUTHORIZATION: &str = "authorization";
+pub use http::header::AUTHORIZATION;
 /// Envoy's header naming the client certificates of the hops a call came through.
 pub static XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
 
@@ -68,7 +68,7 @@ impl<'a> Presented<'a> {
     ) -> Presented<'a> {
         let header = |name: &http::HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
         Presented {
-            authorization: header(&http::header::AUTHORIZATION),
+            authorization: header(&AUTHORIZATION),
             xfcc: header(&XFCC),
             peer_certificate,
             peer,

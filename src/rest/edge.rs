@@ -126,7 +126,7 @@ fn authenticate(access: &Arc<Access>, request: &mut Request) -> Result<(), Error
     let peer = (request.extensions().get::<ConnectInfo<SocketAddr>>()).map(|ConnectInfo(peer)| *peer);
     let presented = Presented::from_headers(request.headers(), None, peer);
     let caller = access.authenticate(&presented)?;
-    request.headers_mut().remove(AUTHORIZATION);
+    request.headers_mut().remove(&AUTHORIZATION);
     request.extensions_mut().insert(caller);
     Ok(())
 }
