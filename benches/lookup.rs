@@ -131,7 +131,7 @@ fn dataset(rng: &mut fastrand::Rng) -> Dataset {
 }
 
 /// Our LPM table alone over the IPv4 binding CIDRs, valued like the baseline.
-fn build_lpm(data: &Dataset) -> Lpm<u32> {
+fn build_lpm(data: &Dataset) -> Lpm {
     let mut lpm = Lpm::default();
     for (index, cidr) in data.prefixes.iter().flat_map(|(_, bindings)| bindings).enumerate() {
         if let IpNet::V4(net) = cidr {

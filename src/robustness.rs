@@ -254,9 +254,8 @@ pub fn lookup_batch(data: &[u8]) {
 }
 
 thread_local! {
-    /// One read model for every input of a fuzzing process: an empty routing table alone is
-    /// ~300 MB of zeroed root arrays (see `projection::lpm`), too costly to build per input.
-    /// Each input starts from an empty model and leaves it empty.
+    /// One read model for every input of a fuzzing process (its tables and route cache are
+    /// made once, not per input). Each input starts from an empty model and leaves it empty.
     static ROUTING_MODEL: RefCell<ReadModel> = RefCell::default();
 }
 

@@ -1,112 +1,153 @@
-//! A longest-prefix-match table over fixed-width keys (used for IPv4: `u32`) with `u32` values:
-//! a multibit trie with a root array (24 bits for IPv4) and 8-bit nodes compressed by bitmaps
-//! (in the spirit of Poptrie and Tree Bitmap).
+//! A longest-prefix-match table over IPv4 keys (`u32`) with `u32` values: a multibit trie of a
+//! 16-bit root array, then 8-bit nodes compressed by bitmaps with their children laid out
+//! consecutively (in the spirit of Poptrie).
 //!
 //! Why not the prefix-trie crate: it is a binary trie, so a lookup follows one pointer per
-//! branching bit (about 20 dependent cache misses at a million prefixes); this table follows at
-//! most one per 8 bits (IPv4: the root slot and at most one node). `benches/lookup.rs`
-//! measures both side by side; the numbers are in docs/benchmarks.md.
+//! branching bit (about 20 dependent cache misses at a million prefixes); this table reads at
+//! most three places: a root slot, a mid node and a leaf. `benches/lookup.rs` measures both
+//! side by side; the numbers are in docs/benchmarks.md.
 //!
 //! Not used for IPv6: 8-bit strides without path compression walk up to 14 nodes to a /128,
 //! and measured slower than prefix-trie's path-compressed trie on IPv6 hits; IPv6 uses
 //! [`by_length`](super::by_length) (a hash map per prefix length).
 //!
-//! Layout. A prefix no longer than the root's bits (`R`) lives in the root: it is painted onto
-//! the `2^(R-len)` root slots it covers, then the longer such prefixes inside it are painted
-//! again over it (found in an ordered map of them), so that each slot holds its longest prefix's
-//! value. (A byte per slot remembering the length that painted it did the same with 16 MiB more
-//! for IPv4.) A longer prefix lives in the node
-//! whose 8 bits contain its last bit. A node's own prefixes live apart (`Lpm::locals`, needed by
-//! updates only); from them the node derives the value of each of its 256 slots, run-length
-//! encoded: `run_starts` marks where the value changes and `runs` holds one value per run
-//! (inline when few), so a node with a few prefixes costs one 128-byte block. `has_child` marks
-//! the slots that continue into a child node, whose index is the rank of the slot there.
-//! A root slot is 4 bytes and holds either its value or its child node: the child inherits
-//! the slot's value and paints it under its own prefixes (so the root costs 64 MiB for IPv4,
-//! not 128 with both in every slot, and a lookup still reads one slot and one node).
+//! Layout. A prefix up to /16 lives in the root: it is painted onto the `2^(16-len)` root
+//! slots it covers, then the longer such prefixes inside it are painted again over it (found
+//! in an ordered map of them), so that each slot holds its longest prefix's value. A /17../24
+//! lives in the mid node of its /16, a /25../32 in the leaf of its /24. A root slot is 4 bytes
+//! and holds either its value or its mid node; a mid node's slot holds a value and may go on
+//! into a leaf. A node inherits the value of the slot it hangs from and paints it under its
+//! own prefixes, so a lookup takes the value of the deepest place it reaches. A node derives
+//! its 256 slots' values from its prefixes, run-length encoded (`node::Painted`); its prefixes
+//! and the inherited value live apart (`node::Side`), since only updates read them. A mid
+//! node's leaves are consecutive in one array, so the leaf of a slot is the node's first leaf
+//! plus the slot's rank among the node's leaf bits: no pointer to chase. A leaf is one cache
+//! line, a mid node two.
 //!
-//! A lookup walks root → nodes and keeps the last value it met: a deeper node's prefixes are
-//! longer than any above it, and within a node the painting already chose the longest. On the
-//! last level it does not read `has_child` (no children there), so it touches one cache line.
-//! `longest_matches` does the same for many keys, prefetching a group's root slots and nodes
-//! first so that their cache misses overlap. Updates repaint one node (256 slots) or the root
-//! slots a short prefix covers.
+//! Sizes, at a million bindings in 250,000 random /24s: the root is 256 KiB (it stays in the
+//! L2 cache), the mid nodes a few MiB (the L3), the leaves 64 bytes per /24 with bindings
+//! inside. A 24-bit root (64 MiB, a root slot and a leaf per lookup) was the previous design:
+//! one fewer level, but every root slot read was a miss to memory and it cost ~60 bytes per
+//! binding (docs/benchmarks.md, the routing table).
+//!
+//! `longest_matches` walks many keys a level at a time, prefetching a group's mid nodes and
+//! then its leaves, so that their cache misses overlap. Updates repaint one node (256 slots)
+//! and the leaves under it whose inherited value changed, or the root slots a short prefix
+//! covers; a mid node gaining or losing a leaf moves its leaves to a run of the new length
+//! (freed runs are reused by length).
 
 use std::collections::BTreeMap;
 
 mod node;
-use node::{Local, NONE, Node, STRIDE};
+use node::{Leaf, Mid, NONE, Overflow, STRIDE, Side};
 
+use super::huge_pages::push_advised;
 use crate::prefetch::prefetch;
 
-/// A fixed-width key, most significant bit first.
-pub trait Key: Copy + Ord {
-    const BITS: u32;
-    /// How many top bits index the root array.
-    const ROOT_BITS: u32;
-    /// `len` (1..=16) bits starting `start` bits from the top, as an index.
-    fn chunk(self, start: u32, len: u32) -> usize;
-    /// The key with all but its top `len` bits cleared.
-    fn masked(self, len: u32) -> Self;
-    /// The key with all but its top `len` bits set: the last key of the prefix.
-    fn last_in(self, len: u32) -> Self;
+/// Bits of the key the root array indexes.
+const ROOT_BITS: u32 = 16;
+/// Where a mid node's bits end: prefixes up to this long (and longer than the root's bits)
+/// end in a mid node, longer ones in a leaf.
+const MID_END: u32 = ROOT_BITS + STRIDE;
+/// The shortest prefix that ends in a mid node.
+const MID_FIRST: u32 = ROOT_BITS + 1;
+/// Marks a root slot that holds a mid node rather than a value.
+const CHILD: u32 = 1 << 31;
+/// In a root slot holding a mid node, the node's index (at most one node per root slot).
+const MID_INDEX: u32 = 0xffff;
+/// In a root slot holding a mid node, from this bit on: per group of 16 of the node's slots,
+/// whether a lookup must read the node. A clear bit says that the group holds no value (its
+/// own or inherited) and no leaf, so a lookup there is a miss without reading the node
+/// (most addresses outside every prefix). The last group's bit is [`CHILD`]'s, always set.
+const GROUPS_SHIFT: u32 = 16;
+
+/// What a root slot says about a key.
+enum RootStep {
+    /// The key's value (NONE for none).
+    Value(u32),
+    /// Read on in this mid node.
+    Mid(usize),
 }
 
-impl Key for u32 {
-    const BITS: u32 = 32;
-    const ROOT_BITS: u32 = 24;
-
-    #[inline]
-    fn chunk(self, start: u32, len: u32) -> usize {
-        ((self << start) >> (Self::BITS - len)) as usize
+#[inline]
+fn root_step(root: u32, key: u32) -> RootStep {
+    if root & CHILD == 0 {
+        return RootStep::Value(root.wrapping_sub(1));
     }
-
-    fn masked(self, len: u32) -> Self {
-        self & u32::MAX.checked_shl(Self::BITS - len).unwrap_or(0)
-    }
-
-    fn last_in(self, len: u32) -> Self {
-        self | u32::MAX.checked_shr(len).unwrap_or(0)
+    let group = (mid_slot(key) >> 4) as u32;
+    match root >> (GROUPS_SHIFT + group) & 1 {
+        0 => RootStep::Value(NONE),
+        _ => RootStep::Mid((root & MID_INDEX) as usize),
     }
 }
 
 /// The table. Keys are given with their prefix length; bits past it are ignored.
-pub struct Lpm<K: Key> {
-    /// Per root slot: 0 when empty, [`CHILD`] | node when a node hangs there (the slot's own
-    /// value is then the node's `inherited`, painted into it), value + 1 otherwise. One load
-    /// answers both, 4 bytes a slot, and an empty table is untouched zeroed memory (no RSS).
+pub struct Lpm {
+    /// Per root slot: 0 when empty, [`CHILD`] | groups | node when a mid node hangs there (the
+    /// slot's own value is then the node's inherited one), value + 1 otherwise.
     root: Box<[u32]>,
-    /// One bit per 4 KiB page of `root`: written since the table was made. Moving the root to
-    /// huge pages copies only these: reading the whole 64 MiB root instead (page faults on
-    /// its untouched pages included) stalled that one insert for 35-45 ms.
-    root_pages_written: Box<[u64]>,
-    /// Prefixes of length 0..=ROOT_BITS, which live in the root, by length then key (so the
-    /// longer ones inside a prefix are ranges).
-    short: BTreeMap<(u8, K), u32>,
-    nodes: Vec<Node>,
-    /// Per node, the prefixes that end in it, sorted by length (so painting in order lets
-    /// longer prefixes win).
-    locals: Vec<Vec<Local>>,
-    free_nodes: Vec<u32>,
+    /// Prefixes of length 0..=16, which live in the root, by length then key (so the longer
+    /// ones inside a prefix are ranges).
+    short: BTreeMap<(u8, u32), u32>,
+    mids: Vec<Mid>,
+    mid_sides: Vec<Side>,
+    /// Per mid node, the root slot it hangs from.
+    mid_root_slots: Vec<u16>,
+    free_mids: Vec<u32>,
+    leaves: Vec<Leaf>,
+    leaf_sides: Vec<Side>,
+    /// Freed runs of consecutive leaves, by length: where each starts.
+    free_runs: Vec<Vec<u32>>,
+    overflow: Overflow,
     len: usize,
 }
 
-impl<K: Key> Default for Lpm<K> {
+impl Default for Lpm {
     fn default() -> Self {
-        let root = 1usize << K::ROOT_BITS;
         Lpm {
-            root: vec![0u32; root].into_boxed_slice(),
-            root_pages_written: vec![0; root.div_ceil(ROOT_SLOTS_PER_PAGE * 64)].into_boxed_slice(),
+            root: vec![0u32; 1 << ROOT_BITS].into_boxed_slice(),
             short: BTreeMap::new(),
-            nodes: Vec::new(),
-            locals: Vec::new(),
-            free_nodes: Vec::new(),
+            mids: Vec::new(),
+            mid_sides: Vec::new(),
+            mid_root_slots: Vec::new(),
+            free_mids: Vec::new(),
+            leaves: Vec::new(),
+            leaf_sides: Vec::new(),
+            free_runs: Vec::new(),
+            overflow: Overflow::default(),
             len: 0,
         }
     }
 }
 
-impl<K: Key> Lpm<K> {
+fn masked(key: u32, len: u8) -> u32 {
+    key & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+/// The key with all but its top `len` bits set: the last key of the prefix.
+fn last_in(key: u32, len: u8) -> u32 {
+    key | u32::MAX.checked_shr(u32::from(len)).unwrap_or(0)
+}
+
+fn root_slot(key: u32) -> usize {
+    (key >> ROOT_BITS) as usize
+}
+
+fn mid_slot(key: u32) -> usize {
+    (key >> (32 - MID_END) & 0xff) as usize
+}
+
+fn leaf_slot(key: u32) -> usize {
+    (key & 0xff) as usize
+}
+
+/// The (length, bits) of a prefix within the node whose bits start `start` bits from the top.
+fn local_part(key: u32, len: u8, start: u32) -> (u8, u8) {
+    let local_len = u32::from(len) - start;
+    (local_len as u8, ((key << start) >> (32 - local_len)) as u8)
+}
+
+impl Lpm {
     /// How many prefixes the table holds.
     pub fn len(&self) -> usize {
         self.len
@@ -118,157 +159,140 @@ impl<K: Key> Lpm<K> {
 
     /// The value of the longest prefix containing `key`.
     #[inline]
-    pub fn longest_match(&self, key: K) -> Option<u32> {
-        self.walk(key, self.root[key.chunk(0, K::ROOT_BITS)])
+    pub fn longest_match(&self, key: u32) -> Option<u32> {
+        let value = match root_step(self.root[root_slot(key)], key) {
+            RootStep::Value(value) => value,
+            RootStep::Mid(mid) => {
+                let mid = &self.mids[mid];
+                match mid.leaf(mid_slot(key)) {
+                    Some(leaf) => self.leaves[leaf].0.value(leaf_slot(key), &self.overflow),
+                    None => mid.painted.value(mid_slot(key), &self.overflow),
+                }
+            }
+        };
+        (value != NONE).then_some(value)
     }
 
-    /// The longest matches of many keys, in order: each step of a group of keys is started for
-    /// all of them before any is finished (prefetching the root slots, then the nodes), so
+    /// The longest matches of many keys, in order: each level of a group of keys is started
+    /// for all of them before any is finished (prefetching the mid nodes, then the leaves), so
     /// their cache misses overlap instead of following each other.
-    pub fn longest_matches(&self, keys: &[K]) -> Vec<Option<u32>> {
+    pub fn longest_matches(&self, keys: &[u32]) -> Vec<Option<u32>> {
         const GROUP: usize = 16;
         let mut matches = Vec::with_capacity(keys.len());
         for group in keys.chunks(GROUP) {
-            for key in group {
-                prefetch(&self.root[key.chunk(0, K::ROOT_BITS)]);
-            }
-            let mut roots = [0u32; GROUP];
-            for (root, key) in roots.iter_mut().zip(group) {
-                *root = self.root[key.chunk(0, K::ROOT_BITS)];
-                if *root & CHILD != 0 {
-                    prefetch(&self.nodes[(*root & !CHILD) as usize]);
+            let mut mids = [None; GROUP];
+            for (node, &key) in mids.iter_mut().zip(group) {
+                if let RootStep::Mid(mid) = root_step(self.root[root_slot(key)], key) {
+                    self.mids[mid].prefetch();
+                    *node = Some(&self.mids[mid]);
                 }
             }
-            matches.extend(group.iter().zip(roots).map(|(key, root)| self.walk(*key, root)));
+            for (mid, &key) in mids.iter().zip(group) {
+                if let Some(leaf) = mid.and_then(|mid| mid.leaf(mid_slot(key))) {
+                    prefetch(&self.leaves[leaf]);
+                }
+            }
+            matches.extend(group.iter().map(|&key| self.longest_match(key)));
         }
         matches
     }
 
-    /// The rest of a lookup, given the key's root entry.
-    #[inline]
-    fn walk(&self, key: K, root: u32) -> Option<u32> {
-        let (mut best, mut next) = match root & CHILD {
-            0 => (root.wrapping_sub(1), NONE),
-            // The node holds the slot's value where none of its own prefixes cover.
-            _ => (NONE, root & !CHILD),
-        };
-        let mut start = K::ROOT_BITS;
-        while next != NONE {
-            let node = &self.nodes[next as usize];
-            let slot = key.chunk(start, STRIDE);
-            let value = node.value(slot);
-            if value != NONE {
-                best = value;
-            }
-            // The last level has no children: do not touch the node's second cache line.
-            if start + STRIDE == K::BITS || !node.has_child.get(slot) {
-                break;
-            }
-            next = node.children[node.has_child.rank(slot)];
-            start += STRIDE;
-        }
-        (best != NONE).then_some(best)
-    }
-
     /// The value stored for exactly this prefix.
-    pub fn get(&self, key: K, len: u8) -> Option<u32> {
-        let key = key.masked(u32::from(len));
-        if u32::from(len) <= K::ROOT_BITS {
-            return self.short.get(&(len, key)).copied();
-        }
-        let (node, local) = self.find_node(key, len)?;
-        self.locals[node as usize]
-            .iter()
-            .find(|l| (l.len, l.bits) == local)
-            .map(|l| l.value)
+    pub fn get(&self, key: u32, len: u8) -> Option<u32> {
+        let key = masked(key, len);
+        let (side, start) = match u32::from(len) {
+            0..=ROOT_BITS => return self.short.get(&(len, key)).copied(),
+            MID_FIRST..=MID_END => (&self.mid_sides[self.mid_of(key)?], ROOT_BITS),
+            _ => (&self.leaf_sides[self.leaf_of(key)?], MID_END),
+        };
+        let (local_len, bits) = local_part(key, len, start);
+        side.position(local_len, bits).map(|at| side.locals[at].value)
     }
 
     /// Stores `value` for the prefix; returns the value it replaces.
-    pub fn insert(&mut self, key: K, len: u8, value: u32) -> Option<u32> {
-        assert!(
-            u32::from(len) <= K::BITS && value < CHILD - 1,
-            "prefix length or value out of range"
-        );
-        let key = key.masked(u32::from(len));
-        let replaced = if u32::from(len) <= K::ROOT_BITS {
+    pub fn insert(&mut self, key: u32, len: u8, value: u32) -> Option<u32> {
+        assert!(len <= 32 && value < CHILD - 1, "prefix length or value out of range");
+        let key = masked(key, len);
+        let replaced = if u32::from(len) <= ROOT_BITS {
             let replaced = self.short.insert((len, key), value);
             self.paint_root(key, len, value);
             replaced
         } else {
-            let mut node = self.child_or_insert(None, key.chunk(0, K::ROOT_BITS));
-            let mut start = K::ROOT_BITS;
-            while u32::from(len) > start + STRIDE {
-                node = self.child_or_insert(Some(node), key.chunk(start, STRIDE));
-                start += STRIDE;
+            let mid = self.mid_or_insert(key);
+            if u32::from(len) <= MID_END {
+                let (local_len, bits) = local_part(key, len, ROOT_BITS);
+                let replaced = self.mid_sides[mid].upsert(local_len, bits, value);
+                self.repaint_mid(mid);
+                replaced
+            } else {
+                let leaf = self.leaf_or_insert(mid, mid_slot(key));
+                let (local_len, bits) = local_part(key, len, MID_END);
+                let replaced = self.leaf_sides[leaf].upsert(local_len, bits, value);
+                self.repaint_leaf(leaf);
+                replaced
             }
-            let (local_len, bits) = Self::local_part(key, len, start);
-            let locals = &mut self.locals[node as usize];
-            let position = locals.iter().position(|l| (l.len, l.bits) == (local_len, bits));
-            let replaced = match position {
-                Some(position) => Some(std::mem::replace(&mut locals[position].value, value)),
-                None => {
-                    let at = locals.partition_point(|l| l.len <= local_len);
-                    locals.insert(
-                        at,
-                        Local {
-                            len: local_len,
-                            bits,
-                            value,
-                        },
-                    );
-                    None
-                }
-            };
-            self.nodes[node as usize].repaint(locals);
-            replaced
         };
         if replaced.is_none() {
             self.len += 1;
-            if self.len == HUGE_PAGES_FROM {
-                self.move_to_huge_pages();
-            }
         }
         replaced
     }
 
     /// Removes the prefix; returns its value.
-    pub fn remove(&mut self, key: K, len: u8) -> Option<u32> {
-        let key = key.masked(u32::from(len));
-        let removed = if u32::from(len) <= K::ROOT_BITS {
+    pub fn remove(&mut self, key: u32, len: u8) -> Option<u32> {
+        let key = masked(key, len);
+        let removed = if u32::from(len) <= ROOT_BITS {
             let removed = self.short.remove(&(len, key))?;
             let fallback = (0..len)
                 .rev()
-                .find_map(|shorter| self.short.get(&(shorter, key.masked(u32::from(shorter)))).copied())
+                .find_map(|shorter| self.short.get(&(shorter, masked(key, shorter))).copied())
                 .unwrap_or(NONE);
             self.paint_root(key, len, fallback);
             removed
         } else {
-            let path = self.path(key, len)?;
-            let (node, local) = (
-                *path.last()?,
-                Self::local_part(key, len, K::ROOT_BITS + STRIDE * (path.len() as u32 - 1)),
-            );
-            let locals = &mut self.locals[node as usize];
-            let position = locals.iter().position(|l| (l.len, l.bits) == local)?;
-            let removed = locals.remove(position).value;
-            self.nodes[node as usize].repaint(locals);
-            self.prune(key, &path);
+            let mid = self.mid_of(key)?;
+            let removed = if u32::from(len) <= MID_END {
+                let (local_len, bits) = local_part(key, len, ROOT_BITS);
+                let removed = self.mid_sides[mid].remove(local_len, bits)?;
+                self.repaint_mid(mid);
+                removed
+            } else {
+                let slot = mid_slot(key);
+                let leaf = self.mids[mid].leaf(slot)?;
+                let (local_len, bits) = local_part(key, len, MID_END);
+                let removed = self.leaf_sides[leaf].remove(local_len, bits)?;
+                match self.leaf_sides[leaf].locals.is_empty() {
+                    true => self.remove_leaf(mid, slot),
+                    false => self.repaint_leaf(leaf),
+                }
+                removed
+            };
+            self.prune_mid(mid, root_slot(key));
             removed
         };
         self.len -= 1;
         Some(removed)
     }
 
+    fn mid_of(&self, key: u32) -> Option<usize> {
+        let root = self.root[root_slot(key)];
+        (root & CHILD != 0).then_some((root & MID_INDEX) as usize)
+    }
+
+    fn leaf_of(&self, key: u32) -> Option<usize> {
+        self.mids[self.mid_of(key)?].leaf(mid_slot(key))
+    }
+
     /// Paints `value` on the root slots of the short prefix `key`/`len`, then the longer short
     /// prefixes inside it with their own values, shortest first: each slot ends with the value
-    /// of the longest prefix covering it. A /24 (IPv4) paints one slot and looks for nothing.
-    fn paint_root(&mut self, key: K, len: u8, value: u32) {
+    /// of the longest prefix covering it. A /16 paints one slot and looks for nothing.
+    fn paint_root(&mut self, key: u32, len: u8, value: u32) {
         for slot in Self::root_slots(key, len) {
             self.set_root_value(slot, value);
         }
-        let last = key.last_in(u32::from(len));
-        for longer in len + 1..=K::ROOT_BITS as u8 {
-            let inside: Vec<(K, u32)> = (self.short.range((longer, key)..=(longer, last)))
+        let last = last_in(key, len);
+        for longer in len + 1..=ROOT_BITS as u8 {
+            let inside: Vec<(u32, u32)> = (self.short.range((longer, key)..=(longer, last)))
                 .map(|(&(_, key), &value)| (key, value))
                 .collect();
             for (key, value) in inside {
@@ -279,206 +303,173 @@ impl<K: Key> Lpm<K> {
         }
     }
 
-    /// Copies the root and the nodes into memory advised for huge pages before it is touched
-    /// (the kernel only merges pages already touched slowly, in the background).
-    fn move_to_huge_pages(&mut self) {
-        let mut root = vec![0u32; self.root.len()].into_boxed_slice();
-        advise_huge_pages(&root);
-        // Only the pages ever written: copying the zeros too would make every page resident.
-        for (word_index, &word) in self.root_pages_written.iter().enumerate() {
-            let written = (0..64).filter(|bit| word & (1u64 << bit) != 0);
-            for page in written.map(|bit| word_index * 64 + bit) {
-                let slots = page * ROOT_SLOTS_PER_PAGE..((page + 1) * ROOT_SLOTS_PER_PAGE).min(root.len());
-                root[slots.clone()].copy_from_slice(&self.root[slots]);
-            }
-        }
-        self.root = root;
-        let mut nodes = Vec::with_capacity(self.nodes.capacity());
-        advise_huge_pages(nodes.spare_capacity_mut());
-        nodes.append(&mut self.nodes);
-        self.nodes = nodes;
-    }
-
-    fn note_root_write(&mut self, slot: usize) {
-        let page = slot / ROOT_SLOTS_PER_PAGE;
-        self.root_pages_written[page / 64] |= 1 << (page % 64);
-    }
-
-    fn root_value(&self, slot: usize) -> u32 {
-        match self.root_child(slot) {
-            NONE => self.root[slot].wrapping_sub(1),
-            child => self.nodes[child as usize].inherited,
-        }
-    }
-
-    fn root_child(&self, slot: usize) -> u32 {
-        match self.root[slot] & CHILD {
-            0 => NONE,
-            _ => self.root[slot] & !CHILD,
-        }
+    fn root_slots(key: u32, len: u8) -> std::ops::Range<usize> {
+        let first = root_slot(key);
+        first..first + (1usize << (ROOT_BITS - u32::from(len)))
     }
 
     fn set_root_value(&mut self, slot: usize, value: u32) {
-        match self.root_child(slot) {
-            NONE => {
-                self.note_root_write(slot);
-                self.root[slot] = value.wrapping_add(1);
+        match self.root[slot] {
+            root if root & CHILD != 0 => {
+                let mid = (root & MID_INDEX) as usize;
+                self.mid_sides[mid].inherited = value;
+                self.repaint_mid(mid);
             }
-            child => {
-                let node = &mut self.nodes[child as usize];
-                node.inherited = value;
-                node.repaint(&self.locals[child as usize]);
-            }
+            _ => self.root[slot] = value.wrapping_add(1),
         }
     }
 
-    /// Hangs the new node `child` from the root slot, which hands it its value.
-    fn set_root_child(&mut self, slot: usize, child: u32) {
-        assert!(child < CHILD, "fewer than 2^31 nodes");
-        let value = self.root_value(slot);
-        let node = &mut self.nodes[child as usize];
-        node.inherited = value;
-        node.repaint(&self.locals[child as usize]);
-        self.note_root_write(slot);
-        self.root[slot] = CHILD | child;
-    }
-
-    fn root_slots(key: K, len: u8) -> std::ops::Range<usize> {
-        let first = key.chunk(0, K::ROOT_BITS);
-        first..first + (1usize << (K::ROOT_BITS - u32::from(len)))
-    }
-
-    /// The (length, bits) of a prefix within the node that starts `start` bits from the top.
-    fn local_part(key: K, len: u8, start: u32) -> (u8, u8) {
-        let local_len = u32::from(len) - start;
-        (local_len as u8, key.chunk(start, local_len) as u8)
-    }
-
-    /// The nodes from the root's child down to the node a prefix longer than the root's
-    /// `ROOT_BITS` ends in.
-    fn path(&self, key: K, len: u8) -> Option<Vec<u32>> {
-        let mut node = self.root_child(key.chunk(0, K::ROOT_BITS));
-        let mut path = Vec::new();
-        let mut start = K::ROOT_BITS;
-        loop {
-            if node == NONE {
-                return None;
-            }
-            path.push(node);
-            if u32::from(len) <= start + STRIDE {
-                return Some(path);
-            }
-            node = self.nodes[node as usize]
-                .child(key.chunk(start, STRIDE))
-                .unwrap_or(NONE);
-            start += STRIDE;
-        }
-    }
-
-    fn find_node(&self, key: K, len: u8) -> Option<(u32, (u8, u8))> {
-        let path = self.path(key, len)?;
-        let start = K::ROOT_BITS + STRIDE * (path.len() as u32 - 1);
-        Some((*path.last()?, Self::local_part(key, len, start)))
-    }
-
-    /// The child at `slot` of `parent` (the root when `None`), created if missing.
-    fn child_or_insert(&mut self, parent: Option<u32>, slot: usize) -> u32 {
-        let existing = match parent {
-            None => Some(self.root_child(slot)).filter(|&child| child != NONE),
-            Some(parent) => self.nodes[parent as usize].child(slot),
-        };
-        if let Some(child) = existing {
-            return child;
-        }
-        let child = self.allocate();
-        match parent {
-            None => self.set_root_child(slot, child),
-            Some(parent) => {
-                let parent = &mut self.nodes[parent as usize];
-                let mut children = std::mem::take(&mut parent.children).into_vec();
-                children.insert(parent.has_child.rank(slot), child);
-                parent.children = children.into_boxed_slice();
-                parent.has_child.set(slot, true);
+    /// Paints the mid node again from its side, then the leaves whose inherited value changed,
+    /// and its groups in the root slot.
+    fn repaint_mid(&mut self, mid: usize) {
+        let slots = self.mid_sides[mid].slots();
+        self.mids[mid].painted.paint(&slots, &mut self.overflow);
+        let node = self.mids[mid];
+        for (rank, slot) in node.has_leaf.ones().enumerate() {
+            let leaf = node.first_leaf as usize + rank;
+            if self.leaf_sides[leaf].inherited != slots[slot] {
+                self.leaf_sides[leaf].inherited = slots[slot];
+                self.repaint_leaf(leaf);
             }
         }
-        child
+        self.hang_mid(mid, &slots);
     }
 
-    fn allocate(&mut self) -> u32 {
-        let mut node = Node::default();
-        node.repaint(&[]);
-        match self.free_nodes.pop() {
-            Some(index) => {
-                self.nodes[index as usize] = node;
-                self.locals[index as usize] = Vec::new();
-                index
-            }
+    /// Writes the mid node's root slot: the node, and which groups of its slots a lookup must
+    /// read it for (`slots` are its values).
+    fn hang_mid(&mut self, mid: usize, slots: &[u32; 256]) {
+        let node = &self.mids[mid];
+        let mut groups = 0;
+        for group in 0..15 {
+            // The slots hold the inherited value where the node's own prefixes do not cover.
+            let group_slots = group * 16..group * 16 + 16;
+            let needed = group_slots
+                .into_iter()
+                .any(|slot| slots[slot] != NONE || node.has_leaf.get(slot));
+            groups |= u32::from(needed) << group;
+        }
+        self.root[usize::from(self.mid_root_slots[mid])] = CHILD | groups << GROUPS_SHIFT | mid as u32;
+    }
+
+    fn repaint_leaf(&mut self, leaf: usize) {
+        let slots = self.leaf_sides[leaf].slots();
+        self.leaves[leaf].0.paint(&slots, &mut self.overflow);
+    }
+
+    /// The mid node under the key's root slot, made (inheriting the slot's value) if missing.
+    fn mid_or_insert(&mut self, key: u32) -> usize {
+        let slot = root_slot(key);
+        let root = self.root[slot];
+        if root & CHILD != 0 {
+            return (root & MID_INDEX) as usize;
+        }
+        let mid = match self.free_mids.pop() {
+            Some(mid) => mid as usize,
             None => {
-                let capacity = self.nodes.capacity();
-                self.nodes.push(node);
-                self.locals.push(Vec::new());
-                if self.nodes.capacity() != capacity && self.len >= HUGE_PAGES_FROM {
-                    advise_huge_pages(self.nodes.spare_capacity_mut());
-                }
-                u32::try_from(self.nodes.len() - 1).expect("fewer than 2^32 nodes")
+                push_advised(&mut self.mids, Mid::EMPTY);
+                self.mid_sides.push(Side::default());
+                self.mid_root_slots.push(0);
+                self.mids.len() - 1
             }
-        }
+        };
+        assert!(mid <= MID_INDEX as usize, "at most one mid node per root slot");
+        self.mids[mid] = Mid::EMPTY;
+        self.mid_sides[mid] = Side::new(root.wrapping_sub(1));
+        self.mid_root_slots[mid] = slot as u16;
+        // Also hangs the node from the root slot.
+        self.repaint_mid(mid);
+        mid
     }
 
-    /// Frees the empty nodes at the end of `path`, bottom up.
-    fn prune(&mut self, key: K, path: &[u32]) {
-        for depth in (0..path.len()).rev() {
-            let node = path[depth];
-            if !self.locals[node as usize].is_empty() || !self.nodes[node as usize].has_child.is_empty() {
-                return;
-            }
-            let inherited = std::mem::take(&mut self.nodes[node as usize]).inherited;
-            self.locals[node as usize] = Vec::new();
-            self.free_nodes.push(node);
-            if depth == 0 {
-                // The root slot holds its value again.
-                let slot = key.chunk(0, K::ROOT_BITS);
-                self.note_root_write(slot);
-                self.root[slot] = inherited.wrapping_add(1);
-            } else {
-                let slot = key.chunk(K::ROOT_BITS + STRIDE * (depth as u32 - 1), STRIDE);
-                let parent = &mut self.nodes[path[depth - 1] as usize];
-                let mut children = std::mem::take(&mut parent.children).into_vec();
-                children.remove(parent.has_child.rank(slot));
-                parent.children = children.into_boxed_slice();
-                parent.has_child.set(slot, false);
-            }
+    /// The leaf continuing the mid node's `slot`, made (inheriting the slot's value) if
+    /// missing: the node's leaves move to a run one longer, the new one at its rank.
+    fn leaf_or_insert(&mut self, mid: usize, slot: usize) -> usize {
+        if let Some(leaf) = self.mids[mid].leaf(slot) {
+            return leaf;
         }
+        let node = self.mids[mid];
+        let (count, at) = (node.has_leaf.count(), node.has_leaf.rank(slot));
+        let first = self.take_run(count + 1);
+        for i in 0..count {
+            self.move_leaf(node.first_leaf as usize + i, first + i + usize::from(i >= at));
+        }
+        self.free_run(node.first_leaf as usize, count);
+        let leaf = first + at;
+        self.leaf_sides[leaf] = Side::new(node.painted.value(slot, &self.overflow));
+        self.repaint_leaf(leaf);
+        let node = &mut self.mids[mid];
+        node.first_leaf = first as u32;
+        node.has_leaf.set(slot, true);
+        let slots = self.mid_sides[mid].slots();
+        self.hang_mid(mid, &slots);
+        leaf
     }
-}
 
-/// From this many prefixes on, a table asks for huge pages (below it, a 2 MiB page per touched
-/// region of the mostly empty root would cost more memory than the TLB misses cost time).
-pub(super) const HUGE_PAGES_FROM: usize = 65_536;
-/// Root slots in a 4 KiB page.
-const ROOT_SLOTS_PER_PAGE: usize = 4096 / std::mem::size_of::<u32>();
-/// Marks a root slot that holds a child node rather than a value.
-const CHILD: u32 = 1 << 31;
-
-/// Asks the kernel to back `memory` with transparent huge pages: the IPv4 root is 64 MiB and
-/// the nodes tens of MiB, read at random, and with 4 KiB pages nearly every lookup also missed
-/// the TLB (docs/benchmarks.md, in-process lookups). Pages already touched are merged later by
-/// the kernel's khugepaged. A refusal (THP off) is harmless.
-pub(super) fn advise_huge_pages<T>(memory: &[T]) {
-    #[cfg(target_os = "linux")]
-    {
-        // madvise wants a page-aligned start; malloc's large blocks start just past a header.
-        const PAGE: usize = 4096;
-        let start = memory.as_ptr() as usize;
-        let end = start + std::mem::size_of_val(memory);
-        let aligned = start.next_multiple_of(PAGE);
-        if end >= aligned + 2 * 1024 * 1024 {
-            // SAFETY: the range lies inside `memory`'s allocation; MADV_HUGEPAGE changes how
-            // the kernel backs it, never its contents.
-            unsafe {
-                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
-            }
+    /// Drops the (empty) leaf of the mid node's `slot`: the others move to a run one shorter.
+    fn remove_leaf(&mut self, mid: usize, slot: usize) {
+        let node = self.mids[mid];
+        let (count, at) = (node.has_leaf.count(), node.has_leaf.rank(slot));
+        let old_first = node.first_leaf as usize;
+        self.leaves[old_first + at].0.release(&mut self.overflow);
+        let first = self.take_run(count - 1);
+        for i in (0..count).filter(|&i| i != at) {
+            self.move_leaf(old_first + i, first + i - usize::from(i > at));
         }
+        self.free_run(old_first, count);
+        let node = &mut self.mids[mid];
+        node.first_leaf = first as u32;
+        node.has_leaf.set(slot, false);
+        let slots = self.mid_sides[mid].slots();
+        self.hang_mid(mid, &slots);
+    }
+
+    /// Frees the mid node if nothing is left in it: the root slot holds its value again.
+    fn prune_mid(&mut self, mid: usize, slot: usize) {
+        if !self.mid_sides[mid].locals.is_empty() || !self.mids[mid].has_leaf.is_empty() {
+            return;
+        }
+        self.mids[mid].painted.release(&mut self.overflow);
+        self.mids[mid] = Mid::EMPTY;
+        let inherited = std::mem::take(&mut self.mid_sides[mid]).inherited;
+        self.root[slot] = inherited.wrapping_add(1);
+        self.free_mids.push(mid as u32);
+    }
+
+    fn move_leaf(&mut self, from: usize, to: usize) {
+        self.leaves[to] = std::mem::replace(&mut self.leaves[from], Leaf::EMPTY);
+        self.leaf_sides[to] = std::mem::take(&mut self.leaf_sides[from]);
+    }
+
+    /// A run of `len` unused leaves: a freed one of that length, or new ones at the end.
+    /// (Taking the start of a longer freed run instead left more leaves free, not fewer, when
+    /// a million bindings were loaded: 60,600 against 43,900 of 292,000.)
+    fn take_run(&mut self, len: usize) -> usize {
+        if len == 0 {
+            return 0;
+        }
+        if let Some(first) = self.free_runs.get_mut(len).and_then(Vec::pop) {
+            return first as usize;
+        }
+        let first = self.leaves.len();
+        assert!(first + len <= u32::MAX as usize, "fewer than 2^32 leaves");
+        for _ in 0..len {
+            push_advised(&mut self.leaves, Leaf::EMPTY);
+            self.leaf_sides.push(Side::default());
+        }
+        first
+    }
+
+    /// Returns a run of leaves (already moved out or released) for reuse.
+    fn free_run(&mut self, first: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        self.leaves[first..first + len].fill(Leaf::EMPTY);
+        self.leaf_sides[first..first + len].fill(Side::default());
+        if self.free_runs.len() <= len {
+            self.free_runs.resize_with(len + 1, Vec::new);
+        }
+        self.free_runs[len].push(first as u32);
     }
 }
 
@@ -491,24 +482,24 @@ mod tests {
     fn reference(prefixes: &HashMap<(u32, u8), u32>, key: u32) -> Option<u32> {
         (0..=32u8)
             .rev()
-            .find_map(|len| prefixes.get(&(key.masked(u32::from(len)), len)).copied())
+            .find_map(|len| prefixes.get(&(masked(key, len), len)).copied())
     }
 
     fn random_prefix(rng: &mut fastrand::Rng) -> (u32, u8) {
         // A narrow key space so that prefixes nest, share nodes and cross every level.
-        // Short ones repaint up to 2^24 root slots: rare, or a debug-build test takes minutes.
-        let len = match rng.u16(..1000) {
+        // Short ones repaint up to 2^16 root slots: rare, or a debug-build test takes long.
+        let len = match rng.u16(..200) {
             0 => [0, 3, 8, 12][rng.usize(..4)],
             _ => [15, 16, 17, 20, 23, 24, 25, 28, 31, 32][rng.usize(..10)],
         };
         let key = 0x0a00_0000 | (rng.u32(..) & 0x00ff_ffff & rng.u32(..));
-        (key.masked(u32::from(len)), len)
+        (masked(key, len), len)
     }
 
     #[test]
     fn matches_brute_force_through_inserts_and_removes() {
         let mut rng = fastrand::Rng::with_seed(42);
-        let mut table = Lpm::<u32>::default();
+        let mut table = Lpm::default();
         let mut reference_set = HashMap::new();
         for round in 0..20_000u32 {
             let (key, len) = random_prefix(&mut rng);
@@ -540,14 +531,83 @@ mod tests {
         }
         assert!(table.is_empty());
         assert_eq!(table.longest_match(0x0a00_0001), None);
-        assert_eq!(table.nodes.len(), table.free_nodes.len(), "every node is freed");
+        assert_eq!(table.mids.len(), table.free_mids.len(), "every mid node is freed");
+        let free_leaves: usize = table
+            .free_runs
+            .iter()
+            .enumerate()
+            .map(|(len, runs)| len * runs.len())
+            .sum();
+        assert_eq!(table.leaves.len(), free_leaves, "every leaf is freed");
+        assert_eq!(table.overflow.in_use(), 0, "every spilled run is freed");
     }
 
     #[test]
-    fn moving_to_huge_pages_keeps_every_prefix() {
-        let mut table = Lpm::<u32>::default();
+    fn dense_nodes_spill_their_runs_and_keep_every_prefix() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut table = Lpm::default();
+        let mut reference_set = HashMap::new();
+        // Every other /32 of one /24 (a leaf of 128 runs and more), every other /24 of one /16
+        // (a mid node likewise, with a leaf under many of its slots), in random order.
+        let mut prefixes: Vec<(u32, u8)> = (0..128u32)
+            .map(|i| (0xc000_0200 + 2 * i, 32))
+            .chain((0..128u32).map(|i| (0xc600_0000 + ((2 * i) << 8), 24)))
+            .chain((0..128u32).map(|i| (0xc600_0000 + ((2 * i) << 8) + 9, 32)))
+            .chain([(0xc000_0200, 24), (0xc600_0000, 16)])
+            .collect();
+        rng.shuffle(&mut prefixes);
+        let probe_all = |table: &Lpm, reference_set: &HashMap<(u32, u8), u32>| {
+            for probe in (0xc000_0200..0xc000_0300).chain((0..1 << 16).map(|i| 0xc600_0000 + i * 7 % (1 << 16))) {
+                assert_eq!(
+                    table.longest_match(probe),
+                    reference(reference_set, probe),
+                    "{probe:#x}"
+                );
+            }
+        };
+        for (value, &(key, len)) in prefixes.iter().enumerate() {
+            table.insert(key, len, value as u32);
+            reference_set.insert((key, len), value as u32);
+        }
+        assert!(table.overflow.in_use() >= 2, "both dense nodes spilled");
+        probe_all(&table, &reference_set);
+        rng.shuffle(&mut prefixes);
+        for (key, len) in prefixes.drain(..) {
+            assert_eq!(table.remove(key, len), reference_set.remove(&(key, len)));
+            if reference_set.len() % 64 == 0 {
+                probe_all(&table, &reference_set);
+            }
+        }
+        assert!(table.is_empty());
+        assert_eq!(table.overflow.in_use(), 0, "every spilled run is freed");
+    }
+
+    #[test]
+    fn a_node_under_a_short_prefix_answers_it_where_it_holds_nothing() {
+        let mut table = Lpm::default();
+        // A /24 and a /32 make the /16's node and a leaf; the /8 is inserted before, the /16
+        // after: each must answer in the node's empty groups (past the first 16 slots).
+        table.insert(0x0a00_0000, 8, 1);
+        table.insert(0x0a01_0000, 24, 2);
+        table.insert(0x0a01_0107, 32, 3);
+        for (probe, expected) in [(0x0a01_0001, 2), (0x0a01_0107, 3), (0x0a01_0108, 1), (0x0a01_a001, 1)] {
+            assert_eq!(table.longest_match(probe), Some(expected), "{probe:#x}");
+        }
+        table.insert(0x0a01_0000, 16, 4);
+        assert_eq!(table.longest_match(0x0a01_a001), Some(4));
+        assert_eq!(table.longest_match(0x0a01_0108), Some(4));
+        table.remove(0x0a01_0000, 16);
+        table.remove(0x0a00_0000, 8);
+        assert_eq!(table.longest_match(0x0a01_a001), None);
+        assert_eq!(table.longest_match(0x0a01_0001), Some(2));
+        assert_eq!(table.longest_matches(&[0x0a01_a001, 0x0a01_0107]), [None, Some(3)]);
+    }
+
+    #[test]
+    fn a_large_table_keeps_every_prefix() {
+        let mut table = Lpm::default();
         // /24s from 32.0.0.0 on, every other one with a /32 inside.
-        let prefixes: Vec<(u32, u8)> = (0..HUGE_PAGES_FROM as u32 + 1000)
+        let prefixes: Vec<(u32, u8)> = (0..200_000u32)
             .map(|i| match i % 2 {
                 0 => ((32 << 24) + (i << 8), 24),
                 _ => ((32 << 24) + ((i - 1) << 8) + 7, 32),

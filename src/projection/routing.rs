@@ -15,7 +15,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use ipnet::IpNet;
 
 use super::by_length::ByLength;
-use super::lpm::{HUGE_PAGES_FROM, Lpm, advise_huge_pages};
+use super::huge_pages::push_advised;
+use super::lpm::Lpm;
 use crate::domain::{Binding, BindingId, Change, Prefix, PrefixId, ProvisioningState, State};
 
 /// What a lookup found.
@@ -40,32 +41,79 @@ impl Route {
     }
 }
 
-/// What one CIDR stands for in the table.
+/// What one CIDR stands for in the table: the prefix and the binding at this CIDR (whatever
+/// its state), packed in 34 bytes (a `Route` and two more fields took 36: a million of them
+/// are most of the table's memory).
 #[derive(Clone, Copy)]
 struct Entry {
-    /// The prefix and the binding at this CIDR (whatever its state).
-    route: Route,
-    /// The CIDR is a prefix's (its binding, if any, is the prefix-wide one).
-    is_prefix: bool,
+    prefix_id: PrefixId,
+    /// Meaningful when `flags` has [`HAS_BINDING`].
+    binding_id: BindingId,
+    flags: u8,
     /// The CIDR's prefix length: where the search for an enclosing ACTIVE binding starts.
     len: u8,
 }
 
+const _: () = assert!(std::mem::size_of::<Entry>() == 34);
+
+/// In `Entry::flags`: a binding is at the entry's CIDR.
+const HAS_BINDING: u8 = 1;
+/// In `Entry::flags`: that binding is ACTIVE.
+const BINDING_ACTIVE: u8 = 2;
+/// In `Entry::flags`: the CIDR is a prefix's (its binding, if any, is the prefix-wide one).
+const IS_PREFIX: u8 = 4;
+
 impl Entry {
+    fn new(route: Route, is_prefix: bool, len: u8) -> Entry {
+        let mut entry = Entry {
+            prefix_id: route.prefix_id,
+            binding_id: BindingId(uuid::Uuid::nil()),
+            flags: if is_prefix { IS_PREFIX } else { 0 },
+            len,
+        };
+        entry.set_route(route);
+        entry
+    }
+
+    #[inline]
+    fn route(&self) -> Route {
+        Route {
+            prefix_id: self.prefix_id,
+            binding_id: (self.flags & HAS_BINDING != 0).then_some(self.binding_id),
+            binding_active: self.flags & BINDING_ACTIVE != 0,
+        }
+    }
+
+    fn set_route(&mut self, route: Route) {
+        self.prefix_id = route.prefix_id;
+        self.binding_id = route.binding_id.unwrap_or(BindingId(uuid::Uuid::nil()));
+        self.flags &= IS_PREFIX;
+        if route.binding_id.is_some() {
+            self.flags |= HAS_BINDING;
+        }
+        if route.binding_active {
+            self.flags |= BINDING_ACTIVE;
+        }
+    }
+
+    fn is_prefix(&self) -> bool {
+        self.flags & IS_PREFIX != 0
+    }
+
     /// The route of the ACTIVE bindings for an address whose most specific CIDR is this one,
     /// or `None` when an enclosing entry decides it (this one's binding is not ACTIVE).
     fn active_route(&self) -> Option<Route> {
-        if self.route.binding_active || self.route.binding_id.is_none() {
-            return Some(self.route);
+        if self.flags & HAS_BINDING == 0 || self.flags & BINDING_ACTIVE != 0 {
+            return Some(self.route());
         }
-        self.is_prefix.then(|| Route::prefix_only(self.route.prefix_id))
+        self.is_prefix().then(|| Route::prefix_only(self.prefix_id))
     }
 }
 
 /// CIDR -> entry, for both families, with LPM search.
 #[derive(Default)]
 struct Table {
-    v4: Lpm<u32>,
+    v4: Lpm,
     /// IPv6: a hash map per prefix length holding the entries themselves (see `by_length`
     /// for why not a trie).
     v6: ByLength<Entry>,
@@ -117,11 +165,7 @@ impl Table {
                 slot
             }
             None => {
-                let capacity = self.entries.capacity();
-                self.entries.push(entry);
-                if self.entries.capacity() != capacity && self.entries.len() >= HUGE_PAGES_FROM {
-                    advise_huge_pages(self.entries.spare_capacity_mut());
-                }
+                push_advised(&mut self.entries, entry);
                 u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 routes")
             }
         };
@@ -139,21 +183,14 @@ impl Table {
 
     fn set_binding(&mut self, cidr: IpNet, route: Route) {
         match self.entry_mut(cidr) {
-            Some(entry) => entry.route = route,
-            None => self.insert_new(
-                cidr,
-                Entry {
-                    route,
-                    is_prefix: false,
-                    len: cidr.prefix_len(),
-                },
-            ),
+            Some(entry) => entry.set_route(route),
+            None => self.insert_new(cidr, Entry::new(route, false, cidr.prefix_len())),
         }
     }
 
     fn clear_binding(&mut self, cidr: IpNet) {
         match self.entry_mut(cidr) {
-            Some(entry) if entry.is_prefix => entry.route = Route::prefix_only(entry.route.prefix_id),
+            Some(entry) if entry.is_prefix() => entry.set_route(Route::prefix_only(entry.prefix_id)),
             Some(_) => self.remove(cidr),
             None => {}
         }
@@ -230,11 +267,7 @@ impl RoutingTable {
 
     /// Adds a prefix (covering no binding yet).
     pub fn add_prefix(&mut self, prefix: &Prefix) {
-        let entry = Entry {
-            route: Route::prefix_only(prefix.id),
-            is_prefix: true,
-            len: prefix.cidr.prefix_len(),
-        };
+        let entry = Entry::new(Route::prefix_only(prefix.id), true, prefix.cidr.prefix_len());
         self.table.insert(prefix.cidr, entry);
     }
 
@@ -266,7 +299,7 @@ impl RoutingTable {
     #[inline]
     fn route(&self, address: IpAddr, entry: &Entry, active_only: bool) -> Route {
         if !active_only {
-            return entry.route;
+            return entry.route();
         }
         entry
             .active_route()
@@ -285,7 +318,7 @@ impl RoutingTable {
                 self.table.entry(cidr)
             })
             .find_map(Entry::active_route)
-            .unwrap_or(Route::prefix_only(entry.route.prefix_id))
+            .unwrap_or(Route::prefix_only(entry.prefix_id))
     }
 }
 

@@ -1,12 +1,16 @@
-//! A node of the [`Lpm`](super::Lpm) trie: 256 slots (8 bits of the key), their values
-//! run-length encoded and their children ranked by a bitmap, in one 128-byte block (what a
-//! lookup reads); the prefixes that end in it live apart, with the table.
+//! The nodes of the [`Lpm`](super::Lpm) trie: 256 slots (8 bits of the key) each, their values
+//! run-length encoded (`Painted`) in one cache line for a leaf and two for a mid node, which
+//! also ranks its children by a bitmap; what updates alone need (the prefixes that end in a
+//! node and the value it inherits) lives apart, in `Side`.
 
 /// Bits of the key a node consumes.
 pub(super) const STRIDE: u32 = 8;
 const SLOTS: usize = 1 << STRIDE;
-/// No value (and no node).
+/// No value.
 pub(super) const NONE: u32 = u32::MAX;
+/// In a node's last run slot: its runs are too many to hold inline and live in [`Overflow`],
+/// at the index in its first run slot. Never a value (values stay below 2^31).
+const SPILLED: u32 = u32::MAX - 1;
 
 /// 256 bits, one per node slot.
 #[derive(Clone, Copy, Default)]
@@ -40,8 +44,17 @@ impl SlotBits {
         (whole + partial) as usize
     }
 
+    pub(super) fn count(&self) -> usize {
+        self.rank(SLOTS)
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.0 == [0; 4]
+    }
+
+    /// The set slots, in order.
+    pub(super) fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..SLOTS).filter(|&slot| self.get(slot))
     }
 }
 
@@ -61,85 +74,125 @@ impl Local {
     }
 }
 
-/// The values of a node's runs: inline when few (the common case: a handful of prefixes per
-/// node), so that reading one costs no extra cache miss.
-#[derive(Clone)]
-enum Runs {
-    Inline([u32; 6]),
-    Heap(Box<[u32]>),
-}
-
-impl Runs {
-    fn new(values: &[u32]) -> Runs {
-        match values.len() {
-            len @ 0..=6 => {
-                let mut inline = [NONE; 6];
-                inline[..len].copy_from_slice(values);
-                Runs::Inline(inline)
-            }
-            _ => Runs::Heap(values.into()),
-        }
-    }
-
-    #[inline]
-    fn get(&self, index: usize) -> u32 {
-        match self {
-            Runs::Inline(values) => values[index],
-            Runs::Heap(values) => values[index],
-        }
-    }
-}
-
-impl Default for Runs {
-    fn default() -> Self {
-        Runs::new(&[])
-    }
-}
-
-/// What a lookup reads, in one 128-byte block (two cache lines the CPU fetches as a pair).
-/// The node's own prefixes, needed only by updates, live apart in `Lpm::locals`.
-#[derive(Clone)]
-#[repr(C, align(128))]
-pub(super) struct Node {
-    run_starts: SlotBits,
-    runs: Runs,
-    pub(super) has_child: SlotBits,
-    pub(super) children: Box<[u32]>,
-    /// For a child of the root: the value of the root slot it hangs from (the root slot holds
-    /// the child instead), painted under the node's own prefixes. NONE below the root.
+/// What updates need of a node and lookups never read.
+#[derive(Clone, Default)]
+pub(super) struct Side {
+    /// The value of the slot above the node hangs from (the slot holds the node instead),
+    /// painted under the node's own prefixes.
     pub(super) inherited: u32,
+    /// The prefixes that end in the node, sorted by length (painted in order, longer ones
+    /// win). A boxed slice, exactly as long as it must be: a leaf has a handful, and a `Vec`
+    /// of them with its spare room cost ~24 bytes more per leaf.
+    pub(super) locals: Box<[Local]>,
 }
 
-impl Default for Node {
-    fn default() -> Self {
-        Node {
-            run_starts: SlotBits::default(),
-            runs: Runs::default(),
-            has_child: SlotBits::default(),
-            children: Box::default(),
-            inherited: NONE,
+impl Side {
+    pub(super) fn new(inherited: u32) -> Side {
+        Side {
+            inherited,
+            locals: Box::default(),
         }
     }
-}
 
-impl Node {
-    pub(super) fn child(&self, slot: usize) -> Option<u32> {
-        self.has_child
-            .get(slot)
-            .then(|| self.children[self.has_child.rank(slot)])
-    }
-
-    #[inline]
-    pub(super) fn value(&self, slot: usize) -> u32 {
-        self.runs.get(self.run_starts.rank(slot + 1) - 1)
-    }
-
-    /// Rebuilds the slot values from the node's prefixes (sorted by length).
-    pub(super) fn repaint(&mut self, locals: &[Local]) {
+    /// Each slot's value: the longest of the node's prefixes covering it, or the inherited one.
+    pub(super) fn slots(&self) -> [u32; SLOTS] {
         let mut slots = [self.inherited; SLOTS];
-        for local in locals {
+        for local in &self.locals {
             slots[local.slots()].fill(local.value);
         }
+        slots
+    }
+
+    pub(super) fn position(&self, local_len: u8, bits: u8) -> Option<usize> {
+        self.locals.iter().position(|l| (l.len, l.bits) == (local_len, bits))
+    }
+
+    /// Stores the prefix's value; returns the value it replaces.
+    pub(super) fn upsert(&mut self, len: u8, bits: u8, value: u32) -> Option<u32> {
+        if let Some(position) = self.position(len, bits) {
+            return Some(std::mem::replace(&mut self.locals[position].value, value));
+        }
+        let at = self.locals.partition_point(|l| l.len <= len);
+        let mut locals = std::mem::take(&mut self.locals).into_vec();
+        locals.insert(at, Local { len, bits, value });
+        self.locals = locals.into_boxed_slice();
+        None
+    }
+
+    /// Removes the prefix; returns its value.
+    pub(super) fn remove(&mut self, len: u8, bits: u8) -> Option<u32> {
+        let at = self.position(len, bits)?;
+        let mut locals = std::mem::take(&mut self.locals).into_vec();
+        let removed = locals.remove(at);
+        self.locals = locals.into_boxed_slice();
+        Some(removed.value)
+    }
+}
+
+/// Run values that did not fit in their node, each node's in one boxed slice; freed ones are
+/// reused.
+#[derive(Default)]
+pub(super) struct Overflow {
+    runs: Vec<Box<[u32]>>,
+    free: Vec<u32>,
+}
+
+impl Overflow {
+    fn store(&mut self, runs: Vec<u32>) -> u32 {
+        let runs = runs.into_boxed_slice();
+        match self.free.pop() {
+            Some(index) => {
+                self.runs[index as usize] = runs;
+                index
+            }
+            None => {
+                self.runs.push(runs);
+                u32::try_from(self.runs.len() - 1).expect("fewer than 2^32 spilled nodes")
+            }
+        }
+    }
+
+    fn release(&mut self, index: u32) {
+        self.runs[index as usize] = Box::default();
+        self.free.push(index);
+    }
+
+    /// How many nodes' runs it holds.
+    #[cfg(test)]
+    pub(super) fn in_use(&self) -> usize {
+        self.runs.len() - self.free.len()
+    }
+}
+
+/// A node's 256 slot values, run-length encoded: `run_starts` marks where the value changes
+/// and `runs` holds one value per run, inline when at most `N` (the common case: a handful of
+/// prefixes per node), else in [`Overflow`].
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(super) struct Painted<const N: usize> {
+    run_starts: SlotBits,
+    runs: [u32; N],
+}
+
+impl<const N: usize> Painted<N> {
+    /// Every slot empty.
+    pub(super) const EMPTY: Self = Painted {
+        run_starts: SlotBits([1, 0, 0, 0]),
+        runs: [NONE; N],
+    };
+
+    #[inline]
+    pub(super) fn value(&self, slot: usize, overflow: &Overflow) -> u32 {
+        let run = self.run_starts.rank(slot + 1) - 1;
+        match self.runs[N - 1] {
+            SPILLED => overflow.runs[self.runs[0] as usize][run],
+            _ => self.runs[run],
+        }
+    }
+
+    /// Encodes `slots`, replacing what the node held.
+    pub(super) fn paint(&mut self, slots: &[u32; SLOTS], overflow: &mut Overflow) {
+        self.release(overflow);
         let mut runs = Vec::new();
         self.run_starts = SlotBits::default();
         for (slot, &value) in slots.iter().enumerate() {
@@ -148,6 +201,65 @@ impl Node {
                 runs.push(value);
             }
         }
-        self.runs = Runs::new(&runs);
+        if runs.len() <= N {
+            self.runs = [NONE; N];
+            self.runs[..runs.len()].copy_from_slice(&runs);
+        } else {
+            self.runs[0] = overflow.store(runs);
+            self.runs[N - 1] = SPILLED;
+        }
+    }
+
+    /// Frees the node's spilled runs, if any (before it is dropped or painted again).
+    pub(super) fn release(&mut self, overflow: &mut Overflow) {
+        if self.runs[N - 1] == SPILLED {
+            overflow.release(self.runs[0]);
+            self.runs[N - 1] = NONE;
+        }
     }
 }
+
+/// A node whose slots end at a key's last bit (IPv4 /25../32): one cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(super) struct Leaf(pub(super) Painted<8>);
+
+impl Leaf {
+    pub(super) const EMPTY: Leaf = Leaf(Painted::EMPTY);
+}
+
+/// A node with children (IPv4 /17../24): its slots' values and, per slot, whether a leaf
+/// continues it. A node's leaves are consecutive in the table's leaf array, so the leaf of a
+/// slot is `first_leaf` + the slot's rank among `has_leaf`: no load to find it. Two cache
+/// lines, which the CPU fetches as a pair.
+#[derive(Clone, Copy)]
+#[repr(C, align(128))]
+pub(super) struct Mid {
+    pub(super) has_leaf: SlotBits,
+    pub(super) painted: Painted<14>,
+    pub(super) first_leaf: u32,
+}
+
+impl Mid {
+    pub(super) const EMPTY: Mid = Mid {
+        has_leaf: SlotBits([0; 4]),
+        painted: Painted::EMPTY,
+        first_leaf: 0,
+    };
+
+    /// Starts loading both of the node's cache lines.
+    pub(super) fn prefetch(&self) {
+        crate::prefetch::prefetch(&self.has_leaf);
+        crate::prefetch::prefetch(&self.painted.runs[13]);
+    }
+
+    /// The leaf continuing `slot`, if any.
+    #[inline]
+    pub(super) fn leaf(&self, slot: usize) -> Option<usize> {
+        self.has_leaf
+            .get(slot)
+            .then(|| self.first_leaf as usize + self.has_leaf.rank(slot))
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Leaf>() == 64 && std::mem::size_of::<Mid>() == 128);
