@@ -2,13 +2,17 @@
 //! pages nearly every lookup also missed the TLB (docs/benchmarks.md, in-process lookups).
 
 /// Pushes onto a large array read at random (the table's nodes, the routing table's entries).
-/// Once it holds 2 MiB, it grows by moving into memory advised for huge pages before it is
-/// touched (with 4 KiB pages nearly every lookup also missed the TLB; the kernel merges pages
-/// already touched only slowly, in the background; below 2 MiB a huge page per array would
-/// cost more memory than the misses cost time).
+/// Once it would grow past 4 MiB, it moves into a new allocation of at least 32 MiB, advised
+/// for huge pages before it is touched (the kernel merges pages already touched only slowly,
+/// in the background). From 32 MiB on, glibc's malloc gives an allocation its own mapping, so
+/// the advice covers nothing else; below 4 MiB a huge page would cost more memory than the
+/// misses cost time. The room past the array's end is not resident until it is used.
 pub(super) fn push_advised<T>(array: &mut Vec<T>, value: T) {
-    if array.len() == array.capacity() && (array.len() + 1) * std::mem::size_of::<T>() >= 2 << 20 {
-        let mut grown = Vec::with_capacity(array.capacity() * 2);
+    const ADVISED_FROM: usize = 4 << 20;
+    const OWN_MAPPING: usize = 32 << 20;
+    let size = std::mem::size_of::<T>().max(1);
+    if array.len() == array.capacity() && (array.len() + 1) * size > ADVISED_FROM {
+        let mut grown = Vec::with_capacity((array.capacity() * 2).max(OWN_MAPPING.div_ceil(size)));
         advise_huge_pages(grown.spare_capacity_mut());
         grown.append(array);
         *array = grown;

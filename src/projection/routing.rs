@@ -242,12 +242,19 @@ pub struct RoutingTable {
 
 impl RoutingTable {
     /// The routes of every prefix and binding of `state`.
+    /// The table of a whole state, built in address order: the IPv4 table then fills its
+    /// nodes one after another, each growing at the end of its arrays instead of moving
+    /// (docs/benchmarks.md, restart).
     pub fn of(state: &State) -> RoutingTable {
         let mut routes = RoutingTable::default();
-        for prefix in state.prefixes() {
+        let mut prefixes: Vec<&Prefix> = state.prefixes().collect();
+        prefixes.sort_unstable_by_key(|prefix| prefix.cidr);
+        for prefix in prefixes {
             routes.add_prefix(prefix);
         }
-        for binding in state.bindings() {
+        let mut bindings: Vec<&Binding> = state.bindings().collect();
+        bindings.sort_unstable_by_key(|binding| binding.cidr);
+        for binding in bindings {
             routes.put_binding(binding);
         }
         routes
