@@ -33,8 +33,9 @@
 //! `longest_matches` walks many keys a level at a time, prefetching a group's mid nodes and
 //! then its leaves, so that their cache misses overlap. Updates repaint one node (256 slots)
 //! and the leaves under it whose inherited value changed, or the root slots a short prefix
-//! covers; a mid node gaining or losing a leaf moves its leaves to a run of the new length
-//! (freed runs are reused by length).
+//! covers. A mid node gaining or losing a leaf moves its leaves to a run of the new length
+//! (freed runs are reused by length), or grows in place when its run ends the array; once a
+//! quarter of the leaves are free, they are laid out again.
 
 use std::collections::BTreeMap;
 
@@ -71,14 +72,20 @@ enum RootStep {
 
 #[inline]
 fn root_step(root: u32, key: u32) -> RootStep {
-    if root & CHILD == 0 {
+    let Some(mid) = root_mid(root) else {
         return RootStep::Value(root.wrapping_sub(1));
-    }
+    };
     let group = (mid_slot(key) >> 4) as u32;
     match root >> (GROUPS_SHIFT + group) & 1 {
         0 => RootStep::Value(NONE),
-        _ => RootStep::Mid((root & MID_INDEX) as usize),
+        _ => RootStep::Mid(mid),
     }
+}
+
+/// The mid node a root slot holds, if it holds one.
+#[inline]
+fn root_mid(root: u32) -> Option<usize> {
+    (root & CHILD != 0).then_some((root & MID_INDEX) as usize)
 }
 
 /// The table. Keys are given with their prefix length; bits past it are ignored.
@@ -280,8 +287,7 @@ impl Lpm {
     }
 
     fn mid_of(&self, key: u32) -> Option<usize> {
-        let root = self.root[root_slot(key)];
-        (root & CHILD != 0).then_some((root & MID_INDEX) as usize)
+        root_mid(self.root[root_slot(key)])
     }
 
     fn leaf_of(&self, key: u32) -> Option<usize> {
@@ -314,13 +320,12 @@ impl Lpm {
     }
 
     fn set_root_value(&mut self, slot: usize, value: u32) {
-        match self.root[slot] {
-            root if root & CHILD != 0 => {
-                let mid = (root & MID_INDEX) as usize;
+        match root_mid(self.root[slot]) {
+            Some(mid) => {
                 self.mid_sides[mid].inherited = value;
                 self.repaint_mid(mid);
             }
-            _ => self.root[slot] = value.wrapping_add(1),
+            None => self.root[slot] = value.wrapping_add(1),
         }
     }
 
@@ -365,8 +370,8 @@ impl Lpm {
     fn mid_or_insert(&mut self, key: u32) -> usize {
         let slot = root_slot(key);
         let root = self.root[slot];
-        if root & CHILD != 0 {
-            return (root & MID_INDEX) as usize;
+        if let Some(mid) = root_mid(root) {
+            return mid;
         }
         let mid = match self.free_mids.pop() {
             Some(mid) => mid as usize,
@@ -419,8 +424,7 @@ impl Lpm {
         let node = &mut self.mids[mid];
         node.first_leaf = first as u32;
         node.has_leaf.set(slot, true);
-        let slots = self.mid_sides[mid].slots();
-        self.hang_mid(mid, &slots);
+        self.hang_mid(mid, &self.mid_sides[mid].slots());
         leaf
     }
 
@@ -438,8 +442,7 @@ impl Lpm {
         let node = &mut self.mids[mid];
         node.first_leaf = first as u32;
         node.has_leaf.set(slot, false);
-        let slots = self.mid_sides[mid].slots();
-        self.hang_mid(mid, &slots);
+        self.hang_mid(mid, &self.mid_sides[mid].slots());
     }
 
     /// Frees the mid node if nothing is left in it: the root slot holds its value again.

@@ -56,6 +56,9 @@ struct Entry {
 
 const _: () = assert!(std::mem::size_of::<Entry>() == 34);
 
+/// `Entry::binding_id` when no binding is at the entry's CIDR.
+const NO_BINDING: BindingId = BindingId(uuid::Uuid::nil());
+
 /// In `Entry::flags`: a binding is at the entry's CIDR.
 const HAS_BINDING: u8 = 1;
 /// In `Entry::flags`: that binding is ACTIVE.
@@ -67,7 +70,7 @@ impl Entry {
     fn new(route: Route, is_prefix: bool, len: u8) -> Entry {
         let mut entry = Entry {
             prefix_id: route.prefix_id,
-            binding_id: BindingId(uuid::Uuid::nil()),
+            binding_id: NO_BINDING,
             flags: if is_prefix { IS_PREFIX } else { 0 },
             len,
         };
@@ -86,7 +89,7 @@ impl Entry {
 
     fn set_route(&mut self, route: Route) {
         self.prefix_id = route.prefix_id;
-        self.binding_id = route.binding_id.unwrap_or(BindingId(uuid::Uuid::nil()));
+        self.binding_id = route.binding_id.unwrap_or(NO_BINDING);
         self.flags &= IS_PREFIX;
         if route.binding_id.is_some() {
             self.flags |= HAS_BINDING;
