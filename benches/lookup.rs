@@ -353,7 +353,13 @@ fn lookups(c: &mut Criterion) {
         let mut group = c.benchmark_group(*name);
         group.throughput(Throughput::Elements(addresses.len() as u64));
         group.bench_function("prefix-trie", |b| {
-            b.iter(|| addresses.iter().filter_map(|a| baseline.lookup(black_box(*a))).map(black_box).count())
+            b.iter(|| {
+                addresses
+                    .iter()
+                    .filter_map(|a| baseline.lookup(black_box(*a)))
+                    .map(black_box)
+                    .count()
+            })
         });
         if name.starts_with("ipv4") {
             group.bench_function("lpm", |b| {
@@ -362,7 +368,9 @@ fn lookups(c: &mut Criterion) {
                         IpAddr::V4(address) => Some(address.to_bits()),
                         IpAddr::V6(_) => None,
                     });
-                    v4.filter_map(|a| lpm.longest_match(black_box(a))).map(black_box).count()
+                    v4.filter_map(|a| lpm.longest_match(black_box(a)))
+                        .map(black_box)
+                        .count()
                 })
             });
         }
@@ -379,7 +387,12 @@ fn lookups(c: &mut Criterion) {
                     // Batches of 1000, like a LookupAddresses call.
                     let found: usize = keys
                         .chunks(1000)
-                        .map(|batch| black_box(lpm.longest_matches(black_box(batch))).iter().flatten().count())
+                        .map(|batch| {
+                            black_box(lpm.longest_matches(black_box(batch)))
+                                .iter()
+                                .flatten()
+                                .count()
+                        })
                         .sum();
                     found
                 })
@@ -395,7 +408,13 @@ fn lookups(c: &mut Criterion) {
             })
         });
         group.bench_function("previous-routing", |b| {
-            b.iter(|| addresses.iter().filter_map(|a| previous.lookup(black_box(*a))).map(black_box).count())
+            b.iter(|| {
+                addresses
+                    .iter()
+                    .filter_map(|a| previous.lookup(black_box(*a)))
+                    .map(black_box)
+                    .count()
+            })
         });
         group.finish();
     }

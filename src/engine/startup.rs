@@ -95,8 +95,10 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, 
         );
         return Ok(None);
     }
+    let loaded_ms = started.elapsed().as_millis() as u64;
     let restored = read_model_of(snapshot.state, snapshot.revision);
     info!(
+        loaded_ms,
         revision = snapshot.revision,
         bytes = snapshot.encoded_len,
         elapsed_ms = started.elapsed().as_millis() as u64,

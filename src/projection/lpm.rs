@@ -35,7 +35,9 @@
 //! and the leaves under it whose inherited value changed, or the root slots a short prefix
 //! covers. A mid node gaining or losing a leaf moves its leaves to a run of the new length
 //! (freed runs are reused by length), or grows in place when its run ends the array; once a
-//! quarter of the leaves are free, they are laid out again.
+//! quarter of the leaves are free, they are laid out again. A whole table is loaded with the
+//! painting deferred (`defer_painting`, `paint_deferred`): each node is painted once at the
+//! end, where a /16 holding 256 prefixes was painted whole for each of them.
 
 use std::collections::BTreeMap;
 
@@ -61,6 +63,8 @@ const MID_INDEX: u32 = 0xffff;
 /// own or inherited) and no leaf, so a lookup there is a miss without reading the node
 /// (most addresses outside every prefix). The last group's bit is [`CHILD`]'s, always set.
 const GROUPS_SHIFT: u32 = 16;
+/// Every group's bit but the last (which is [`CHILD`]'s).
+const ALL_GROUPS: u32 = 0x7fff;
 
 /// What a root slot says about a key.
 enum RootStep {
@@ -109,6 +113,8 @@ pub struct Lpm {
     free_leaves: usize,
     overflow: Overflow,
     len: usize,
+    /// Between [`Lpm::defer_painting`] and [`Lpm::paint_deferred`]: nodes are not painted.
+    deferred: bool,
 }
 
 impl Default for Lpm {
@@ -125,6 +131,7 @@ impl Default for Lpm {
             free_runs: Vec::new(),
             free_leaves: 0,
             overflow: Overflow::default(),
+            deferred: false,
             len: 0,
         }
     }
@@ -167,9 +174,26 @@ impl Lpm {
         self.len == 0
     }
 
+    /// For loading a whole table: the inserts that follow paint no node, until
+    /// [`paint_deferred`](Self::paint_deferred) paints each node once. (A /16 holding 256
+    /// prefixes was otherwise painted whole 256 times.) Lookups are wrong until then.
+    pub fn defer_painting(&mut self) {
+        self.deferred = true;
+    }
+
+    /// Paints every node once, ending [`defer_painting`](Self::defer_painting).
+    pub fn paint_deferred(&mut self) {
+        self.deferred = false;
+        let mids: Vec<usize> = self.root.iter().filter_map(|&slot| root_mid(slot)).collect();
+        for mid in mids {
+            self.paint_mid(mid, true);
+        }
+    }
+
     /// The value of the longest prefix containing `key`.
     #[inline]
     pub fn longest_match(&self, key: u32) -> Option<u32> {
+        debug_assert!(!self.deferred, "looked up while painting is deferred");
         let value = match root_step(self.root[root_slot(key)], key) {
             RootStep::Value(value) => value,
             RootStep::Mid(mid) => {
@@ -332,17 +356,40 @@ impl Lpm {
     /// Paints the mid node again from its side, then the leaves whose inherited value changed,
     /// and its groups in the root slot.
     fn repaint_mid(&mut self, mid: usize) {
+        match self.deferred {
+            true => self.hang_mid_deferred(mid),
+            false => self.paint_mid(mid, false),
+        }
+    }
+
+    /// Paints the mid node from its side, then its leaves (`all_leaves`, or those whose
+    /// inherited value changed), and hangs it from its root slot.
+    fn paint_mid(&mut self, mid: usize, all_leaves: bool) {
         let slots = self.mid_sides[mid].slots();
         self.mids[mid].painted.paint(&slots, &mut self.overflow);
         let node = self.mids[mid];
         for (rank, slot) in node.has_leaf.ones().enumerate() {
             let leaf = node.first_leaf as usize + rank;
-            if self.leaf_sides[leaf].inherited != slots[slot] {
+            if all_leaves || self.leaf_sides[leaf].inherited != slots[slot] {
                 self.leaf_sides[leaf].inherited = slots[slot];
                 self.repaint_leaf(leaf);
             }
         }
         self.hang_mid(mid, &slots);
+    }
+
+    /// Hangs the mid node from its root slot again after it gained or lost a leaf.
+    fn rehang_mid(&mut self, mid: usize) {
+        match self.deferred {
+            true => self.hang_mid_deferred(mid),
+            false => self.hang_mid(mid, &self.mid_sides[mid].slots()),
+        }
+    }
+
+    /// Hangs the mid node with every group marked (lookups are not served while painting is
+    /// deferred; [`paint_deferred`](Self::paint_deferred) computes the groups).
+    fn hang_mid_deferred(&mut self, mid: usize) {
+        self.root[usize::from(self.mid_root_slots[mid])] = CHILD | ALL_GROUPS << GROUPS_SHIFT | mid as u32;
     }
 
     /// Writes the mid node's root slot: the node, and which groups of its slots a lookup must
@@ -362,6 +409,9 @@ impl Lpm {
     }
 
     fn repaint_leaf(&mut self, leaf: usize) {
+        if self.deferred {
+            return;
+        }
         let slots = self.leaf_sides[leaf].slots();
         self.leaves[leaf].0.paint(&slots, &mut self.overflow);
     }
@@ -424,7 +474,7 @@ impl Lpm {
         let node = &mut self.mids[mid];
         node.first_leaf = first as u32;
         node.has_leaf.set(slot, true);
-        self.hang_mid(mid, &self.mid_sides[mid].slots());
+        self.rehang_mid(mid);
         leaf
     }
 
@@ -442,7 +492,7 @@ impl Lpm {
         let node = &mut self.mids[mid];
         node.first_leaf = first as u32;
         node.has_leaf.set(slot, false);
-        self.hang_mid(mid, &self.mid_sides[mid].slots());
+        self.rehang_mid(mid);
     }
 
     /// Frees the mid node if nothing is left in it: the root slot holds its value again.
@@ -589,6 +639,53 @@ mod tests {
             .sum();
         assert_eq!(table.leaves.len(), free_leaves, "every leaf is freed");
         assert_eq!(table.overflow.in_use(), 0, "every spilled run is freed");
+    }
+
+    #[test]
+    fn a_load_with_painting_deferred_answers_like_inserts_one_by_one() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut table = Lpm::default();
+        let mut reference_set = HashMap::new();
+        table.defer_painting();
+        // In random order (short prefixes after the nodes under them, leaves before and
+        // after their node's prefixes), some twice, so that every deferred path is taken; few
+        // up to /16, so that many leaves inherit nothing.
+        for value in 0..6_000u32 {
+            let (key, len) = loop {
+                let (key, len) = random_prefix(&mut rng);
+                if len > 16 || rng.u8(..100) == 0 {
+                    break (key, len);
+                }
+            };
+            assert_eq!(table.insert(key, len, value), reference_set.insert((key, len), value));
+        }
+        table.paint_deferred();
+        let probe = |rng: &mut fastrand::Rng| match rng.bool() {
+            true => random_prefix(rng).0 | rng.u32(..256),
+            false => rng.u32(..),
+        };
+        for _ in 0..20_000 {
+            let key = probe(&mut rng);
+            assert_eq!(
+                table.longest_match(key),
+                reference(&reference_set, key),
+                "probe {key:#x}"
+            );
+        }
+        // Painted as if loaded one by one: later changes keep it right.
+        for value in 0..2_000u32 {
+            let (key, len) = random_prefix(&mut rng);
+            match rng.bool() {
+                true => assert_eq!(table.remove(key, len), reference_set.remove(&(key, len))),
+                false => assert_eq!(table.insert(key, len, value), reference_set.insert((key, len), value)),
+            }
+            let key = probe(&mut rng);
+            assert_eq!(
+                table.longest_match(key),
+                reference(&reference_set, key),
+                "probe {key:#x}"
+            );
+        }
     }
 
     #[test]
