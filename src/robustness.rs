@@ -1,5 +1,6 @@
 //! The properties the fuzz targets check (`fuzz/`), one function per parser of untrusted
-//! bytes (and per hand-written encoder; ipamctl's argument check lives in its `cli.rs`): each takes any input, must not panic, and asserts what an accepted input implies. The
+//! bytes (and per hand-written encoder; ipamctl's argument check lives in its `cli.rs`): each
+//! takes any input, must not panic, and asserts what an accepted input implies. The
 //! same functions replay the fuzz corpus and every crash ever found under stable `cargo test`
 //! (`tests/integration/fuzz_corpus.rs`), so a fixed finding stays fixed.
 

@@ -41,8 +41,10 @@
 
 use std::collections::BTreeMap;
 
+mod leaves;
 mod node;
-use node::{Leaf, Mid, NONE, Overflow, STRIDE, Side};
+use leaves::Leaves;
+use node::{Mid, NONE, Overflow, STRIDE, Side};
 
 use super::huge_pages::push_advised;
 use crate::prefetch::prefetch;
@@ -105,12 +107,7 @@ pub struct Lpm {
     /// Per mid node, the root slot it hangs from.
     mid_root_slots: Vec<u16>,
     free_mids: Vec<u32>,
-    leaves: Vec<Leaf>,
-    leaf_sides: Vec<Side>,
-    /// Freed runs of consecutive leaves, by length: where each starts.
-    free_runs: Vec<Vec<u32>>,
-    /// How many leaves the freed runs hold.
-    free_leaves: usize,
+    leaves: Leaves,
     overflow: Overflow,
     len: usize,
     /// Between [`Lpm::defer_painting`] and [`Lpm::paint_deferred`]: nodes are not painted.
@@ -126,10 +123,7 @@ impl Default for Lpm {
             mid_sides: Vec::new(),
             mid_root_slots: Vec::new(),
             free_mids: Vec::new(),
-            leaves: Vec::new(),
-            leaf_sides: Vec::new(),
-            free_runs: Vec::new(),
-            free_leaves: 0,
+            leaves: Leaves::default(),
             overflow: Overflow::default(),
             deferred: false,
             len: 0,
@@ -199,7 +193,7 @@ impl Lpm {
             RootStep::Mid(mid) => {
                 let mid = &self.mids[mid];
                 match mid.leaf(mid_slot(key)) {
-                    Some(leaf) => self.leaves[leaf].0.value(leaf_slot(key), &self.overflow),
+                    Some(leaf) => self.leaves.nodes[leaf].0.value(leaf_slot(key), &self.overflow),
                     None => mid.painted.value(mid_slot(key), &self.overflow),
                 }
             }
@@ -223,7 +217,7 @@ impl Lpm {
             }
             for (mid, &key) in mids.iter().zip(group) {
                 if let Some(leaf) = mid.and_then(|mid| mid.leaf(mid_slot(key))) {
-                    prefetch(&self.leaves[leaf]);
+                    prefetch(&self.leaves.nodes[leaf]);
                 }
             }
             matches.extend(group.iter().map(|&key| self.longest_match(key)));
@@ -237,7 +231,7 @@ impl Lpm {
         let (side, start) = match u32::from(len) {
             0..=ROOT_BITS => return self.short.get(&(len, key)).copied(),
             MID_FIRST..=MID_END => (&self.mid_sides[self.mid_of(key)?], ROOT_BITS),
-            _ => (&self.leaf_sides[self.leaf_of(key)?], MID_END),
+            _ => (&self.leaves.sides[self.leaf_of(key)?], MID_END),
         };
         let (local_len, bits) = local_part(key, len, start);
         side.position(local_len, bits).map(|at| side.locals[at].value)
@@ -261,7 +255,7 @@ impl Lpm {
             } else {
                 let leaf = self.leaf_or_insert(mid, mid_slot(key));
                 let (local_len, bits) = local_part(key, len, MID_END);
-                let replaced = self.leaf_sides[leaf].upsert(local_len, bits, value);
+                let replaced = self.leaves.sides[leaf].upsert(local_len, bits, value);
                 self.repaint_leaf(leaf);
                 replaced
             }
@@ -269,7 +263,7 @@ impl Lpm {
         if replaced.is_none() {
             self.len += 1;
         }
-        self.compact_leaves_if_sparse();
+        self.leaves.compact_if_sparse(&mut self.mids);
         replaced
     }
 
@@ -295,8 +289,8 @@ impl Lpm {
                 let slot = mid_slot(key);
                 let leaf = self.mids[mid].leaf(slot)?;
                 let (local_len, bits) = local_part(key, len, MID_END);
-                let removed = self.leaf_sides[leaf].remove(local_len, bits)?;
-                match self.leaf_sides[leaf].locals.is_empty() {
+                let removed = self.leaves.sides[leaf].remove(local_len, bits)?;
+                match self.leaves.sides[leaf].locals.is_empty() {
                     true => self.remove_leaf(mid, slot),
                     false => self.repaint_leaf(leaf),
                 }
@@ -306,7 +300,7 @@ impl Lpm {
             removed
         };
         self.len -= 1;
-        self.compact_leaves_if_sparse();
+        self.leaves.compact_if_sparse(&mut self.mids);
         Some(removed)
     }
 
@@ -370,8 +364,8 @@ impl Lpm {
         let node = self.mids[mid];
         for (rank, slot) in node.has_leaf.ones().enumerate() {
             let leaf = node.first_leaf as usize + rank;
-            if all_leaves || self.leaf_sides[leaf].inherited != slots[slot] {
-                self.leaf_sides[leaf].inherited = slots[slot];
+            if all_leaves || self.leaves.sides[leaf].inherited != slots[slot] {
+                self.leaves.sides[leaf].inherited = slots[slot];
                 self.repaint_leaf(leaf);
             }
         }
@@ -412,8 +406,8 @@ impl Lpm {
         if self.deferred {
             return;
         }
-        let slots = self.leaf_sides[leaf].slots();
-        self.leaves[leaf].0.paint(&slots, &mut self.overflow);
+        let slots = self.leaves.sides[leaf].slots();
+        self.leaves.nodes[leaf].0.paint(&slots, &mut self.overflow);
     }
 
     /// The mid node under the key's root slot, made (inheriting the slot's value) if missing.
@@ -442,34 +436,16 @@ impl Lpm {
     }
 
     /// The leaf continuing the mid node's `slot`, made (inheriting the slot's value) if
-    /// missing: the node's leaves move to a run one longer, the new one at its rank; a run
-    /// that ends the array grows where it is (what a load in address order does, node after
-    /// node: `RoutingTable::of` inserts in that order).
+    /// missing: the node's run of leaves grows by one, the new one at its rank.
     fn leaf_or_insert(&mut self, mid: usize, slot: usize) -> usize {
         if let Some(leaf) = self.mids[mid].leaf(slot) {
             return leaf;
         }
         let node = self.mids[mid];
         let (count, at) = (node.has_leaf.count(), node.has_leaf.rank(slot));
-        let old_first = node.first_leaf as usize;
-        let first = if count > 0 && old_first + count == self.leaves.len() {
-            push_advised(&mut self.leaves, Leaf::EMPTY);
-            self.leaf_sides.push(Side::default());
-            self.leaves
-                .copy_within(old_first + at..old_first + count, old_first + at + 1);
-            self.leaf_sides[old_first + at..].rotate_right(1);
-            old_first
-        } else {
-            let first = self.take_run(count + 1);
-            for i in 0..count {
-                self.move_leaf(old_first + i, first + i + usize::from(i >= at));
-            }
-            self.free_run(old_first, count);
-            first
-        };
+        let first = self.leaves.grow_run(node.first_leaf as usize, count, at);
         let leaf = first + at;
-        self.leaves[leaf] = Leaf::EMPTY;
-        self.leaf_sides[leaf] = Side::new(node.painted.value(slot, &self.overflow));
+        self.leaves.sides[leaf].inherited = node.painted.value(slot, &self.overflow);
         self.repaint_leaf(leaf);
         let node = &mut self.mids[mid];
         node.first_leaf = first as u32;
@@ -483,12 +459,8 @@ impl Lpm {
         let node = self.mids[mid];
         let (count, at) = (node.has_leaf.count(), node.has_leaf.rank(slot));
         let old_first = node.first_leaf as usize;
-        self.leaves[old_first + at].0.release(&mut self.overflow);
-        let first = self.take_run(count - 1);
-        for i in (0..count).filter(|&i| i != at) {
-            self.move_leaf(old_first + i, first + i - usize::from(i > at));
-        }
-        self.free_run(old_first, count);
+        self.leaves.nodes[old_first + at].0.release(&mut self.overflow);
+        let first = self.leaves.shrink_run(old_first, count, at);
         let node = &mut self.mids[mid];
         node.first_leaf = first as u32;
         node.has_leaf.set(slot, false);
@@ -505,70 +477,6 @@ impl Lpm {
         let inherited = std::mem::take(&mut self.mid_sides[mid]).inherited;
         self.root[slot] = inherited.wrapping_add(1);
         self.free_mids.push(mid as u32);
-    }
-
-    fn move_leaf(&mut self, from: usize, to: usize) {
-        self.leaves[to] = std::mem::replace(&mut self.leaves[from], Leaf::EMPTY);
-        self.leaf_sides[to] = std::mem::take(&mut self.leaf_sides[from]);
-    }
-
-    /// A run of `len` unused leaves: a freed one of that length, or new ones at the end.
-    /// (Taking the start of a longer freed run instead left more leaves free, not fewer, when
-    /// a million bindings were loaded: 60,600 against 43,900 of 292,000.)
-    fn take_run(&mut self, len: usize) -> usize {
-        if len == 0 {
-            return 0;
-        }
-        if let Some(first) = self.free_runs.get_mut(len).and_then(Vec::pop) {
-            self.free_leaves -= len;
-            return first as usize;
-        }
-        let first = self.leaves.len();
-        assert!(first + len <= u32::MAX as usize, "fewer than 2^32 leaves");
-        for _ in 0..len {
-            push_advised(&mut self.leaves, Leaf::EMPTY);
-            self.leaf_sides.push(Side::default());
-        }
-        first
-    }
-
-    /// Returns a run of leaves (already moved out or released) for reuse.
-    fn free_run(&mut self, first: usize, len: usize) {
-        if len == 0 {
-            return;
-        }
-        self.leaves[first..first + len].fill(Leaf::EMPTY);
-        self.leaf_sides[first..first + len].fill(Side::default());
-        if self.free_runs.len() <= len {
-            self.free_runs.resize_with(len + 1, Vec::new);
-        }
-        self.free_runs[len].push(first as u32);
-        self.free_leaves += len;
-    }
-
-    /// Lays the leaves out again, each mid node's run after the previous one's, once more than
-    /// a quarter of the array is free. A freed run is reused only by a node growing to exactly
-    /// its length, and nodes that grow side by side (bindings loaded in any order into /16s
-    /// with hundreds of /24s each) free runs no other node wants: without this, 75,000 /24s
-    /// with a binding each left 2 million leaves behind. Each compaction moves every live leaf
-    /// once, after at least a quarter as many were freed.
-    fn compact_leaves_if_sparse(&mut self) {
-        if self.free_leaves <= 1024.max(self.leaves.len() / 4) {
-            return;
-        }
-        let (mut leaves, mut leaf_sides) = (Vec::new(), Vec::new());
-        for mid in &mut self.mids {
-            let first = mid.first_leaf as usize;
-            let run = first..first + mid.has_leaf.count();
-            mid.first_leaf = u32::try_from(leaves.len()).expect("fewer than 2^32 leaves");
-            for leaf in run {
-                push_advised(&mut leaves, self.leaves[leaf]);
-                leaf_sides.push(std::mem::take(&mut self.leaf_sides[leaf]));
-            }
-        }
-        (self.leaves, self.leaf_sides) = (leaves, leaf_sides);
-        self.free_runs.clear();
-        self.free_leaves = 0;
     }
 }
 
@@ -631,13 +539,7 @@ mod tests {
         assert!(table.is_empty());
         assert_eq!(table.longest_match(0x0a00_0001), None);
         assert_eq!(table.mids.len(), table.free_mids.len(), "every mid node is freed");
-        let free_leaves: usize = table
-            .free_runs
-            .iter()
-            .enumerate()
-            .map(|(len, runs)| len * runs.len())
-            .sum();
-        assert_eq!(table.leaves.len(), free_leaves, "every leaf is freed");
+        assert_eq!(table.leaves.len(), table.leaves.free(), "every leaf is freed");
         assert_eq!(table.overflow.in_use(), 0, "every spilled run is freed");
     }
 
