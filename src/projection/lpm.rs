@@ -348,7 +348,7 @@ impl Lpm {
     }
 
     /// Paints the mid node again from its side, then the leaves whose inherited value changed,
-    /// and its groups in the root slot.
+    /// and its groups in the root slot (while painting is deferred, only hangs it).
     fn repaint_mid(&mut self, mid: usize) {
         match self.deferred {
             true => self.hang_mid_deferred(mid),
@@ -402,6 +402,7 @@ impl Lpm {
         self.root[usize::from(self.mid_root_slots[mid])] = CHILD | groups << GROUPS_SHIFT | mid as u32;
     }
 
+    /// Paints the leaf again from its side (not while painting is deferred).
     fn repaint_leaf(&mut self, leaf: usize) {
         if self.deferred {
             return;
