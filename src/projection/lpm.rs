@@ -169,8 +169,10 @@ impl Lpm {
     }
 
     /// For loading a whole table: the inserts that follow paint no node, until
-    /// [`paint_deferred`](Self::paint_deferred) paints each node once. (A /16 holding 256
-    /// prefixes was otherwise painted whole 256 times.) Lookups are wrong until then.
+    /// [`paint_deferred`](Self::paint_deferred) paints each node once and sets each leaf's
+    /// inherited value (a leaf made meanwhile read it from its node's stale paint). A /16
+    /// holding 256 prefixes was otherwise painted whole 256 times. Lookups are wrong until
+    /// then.
     pub fn defer_painting(&mut self) {
         self.deferred = true;
     }

@@ -244,10 +244,9 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// The routes of every prefix and binding of `state`.
-    /// The table of a whole state, built in address order: the IPv4 table then fills its
-    /// nodes one after another, each growing at the end of its arrays instead of moving, and
-    /// paints each node once at the end (docs/benchmarks.md, restart).
+    /// The routes of every prefix and binding of `state`, added in address order: the IPv4
+    /// table then fills its nodes one after another, each growing at the end of its arrays
+    /// instead of moving, and paints each node once at the end (docs/benchmarks.md, restart).
     pub fn of(state: &State) -> RoutingTable {
         let mut routes = RoutingTable::default();
         routes.table.v4.defer_painting();
