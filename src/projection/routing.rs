@@ -153,14 +153,9 @@ impl V4Entries {
     }
 
     fn set(&mut self, slot: u32, entry: Entry) {
-        self.ids[slot as usize] = EntryIds {
-            prefix_id: entry.prefix_id,
-            binding_id: entry.binding_id,
-        };
-        self.marks[slot as usize] = EntryMarks {
-            flags: entry.flags,
-            len: entry.len,
-        };
+        let (ids, marks) = Self::split(entry);
+        self.ids[slot as usize] = ids;
+        self.marks[slot as usize] = marks;
     }
 
     /// Stores `entry` in a free slot and returns the slot.
@@ -170,19 +165,27 @@ impl V4Entries {
             return slot;
         }
         let slot = u32::try_from(self.ids.len()).expect("fewer than 2^32 routes");
+        let (ids, marks) = Self::split(entry);
+        push_advised(&mut self.ids, ids);
+        push_advised(&mut self.marks, marks);
+        slot
+    }
+
+    /// Makes `slot` free for reuse (its CIDR left the table).
+    fn release(&mut self, slot: u32) {
+        self.free.push(slot);
+    }
+
+    fn split(entry: Entry) -> (EntryIds, EntryMarks) {
         let ids = EntryIds {
             prefix_id: entry.prefix_id,
             binding_id: entry.binding_id,
         };
-        push_advised(&mut self.ids, ids);
-        push_advised(
-            &mut self.marks,
-            EntryMarks {
-                flags: entry.flags,
-                len: entry.len,
-            },
-        );
-        slot
+        let marks = EntryMarks {
+            flags: entry.flags,
+            len: entry.len,
+        };
+        (ids, marks)
     }
 }
 
@@ -209,32 +212,50 @@ impl Table {
 
     /// Sets the entry of `cidr`, whether or not the table holds the CIDR yet.
     fn insert(&mut self, cidr: IpNet, entry: Entry) {
+        self.put(cidr, |_| entry);
+    }
+
+    /// Sets the entry of `cidr` to what `make` makes of the one it has, if any: one search
+    /// for the CIDR, whether it is held or added.
+    fn put(&mut self, cidr: IpNet, make: impl FnOnce(Option<Entry>) -> Entry) {
         match cidr {
             IpNet::V4(net) => {
                 let (network, len) = (net.network().to_bits(), net.prefix_len());
                 match self.v4.get(network, len) {
-                    Some(slot) => self.v4_entries.set(slot, entry),
+                    Some(slot) => self.v4_entries.set(slot, make(Some(self.v4_entries.get(slot)))),
                     None => {
-                        let slot = self.v4_entries.add(entry);
+                        let slot = self.v4_entries.add(make(None));
                         self.v4.insert(network, len, slot);
                     }
                 }
             }
-            IpNet::V6(net) => drop(self.v6.insert(net.network().to_bits(), net.prefix_len(), entry)),
+            IpNet::V6(net) => {
+                let (network, len) = (net.network().to_bits(), net.prefix_len());
+                match self.v6.get_mut(network, len) {
+                    Some(existing) => *existing = make(Some(*existing)),
+                    None => drop(self.v6.insert(network, len, make(None))),
+                }
+            }
         }
     }
 
     fn remove(&mut self, cidr: IpNet) {
         match cidr {
-            IpNet::V4(net) => (self.v4_entries.free).extend(self.v4.remove(net.network().to_bits(), net.prefix_len())),
+            IpNet::V4(net) => {
+                if let Some(slot) = self.v4.remove(net.network().to_bits(), net.prefix_len()) {
+                    self.v4_entries.release(slot);
+                }
+            }
             IpNet::V6(net) => drop(self.v6.remove(net.network().to_bits(), net.prefix_len())),
         }
     }
 
     fn set_binding(&mut self, cidr: IpNet, route: Route) {
-        let mut entry = (self.entry(cidr)).unwrap_or_else(|| Entry::new(route, false, cidr.prefix_len()));
-        entry.set_route(route);
-        self.insert(cidr, entry);
+        self.put(cidr, |existing| {
+            let mut entry = existing.unwrap_or_else(|| Entry::new(route, false, cidr.prefix_len()));
+            entry.set_route(route);
+            entry
+        });
     }
 
     fn clear_binding(&mut self, cidr: IpNet) {
