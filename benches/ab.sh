@@ -18,7 +18,8 @@ rounds=$1
 servers=("$2" "$3")
 shift 3
 ipamctl=${IPAMCTL:-target/release/ipamctl}
-port=${AB_PORT:-50700}
+# Below the ephemeral ports (32768 and up): no outgoing connection holds it when a server starts.
+port=${AB_PORT:-30700}
 endpoint=http://127.0.0.1:$port
 hz=$(getconf CLK_TCK)
 # utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).

@@ -24,13 +24,13 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 RUST_LOG=warn IPAM_WORKER_THREADS=${IPAM_WORKER_THREADS:-2} "$server" --data-dir "$work/data" \
-    --listen 127.0.0.1:50790 --provisioning-delay 100h >"$work/server.log" 2>&1 &
+    --listen 127.0.0.1:30790 --provisioning-delay 100h >"$work/server.log" 2>&1 &
 pids+=($!)
 etcd --name e1 --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:2391 \
     --advertise-client-urls http://127.0.0.1:2391 --listen-peer-urls http://127.0.0.1:2392 \
     --log-level error >"$work/etcd.log" 2>&1 &
 pids+=($!)
-until "$ipamctl" --server http://127.0.0.1:50790 --account "$(printf "%032d" 0)" services >/dev/null 2>&1; do sleep 0.05; done
+until "$ipamctl" --server http://127.0.0.1:30790 --account "$(printf "%032d" 0)" services >/dev/null 2>&1; do sleep 0.05; done
 until ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2391 put /ready 1 >/dev/null 2>&1; do sleep 0.2; done
 
 bench() {
@@ -41,7 +41,7 @@ bench() {
 field() { python3 -c 'import json, sys; r = json.loads(sys.stdin.read()); print(eval(sys.argv[1]))' "$1"; }
 echo "creates vs etcd puts, $concurrency callers, $duration per run, $(nproc) cores"
 for round in $(seq 1 "$rounds"); do
-    creates=$(bench http://127.0.0.1:50790 create)
+    creates=$(bench http://127.0.0.1:30790 create)
     puts=$(bench 127.0.0.1:2391 etcd-put)
     c=$(field 'round(r["calls_per_s"])' <<<"$creates")
     p=$(field 'round(r["calls_per_s"])' <<<"$puts")

@@ -14,7 +14,7 @@ server_a=$1
 server_b=$2
 rounds=${3:-3}
 ipamctl=${IPAMCTL:-target/release/ipamctl}
-port=${EXPORT_PORT:-50796}
+port=${EXPORT_PORT:-30796}
 work=$(mktemp -d)
 pid=
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -18,7 +18,7 @@ rounds=${2:-3}
 seconds=${3:-4}
 view=${4:-compact}
 ipamctl=${IPAMCTL:-target/release/ipamctl}
-port=${H2LOAD_PORT:-50797}
+port=${H2LOAD_PORT:-30797}
 command -v h2load >/dev/null || { echo "h2load is needed: apt-get install nghttp2-client" >&2; exit 1; }
 case $view in
     compact) view_number=2 scenario=lookup-batch-compact ;;

@@ -16,7 +16,7 @@ server=${1:-target/release/ipam-bindings}
 rounds=${2:-5}
 seconds=${3:-4}
 ipamctl=${IPAMCTL:-target/release/ipamctl}
-port=${H2LOAD_PORT:-50796}
+port=${H2LOAD_PORT:-30796}
 command -v h2load >/dev/null || { echo "h2load is needed: apt-get install nghttp2-client" >&2; exit 1; }
 dir=$(mktemp -d)
 tls_flags=() scheme=http

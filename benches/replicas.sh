@@ -61,23 +61,27 @@ declare -a nats_pids
 for i in 1 2 3; do nats_node "$i"; done
 until curl -sf "http://127.0.0.1:8301/jsz" | grep -q '"meta_leader"\|"leader"'; do sleep 0.2; done
 
-# --- three replicas (gRPC 50801-50803) and one single node (50800)
+# --- three replicas (gRPC 30801-30803) and one single node (30800): below the ephemeral ports
+# (32768 and up), so that no outgoing connection holds one when a server starts
 urls() { echo "nats://127.0.0.1:$((4300 + $1)),nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303"; }
+declare -a replica_pids baseline_pids
 for i in 1 2 3; do
-    RUST_LOG=warn "$server" --data-dir "$work/replica$i" --listen 127.0.0.1:$((50800 + i)) \
+    RUST_LOG=warn "$server" --data-dir "$work/replica$i" --listen 127.0.0.1:$((30800 + i)) \
         --log-backend jetstream --nats-url "$(urls $i)" --provisioning-delay 100h \
         --metrics-listen 127.0.0.1:$((9800 + i)) >"$work/replica$i.log" 2>&1 &
     pids+=($!)
+    replica_pids+=($!)
 done
 if [ -n "${BASELINE:-}" ]; then
     for i in 1 2 3; do
-        RUST_LOG=warn "$BASELINE" --data-dir "$work/baseline$i" --listen 127.0.0.1:$((50810 + i)) \
+        RUST_LOG=warn "$BASELINE" --data-dir "$work/baseline$i" --listen 127.0.0.1:$((30810 + i)) \
             --log-backend jetstream --nats-url "$(urls $i)" --nats-stream IPAM_BASELINE --provisioning-delay 100h \
             --metrics-listen 127.0.0.1:$((9810 + i)) >"$work/baseline$i.log" 2>&1 &
         pids+=($!)
+        baseline_pids+=($!)
     done
 fi
-RUST_LOG=warn "$server" --data-dir "$work/single" --listen 127.0.0.1:50800 --provisioning-delay 100h \
+RUST_LOG=warn "$server" --data-dir "$work/single" --listen 127.0.0.1:30800 --provisioning-delay 100h \
     >"$work/single.log" 2>&1 &
 pids+=($!)
 
@@ -94,15 +98,15 @@ for i in 1 2 3; do
 done
 
 account=$(printf "%032d" 0)
-ports="50800 50801 50802 50803"
-[ -z "${BASELINE:-}" ] || ports+=" 50811 50812 50813"
+ports="30800 30801 30802 30803"
+[ -z "${BASELINE:-}" ] || ports+=" 30811 30812 30813"
 for port in $ports; do
     until "$ipamctl" --server "127.0.0.1:$port" --account "$account" prefixes list >/dev/null 2>&1; do sleep 0.1; done
 done
 until ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2401 put /ready 1 >/dev/null 2>&1; do sleep 0.2; done
 
-replicas=127.0.0.1:50801,127.0.0.1:50802,127.0.0.1:50803
-baseline=127.0.0.1:50811,127.0.0.1:50812,127.0.0.1:50813
+replicas=127.0.0.1:30801,127.0.0.1:30802,127.0.0.1:30803
+baseline=127.0.0.1:30811,127.0.0.1:30812,127.0.0.1:30813
 members=127.0.0.1:2401,127.0.0.1:2402,127.0.0.1:2403
 bench() { "$ipamctl" --output json --worker-threads 1 bench --duration "$duration" --warmup 1s \
     --concurrency "$concurrency" --connections 6 "$@" 2>"$work/bench.err" | grep '"calls_per_s"' ||
@@ -111,10 +115,27 @@ cat >"$work/summary.py" <<'EOF'
 import json, sys
 r = json.loads(sys.stdin.read())
 l = r["latency_ms"]
-print(f"{sys.argv[1]:9s} {r['calls_per_s']:8.0f}/s  p50 {l['p50']:6.2f}  p99 {l['p99']:7.2f}"
-      f"  p99.9 {l['p99.9']:7.2f}  max {l['max']:8.2f} ms  errors {r['errors']}")
+line = (f"{sys.argv[1]:9s} {r['calls_per_s']:8.0f}/s  p50 {l['p50']:6.2f}  p99 {l['p99']:7.2f}"
+        f"  p99.9 {l['p99.9']:7.2f}  max {l['max']:8.2f} ms  errors {r['errors']}")
+if len(sys.argv) > 4 and r["calls"]:
+    # CPU time (user + system, the 1 s warm-up included) per measured create.
+    per_call = lambda ticks: int(ticks) / int(sys.argv[2]) * 1e6 / r["calls"]
+    line += f"\n          CPU per create: replicas {per_call(sys.argv[3]):.0f} us, NATS nodes {per_call(sys.argv[4]):.0f} us"
+print(line)
 EOF
-summary() { python3 "$work/summary.py" "$1"; }
+summary() { python3 "$work/summary.py" "$@"; }
+hz=$(getconf CLK_TCK)
+# utime + stime of processes, in clock ticks (fields 14 and 15 of /proc/PID/stat), summed.
+cpu_ticks() { for pid in "$@"; do awk '{ print $14 + $15 }' "/proc/$pid/stat"; done | awk '{ s += $1 } END { print s }'; }
+# Creates spread over three replicas, with the replicas' and the NATS nodes' CPU per create.
+bench_replicas() {
+    local label=$1 servers=$2 result replicas_before nats_before
+    shift 2
+    replicas_before=$(cpu_ticks "$@")
+    nats_before=$(cpu_ticks "${nats_pids[@]}")
+    result=$(bench --server "$servers" create)
+    summary "$label" "$hz" $(($(cpu_ticks "$@") - replicas_before)) $(($(cpu_ticks "${nats_pids[@]}") - nats_before)) <<<"$result"
+}
 conflicts() {
     for i in 1 2 3; do curl -sf "http://127.0.0.1:$((${1:-9800} + i))/metrics" | awk '/^ipam_replica_write_conflicts_total/ { print $2 }'; done |
         awk '{ s += $1 } END { print s }'
@@ -122,14 +143,14 @@ conflicts() {
 echo "durable creates, $concurrency callers, $duration per run, $(nproc) cores, server worker threads $IPAM_WORKER_THREADS"
 for round in $(seq 1 "$rounds"); do
     echo "round $round"
-    bench --server "$replicas" create | summary replicas
+    bench_replicas replicas "$replicas" "${replica_pids[@]}"
     echo "          (appends that lost a race, all replicas so far: $(conflicts))"
     if [ -n "${BASELINE:-}" ]; then
-        bench --server "$baseline" create | summary baseline
+        bench_replicas baseline "$baseline" "${baseline_pids[@]}"
         echo "          (appends that lost a race, all baseline replicas so far: $(conflicts 9810))"
     fi
-    bench --server 127.0.0.1:50801 create | summary "replica1"
-    bench --server 127.0.0.1:50800 create | summary single
+    bench --server 127.0.0.1:30801 create | summary "replica1"
+    bench --server 127.0.0.1:30800 create | summary single
     bench --server "$members" etcd-put | summary etcd
 done
 

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 server=${1:-target/release/ipam-bindings}
 dir=${2:-$(mktemp -d)}
 ipamctl=${IPAMCTL:-target/release/ipamctl}
-port=${RESTART_PORT:-50798}
+port=${RESTART_PORT:-30798}
 
 RUST_LOG=warn "$server" --data-dir "$dir" --listen "127.0.0.1:$port" --provisioning-delay 100h --worker-threads 2 >/dev/null 2>&1 &
 pid=$!

@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 server=${1:-target/release/ipam-bindings}
 ipamctl=${IPAMCTL:-target/release/ipamctl}
-port=${ROUTES_PORT:-50797}
+port=${ROUTES_PORT:-30797}
 dir=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 

@@ -10,7 +10,7 @@
 set -euo pipefail
 server=$1
 dir=$2
-port=${3:-50799}
+port=${3:-30799}
 start=$(date +%s.%N)
 RUST_LOG=warn "$server" --data-dir "$dir" --listen "127.0.0.1:$port" --provisioning-delay 100h --worker-threads 1 >/dev/null 2>&1 &
 pid=$!
