@@ -17,7 +17,8 @@
 # NO_FAILOVER=1 skips the failover part.
 # With BASELINE=path/to/another/ipam-bindings, three more replicas of that build run on their
 # own stream (IPAM_BASELINE) of the same NATS cluster, and each round adds a `baseline` row:
-# callers spread over those three (two builds side by side in one run).
+# callers spread over those three (two builds side by side in one run; they take turns going
+# first). Both rows also print the replicas' and the NATS nodes' CPU time per create.
 #
 # Needs target/release/{ipam-bindings,ipamctl} (cargo build --release), nats-server (NATS_SERVER
 # or .ci/install-nats-server) and etcd (Debian etcd-server). Server worker threads: IPAM_WORKER_THREADS
@@ -141,14 +142,18 @@ conflicts() {
         awk '{ s += $1 } END { print s }'
 }
 echo "durable creates, $concurrency callers, $duration per run, $(nproc) cores, server worker threads $IPAM_WORKER_THREADS"
+run_baseline() {
+    bench_replicas baseline "$baseline" "${baseline_pids[@]}"
+    echo "          (appends that lost a race, all baseline replicas so far: $(conflicts 9810))"
+}
 for round in $(seq 1 "$rounds"); do
     echo "round $round"
+    # With a baseline, the two builds take turns going first (what ran just before a run,
+    # such as etcd's, can still be busy when it starts).
+    if [ -n "${BASELINE:-}" ] && [ $((round % 2)) = 0 ]; then run_baseline; fi
     bench_replicas replicas "$replicas" "${replica_pids[@]}"
     echo "          (appends that lost a race, all replicas so far: $(conflicts))"
-    if [ -n "${BASELINE:-}" ]; then
-        bench_replicas baseline "$baseline" "${baseline_pids[@]}"
-        echo "          (appends that lost a race, all baseline replicas so far: $(conflicts 9810))"
-    fi
+    if [ -n "${BASELINE:-}" ] && [ $((round % 2)) = 1 ]; then run_baseline; fi
     bench --server 127.0.0.1:30801 create | summary "replica1"
     bench --server 127.0.0.1:30800 create | summary single
     bench --server "$members" etcd-put | summary etcd

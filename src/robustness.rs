@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::api::lookup::{self, RouteCache, View};
 use crate::api::wire::{Decoded, LookupAddressesRequest, LookupAddressesResponse};
 use crate::domain::network::NetworkKey;
-use crate::domain::{AccountId, BindingId, Command, Micros, Outcome, Prefix, PrefixId, Service, fields};
+use crate::domain::{AccountId, BindingId, Command, Event, Micros, Outcome, Prefix, PrefixId, Service, fields};
 use crate::log::codec;
 use crate::operations::page_token::{self, ListScope};
 use crate::pb::api;
@@ -110,6 +110,15 @@ pub fn stream_message(data: &[u8]) {
     assert_eq!(group.events.len() as u64, announced);
     for (event, revision) in group.events.iter().zip(group.first_revision..) {
         assert_eq!(event.revision, revision);
+    }
+    // Stored as its record cut into runs: they hold the same events.
+    if let Some(runs) = &group.records {
+        let stored: Vec<Event> = (runs.iter())
+            .flat_map(|(last_revision, run)| {
+                codec::decode_run(*last_revision, run).expect("a run cut from a valid group")
+            })
+            .collect();
+        assert_eq!(stored, group.events);
     }
 }
 

@@ -208,7 +208,7 @@ impl EventLog {
     /// Returns the checksum of the record that ends at the last event (what a length mark of
     /// that revision stores), `None` for no events.
     pub fn append(&self, events: &[Event]) -> Result<Option<u32>, LogError> {
-        self.append_at(events, None)
+        self.append_records(codec::encode_runs(events), None)
     }
 
     /// [`append`](Self::append) for a replica: `events` came from the replicated stream and
@@ -219,12 +219,24 @@ impl EventLog {
     /// [`save_snapshot`](Self::save_snapshot), a stop). sled keeps writes in order, so after a
     /// crash the stored position is never ahead of the events (it may be behind: the replica
     /// then skips the revisions it already has).
-    pub fn append_replicated(&self, events: &[Event], position: StreamPosition) -> Result<Option<u32>, LogError> {
-        self.append_at(events, Some(position))
+    ///
+    /// `records` are the stream message's record of the same events cut into the log's runs
+    /// ([`codec::split_group`]); the events are encoded again only when they are `None`.
+    pub fn append_replicated(
+        &self,
+        events: &[Event],
+        records: Option<Vec<(u64, Vec<u8>)>>,
+        position: StreamPosition,
+    ) -> Result<Option<u32>, LogError> {
+        let records = records.unwrap_or_else(|| codec::encode_runs(events));
+        self.append_records(records, Some(position))
     }
 
-    fn append_at(&self, events: &[Event], position: Option<StreamPosition>) -> Result<Option<u32>, LogError> {
-        let records = codec::encode_runs(events);
+    fn append_records(
+        &self,
+        records: Vec<(u64, Vec<u8>)>,
+        position: Option<StreamPosition>,
+    ) -> Result<Option<u32>, LogError> {
         let last_checksum = records.last().and_then(|(_, record)| codec::checksum(record));
         let durable = position.is_none();
         if !durable {

@@ -45,6 +45,11 @@ impl Append {
         }
     }
 
+    /// The payload cut into the local log's records ([`codec::split_group`]).
+    pub fn records(&self) -> Option<Vec<(u64, Vec<u8>)>> {
+        codec::split_group(self.last_revision, &self.payload)
+    }
+
     pub(super) fn publish(&self) -> Publish {
         Publish::build()
             .payload(self.payload.clone())
@@ -62,6 +67,11 @@ pub struct StreamGroup {
     pub first_revision: u64,
     pub msg_id: String,
     pub events: Vec<Event>,
+    /// The payload cut into the local log's records ([`codec::split_group`]), made here on
+    /// the tail's task rather than on the writer; `None` when it cannot be (the writer then
+    /// encodes the events). Owned copies: the message's bytes, a slice of the NATS client's
+    /// read buffer, are not held while the group waits for the writer.
+    pub records: Option<Vec<(u64, Vec<u8>)>>,
     /// When the stream took it (Unix nanoseconds), for the replica's lag.
     pub published_unix_nanos: i128,
 }
@@ -103,6 +113,7 @@ impl StreamGroup {
                 .map(|id| id.as_str().to_string())
                 .unwrap_or_default(),
             events,
+            records: codec::split_group(last_revision, payload),
             published_unix_nanos: published.unix_timestamp_nanos(),
         })
     }
@@ -131,6 +142,8 @@ mod tests {
         assert_eq!(group.position, append.position(13));
         assert_eq!(group.msg_id, "writer-7");
         assert_eq!(headers.get("Nats-Expected-Last-Sequence").unwrap().as_str(), "12");
+
+        assert_eq!(group.records, Some(codec::encode_runs(&events)));
 
         let mut damaged = append.payload.to_vec();
         *damaged.last_mut().unwrap() ^= 1;

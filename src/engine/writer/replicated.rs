@@ -216,7 +216,7 @@ impl Replicated {
     }
 
     /// Stores and applies a group read from the stream, unless the log holds it already.
-    fn store(&mut self, writer: &mut Writer, group: StreamGroup) {
+    fn store(&mut self, writer: &mut Writer, mut group: StreamGroup) {
         if group.position.sequence <= self.position.sequence {
             return;
         }
@@ -233,9 +233,11 @@ impl Replicated {
             ));
             return;
         }
-        let stored = writer
-            .recover_log()
-            .and_then(|()| writer.log.append_replicated(&group.events, group.position));
+        let stored = writer.recover_log().and_then(|()| {
+            writer
+                .log
+                .append_replicated(&group.events, group.records.take(), group.position)
+        });
         let last_checksum = match stored {
             Ok(last_checksum) => last_checksum,
             Err(error) => {
@@ -313,7 +315,7 @@ impl Replicated {
                 let position = append.position(sequence);
                 match writer
                     .recover_log()
-                    .and_then(|()| writer.log.append_replicated(&events, position))
+                    .and_then(|()| writer.log.append_replicated(&events, append.records(), position))
                 {
                     Ok(last_checksum) => {
                         self.advance(writer, position, events, last_checksum);

@@ -88,6 +88,37 @@ pub fn encode_group(events: &[Event]) -> Vec<u8> {
     })
 }
 
+/// A group's record (what [`encode_group`] made, its last event at `last_revision`) cut into
+/// the records [`encode_runs`] makes of the same events, byte for byte, without decoding
+/// them: an `EventRun` body is its events' fields one after the other, so each run is a slice
+/// of the group's body under its own count and checksum. A replica stores the stream's
+/// messages this way instead of encoding their events a second time. `None` when the record
+/// is not a run of exactly such fields (damaged, or from a build whose runs carry more):
+/// encode the events instead.
+pub fn split_group(last_revision: u64, record: &[u8]) -> Option<Vec<(u64, Vec<u8>)>> {
+    let (RUN, payload) = unseal(record).ok()? else {
+        return None;
+    };
+    let (count, mut body) = run_count(payload).ok()?;
+    let first_revision = last_revision.checked_sub(count)? + 1;
+    let (mut records, mut run_start, mut run_count, mut run_bytes) = (Vec::new(), body, 0u32, 0);
+    for revision in first_revision..=last_revision {
+        // Field 1 (`events`), length-delimited.
+        let rest = body.strip_prefix(&[0x0a])?;
+        let mut after_length = rest;
+        let len = usize::try_from(prost::encoding::decode_varint(&mut after_length).ok()?).ok()?;
+        body = after_length.get(len..)?;
+        run_count += 1;
+        run_bytes += len;
+        if run_bytes >= RUN_BYTES || revision == last_revision {
+            let run_len = run_start.len() - body.len();
+            records.push((revision, seal(RUN, &run_count.to_le_bytes(), &run_start[..run_len])));
+            (run_start, run_count, run_bytes) = (body, 0, 0);
+        }
+    }
+    body.is_empty().then_some(records)
+}
+
 fn seal_run(run: &stored::EventRun) -> Vec<u8> {
     let count = u32::try_from(run.events.len()).expect("a run holds fewer than 2^32 events");
     seal(RUN, &count.to_le_bytes(), &run.encode_to_vec())
@@ -316,6 +347,44 @@ mod tests {
             decode_snapshot(&runs[0].1),
             Err(DecodeError::WrongFormat { .. })
         ));
+    }
+
+    #[test]
+    fn a_group_splits_into_the_runs_its_events_encode_to() {
+        // Events of different sizes (a description of up to 300 bytes), so that runs end at
+        // different places and field lengths take one or two bytes.
+        let mut rng = fastrand::Rng::with_seed(5);
+        let event = |revision: u64, rng: &mut fastrand::Rng| match rng.u8(..3) {
+            0 => Event { revision, ..sample() },
+            _ => {
+                let mut event = fixtures::prefix_event(revision, "10.1.0.0/16");
+                if let Change::PrefixCreated(prefix) = &mut event.change {
+                    prefix.description = "d".repeat(rng.usize(..300));
+                }
+                event
+            }
+        };
+        for size in [1, 2, 3, 13, 40, 60, 236, 1000] {
+            let first = rng.u64(1..1_000_000);
+            let events: Vec<Event> = (first..first + size)
+                .map(|revision| event(revision, &mut rng))
+                .collect();
+            let last = first + size - 1;
+            let group = encode_group(&events);
+            assert_eq!(split_group(last, &group), Some(encode_runs(&events)), "{size} events");
+        }
+        // Not a group of events alone: encoded instead.
+        let events: Vec<Event> = (1..=3).map(|revision| event(revision, &mut rng)).collect();
+        let group = encode_group(&events);
+        assert_eq!(split_group(2, &group), None, "fewer revisions than events");
+        assert_eq!(split_group(3, &encode(&events[2])), None, "a single event");
+        let (count, body) = run_count(&group[HEADER_LEN..]).unwrap();
+        let with_another_field = [body, &[0x10, 0x01]].concat();
+        let count = u32::try_from(count).unwrap().to_le_bytes();
+        assert_eq!(split_group(3, &seal(RUN, &count, &with_another_field)), None);
+        let mut damaged = group.clone();
+        damaged[HEADER_LEN + 9] ^= 1;
+        assert_eq!(split_group(3, &damaged), None);
     }
 
     #[test]
