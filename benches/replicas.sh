@@ -126,34 +126,35 @@ print(line)
 EOF
 summary() { python3 "$work/summary.py" "$@"; }
 hz=$(getconf CLK_TCK)
+# Appends that lost a race so far, summed over three replicas (the port their metrics ports
+# count from).
+conflicts() {
+    for i in 1 2 3; do curl -sf "http://127.0.0.1:$(($1 + i))/metrics" | awk '/^ipam_replica_write_conflicts_total/ { print $2 }'; done |
+        awk '{ s += $1 } END { print s }'
+}
 # utime + stime of processes, in clock ticks (fields 14 and 15 of /proc/PID/stat), summed.
 cpu_ticks() { for pid in "$@"; do awk '{ print $14 + $15 }' "/proc/$pid/stat"; done | awk '{ s += $1 } END { print s }'; }
-# Creates spread over three replicas, with the replicas' and the NATS nodes' CPU per create.
+# Creates spread over three replicas (their gRPC addresses, the port their metrics ports
+# count from, their pids), with the replicas' and the NATS nodes' CPU per create, then how
+# many of their appends lost a race so far.
 bench_replicas() {
-    local label=$1 servers=$2 result replicas_before nats_before
-    shift 2
+    local label=$1 servers=$2 metrics_base=$3 result replicas_before nats_before
+    shift 3
     replicas_before=$(cpu_ticks "$@")
     nats_before=$(cpu_ticks "${nats_pids[@]}")
     result=$(bench --server "$servers" create)
     summary "$label" "$hz" $(($(cpu_ticks "$@") - replicas_before)) $(($(cpu_ticks "${nats_pids[@]}") - nats_before)) <<<"$result"
-}
-conflicts() {
-    for i in 1 2 3; do curl -sf "http://127.0.0.1:$((${1:-9800} + i))/metrics" | awk '/^ipam_replica_write_conflicts_total/ { print $2 }'; done |
-        awk '{ s += $1 } END { print s }'
+    echo "          (appends that lost a race, all $label so far: $(conflicts "$metrics_base"))"
 }
 echo "durable creates, $concurrency callers, $duration per run, $(nproc) cores, server worker threads $IPAM_WORKER_THREADS"
-run_baseline() {
-    bench_replicas baseline "$baseline" "${baseline_pids[@]}"
-    echo "          (appends that lost a race, all baseline replicas so far: $(conflicts 9810))"
-}
 for round in $(seq 1 "$rounds"); do
     echo "round $round"
     # With a baseline, the two builds take turns going first (what ran just before a run,
     # such as etcd's, can still be busy when it starts).
-    if [ -n "${BASELINE:-}" ] && [ $((round % 2)) = 0 ]; then run_baseline; fi
-    bench_replicas replicas "$replicas" "${replica_pids[@]}"
-    echo "          (appends that lost a race, all replicas so far: $(conflicts))"
-    if [ -n "${BASELINE:-}" ] && [ $((round % 2)) = 1 ]; then run_baseline; fi
+    turn=$((round % 2))
+    if [ -n "${BASELINE:-}" ] && [ $turn = 0 ]; then bench_replicas baseline "$baseline" 9810 "${baseline_pids[@]}"; fi
+    bench_replicas replicas "$replicas" 9800 "${replica_pids[@]}"
+    if [ -n "${BASELINE:-}" ] && [ $turn = 1 ]; then bench_replicas baseline "$baseline" 9810 "${baseline_pids[@]}"; fi
     bench --server 127.0.0.1:30801 create | summary "replica1"
     bench --server 127.0.0.1:30800 create | summary single
     bench --server "$members" etcd-put | summary etcd

@@ -71,7 +71,7 @@ pub fn encode_runs(events: &[Event]) -> Vec<(u64, Vec<u8>)> {
         let stored_event = to_stored(event);
         run_bytes += stored_event.encoded_len();
         run.events.push(stored_event);
-        if run_bytes >= RUN_BYTES || index + 1 == events.len() {
+        if ends_run(run_bytes, index + 1 == events.len()) {
             records.push((event.revision, seal_run(&run)));
             run.events.clear();
             run_bytes = 0;
@@ -79,6 +79,15 @@ pub fn encode_runs(events: &[Event]) -> Vec<(u64, Vec<u8>)> {
     }
     records
 }
+
+/// Whether a run whose events' bodies hold `run_bytes` ends here: past [`RUN_BYTES`], or at
+/// the group's last event. [`encode_runs`] and [`split_group`] must cut alike.
+fn ends_run(run_bytes: usize, last_of_group: bool) -> bool {
+    run_bytes >= RUN_BYTES || last_of_group
+}
+
+/// The key of `EventRun.events` (field 1, length-delimited) before each event's body.
+const EVENTS_FIELD_KEY: u8 = 1 << 3 | 2;
 
 /// `events` (consecutive revisions, at least one) as one run record, however large: a
 /// replicated group travels as one message ([`decode_run`] reads it back).
@@ -103,14 +112,12 @@ pub fn split_group(last_revision: u64, record: &[u8]) -> Option<Vec<(u64, Vec<u8
     let first_revision = last_revision.checked_sub(count)? + 1;
     let (mut records, mut run_start, mut run_count, mut run_bytes) = (Vec::new(), body, 0u32, 0);
     for revision in first_revision..=last_revision {
-        // Field 1 (`events`), length-delimited.
-        let rest = body.strip_prefix(&[0x0a])?;
-        let mut after_length = rest;
+        let mut after_length = body.strip_prefix(&[EVENTS_FIELD_KEY])?;
         let len = usize::try_from(prost::encoding::decode_varint(&mut after_length).ok()?).ok()?;
         body = after_length.get(len..)?;
         run_count += 1;
         run_bytes += len;
-        if run_bytes >= RUN_BYTES || revision == last_revision {
+        if ends_run(run_bytes, revision == last_revision) {
             let run_len = run_start.len() - body.len();
             records.push((revision, seal(RUN, &run_count.to_le_bytes(), &run_start[..run_len])));
             (run_start, run_count, run_bytes) = (body, 0, 0);
