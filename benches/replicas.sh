@@ -67,7 +67,7 @@ until curl -sf "http://127.0.0.1:8301/jsz" | grep -q '"meta_leader"\|"leader"'; 
 urls() { echo "nats://127.0.0.1:$((4300 + $1)),nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303"; }
 declare -a replica_pids baseline_pids
 for i in 1 2 3; do
-    RUST_LOG=warn "$server" --data-dir "$work/replica$i" --listen 127.0.0.1:$((30800 + i)) \
+    RUST_LOG=${REPLICA_LOG:-warn} "$server" --data-dir "$work/replica$i" --listen 127.0.0.1:$((30800 + i)) \
         --log-backend jetstream --nats-url "$(urls $i)" --provisioning-delay 100h \
         --metrics-listen 127.0.0.1:$((9800 + i)) >"$work/replica$i.log" 2>&1 &
     pids+=($!)

@@ -5,7 +5,10 @@
 //! (only when absent), keeps it with `update` at its revision every third of the TTL, and lets
 //! it go at shutdown. A replica that loses NATS stops renewing and the key expires, so another
 //! takes over within the TTL. The others read who holds it at the same pace
-//! ([`Replica::lease_holder`](super::Replica)).
+//! ([`Replica::lease_holder`](super::Replica)), or every [`UNKNOWN_HOLDER_RETRY`] while they
+//! do not know: the bucket's reads may be served by a node that has not yet applied the
+//! holder's `create` (replicas starting together found the key taken and read no holder),
+//! and a replica that knows no holder appends itself, racing the holder until it reads again.
 //!
 //! The lease only saves work; it is not what keeps decisions right. Two holders at once (a
 //! renewal that timed out but landed) still append correctly: every append is decided against
@@ -24,6 +27,8 @@ use super::Replica;
 /// How long a lease lasts without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(6);
 const KEY: &str = "writer";
+/// How soon a replica that knows of no holder tries again (a third of the TTL otherwise).
+pub const UNKNOWN_HOLDER_RETRY: Duration = Duration::from_millis(100);
 
 /// Holds the lease whenever it can, until `shutdown`, and keeps [`Replica::lease_holder`]
 /// current; the receiver says whether this replica holds it.
@@ -75,9 +80,14 @@ pub async fn hold(replica: Arc<Replica>, mut shutdown: watch::Receiver<bool>) ->
             let holding = revision.is_some();
             replica.metrics.lease_held.set(holding as i64);
             held_sender.send_if_modified(|held| std::mem::replace(held, holding) != holding);
+            let holder_unknown = store.is_some() && replica.lease_holder.borrow().is_none();
+            let next = match holder_unknown {
+                true => UNKNOWN_HOLDER_RETRY,
+                false => LEASE_TTL / 3,
+            };
             tokio::select! {
                 _ = shutdown.wait_for(|stopping| *stopping) => break,
-                _ = tokio::time::sleep(LEASE_TTL / 3) => {}
+                _ = tokio::time::sleep(next) => {}
             }
         }
         if let (Some(store), Some(_)) = (&store, revision) {
