@@ -14,7 +14,8 @@
 #
 #   benches/replicas.sh [ROUNDS] [DURATION] [CONCURRENCY]      (defaults: 3 5s 64)
 #
-# NO_FAILOVER=1 skips the failover part.
+# NO_FAILOVER=1 skips the failover part. REPLICA_LOG sets the replicas' RUST_LOG (default warn);
+# KEEP_LOGS=1 keeps every process's log.
 # With BASELINE=path/to/another/ipam-bindings, three more replicas of that build run on their
 # own stream (IPAM_BASELINE) of the same NATS cluster, and each round adds a `baseline` row:
 # callers spread over those three (two builds side by side in one run; they take turns going
