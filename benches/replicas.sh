@@ -19,7 +19,8 @@
 # With BASELINE=path/to/another/ipam-bindings, three more replicas of that build run on their
 # own stream (IPAM_BASELINE) of the same NATS cluster, and each round adds a `baseline` row:
 # callers spread over those three (two builds side by side in one run; they take turns going
-# first). Both rows also print the replicas' and the NATS nodes' CPU time per create.
+# first). Every row also prints the CPU time (user + system) of the servers it ran on per call:
+# the replicas' and the NATS nodes', the single server's, the etcd members'.
 #
 # Needs target/release/{ipam-bindings,ipamctl} (cargo build --release), nats-server (NATS_SERVER
 # or .ci/install-nats-server) and etcd (Debian etcd-server). Server worker threads: IPAM_WORKER_THREADS
@@ -86,8 +87,10 @@ fi
 RUST_LOG=warn "$server" --data-dir "$work/single" --listen 127.0.0.1:30800 --provisioning-delay 100h \
     >"$work/single.log" 2>&1 &
 pids+=($!)
+single_pid=$!
 
 # --- a three-node etcd cluster (clients 2401-2403, peers 2411-2413)
+declare -a etcd_pids
 cluster=""
 for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:$((2410 + i)),"; done
 for i in 1 2 3; do
@@ -97,6 +100,7 @@ for i in 1 2 3; do
         --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token bench \
         --log-level error >"$work/etcd$i.log" 2>&1 &
     pids+=($!)
+    etcd_pids+=($!)
 done
 
 account=$(printf "%032d" 0)
@@ -119,10 +123,13 @@ r = json.loads(sys.stdin.read())
 l = r["latency_ms"]
 line = (f"{sys.argv[1]:9s} {r['calls_per_s']:8.0f}/s  p50 {l['p50']:6.2f}  p99 {l['p99']:7.2f}"
         f"  p99.9 {l['p99.9']:7.2f}  max {l['max']:8.2f} ms  errors {r['errors']}")
-if len(sys.argv) > 4 and r["calls"]:
-    # CPU time (user + system, the 1 s warm-up included) per measured create.
-    per_call = lambda ticks: int(ticks) / int(sys.argv[2]) * 1e6 / r["calls"]
-    line += f"\n          CPU per create: replicas {per_call(sys.argv[3]):.0f} us, NATS nodes {per_call(sys.argv[4]):.0f} us"
+if len(sys.argv) > 2 and r["calls"]:
+    # CPU time (user + system, the 1 s warm-up included) per measured call, of each group of
+    # processes named after the clock rate: NAME TICKS ...
+    hz, groups = int(sys.argv[2]), sys.argv[3:]
+    per_call = lambda ticks: int(ticks) / hz * 1e6 / r["calls"]
+    line += "\n          CPU per call: " + ", ".join(
+        f"{name} {per_call(ticks):.0f} us" for name, ticks in zip(groups[::2], groups[1::2]))
 print(line)
 EOF
 summary() { python3 "$work/summary.py" "$@"; }
@@ -144,7 +151,7 @@ bench_replicas() {
     replicas_before=$(cpu_ticks "$@")
     nats_before=$(cpu_ticks "${nats_pids[@]}")
     result=$(bench --server "$servers" create)
-    summary "$label" "$hz" $(($(cpu_ticks "$@") - replicas_before)) $(($(cpu_ticks "${nats_pids[@]}") - nats_before)) <<<"$result"
+    summary "$label" "$hz" replicas $(($(cpu_ticks "$@") - replicas_before)) "NATS nodes" $(($(cpu_ticks "${nats_pids[@]}") - nats_before)) <<<"$result"
     echo "          (appends that lost a race, all $label so far: $(conflicts "$metrics_base"))"
 }
 echo "durable creates, $concurrency callers, $duration per run, $(nproc) cores, server worker threads $IPAM_WORKER_THREADS"
@@ -156,9 +163,13 @@ for round in $(seq 1 "$rounds"); do
     if [ -n "${BASELINE:-}" ] && [ $turn = 0 ]; then bench_replicas baseline "$baseline" 9810 "${baseline_pids[@]}"; fi
     bench_replicas replicas "$replicas" 9800 "${replica_pids[@]}"
     if [ -n "${BASELINE:-}" ] && [ $turn = 1 ]; then bench_replicas baseline "$baseline" 9810 "${baseline_pids[@]}"; fi
-    bench --server 127.0.0.1:30801 create | summary "replica1"
-    bench --server 127.0.0.1:30800 create | summary single
-    bench --server "$members" etcd-put | summary etcd
+    bench_replicas replica1 127.0.0.1:30801 9800 "${replica_pids[@]}"
+    single_before=$(cpu_ticks "$single_pid")
+    result=$(bench --server 127.0.0.1:30800 create)
+    summary single "$hz" server $(($(cpu_ticks "$single_pid") - single_before)) <<<"$result"
+    etcd_before=$(cpu_ticks "${etcd_pids[@]}")
+    result=$(bench --server "$members" etcd-put)
+    summary etcd "$hz" "etcd members" $(($(cpu_ticks "${etcd_pids[@]}") - etcd_before)) <<<"$result"
 done
 
 # --- failover: creates at 200/s (open loop) while the stream's leader node goes away
