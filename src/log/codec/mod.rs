@@ -23,11 +23,16 @@ const RUN: u8 = 2;
 const HEADER_LEN: usize = 5;
 const COUNT_LEN: usize = 4;
 
-/// Most bytes of events per run record. sled keeps up to 17 records in a leaf and writes a leaf
-/// over 128 KiB as a separate blob file, which it re-reads at every open; small runs stay
-/// inline. Larger runs are no faster to scan: at this size a start already checks the whole
-/// log a small fraction of the time one record per event took (docs/benchmarks.md, Restart).
-pub const RUN_BYTES: usize = 4096;
+/// Most bytes of events per run record (a run ends with the first event past it). sled keeps
+/// up to 17 records in a leaf and writes a leaf over 128 KiB as a separate blob file, which it
+/// re-reads at every open: 17 runs of 6 KiB and one event of a few hundred bytes stay inline
+/// (only runs of prefixes with descriptions near their 1,000-character limit could go past).
+/// Why 6 KiB rather than 4: a group of more than one record is stored as a sled batch, which
+/// costs two extra writes of sled's buffers, and on replicas at 64 callers a group (~23
+/// creates, ~6 KB) was two records; larger runs are no faster to scan, since at this size a
+/// start already checks the whole log in a small fraction of the time one record per event
+/// took (docs/benchmarks.md, Restart and Replicas).
+pub const RUN_BYTES: usize = 6144;
 
 /// Why a stored record cannot be turned back into events.
 #[derive(Debug, thiserror::Error)]
