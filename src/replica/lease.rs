@@ -81,9 +81,10 @@ pub async fn hold(replica: Arc<Replica>, mut shutdown: watch::Receiver<bool>) ->
             replica.metrics.lease_held.set(holding as i64);
             held_sender.send_if_modified(|held| std::mem::replace(held, holding) != holding);
             let holder_unknown = store.is_some() && replica.lease_holder.borrow().is_none();
-            let next = match holder_unknown {
-                true => UNKNOWN_HOLDER_RETRY,
-                false => LEASE_TTL / 3,
+            let next = if holder_unknown {
+                UNKNOWN_HOLDER_RETRY
+            } else {
+                LEASE_TTL / 3
             };
             tokio::select! {
                 _ = shutdown.wait_for(|stopping| *stopping) => break,
