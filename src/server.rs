@@ -348,7 +348,18 @@ pub async fn serve(
                     }
                 }
             },
-            move || applied.borrow().revision,
+            {
+                let applied = applied.clone();
+                move || applied.borrow().revision
+            },
+            move |sequence| {
+                let mut applied = applied.clone();
+                async move {
+                    // Stopping (the sender gone) ends the wait too: the commands then meet
+                    // a stopped writer.
+                    let _ = applied.wait_for(|applied| applied.sequence >= sequence).await;
+                }
+            },
             stop_receiver.clone(),
         ));
         // SERVING only once this replica applied what the stream held at its start.

@@ -56,8 +56,15 @@ impl Replica {
     }
 
     /// Sends `commands` (each with the `traceparent` of the call that asked, or "") to
-    /// `holder` and waits for its answer.
-    pub async fn forward(&self, holder: &str, commands: &[(&Command, &Actor)], traceparents: Vec<String>) -> Forwarded {
+    /// `holder` and waits for its answer; the holder decides them once it applied the stream
+    /// up to `after_sequence` (what this replica holds).
+    pub async fn forward(
+        &self,
+        holder: &str,
+        commands: &[(&Command, &Actor)],
+        traceparents: Vec<String>,
+        after_sequence: u64,
+    ) -> Forwarded {
         use async_nats::RequestErrorKind as Kind;
         let group = wire::ForwardedGroup {
             commands: commands
@@ -65,6 +72,7 @@ impl Replica {
                 .map(|(command, actor)| command_record(command, actor))
                 .collect(),
             traceparents,
+            after_sequence,
         };
         let request = async_nats::Request::new()
             .payload(Bytes::from(group.encode_to_vec()))
@@ -87,18 +95,23 @@ impl Replica {
     }
 }
 
-/// Takes the groups other replicas forward to this one until `shutdown`: each command runs
+/// Takes the groups other replicas forward to this one until `shutdown`: once `reached(S)`
+/// (this replica applied the stream up to S, the sender's sequence when it sent the group;
+/// given up after the replica's timeout, the commands then refused unrun), each command runs
 /// through `execute` (this replica's writer, never forwarding again; with the trace of the
 /// call that asked, if it is traced), and the answer carries `revision()` read once all have
 /// run.
-pub async fn serve<Execute, Run>(
+pub async fn serve<Execute, Run, Reach, Reached>(
     replica: Arc<Replica>,
     execute: Execute,
     revision: impl Fn() -> u64 + Send + Sync + 'static,
+    reached: Reach,
     mut shutdown: watch::Receiver<bool>,
 ) where
     Execute: Fn(Command, Actor, Option<opentelemetry::Context>) -> Run + Send + Sync + 'static,
     Run: Future<Output = Result<Outcome, Error>> + Send + 'static,
+    Reach: Fn(u64) -> Reached + Send + Sync + 'static,
+    Reached: Future<Output = ()> + Send + 'static,
 {
     let subject = replica.writes_subject(&replica.writer_id);
     let mut requests = loop {
@@ -115,6 +128,7 @@ pub async fn serve<Execute, Run>(
     };
     let execute = Arc::new(execute);
     let revision = Arc::new(revision);
+    let reached = Arc::new(reached);
     loop {
         let request = tokio::select! {
             _ = shutdown.wait_for(|stopping| *stopping) => break,
@@ -127,8 +141,9 @@ pub async fn serve<Execute, Run>(
             continue;
         };
         let (replica, execute, revision) = (Arc::clone(&replica), Arc::clone(&execute), Arc::clone(&revision));
+        let reached = Arc::clone(&reached);
         tokio::spawn(async move {
-            let (commands, traceparents) = match decode_group(&request.payload) {
+            let (commands, traceparents, after_sequence) = match decode_group(&request.payload) {
                 Ok(decoded) => decoded,
                 Err(why) => {
                     // Not answered: the sender learns nothing ran only by reading.
@@ -136,6 +151,27 @@ pub async fn serve<Execute, Run>(
                     return;
                 }
             };
+            // Usually at once: the tail brings each message as soon as the stream took it.
+            if tokio::time::timeout(replica.timeout, reached(after_sequence))
+                .await
+                .is_err()
+            {
+                let behind = Error::new(
+                    Reason::NotReady,
+                    format!(
+                        "the writing replica has not applied the replicated log up to message {after_sequence} (where the call was received) within {:?}; nothing was changed, retry",
+                        replica.timeout
+                    ),
+                );
+                let answer = wire::ForwardedAnswer {
+                    results: commands.iter().map(|_| result_record(&Err(behind.clone()))).collect(),
+                    revision: revision(),
+                };
+                if let Err(error) = replica.client.publish(reply_to, answer.encode_to_vec().into()).await {
+                    warn!(%error, "cannot answer a forwarded group");
+                }
+                return;
+            }
             // All queued before any is awaited, so that the writer decides them as one group.
             let mut traceparents = traceparents.into_iter();
             let runs: Vec<_> = (commands.into_iter())
@@ -238,12 +274,12 @@ fn command_record(command: &Command, actor: &Actor) -> wire::ForwardedCommand {
 
 /// A forwarded group's commands with who asked, and the callers' `traceparent`s (fewer when
 /// a sender sent none).
-type DecodedGroup = (Vec<(Command, Actor)>, Vec<String>);
+type DecodedGroup = (Vec<(Command, Actor)>, Vec<String>, u64);
 
 fn decode_group(bytes: &[u8]) -> Result<DecodedGroup, String> {
     let group = wire::ForwardedGroup::decode(bytes).map_err(|error| error.to_string())?;
     let commands = group.commands.into_iter().map(command).collect::<Result<_, _>>()?;
-    Ok((commands, group.traceparents))
+    Ok((commands, group.traceparents, group.after_sequence))
 }
 
 fn command(record: wire::ForwardedCommand) -> Result<(Command, Actor), String> {
@@ -431,9 +467,10 @@ mod tests {
             let bytes = wire::ForwardedGroup {
                 commands: vec![command_record(&command, &actor)],
                 traceparents: vec![traceparent.clone()],
+                after_sequence: 41,
             }
             .encode_to_vec();
-            let decoded = (vec![(command, actor.clone())], vec![traceparent.clone()]);
+            let decoded = (vec![(command, actor.clone())], vec![traceparent.clone()], 41);
             assert_eq!(decode_group(&bytes).unwrap(), decoded);
         }
         let mut refusal = Error::field(Reason::InvalidCidr, "cidr", "bad");

@@ -57,13 +57,14 @@ impl Replicated {
         self.forwards_in_flight += 1;
         let replica = Arc::clone(&self.replica);
         let done = self.forwards.0.clone();
+        let after_sequence = self.position.sequence;
         self.replica.runtime.spawn(async move {
             let commands: Vec<_> = own.iter().map(|waiting| (&waiting.command, &*waiting.actor)).collect();
             let traceparents = (own.iter())
                 .map(|waiting| (waiting.trace.as_ref()).map_or_else(String::new, telemetry::traceparent_of_context))
                 .collect();
             let sent = Instant::now();
-            let forwarded = replica.forward(&holder, &commands, traceparents).await;
+            let forwarded = replica.forward(&holder, &commands, traceparents, after_sequence).await;
             drop(commands);
             let outcome = match forwarded {
                 Forwarded::Answered { results, revision } => {
