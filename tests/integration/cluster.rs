@@ -961,3 +961,72 @@ async fn a_log_that_is_not_a_prefix_of_the_stream_is_refused() {
     let refused = start(replica_options(dir.path(), &cluster, 1)).await;
     assert!(refused.contains("ahead of the stream"), "{refused}");
 }
+
+/// A forwarded group is decided only once the lease holder applied the stream as far as its
+/// sender had: a refusal appends nothing, so no compare-and-set would catch a decision made on
+/// an older state. Sent straight to the holder's subject: a group claiming a sequence the
+/// stream never reaches is refused NOT_READY unrun; one at the stream's head runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwarded_group_waits_for_what_its_sender_had_applied() {
+    use ipam_bindings::pb::forward as wire;
+    use prost::Message;
+    let Some(nats) = nats_server() else { return };
+    let cluster = NatsCluster::start(nats).await;
+    let replicas = Replicas::start(&cluster).await;
+    let servers: Vec<&TestServer> = replicas.servers.iter().collect();
+    let holder = lease_holder(&servers).await;
+    let owner = account();
+    let prefix = servers[holder].create_prefix(&owner, "198.51.100.0/24").await;
+
+    let client = cluster.connect().await.unwrap();
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let leases = jetstream.get_key_value("IPAM_EVENTS_LEASES").await.unwrap();
+    let writer_id = String::from_utf8(leases.get("writer").await.unwrap().unwrap().to_vec()).unwrap();
+    let mut stream = jetstream.get_stream("IPAM_EVENTS").await.unwrap();
+    let head = stream.info().await.unwrap().state.last_sequence;
+    let id = |hex: &str| uuid::Uuid::parse_str(hex).unwrap().as_bytes().to_vec();
+    let bind = |after_sequence: u64| {
+        let command = wire::forwarded_command::Command::CreateBinding(wire::CreateBinding {
+            id: uuid::Uuid::new_v4().as_bytes().to_vec(),
+            account_id: id(&owner),
+            prefix_id: id(&prefix.id),
+            cidr: "198.51.100.0/24".into(),
+            service_id: id(MAGIC_TRANSIT),
+            request_id: None,
+        });
+        let group = wire::ForwardedGroup {
+            commands: vec![wire::ForwardedCommand {
+                actor: Some(Default::default()),
+                command: Some(command),
+            }],
+            traceparents: vec![String::new()],
+            after_sequence,
+        };
+        bytes::Bytes::from(group.encode_to_vec())
+    };
+    let subject = format!("IPAM_EVENTS.writes.{writer_id}");
+    let ask = |payload: bytes::Bytes| {
+        let (client, subject) = (client.clone(), subject.clone());
+        async move {
+            let answer = client.request(subject, payload).await.unwrap();
+            let answer = wire::ForwardedAnswer::decode(answer.payload).unwrap();
+            answer.results.into_iter().next().unwrap().result.unwrap()
+        }
+    };
+
+    match ask(bind(head + 1000)).await {
+        wire::forwarded_result::Result::Refusal(refusal) => {
+            assert_eq!(refusal.code, 1301, "NOT_READY: {}", refusal.message)
+        }
+        other => panic!("decided before the holder reached the sender's sequence: {other:?}"),
+    }
+    assert!(
+        servers[holder].list_all_bindings(&prefix, 100).await.is_empty(),
+        "a refused group ran"
+    );
+    match ask(bind(head)).await {
+        wire::forwarded_result::Result::Binding(_) => {}
+        other => panic!("a group at the stream's head was not run: {other:?}"),
+    }
+    assert_eq!(servers[holder].list_all_bindings(&prefix, 100).await.len(), 1);
+}
