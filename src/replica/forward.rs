@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use prost::Message;
 use tokio::sync::watch;
 use tracing::warn;
@@ -151,11 +151,12 @@ pub async fn serve<Execute, Run, Reach, Reached>(
                     return;
                 }
             };
-            // Usually at once: the tail brings each message as soon as the stream took it.
-            if tokio::time::timeout(replica.timeout, reached(after_sequence))
-                .await
-                .is_err()
-            {
+            // Usually at once (no timer then): the tail brings each message as soon as the
+            // stream took it.
+            let wait = reached(after_sequence);
+            tokio::pin!(wait);
+            let at_once = wait.as_mut().now_or_never().is_some();
+            if !at_once && tokio::time::timeout(replica.timeout, wait).await.is_err() {
                 let behind = Error::new(
                     Reason::NotReady,
                     format!(
