@@ -155,8 +155,26 @@ pub async fn serve<Execute, Run, Reach, Reached>(
             // stream took it.
             let wait = reached(after_sequence);
             tokio::pin!(wait);
-            let at_once = wait.as_mut().now_or_never().is_some();
-            if !at_once && tokio::time::timeout(replica.timeout, wait).await.is_err() {
+            let reached_in_time =
+                wait.as_mut().now_or_never().is_some() || tokio::time::timeout(replica.timeout, wait).await.is_ok();
+            let results: Vec<Result<Outcome, Error>> = if reached_in_time {
+                // All queued before any is awaited, so that the writer decides them as one group.
+                let mut traceparents = traceparents.into_iter();
+                let runs: Vec<_> = (commands.into_iter())
+                    .map(|(command, actor)| {
+                        let trace = telemetry::context_of_traceparent(&traceparents.next().unwrap_or_default());
+                        tokio::spawn(execute(command, actor, trace))
+                    })
+                    .collect();
+                let mut results = Vec::with_capacity(runs.len());
+                for run in runs {
+                    results
+                        .push(run.await.unwrap_or_else(|_| {
+                            Err(Error::new(Reason::Internal, "a forwarded command's task failed"))
+                        }));
+                }
+                results
+            } else {
                 let behind = Error::new(
                     Reason::NotReady,
                     format!(
@@ -164,30 +182,8 @@ pub async fn serve<Execute, Run, Reach, Reached>(
                         replica.timeout
                     ),
                 );
-                let answer = wire::ForwardedAnswer {
-                    results: commands.iter().map(|_| result_record(&Err(behind.clone()))).collect(),
-                    revision: revision(),
-                };
-                if let Err(error) = replica.client.publish(reply_to, answer.encode_to_vec().into()).await {
-                    warn!(%error, "cannot answer a forwarded group");
-                }
-                return;
-            }
-            // All queued before any is awaited, so that the writer decides them as one group.
-            let mut traceparents = traceparents.into_iter();
-            let runs: Vec<_> = (commands.into_iter())
-                .map(|(command, actor)| {
-                    let trace = telemetry::context_of_traceparent(&traceparents.next().unwrap_or_default());
-                    tokio::spawn(execute(command, actor, trace))
-                })
-                .collect();
-            let mut results = Vec::with_capacity(runs.len());
-            for run in runs {
-                results.push(
-                    run.await
-                        .unwrap_or_else(|_| Err(Error::new(Reason::Internal, "a forwarded command's task failed"))),
-                );
-            }
+                commands.iter().map(|_| Err(behind.clone())).collect()
+            };
             let answer = wire::ForwardedAnswer {
                 results: results.iter().map(result_record).collect(),
                 revision: revision(),
