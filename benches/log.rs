@@ -1,7 +1,10 @@
 //! The log's records in process: what a replica spends storing one stream message of binding
 //! creates in its local log, either encoding the decoded events again into runs
 //! (`encode_runs`) or cutting the message's own record into the same runs
-//! (`split_group`), and what a single node spends encoding a group (`encode_runs` is that too).
+//! (`split_group`), and what a single node spends encoding a group (`encode_runs` is that too);
+//! and what a background snapshot of 200,000 bindings costs in all (`snapshot`: the copy taken
+//! a chunk at a time, completed with the 2,000 events written meanwhile, and encoded; the file
+//! write is left out).
 //!
 //!   cargo bench --bench log
 //!
@@ -14,7 +17,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ipam_bindings::domain::{
-    AccountId, Actor, Binding, BindingId, Change, Event, Micros, PrefixId, ProvisioningState, Service,
+    AccountId, Actor, Binding, BindingId, Change, Event, Micros, Prefix, PrefixId, ProvisioningState, Service, State,
 };
 use ipam_bindings::log::codec;
 
@@ -74,9 +77,77 @@ fn store_a_group(c: &mut Criterion) {
     group.finish();
 }
 
+/// A state of `bindings` bindings, 200 in each /24 prefix, and the events that follow it:
+/// `after` more creates in a prefix of their own.
+fn state_of_size(bindings: u64, after: u64) -> (State, Vec<Event>) {
+    let account_id = AccountId::generate();
+    let time = Micros(1_764_000_000_000_000);
+    let mut state = State::default();
+    let mut prefix = None;
+    for index in 0..bindings {
+        if index % 200 == 0 {
+            let created = Prefix {
+                id: PrefixId::generate(),
+                account_id,
+                cidr: format!("10.{}.{}.0/24", index / 200 / 256, index / 200 % 256)
+                    .parse()
+                    .expect("a CIDR"),
+                asn: Some(64_512),
+                description: "bench".into(),
+                created_at: time,
+                modified_at: time,
+            };
+            prefix = Some(created.id);
+            state.apply(&Event {
+                revision: 0,
+                time,
+                change: Change::PrefixCreated(created),
+                actor: None,
+            });
+        }
+        let binding = Binding {
+            id: BindingId::generate(),
+            account_id,
+            prefix_id: prefix.expect("a prefix"),
+            cidr: format!("10.{}.{}.{}/32", index / 200 / 256, index / 200 % 256, index % 200)
+                .parse()
+                .expect("a CIDR"),
+            service: Service::Cdn,
+            state: ProvisioningState::Active,
+            created_at: time,
+            modified_at: time,
+        };
+        state.apply(&Event {
+            revision: 0,
+            time,
+            change: Change::BindingCreated {
+                binding,
+                request_id: Some(format!("req-{index}")),
+            },
+            actor: None,
+        });
+    }
+    (state, creates(bindings + 1, after))
+}
+
+fn snapshot(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot");
+    group.sample_size(10);
+    let (state, after) = state_of_size(200_000, 2_000);
+    group.throughput(Throughput::Elements(200_000));
+    group.bench_function("copy-complete-encode/200000", |b| {
+        b.iter(|| {
+            let mut copy = state.start_copy();
+            while !copy.copy_from(&state, 4096) {}
+            codec::encode_snapshot(1, Some(0), &copy.complete(&after))
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50);
-    targets = store_a_group
+    targets = store_a_group, snapshot
 }
 criterion_main!(benches);

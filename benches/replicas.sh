@@ -156,7 +156,7 @@ bench_replicas() {
 }
 echo "durable creates, $concurrency callers, $duration per run, $(nproc) cores, server worker threads $IPAM_WORKER_THREADS"
 for round in $(seq 1 "$rounds"); do
-    echo "round $round"
+    echo "round $round ($(date +%T))"
     # With a baseline, the two builds take turns going first (what ran just before a run,
     # such as etcd's, can still be busy when it starts).
     turn=$((round % 2))

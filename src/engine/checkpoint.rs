@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::domain::State;
-use crate::domain::state::RecordCopy;
+use crate::domain::state::{RecordCopy, SnapshotRecords};
 use crate::log::EventLog;
 use crate::projection::Projections;
 
@@ -101,10 +101,10 @@ impl Snapshots {
 /// in between, from the log) and stores it as the snapshot of `head`.
 fn complete_snapshot(log: &EventLog, started_at: u64, head: u64, copy: RecordCopy) {
     let started = Instant::now();
-    let mut state = copy.into_state();
+    let mut events = Vec::new();
     for event in log.read_after(started_at) {
         match event {
-            Ok(event) if event.revision <= head => state.apply(&event),
+            Ok(event) if event.revision <= head => events.push(event),
             Ok(_) => break,
             Err(error) => {
                 warn!(%error, "cannot read the log to complete a snapshot; no snapshot written");
@@ -112,6 +112,7 @@ fn complete_snapshot(log: &EventLog, started_at: u64, head: u64, copy: RecordCop
             }
         }
     }
+    let records = copy.complete(&events);
     debug!(
         started_at,
         revision = head,
@@ -119,7 +120,7 @@ fn complete_snapshot(log: &EventLog, started_at: u64, head: u64, copy: RecordCop
         "snapshot copy completed"
     );
     if let Some(checksum) = checksum_at(log, head) {
-        write_snapshot(log, head, checksum, &state);
+        write_snapshot(log, head, checksum, &records);
     }
 }
 
@@ -147,10 +148,10 @@ fn checksum_at(log: &EventLog, revision: u64) -> Option<u32> {
     }
 }
 
-/// Stores `state` as the snapshot of `revision`, whose log record has `checksum`.
-fn write_snapshot(log: &EventLog, revision: u64, checksum: u32, state: &State) {
+/// Stores `records` as the snapshot of `revision`, whose log record has `checksum`.
+fn write_snapshot(log: &EventLog, revision: u64, checksum: u32, records: &impl SnapshotRecords) {
     let started = Instant::now();
-    match log.save_snapshot(revision, checksum, state) {
+    match log.save_snapshot(revision, checksum, records) {
         Ok(bytes) => info!(
             revision,
             bytes,

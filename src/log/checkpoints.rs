@@ -5,15 +5,20 @@
 use super::{
     CheckpointStatus, EventLog, LEGACY_SNAPSHOTS_TREE, LogError, MARK_FILE, SNAPSHOT_FILE, Snapshot, Witness, codec,
 };
-use crate::domain::State;
+use crate::domain::state::SnapshotRecords;
 
 impl EventLog {
     /// Durably stores `state` as the snapshot of `revision`, whose log record has
     /// `log_record_checksum` (unless a newer snapshot was saved meanwhile). Returns its size.
-    pub fn save_snapshot(&self, revision: u64, log_record_checksum: u32, state: &State) -> Result<usize, LogError> {
+    pub fn save_snapshot(
+        &self,
+        revision: u64,
+        log_record_checksum: u32,
+        records: &impl SnapshotRecords,
+    ) -> Result<usize, LogError> {
         // A replica's appends are not fsynced one by one: the records up to the snapshot are.
         self.flush_unflushed()?;
-        let record = codec::encode_snapshot(revision, Some(log_record_checksum), state);
+        let record = codec::encode_snapshot(revision, Some(log_record_checksum), records);
         self.snapshot
             .save(revision, &record)
             .map_err(|error| LogError::CheckpointFile(SNAPSHOT_FILE, error))?;

@@ -1,9 +1,37 @@
 //! Snapshots of the state: the records a snapshot stores, a state restored from them, and a
-//! copy taken in chunks while the state keeps changing (a background snapshot).
+//! copy taken in chunks while the state keeps changing (a background snapshot), completed with
+//! the events written meanwhile.
+
+use std::collections::HashMap;
+use std::hash::Hash;
 
 use super::{IdMap, RememberedRequest, State};
+use crate::domain::event::{Change, Event};
 use crate::domain::ids::{AccountId, BindingId, PrefixId};
 use crate::domain::model::{Binding, Prefix, ProvisioningState};
+
+/// The records a snapshot stores, wherever they are held: a [`State`] (a stop's final
+/// checkpoint) or a [`CompletedCopy`] (a background snapshot).
+pub trait SnapshotRecords {
+    fn prefixes(&self) -> impl Iterator<Item = &Prefix>;
+    fn bindings(&self) -> impl Iterator<Item = &Binding>;
+    /// Every idempotency key with the binding it created, as created.
+    fn remembered_requests(&self) -> impl Iterator<Item = (AccountId, &str, &Binding)>;
+}
+
+impl SnapshotRecords for State {
+    fn prefixes(&self) -> impl Iterator<Item = &Prefix> {
+        State::prefixes(self)
+    }
+
+    fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        State::bindings(self)
+    }
+
+    fn remembered_requests(&self) -> impl Iterator<Item = (AccountId, &str, &Binding)> {
+        State::remembered_requests(self)
+    }
+}
 
 impl State {
     pub fn prefixes(&self) -> impl Iterator<Item = &Prefix> {
@@ -56,9 +84,9 @@ impl State {
             binding_ids: self.bindings.keys().copied().collect(),
             request_keys: self.requests.keys().cloned().collect(),
             copied: 0,
-            prefixes: Vec::new(),
-            bindings: Vec::new(),
-            requests: Vec::new(),
+            prefixes: Vec::with_capacity(self.prefixes.len()),
+            bindings: Vec::with_capacity(self.bindings.len()),
+            requests: Vec::with_capacity(self.requests.len()),
         }
     }
 }
@@ -67,10 +95,8 @@ impl State {
 /// of the state it started from; each record is copied as it is when its chunk is taken
 /// (one deleted meanwhile is left out). So the copy mixes the states between its start and
 /// its end, and is exact once the events after its start are applied to it
-/// ([`into_state`](Self::into_state), then [`State::apply`] each): every event carries the
-/// full record it sets or removes, so applying one that the copy already reflects sets the
-/// same value again. Records and keys never change their network or scope, so the indexes
-/// rebuilt from the copy hold no conflicting entries.
+/// ([`complete`](Self::complete)): every event carries the full record it sets or removes, so
+/// a record an event touched is the last such event's, and one none touched is as copied.
 pub struct RecordCopy {
     prefix_ids: Vec<PrefixId>,
     binding_ids: Vec<BindingId>,
@@ -106,8 +132,90 @@ impl RecordCopy {
         end == total
     }
 
-    /// The state of the copied records (see the type's doc for what it still lacks).
+    /// The records as of the last of `events`, the events after the copy's start in order.
+    /// Only the records are completed (no index is built): what a snapshot stores.
+    pub fn complete<'a>(self, events: impl IntoIterator<Item = &'a Event>) -> CompletedCopy {
+        let mut prefixes: HashMap<PrefixId, Option<Prefix>> = HashMap::new();
+        let mut bindings: HashMap<BindingId, Option<Binding>> = HashMap::new();
+        // An idempotency key names the one binding it created: keyed by that binding's id.
+        let mut requests: HashMap<BindingId, Option<(AccountId, String, Binding)>> = HashMap::new();
+        for event in events {
+            match &event.change {
+                Change::PrefixCreated(prefix) | Change::PrefixUpdated(prefix) => {
+                    prefixes.insert(prefix.id, Some(prefix.clone()));
+                }
+                Change::PrefixDeleted(prefix) => {
+                    prefixes.insert(prefix.id, None);
+                }
+                Change::BindingCreated { binding, request_id } => {
+                    if let Some(request_id) = request_id {
+                        let request = (binding.account_id, request_id.clone(), binding.clone());
+                        requests.insert(binding.id, Some(request));
+                    }
+                    bindings.insert(binding.id, Some(binding.clone()));
+                }
+                Change::BindingProvisioningStateChanged(binding) => {
+                    bindings.insert(binding.id, Some(binding.clone()));
+                }
+                Change::BindingDeleted(binding) => {
+                    bindings.insert(binding.id, None);
+                }
+            }
+        }
+        let mut completed = CompletedCopy {
+            prefixes: self.prefixes,
+            bindings: self.bindings,
+            requests: self.requests,
+        };
+        overlay(&mut completed.prefixes, prefixes, |prefix| prefix.id);
+        overlay(&mut completed.bindings, bindings, |binding| binding.id);
+        overlay(&mut completed.requests, requests, |(_, _, binding)| binding.id);
+        completed
+    }
+}
+
+/// Replaces or removes each of `records` whose key `changed` holds, then adds the records
+/// `changed` sets that were not among them.
+/// (The events after a copy's start are few: `changed` is small.)
+fn overlay<K: Eq + Hash, V>(records: &mut Vec<V>, mut changed: HashMap<K, Option<V>>, key: impl Fn(&V) -> K) {
+    if changed.is_empty() {
+        return;
+    }
+    records.retain_mut(|record| match changed.remove(&key(record)) {
+        Some(Some(last)) => {
+            *record = last;
+            true
+        }
+        Some(None) => false,
+        None => true,
+    });
+    records.extend(changed.into_values().flatten());
+}
+
+/// A background snapshot's records, exact as of the last event it was completed with.
+pub struct CompletedCopy {
+    prefixes: Vec<Prefix>,
+    bindings: Vec<Binding>,
+    requests: Vec<(AccountId, String, Binding)>,
+}
+
+impl CompletedCopy {
+    /// The state these records fold into.
     pub fn into_state(self) -> State {
         State::restore(self.prefixes, self.bindings, self.requests)
+    }
+}
+
+impl SnapshotRecords for CompletedCopy {
+    fn prefixes(&self) -> impl Iterator<Item = &Prefix> {
+        self.prefixes.iter()
+    }
+
+    fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.iter()
+    }
+
+    fn remembered_requests(&self) -> impl Iterator<Item = (AccountId, &str, &Binding)> {
+        (self.requests.iter()).map(|(account_id, request_id, binding)| (*account_id, request_id.as_str(), binding))
     }
 }

@@ -22,7 +22,7 @@ use super::ids::{AccountId, BindingId, PrefixId};
 use super::model::{Binding, Micros, Prefix, ProvisioningState};
 use super::network::{NetworkKey, contains};
 
-pub use copy::RecordCopy;
+pub use copy::{CompletedCopy, RecordCopy, SnapshotRecords};
 pub use decide::Decision;
 pub use routes::{RangeChange, RouteTo};
 

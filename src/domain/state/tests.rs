@@ -412,10 +412,7 @@ fn a_copy_taken_in_chunks_while_writes_go_on_is_exact_after_the_events_since_its
                 break;
             }
         }
-        let mut copied = copy.into_state();
-        for event in world.log.iter().filter(|event| event.revision > started_at) {
-            copied.apply(event);
-        }
+        let copied = (copy.complete(world.log.iter().filter(|event| event.revision > started_at))).into_state();
         let prefix_ids: Vec<PrefixId> = prefixes.iter().map(|prefix| prefix.id).collect();
         assert!(
             world.revision > started_at + 20,

@@ -10,6 +10,7 @@ pub(crate) mod schema;
 
 use prost::Message;
 
+use crate::domain::state::SnapshotRecords;
 use crate::domain::{Event, State};
 use crate::pb::events as stored;
 use schema::{from_stored, to_stored};
@@ -235,14 +236,16 @@ pub fn checksum(record: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(bytes.try_into().ok()?))
 }
 
-/// The stored form of a snapshot of `state` as of `revision` (same header as an event), with
-/// the checksum of the log record ending at `revision`.
-pub fn encode_snapshot(revision: u64, log_record_checksum: Option<u32>, state: &State) -> Vec<u8> {
-    seal(
-        SINGLE,
-        &[],
-        &schema::snapshot_record(revision, log_record_checksum, state).encode_to_vec(),
-    )
+/// The stored form of a snapshot of `records` as of `revision` (same header as an event, a
+/// format-1 record as [`seal`] makes with no head, the body written in place after the header:
+/// a snapshot is tens of megabytes), with the checksum of the log record ending at `revision`.
+pub fn encode_snapshot(revision: u64, log_record_checksum: Option<u32>, records: &impl SnapshotRecords) -> Vec<u8> {
+    let mut record = vec![0; HEADER_LEN];
+    record[0] = SINGLE;
+    schema::encode_snapshot_body(revision, log_record_checksum, records, &mut record);
+    let checksum = crc32fast::hash(&record[HEADER_LEN..]);
+    record[1..HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
+    record
 }
 
 pub fn decode_snapshot(record: &[u8]) -> Result<Snapshot, DecodeError> {
@@ -452,6 +455,17 @@ mod tests {
             },
         );
 
+        for (revision, checksum) in [(5, Some(7)), (0, None)] {
+            assert_eq!(
+                encode_snapshot(revision, checksum, &state),
+                seal(
+                    SINGLE,
+                    &[],
+                    &schema::snapshot_record(revision, checksum, &state).encode_to_vec()
+                ),
+                "written a record at a time, the bytes of the whole message"
+            );
+        }
         let Snapshot {
             revision,
             log_record_checksum,

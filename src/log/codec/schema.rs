@@ -6,13 +6,105 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use crate::domain::state::SnapshotRecords;
 use crate::domain::{
     AccountId, Actor, Binding, BindingId, Change, Event, Micros, Prefix, PrefixId, ProvisioningState, Service,
     ServiceId, State,
 };
 use crate::pb::events as stored;
 
-/// The stored form of a snapshot of `state` as of `revision`.
+/// Appends to `buf` the stored form of a snapshot of `records` as of `revision`: the bytes
+/// prost makes of a `stored::Snapshot`, written a record at a time instead of from one
+/// message holding a converted copy of every record.
+pub(super) fn encode_snapshot_body(
+    revision: u64,
+    log_record_checksum: Option<u32>,
+    records: &impl SnapshotRecords,
+    buf: &mut Vec<u8>,
+) {
+    use prost::encoding::{fixed32, message, uint64};
+    // Field by field in the order prost's derived encoding uses (the declaration order), so
+    // that the bytes are exactly the message's.
+    if revision != 0 {
+        uint64::encode(1, &revision, buf);
+    }
+    for prefix in records.prefixes() {
+        message::encode(2, &prefix_record(prefix), buf);
+    }
+    let mut writer = BindingWriter::default();
+    for binding in records.bindings() {
+        writer.put(binding);
+        put_message(3, &writer.record, buf);
+    }
+    let mut request = Vec::new();
+    for (account_id, request_id, binding) in records.remembered_requests() {
+        writer.put(binding);
+        request.clear();
+        put_bytes(1, account_id.as_bytes(), &mut request);
+        put_bytes(2, request_id.as_bytes(), &mut request);
+        put_message(3, &writer.record, &mut request);
+        put_message(4, &request, buf);
+    }
+    if let Some(checksum) = log_record_checksum {
+        fixed32::encode(5, &checksum, buf);
+    }
+}
+
+/// A binding's stored record (`stored::BindingRecord`) encoded as prost encodes
+/// [`binding_record`]'s, into buffers reused from one binding to the next: a snapshot holds
+/// hundreds of thousands, and the message form allocates five buffers for each.
+#[derive(Default)]
+struct BindingWriter {
+    /// The last binding's encoded record.
+    record: Vec<u8>,
+    cidr: String,
+}
+
+impl BindingWriter {
+    fn put(&mut self, binding: &Binding) {
+        use std::fmt::Write;
+        let record = &mut self.record;
+        record.clear();
+        put_bytes(1, binding.id.as_bytes(), record);
+        put_bytes(2, binding.account_id.as_bytes(), record);
+        put_bytes(3, binding.prefix_id.as_bytes(), record);
+        self.cidr.clear();
+        write!(self.cidr, "{}", binding.cidr).expect("writing to a String");
+        put_bytes(4, self.cidr.as_bytes(), record);
+        put_bytes(5, binding.service.id().as_bytes(), record);
+        put_varint(6, stored_state(binding.state) as i32 as u64, record);
+        put_varint(7, binding.created_at.0 as u64, record);
+        put_varint(8, binding.modified_at.0 as u64, record);
+    }
+}
+
+/// A `bytes` or `string` field as prost writes it: left out when empty.
+fn put_bytes(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
+    if !bytes.is_empty() {
+        put_message(tag, bytes, buf);
+    }
+}
+
+/// A message field (or any length-delimited one, written even when empty) as prost writes it.
+fn put_message(tag: u32, encoded: &[u8], buf: &mut Vec<u8>) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(encoded.len() as u64, buf);
+    buf.extend_from_slice(encoded);
+}
+
+/// An integer or enum field as prost writes it (a varint): left out when zero.
+fn put_varint(tag: u32, value: u64, buf: &mut Vec<u8>) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    if value != 0 {
+        encode_key(tag, WireType::Varint, buf);
+        encode_varint(value, buf);
+    }
+}
+
+/// The stored form of a snapshot of `state` as of `revision`, as one message: what
+/// [`encode_snapshot_body`] must write.
+#[cfg(test)]
 pub(super) fn snapshot_record(revision: u64, log_record_checksum: Option<u32>, state: &State) -> stored::Snapshot {
     stored::Snapshot {
         revision,
@@ -142,11 +234,15 @@ pub(crate) fn prefix_record(prefix: &Prefix) -> stored::PrefixRecord {
     }
 }
 
-pub(crate) fn binding_record(binding: &Binding) -> stored::BindingRecord {
-    let state = match binding.state {
+fn stored_state(state: ProvisioningState) -> stored::ProvisioningState {
+    match state {
         ProvisioningState::Provisioning => stored::ProvisioningState::Provisioning,
         ProvisioningState::Active => stored::ProvisioningState::Active,
-    };
+    }
+}
+
+pub(crate) fn binding_record(binding: &Binding) -> stored::BindingRecord {
+    let state = stored_state(binding.state);
     stored::BindingRecord {
         id: binding.id.as_bytes().to_vec(),
         account_id: binding.account_id.as_bytes().to_vec(),
