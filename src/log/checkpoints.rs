@@ -8,7 +8,7 @@ use super::{
 use crate::domain::state::SnapshotRecords;
 
 impl EventLog {
-    /// Durably stores `state` as the snapshot of `revision`, whose log record has
+    /// Durably stores `records` (a state's) as the snapshot of `revision`, whose log record has
     /// `log_record_checksum` (unless a newer snapshot was saved meanwhile). Returns its size.
     pub fn save_snapshot(
         &self,

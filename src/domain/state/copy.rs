@@ -200,7 +200,9 @@ pub struct CompletedCopy {
 }
 
 impl CompletedCopy {
-    /// The state these records fold into.
+    /// The state these records fold into (what the copy's test compares; a snapshot is
+    /// restored from its file).
+    #[cfg(test)]
     pub fn into_state(self) -> State {
         State::restore(self.prefixes, self.bindings, self.requests)
     }

@@ -236,16 +236,13 @@ pub fn checksum(record: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(bytes.try_into().ok()?))
 }
 
-/// The stored form of a snapshot of `records` as of `revision` (same header as an event, a
-/// format-1 record as [`seal`] makes with no head, the body written in place after the header:
-/// a snapshot is tens of megabytes), with the checksum of the log record ending at `revision`.
+/// The stored form of a snapshot of `records` as of `revision` (same header as an event; the
+/// body, tens of megabytes, written in place), with the checksum of the log record ending at
+/// `revision`.
 pub fn encode_snapshot(revision: u64, log_record_checksum: Option<u32>, records: &impl SnapshotRecords) -> Vec<u8> {
-    let mut record = vec![0; HEADER_LEN];
-    record[0] = SINGLE;
-    schema::encode_snapshot_body(revision, log_record_checksum, records, &mut record);
-    let checksum = crc32fast::hash(&record[HEADER_LEN..]);
-    record[1..HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
-    record
+    seal_written(SINGLE, HEADER_LEN, |record| {
+        schema::encode_snapshot_body(revision, log_record_checksum, records, record)
+    })
 }
 
 pub fn decode_snapshot(record: &[u8]) -> Result<Snapshot, DecodeError> {
@@ -261,14 +258,21 @@ pub fn decode_snapshot(record: &[u8]) -> Result<Snapshot, DecodeError> {
 
 /// `format`, the CRC-32 of `head` and `body` together, `head`, `body`.
 fn seal(format: u8, head: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(HEADER_LEN + head.len() + body.len());
+    seal_written(format, HEADER_LEN + head.len() + body.len(), |record| {
+        record.extend_from_slice(head);
+        record.extend_from_slice(body);
+    })
+}
+
+/// [`seal`] of what `write` appends (the head, then the body) after the header, which is
+/// filled in once it is written: a large body is written in place instead of copied.
+fn seal_written(format: u8, capacity: usize, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut record = Vec::with_capacity(capacity);
     record.push(format);
-    let mut checksum = crc32fast::Hasher::new();
-    checksum.update(head);
-    checksum.update(body);
-    record.extend_from_slice(&checksum.finalize().to_le_bytes());
-    record.extend_from_slice(head);
-    record.extend_from_slice(body);
+    record.extend_from_slice(&[0; HEADER_LEN - 1]);
+    write(&mut record);
+    let checksum = crc32fast::hash(&record[HEADER_LEN..]);
+    record[1..HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
     record
 }
 
