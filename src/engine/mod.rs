@@ -27,7 +27,7 @@ use crate::log::{CheckpointStatus, EventLog, LogError};
 use crate::metrics::WriteMetrics;
 use crate::projection::Projections;
 use crate::projection::route_history::{HISTORY_REVISIONS, RouteHistory};
-use crate::replica::{Replica, StreamGroup};
+use crate::replica::{Arrival, Replica};
 use crate::telemetry;
 
 /// Commands waiting for the writer before callers wait to enqueue.
@@ -69,7 +69,7 @@ enum Job {
         forwarded: bool,
     },
     /// A group of the replicated stream (or why the next one cannot be read), in stream order.
-    Replicated(Result<StreamGroup, String>),
+    Replicated(Result<Arrival, String>),
     Stop,
 }
 

@@ -85,6 +85,19 @@ impl StreamGroup {
         payload: &[u8],
         published: async_nats::datetime::DateTime,
     ) -> Result<StreamGroup, String> {
+        Announced::read(headers)?.decode(sequence, payload, published.unix_timestamp_nanos())
+    }
+}
+
+/// What a message's headers say of it: its revisions and its id.
+pub struct Announced {
+    first_revision: u64,
+    last_revision: u64,
+    msg_id: String,
+}
+
+impl Announced {
+    fn read(headers: &HeaderMap) -> Result<Announced, String> {
         let revision = |name: &str| -> Result<u64, String> {
             headers
                 .get(name)
@@ -95,6 +108,21 @@ impl StreamGroup {
         if first_revision == 0 || first_revision > last_revision {
             return Err(format!("revisions {first_revision}-{last_revision}"));
         }
+        Ok(Announced {
+            first_revision,
+            last_revision,
+            msg_id: (headers.get(MSG_ID))
+                .map(|id| id.as_str().to_string())
+                .unwrap_or_default(),
+        })
+    }
+
+    fn decode(self, sequence: u64, payload: &[u8], published_unix_nanos: i128) -> Result<StreamGroup, String> {
+        let Announced {
+            first_revision,
+            last_revision,
+            msg_id,
+        } = self;
         let events = codec::decode_run(last_revision, payload).map_err(|error| error.to_string())?;
         if events.first().map(|event| event.revision) != Some(first_revision) {
             return Err(format!(
@@ -109,13 +137,70 @@ impl StreamGroup {
                 checksum: codec::checksum(payload).unwrap_or_default(),
             },
             first_revision,
-            msg_id: (headers.get(MSG_ID))
-                .map(|id| id.as_str().to_string())
-                .unwrap_or_default(),
+            msg_id,
             events,
             records: codec::split_group(last_revision, payload),
-            published_unix_nanos: published.unix_timestamp_nanos(),
+            published_unix_nanos,
         })
+    }
+}
+
+/// A message as the tail hands it over: decoded, or, when this replica appended it, kept as
+/// its bytes. A replica's own append is usually applied by the time it comes back (its
+/// acknowledgement arrives with it), so it is decoded only if the writer still needs it: an
+/// append whose acknowledgement was lost, or that the local log failed to store.
+pub enum Arrival {
+    Decoded(StreamGroup),
+    Own {
+        sequence: u64,
+        announced: Announced,
+        payload: Bytes,
+        published_unix_nanos: i128,
+    },
+}
+
+impl Arrival {
+    /// Reads message `sequence`; decoded unless its id starts with `own_prefix`.
+    pub fn read(
+        sequence: u64,
+        headers: &HeaderMap,
+        payload: &[u8],
+        published: async_nats::datetime::DateTime,
+        own_prefix: &str,
+    ) -> Result<Arrival, String> {
+        let announced = Announced::read(headers)?;
+        let published_unix_nanos = published.unix_timestamp_nanos();
+        if announced.msg_id.starts_with(own_prefix) {
+            return Ok(Arrival::Own {
+                sequence,
+                announced,
+                // A copy: the message's bytes are a slice of the NATS client's read buffer.
+                payload: Bytes::copy_from_slice(payload),
+                published_unix_nanos,
+            });
+        }
+        (announced.decode(sequence, payload, published_unix_nanos)).map(Arrival::Decoded)
+    }
+
+    pub fn sequence(&self) -> u64 {
+        match self {
+            Arrival::Decoded(group) => group.position.sequence,
+            Arrival::Own { sequence, .. } => *sequence,
+        }
+    }
+
+    /// The group, decoded now if it was not yet.
+    pub fn into_group(self) -> Result<StreamGroup, String> {
+        match self {
+            Arrival::Decoded(group) => Ok(group),
+            Arrival::Own {
+                sequence,
+                announced,
+                payload,
+                published_unix_nanos,
+            } => (announced.decode(sequence, &payload, published_unix_nanos))
+                .map_err(|why| format!("message {sequence} of the stream cannot be decoded: {why}")),
+        }
     }
 }
 
@@ -145,9 +230,23 @@ mod tests {
 
         assert_eq!(group.records, Some(codec::encode_runs(&events)));
 
+        // Read back by the replica that appended it: kept as bytes, the same group once decoded.
+        let own = Arrival::read(13, &headers, &append.payload, now, "writer-").unwrap();
+        assert!(matches!(own, Arrival::Own { .. }));
+        assert_eq!(own.sequence(), 13);
+        let decoded_later = own.into_group().unwrap();
+        assert_eq!(
+            (&decoded_later.events, decoded_later.position),
+            (&events, append.position(13))
+        );
+        let other = Arrival::read(13, &headers, &append.payload, now, "writer-8-").unwrap();
+        assert!(matches!(other, Arrival::Decoded(group) if group.events == events));
+
         let mut damaged = append.payload.to_vec();
         *damaged.last_mut().unwrap() ^= 1;
         assert!(StreamGroup::decode(13, &headers, &damaged, now).is_err());
+        let own_damaged = Arrival::read(13, &headers, &damaged, now, "writer-").unwrap();
+        assert!(own_damaged.into_group().is_err());
         let mut lying = headers.clone();
         lying.insert(FIRST_REVISION, "40");
         assert!(StreamGroup::decode(13, &lying, &append.payload, now).is_err());

@@ -31,7 +31,7 @@ use crate::config::NatsOptions;
 use crate::log::StreamPosition;
 use crate::metrics::ReplicaMetrics;
 
-pub use message::{Append, StreamGroup};
+pub use message::{Append, Arrival, StreamGroup};
 pub use tail::tail;
 
 /// Why a replica cannot start on the stream.

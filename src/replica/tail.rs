@@ -1,7 +1,8 @@
 //! The tail: an ordered consumer of the stream from the sequence after the replica's last
-//! applied message, handing each group to the writer in stream order. The ordered consumer
-//! recreates itself after a gap or a lost heartbeat; when it fails for good (NATS gone), the
-//! tail waits and starts a new one after the last group it delivered.
+//! applied message, handing each group to the writer in stream order, decoded but for this
+//! replica's own appends (see [`Arrival`]). The ordered consumer recreates itself after a gap
+//! or a lost heartbeat; when it fails for good (NATS gone), the tail waits and starts a new one
+//! after the last group it delivered.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,21 +12,21 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures_util::StreamExt;
 use tracing::warn;
 
-use super::{Replica, StreamGroup};
+use super::{Arrival, Replica};
 
 /// How long the tail waits for a message before it asks whether the stream moved on without it.
 const STALL_CHECK: Duration = Duration::from_secs(1);
 /// How long the tail waits before it starts over after NATS failed it.
 const RESTART_AFTER: Duration = Duration::from_millis(500);
 
-/// Delivers every message after `after_sequence`, in order, decoded, to `deliver` (a message
-/// that does not decode is delivered as the reason, with its sequence). Ends when `deliver`
-/// returns false.
+/// Delivers every message after `after_sequence`, in order, to `deliver` (a message that does
+/// not decode is delivered as the reason, with its sequence). Ends when `deliver` returns false.
 pub async fn tail<F, Fut>(replica: Arc<Replica>, after_sequence: u64, mut deliver: F)
 where
-    F: FnMut(Result<StreamGroup, String>) -> Fut,
+    F: FnMut(Result<Arrival, String>) -> Fut,
     Fut: Future<Output = bool>,
 {
+    let own_prefix = format!("{}-", replica.writer_id);
     let mut delivered = after_sequence;
     loop {
         let consumer = replica
@@ -84,10 +85,10 @@ where
             let published = info.published;
             let no_headers = async_nats::HeaderMap::new();
             let headers = message.headers.as_ref().unwrap_or(&no_headers);
-            let group = StreamGroup::decode(sequence, headers, &message.payload, published)
+            let arrival = Arrival::read(sequence, headers, &message.payload, published, &own_prefix)
                 .map_err(|why| format!("message {sequence} of the stream cannot be decoded: {why}"));
             delivered = sequence;
-            if !deliver(group).await {
+            if !deliver(arrival).await {
                 return;
             }
         }

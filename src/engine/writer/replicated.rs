@@ -193,12 +193,19 @@ impl Replicated {
                     append_here: forwarded,
                 })
             }
-            Job::Replicated(Ok(group)) => {
+            Job::Replicated(Ok(arrival)) => {
                 if self.unstored.is_some() || self.diverged.is_some() {
                     // The tail is ahead of what can be stored; it will be read again after a restart.
                     return;
                 }
-                self.store(writer, group)
+                if arrival.sequence() <= self.position.sequence {
+                    // Applied already (this replica's own append, usually): not decoded.
+                    return;
+                }
+                match arrival.into_group() {
+                    Ok(group) => self.store(writer, group),
+                    Err(why) => self.diverge(why),
+                }
             }
             Job::Replicated(Err(why)) => self.diverge(why),
             Job::Stop => self.stopping = true,
