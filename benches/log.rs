@@ -2,9 +2,10 @@
 //! creates in its local log, either encoding the decoded events again into runs
 //! (`encode_runs`) or cutting the message's own record into the same runs
 //! (`split_group`), and what a single node spends encoding a group (`encode_runs` is that too);
-//! and what a background snapshot of 200,000 bindings costs in all (`snapshot`: the copy taken
-//! a chunk at a time, completed with the 2,000 events written meanwhile, and encoded; the file
-//! write is left out).
+//! and what a background snapshot of 200,000 bindings (each created with a request id) costs
+//! (`snapshot`: the copy taken a chunk at a time, completed with the 2,000 events written
+//! meanwhile, and encoded; the file write is left out), in all and in its two parts: the copy,
+//! which the writer takes a chunk per commit, and the rest, on the snapshot's own thread.
 //!
 //!   cargo bench --bench log
 //!
@@ -141,6 +142,24 @@ fn snapshot(c: &mut Criterion) {
             while !copy.copy_from(&state, 4096) {}
             codec::encode_snapshot(1, Some(0), &copy.complete(&after))
         })
+    });
+    group.bench_function("copy-only/200000", |b| {
+        b.iter(|| {
+            let mut copy = state.start_copy();
+            while !copy.copy_from(&state, 4096) {}
+            copy
+        })
+    });
+    group.bench_function("complete-encode/200000", |b| {
+        b.iter_batched(
+            || {
+                let mut copy = state.start_copy();
+                while !copy.copy_from(&state, 4096) {}
+                copy
+            },
+            |copy| codec::encode_snapshot(1, Some(0), &copy.complete(&after)),
+            criterion::BatchSize::LargeInput,
+        )
     });
     group.finish();
 }
