@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use super::{IdMap, RememberedRequest, State};
+use super::requests::Requests;
+use super::{IdMap, State};
 use crate::domain::event::{Change, Event};
 use crate::domain::ids::{AccountId, BindingId, PrefixId};
 use crate::domain::model::{Binding, Prefix, ProvisioningState};
@@ -44,9 +45,7 @@ impl State {
 
     /// Every idempotency key with the binding it created, as created.
     pub fn remembered_requests(&self) -> impl Iterator<Item = (AccountId, &str, &Binding)> {
-        self.requests
-            .iter()
-            .map(|((account_id, request_id), remembered)| (*account_id, request_id.as_str(), &remembered.binding))
+        self.requests.iter()
     }
 
     /// Rebuilds a state from the records a snapshot holds; equal to the state the events up to
@@ -59,14 +58,16 @@ impl State {
     ) -> State {
         let prefixes: IdMap<PrefixId, Prefix> = prefixes.into_iter().map(|prefix| (prefix.id, prefix)).collect();
         let bindings: IdMap<BindingId, Binding> = bindings.into_iter().map(|binding| (binding.id, binding)).collect();
+        let mut remembered = Requests::default();
+        for (account_id, request_id, binding) in requests {
+            remembered.insert(account_id, &request_id, binding);
+        }
         let mut state = State {
             provisioning: (bindings.values())
                 .filter(|binding| binding.state == ProvisioningState::Provisioning)
                 .map(|binding| (binding.created_at, binding.id))
                 .collect(),
-            requests: (requests.into_iter())
-                .map(|(account_id, request_id, binding)| ((account_id, request_id), RememberedRequest { binding }))
-                .collect(),
+            requests: remembered,
             prefixes,
             bindings,
             ..State::default()
@@ -82,7 +83,7 @@ impl State {
         RecordCopy {
             prefix_ids: self.prefixes.keys().copied().collect(),
             binding_ids: self.bindings.keys().copied().collect(),
-            request_keys: self.requests.keys().cloned().collect(),
+            requests_at_start: self.requests.len(),
             copied: 0,
             prefixes: Vec::with_capacity(self.prefixes.len()),
             bindings: Vec::with_capacity(self.bindings.len()),
@@ -100,8 +101,10 @@ impl State {
 pub struct RecordCopy {
     prefix_ids: Vec<PrefixId>,
     binding_ids: Vec<BindingId>,
-    request_keys: Vec<(AccountId, String)>,
-    /// How many ids (prefixes, then bindings, then request keys) have been copied.
+    /// The request ids are only ever added (and those of a decision undone taken back before
+    /// a chunk can be copied): the copy takes the first this many, by position.
+    requests_at_start: usize,
+    /// How many records (prefixes, then bindings, then request ids) have been copied.
     copied: usize,
     prefixes: Vec<Prefix>,
     bindings: Vec<Binding>,
@@ -112,7 +115,7 @@ impl RecordCopy {
     /// Copies up to `max` more records from `state`; `true` once every id is copied.
     pub fn copy_from(&mut self, state: &State, max: usize) -> bool {
         let (n_prefixes, n_bindings) = (self.prefix_ids.len(), self.binding_ids.len());
-        let total = n_prefixes + n_bindings + self.request_keys.len();
+        let total = n_prefixes + n_bindings + self.requests_at_start;
         let end = total.min(self.copied + max);
         for index in self.copied..end {
             if index < n_prefixes {
@@ -122,10 +125,7 @@ impl RecordCopy {
                 let id = self.binding_ids[index - n_prefixes];
                 self.bindings.extend(state.bindings.get(&id).cloned());
             } else {
-                let key = &self.request_keys[index - n_prefixes - n_bindings];
-                if let Some(remembered) = state.requests.get(key) {
-                    self.requests.push((key.0, key.1.clone(), remembered.binding.clone()));
-                }
+                (self.requests).extend(state.requests.owned_at(index - n_prefixes - n_bindings));
             }
         }
         self.copied = end;

@@ -180,9 +180,8 @@ impl State {
         } = new;
         // A retry is answered before anything else: the prefix may be gone by now.
         if let Some(request_id) = request_id
-            && let Some(remembered) = self.requests.get(&(account_id, request_id.to_string()))
+            && let Some(first) = self.requests.get(account_id, request_id)
         {
-            let first = &remembered.binding;
             if first.prefix_id == prefix_id && first.cidr == *cidr && first.service == service {
                 return Ok(Decision::nothing(Outcome::Binding(first.clone())));
             }

@@ -7,11 +7,12 @@
 
 mod copy;
 mod decide;
+mod requests;
 mod routes;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use ipnet::IpNet;
@@ -24,13 +25,8 @@ use super::network::{NetworkKey, contains};
 
 pub use copy::{CompletedCopy, RecordCopy, SnapshotRecords};
 pub use decide::Decision;
+use requests::Requests;
 pub use routes::{RangeChange, RouteTo};
-
-/// What a request id was first used for: the binding as created and the request's fields.
-#[derive(Clone, Debug)]
-struct RememberedRequest {
-    binding: Binding,
-}
 
 /// What takes one event back out of a state ([`State::undo`]).
 #[derive(Debug)]
@@ -74,7 +70,7 @@ pub struct State {
     /// Each prefix's bindings in list order.
     bindings_by_prefix: BTreeMap<(PrefixId, NetworkKey), BindingId>,
     /// Idempotency keys, scoped to the account, kept for as long as the log exists.
-    requests: HashMap<(AccountId, String), RememberedRequest>,
+    requests: Requests,
     /// The PROVISIONING bindings (the rollout backlog) by creation time, so that its size and
     /// its oldest entry are read without walking every binding.
     provisioning: BTreeSet<(Micros, BindingId)>,
@@ -118,9 +114,9 @@ impl State {
             Change::PrefixDeleted(prefix) => Undo::Apply(Change::PrefixCreated(prefix.clone())),
             Change::BindingCreated { binding, request_id } => Undo::ForgetBinding {
                 binding: binding.clone(),
-                request: (request_id.clone())
-                    .filter(|request_id| !self.requests.contains_key(&(binding.account_id, request_id.clone())))
-                    .map(|request_id| (binding.account_id, request_id)),
+                request: (request_id.as_ref())
+                    .filter(|request_id| self.requests.get(binding.account_id, request_id).is_none())
+                    .map(|request_id| (binding.account_id, request_id.clone())),
             },
             Change::BindingProvisioningStateChanged(binding) => match self.bindings.get(&binding.id) {
                 Some(before) => Undo::Apply(Change::BindingProvisioningStateChanged(before.clone())),
@@ -148,8 +144,8 @@ impl State {
             change,
             actor: None,
         });
-        if let Some(request) = forget {
-            self.requests.remove(&request);
+        if let Some((account_id, request_id)) = forget {
+            self.requests.remove_last(account_id, &request_id);
         }
     }
 
@@ -164,12 +160,7 @@ impl State {
             }
             Change::BindingCreated { binding, request_id } => {
                 if let Some(request_id) = request_id {
-                    self.requests.insert(
-                        (binding.account_id, request_id.clone()),
-                        RememberedRequest {
-                            binding: binding.clone(),
-                        },
-                    );
+                    self.requests.insert(binding.account_id, request_id, binding.clone());
                 }
                 let replaced = self.bindings.insert(binding.id, binding.clone());
                 self.count_provisioning(replaced.as_ref(), Some(binding));

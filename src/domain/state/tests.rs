@@ -500,7 +500,7 @@ fn contents(state: &State) -> String {
     let mut prefixes: Vec<_> = state.prefixes.values().map(|p| format!("{p:?}")).collect();
     let mut bindings: Vec<_> = state.bindings.values().map(|b| format!("{b:?}")).collect();
     let mut requests: Vec<_> = (state.requests.iter())
-        .map(|(key, remembered)| format!("{key:?}={:?}", remembered.binding))
+        .map(|(account_id, request_id, binding)| format!("{account_id:?}/{request_id}={binding:?}"))
         .collect();
     prefixes.sort();
     bindings.sort();
