@@ -25,6 +25,7 @@ pub mod domain;
 pub mod edge;
 pub mod engine;
 pub mod hex;
+mod huge_pages;
 pub mod log;
 pub mod metrics;
 pub mod operations;

@@ -46,7 +46,7 @@ mod node;
 use leaves::Leaves;
 use node::{Mid, NONE, Overflow, STRIDE, Side};
 
-use super::huge_pages::push_advised;
+use crate::huge_pages::push_advised;
 use crate::prefetch::prefetch;
 
 /// Bits of the key the root array indexes.

@@ -4,7 +4,6 @@
 //! never sees half of a group.
 
 pub mod by_length;
-mod huge_pages;
 pub mod lpm;
 pub mod route_history;
 pub mod routing;

@@ -15,9 +15,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use ipnet::IpNet;
 
 use super::by_length::ByLength;
-use super::huge_pages::push_advised;
 use super::lpm::Lpm;
 use crate::domain::{Binding, BindingId, Change, Prefix, PrefixId, ProvisioningState, State};
+use crate::huge_pages::push_advised;
 
 /// What a lookup found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -23,6 +23,15 @@ pub(super) fn encode_snapshot_body(
     buf: &mut Vec<u8>,
 ) {
     use prost::encoding::{fixed32, message, uint64};
+    // Sized at once (a binding's record is ~110 bytes, an idempotency key's ~150): growing it
+    // step by step copies tens of megabytes again.
+    let count = |hint: (usize, Option<usize>)| hint.0;
+    buf.reserve(
+        128 * count(records.prefixes().size_hint())
+            + 112 * count(records.bindings().size_hint())
+            + 160 * count(records.remembered_requests().size_hint()),
+    );
+    crate::huge_pages::advise_if_own_mapping(buf.spare_capacity_mut());
     // Field by field in the order prost's derived encoding uses (the declaration order), so
     // that the bytes are exactly the message's.
     if revision != 0 {
@@ -57,24 +66,54 @@ pub(super) fn encode_snapshot_body(
 struct BindingWriter {
     /// The last binding's encoded record.
     record: Vec<u8>,
-    cidr: String,
+    cidr: Vec<u8>,
 }
 
 impl BindingWriter {
     fn put(&mut self, binding: &Binding) {
-        use std::fmt::Write;
         let record = &mut self.record;
         record.clear();
         put_bytes(1, binding.id.as_bytes(), record);
         put_bytes(2, binding.account_id.as_bytes(), record);
         put_bytes(3, binding.prefix_id.as_bytes(), record);
         self.cidr.clear();
-        write!(self.cidr, "{}", binding.cidr).expect("writing to a String");
-        put_bytes(4, self.cidr.as_bytes(), record);
+        write_cidr(&binding.cidr, &mut self.cidr);
+        put_bytes(4, &self.cidr, record);
         put_bytes(5, binding.service.id().as_bytes(), record);
         put_varint(6, stored_state(binding.state) as i32 as u64, record);
         put_varint(7, binding.created_at.0 as u64, record);
         put_varint(8, binding.modified_at.0 as u64, record);
+    }
+}
+
+/// Appends `cidr` as its `Display` writes it (`192.0.2.0/24`): IPv4 digit by digit, since
+/// `core::fmt` took a fifth of a snapshot's encoding; IPv6 (its zero runs compressed) through
+/// `Display`.
+fn write_cidr(cidr: &IpNet, out: &mut Vec<u8>) {
+    fn decimal(n: u8, out: &mut Vec<u8>) {
+        if n >= 100 {
+            out.push(b'0' + n / 100);
+        }
+        if n >= 10 {
+            out.push(b'0' + n / 10 % 10);
+        }
+        out.push(b'0' + n % 10);
+    }
+    match cidr {
+        IpNet::V4(net) => {
+            for (index, octet) in net.addr().octets().into_iter().enumerate() {
+                if index > 0 {
+                    out.push(b'.');
+                }
+                decimal(octet, out);
+            }
+            out.push(b'/');
+            decimal(net.prefix_len(), out);
+        }
+        IpNet::V6(_) => {
+            use std::io::Write;
+            write!(out, "{cidr}").expect("writing to a Vec");
+        }
     }
 }
 
@@ -290,4 +329,35 @@ pub(crate) fn binding(record: Option<stored::BindingRecord>) -> Result<Binding, 
 
 pub(crate) fn cidr(text: &str) -> Result<IpNet, String> {
     text.parse().map_err(|_| format!("bad cidr {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cidr_is_written_as_display_writes_it() {
+        let cidrs = [
+            "0.0.0.0/0",
+            "255.255.255.255/32",
+            "10.0.100.0/24",
+            "192.0.2.9/32",
+            "100.64.0.0/10",
+            "2001:db8::/48",
+            "::/0",
+            "2001:db8:0:1::1/128",
+        ];
+        for cidr in cidrs {
+            let cidr: IpNet = cidr.parse().unwrap();
+            let mut written = Vec::new();
+            write_cidr(&cidr, &mut written);
+            assert_eq!(String::from_utf8(written).unwrap(), cidr.to_string());
+        }
+        for octet in 0..=255u8 {
+            let cidr = IpNet::V4(ipnet::Ipv4Net::new([octet, 0, octet, octet].into(), octet % 33).unwrap());
+            let mut written = Vec::new();
+            write_cidr(&cidr, &mut written);
+            assert_eq!(String::from_utf8(written).unwrap(), cidr.to_string());
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! and the whole array is laid out again once a quarter of it is free.
 
 use super::node::{Leaf, Mid, Side};
-use crate::projection::huge_pages::push_advised;
+use crate::huge_pages::push_advised;
 
 /// The leaves (what lookups read) and their sides (what updates read), index for index.
 #[derive(Default)]

@@ -1,5 +1,11 @@
-//! Transparent huge pages for the large arrays the routing table reads at random: with 4 KiB
-//! pages nearly every lookup also missed the TLB (docs/benchmarks.md, in-process lookups).
+//! Transparent huge pages for large allocations: the arrays the routing table reads at random
+//! (with 4 KiB pages nearly every lookup also missed the TLB; docs/benchmarks.md, in-process
+//! lookups), and a snapshot's buffer, written once from end to end (a page fault per 4 KiB was
+//! a fifth of its encoding).
+
+/// From this size on, glibc's malloc gives an allocation its own mapping, so advice on it
+/// covers nothing else.
+const OWN_MAPPING: usize = 32 << 20;
 
 /// Pushes onto a large array read at random (the table's nodes, the routing table's entries).
 /// Once it would grow past 4 MiB, it moves into a new allocation of at least 32 MiB, advised
@@ -7,9 +13,8 @@
 /// in the background). From 32 MiB on, glibc's malloc gives an allocation its own mapping, so
 /// the advice covers nothing else; below 4 MiB a huge page would cost more memory than the
 /// misses cost time. The room past the array's end is not resident until it is used.
-pub(super) fn push_advised<T>(array: &mut Vec<T>, value: T) {
+pub(crate) fn push_advised<T>(array: &mut Vec<T>, value: T) {
     const ADVISED_FROM: usize = 4 << 20;
-    const OWN_MAPPING: usize = 32 << 20;
     let size = std::mem::size_of::<T>().max(1);
     if array.len() == array.capacity() && (array.len() + 1) * size > ADVISED_FROM {
         let mut grown = Vec::with_capacity((array.capacity() * 2).max(OWN_MAPPING.div_ceil(size)));
@@ -18,6 +23,14 @@ pub(super) fn push_advised<T>(array: &mut Vec<T>, value: T) {
         *array = grown;
     }
     array.push(value);
+}
+
+/// Advises `spare` (a buffer's room not written yet) for huge pages if it is large enough to
+/// be an allocation of its own.
+pub(crate) fn advise_if_own_mapping<T>(spare: &[T]) {
+    if std::mem::size_of_val(spare) >= OWN_MAPPING {
+        advise_huge_pages(spare);
+    }
 }
 
 /// Asks the kernel to back `memory` with transparent huge pages (docs/benchmarks.md,
