@@ -21,7 +21,7 @@ use crate::log::codec;
 use crate::operations::page_token::{self, ListScope};
 use crate::pb::api;
 use crate::projection::ReadModel;
-use crate::replica::StreamGroup;
+use crate::replica::{Arrival, StreamGroup};
 
 /// A property over any input bytes.
 pub type Property = fn(&[u8]);
@@ -87,7 +87,8 @@ pub fn snapshot(data: &[u8]) {
 }
 
 /// A replicated stream's message: header lines (`Name: value`) up to an empty line, then the
-/// payload. Accepted: its events are exactly the revisions its headers announce.
+/// payload. Accepted: its events are exactly the revisions its headers announce; kept as bytes
+/// and decoded later (a replica's own append), it decodes to the same group or is refused alike.
 pub fn stream_message(data: &[u8]) {
     let split = data.windows(2).position(|pair| pair == b"\n\n").unwrap_or(data.len());
     let (head, payload) = data.split_at(split);
@@ -103,7 +104,14 @@ pub fn stream_message(data: &[u8]) {
         }
     }
     let published = async_nats::datetime::DateTime::UNIX_EPOCH;
-    let Ok(group) = StreamGroup::decode(1, &headers, payload, published) else {
+    let decoded = StreamGroup::decode(1, &headers, payload, published);
+    // Kept as bytes (this replica's own append) and decoded later: the same answer.
+    let later = Arrival::read(1, &headers, payload, published, "").and_then(Arrival::into_group);
+    assert_eq!(
+        decoded.as_ref().map(|group| (&group.events, group.position)).ok(),
+        later.as_ref().map(|group| (&group.events, group.position)).ok()
+    );
+    let Ok(group) = decoded else {
         return;
     };
     let announced = group.position.last_revision - group.first_revision + 1;
