@@ -347,6 +347,10 @@ pub struct BenchArgs {
     /// Fraction of reads in the mixed scenario.
     #[arg(long, default_value_t = 0.9)]
     pub read_ratio: f64,
+    /// Give each create (create, mixed) a fresh request id, as a client that retries safely
+    /// does: the server then remembers one idempotency key per binding.
+    #[arg(long)]
+    pub request_ids: bool,
     /// Prefixes the fixture (and the load scenario) creates.
     #[arg(long, default_value_t = 1000)]
     pub prefixes: usize,

@@ -20,7 +20,7 @@ use super::stats::Recorder;
 use super::workload::{Clients, Workload, create_fixture};
 
 pub async fn run(channels: &[Transport], args: &BenchArgs, json: bool) -> Result<(), String> {
-    let targets = Arc::new(create_fixture(channels).await?);
+    let targets = Arc::new(create_fixture(channels, false).await?);
     let workload = Arc::new(Workload::Create {
         targets: Arc::clone(&targets),
     });

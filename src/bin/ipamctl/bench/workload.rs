@@ -73,6 +73,8 @@ async fn etcd_put(clients: &mut Clients, worker: usize, sequence: u64) -> Result
 pub struct CreateTargets {
     prefixes: Vec<api::Prefix>,
     next: AtomicU64,
+    /// Each create carries a fresh request id.
+    request_ids: bool,
 }
 
 impl CreateTargets {
@@ -98,7 +100,12 @@ impl CreateTargets {
             cidr: format!("{address}/32"),
             service_id: CDN.into(),
             validate_only: false,
-            request_id: String::new(),
+            // Unique within the fixture's fresh account, which scopes the keys.
+            request_id: if self.request_ids {
+                format!("bench-{n}")
+            } else {
+                String::new()
+            },
         }
     }
 }
@@ -145,11 +152,11 @@ impl Workload {
             }),
             "etcd-put" => Ok(Workload::EtcdPut),
             "create" => Ok(Workload::Create {
-                targets: Arc::new(create_fixture(channels).await?),
+                targets: Arc::new(create_fixture(channels, args.request_ids).await?),
             }),
             "mixed" => Ok(Workload::Mixed {
                 addresses: lookup_fixture(channels, args).await?,
-                targets: Arc::new(create_fixture(channels).await?),
+                targets: Arc::new(create_fixture(channels, args.request_ids).await?),
                 read_ratio: args.read_ratio,
             }),
             "load" => {
@@ -290,8 +297,9 @@ async fn unbind(client: &mut ServiceBindingsClient<Transport>, binding: &api::Se
     }
 }
 
-/// 16 fresh /16s in 10.0.0.0/8 (skipping any already taken), each with a prefix-wide binding.
-pub async fn create_fixture(channels: &[Transport]) -> Result<CreateTargets, String> {
+/// 16 fresh /16s in 10.0.0.0/8 (skipping any already taken), each with a prefix-wide binding;
+/// creates into them carry request ids if `request_ids`.
+pub async fn create_fixture(channels: &[Transport], request_ids: bool) -> Result<CreateTargets, String> {
     let mut prefixes_client = PrefixesClient::new(channels[0].clone());
     let mut bindings_client = ServiceBindingsClient::new(channels[0].clone());
     let account_id = random_account();
@@ -319,6 +327,7 @@ pub async fn create_fixture(channels: &[Transport]) -> Result<CreateTargets, Str
     Ok(CreateTargets {
         prefixes,
         next: AtomicU64::new(0),
+        request_ids,
     })
 }
 
