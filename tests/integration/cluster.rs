@@ -504,11 +504,22 @@ async fn converged(servers: &[&TestServer], owner: &str, head: u64) -> Vec<(api:
 }
 
 /// Creates the prefix as soon as writes resume: until then every attempt must be UNAVAILABLE.
+/// Such an attempt may still have landed (the stream took it after the replica gave up
+/// waiting; its error says to read before retrying): a retry then finds it, and it is read.
 async fn create_once_writable(server: &TestServer, owner: &str, cidr: &str) -> api::Prefix {
     let deadline = Instant::now() + PATIENCE;
     loop {
         match server.try_create_prefix(owner, cidr).await {
             Ok(prefix) => return prefix,
+            Err(status) if status.code() == Code::AlreadyExists => {
+                let head = head_of(server).await;
+                let listed = contents(server, owner, head).await;
+                let landed = listed
+                    .into_iter()
+                    .map(|(prefix, _)| prefix)
+                    .find(|prefix| prefix.cidr == cidr);
+                return landed.unwrap_or_else(|| panic!("{cidr} exists but is not listed: {status:?}"));
+            }
             Err(status) => {
                 assert_eq!(status.code(), Code::Unavailable, "{status:?}");
                 assert!(Instant::now() < deadline, "writes did not resume: {status:?}");
@@ -707,8 +718,12 @@ async fn a_write_on_a_replica_records_the_writers_spans() {
         other.api().prefixes().create_prefix(request).await.unwrap();
         let trace = crate::tracing::hex(&trace_id);
         let call = collector.span(&trace, "CreatePrefix").await;
-        // The call's span is exported with its children; give them a moment to arrive.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The writer's spans are recorded once the write is applied, and may come in a later
+        // export than the call's: give them a moment (none come for a write appended here).
+        let waited = Instant::now();
+        while collector.received(&trace, "write.forward").is_none() && waited.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         if collector.received(&trace, "write.forward").is_some() {
             (collector.spans_under(&trace, &call, &["write.queue", "write.forward", "write.apply"])).await;
             // The holder's spans of the command join the trace, under the same call.
