@@ -1,7 +1,7 @@
 //! Transparent huge pages for large allocations: the arrays the routing table reads at random
 //! (with 4 KiB pages nearly every lookup also missed the TLB; docs/benchmarks.md, in-process
 //! lookups), and a snapshot's buffer, written once from end to end (a page fault per 4 KiB was
-//! a fifth of its encoding).
+//! about a quarter of its encoding).
 
 /// From this size on, glibc's malloc gives an allocation its own mapping, so advice on it
 /// covers nothing else.
@@ -10,9 +10,9 @@ const OWN_MAPPING: usize = 32 << 20;
 /// Pushes onto a large array read at random (the table's nodes, the routing table's entries).
 /// Once it would grow past 4 MiB, it moves into a new allocation of at least 32 MiB, advised
 /// for huge pages before it is touched (the kernel merges pages already touched only slowly,
-/// in the background). From 32 MiB on, glibc's malloc gives an allocation its own mapping, so
-/// the advice covers nothing else; below 4 MiB a huge page would cost more memory than the
-/// misses cost time. The room past the array's end is not resident until it is used.
+/// in the background), at least [`OWN_MAPPING`] so that the advice covers nothing else; below
+/// 4 MiB a huge page would cost more memory than the misses cost time. The room past the
+/// array's end is not resident until it is used.
 pub(crate) fn push_advised<T>(array: &mut Vec<T>, value: T) {
     const ADVISED_FROM: usize = 4 << 20;
     let size = std::mem::size_of::<T>().max(1);

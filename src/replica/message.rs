@@ -160,7 +160,8 @@ pub enum Arrival {
 }
 
 impl Arrival {
-    /// Reads message `sequence`; decoded unless its id starts with `own_prefix`.
+    /// Reads message `sequence`; decoded unless its id starts with `own_prefix`. Refused with
+    /// why it cannot be decoded, naming the message.
     pub fn read(
         sequence: u64,
         headers: &HeaderMap,
@@ -168,7 +169,7 @@ impl Arrival {
         published: async_nats::datetime::DateTime,
         own_prefix: &str,
     ) -> Result<Arrival, String> {
-        let announced = Announced::read(headers)?;
+        let announced = Announced::read(headers).map_err(|why| undecodable(sequence, &why))?;
         let published_unix_nanos = published.unix_timestamp_nanos();
         if announced.msg_id.starts_with(own_prefix) {
             return Ok(Arrival::Own {
@@ -179,7 +180,9 @@ impl Arrival {
                 published_unix_nanos,
             });
         }
-        (announced.decode(sequence, payload, published_unix_nanos)).map(Arrival::Decoded)
+        (announced.decode(sequence, payload, published_unix_nanos))
+            .map(Arrival::Decoded)
+            .map_err(|why| undecodable(sequence, &why))
     }
 
     pub fn sequence(&self) -> u64 {
@@ -198,10 +201,16 @@ impl Arrival {
                 announced,
                 payload,
                 published_unix_nanos,
-            } => (announced.decode(sequence, &payload, published_unix_nanos))
-                .map_err(|why| format!("message {sequence} of the stream cannot be decoded: {why}")),
+            } => {
+                (announced.decode(sequence, &payload, published_unix_nanos)).map_err(|why| undecodable(sequence, &why))
+            }
         }
     }
+}
+
+/// Why message `sequence` is refused, in the words the writer stops serving with.
+fn undecodable(sequence: u64, why: &str) -> String {
+    format!("message {sequence} of the stream cannot be decoded: {why}")
 }
 
 #[cfg(test)]

@@ -85,8 +85,7 @@ where
             let published = info.published;
             let no_headers = async_nats::HeaderMap::new();
             let headers = message.headers.as_ref().unwrap_or(&no_headers);
-            let arrival = Arrival::read(sequence, headers, &message.payload, published, &own_prefix)
-                .map_err(|why| format!("message {sequence} of the stream cannot be decoded: {why}"));
+            let arrival = Arrival::read(sequence, headers, &message.payload, published, &own_prefix);
             delivered = sequence;
             if !deliver(arrival).await {
                 return;

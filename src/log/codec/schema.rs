@@ -25,11 +25,10 @@ pub(super) fn encode_snapshot_body(
     use prost::encoding::{fixed32, message, uint64};
     // Sized at once (a binding's record is ~110 bytes, an idempotency key's ~150): growing it
     // step by step copies tens of megabytes again.
-    let count = |hint: (usize, Option<usize>)| hint.0;
     buf.reserve(
-        128 * count(records.prefixes().size_hint())
-            + 112 * count(records.bindings().size_hint())
-            + 160 * count(records.remembered_requests().size_hint()),
+        128 * records.prefixes().size_hint().0
+            + 112 * records.bindings().size_hint().0
+            + 160 * records.remembered_requests().size_hint().0,
     );
     crate::huge_pages::advise_if_own_mapping(buf.spare_capacity_mut());
     // Field by field in the order prost's derived encoding uses (the declaration order), so
@@ -337,6 +336,11 @@ mod tests {
 
     #[test]
     fn a_cidr_is_written_as_display_writes_it() {
+        let written = |cidr: &IpNet| {
+            let mut written = Vec::new();
+            write_cidr(cidr, &mut written);
+            String::from_utf8(written).unwrap()
+        };
         let cidrs = [
             "0.0.0.0/0",
             "255.255.255.255/32",
@@ -349,15 +353,11 @@ mod tests {
         ];
         for cidr in cidrs {
             let cidr: IpNet = cidr.parse().unwrap();
-            let mut written = Vec::new();
-            write_cidr(&cidr, &mut written);
-            assert_eq!(String::from_utf8(written).unwrap(), cidr.to_string());
+            assert_eq!(written(&cidr), cidr.to_string());
         }
         for octet in 0..=255u8 {
             let cidr = IpNet::V4(ipnet::Ipv4Net::new([octet, 0, octet, octet].into(), octet % 33).unwrap());
-            let mut written = Vec::new();
-            write_cidr(&cidr, &mut written);
-            assert_eq!(String::from_utf8(written).unwrap(), cidr.to_string());
+            assert_eq!(written(&cidr), cidr.to_string());
         }
     }
 }
