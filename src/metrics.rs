@@ -110,6 +110,9 @@ pub struct ReplicaMetrics {
     pub lease_held: Gauge,
     /// Commands this replica forwarded to the lease holder and got an answer for.
     pub forwarded_commands: Counter,
+    /// Requests (groups of commands) this replica forwarded to the lease holder and got an
+    /// answer for.
+    pub forwards: Counter,
 }
 
 /// What the writer records about each group it commits.
@@ -170,6 +173,11 @@ impl Metrics {
             "replica_forwarded_commands",
             "Commands this replica forwarded to the lease holder and got an answer for",
             replica.forwarded_commands.clone(),
+        );
+        registry.register(
+            "replica_forwards",
+            "Requests (groups of commands) this replica forwarded to the lease holder and got an answer for",
+            replica.forwards.clone(),
         );
         metrics
     }

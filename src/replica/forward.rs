@@ -82,6 +82,7 @@ impl Replica {
             Ok(message) => match decode_answer(&message.payload, commands.len()) {
                 Ok((results, revision)) => {
                     self.metrics.forwarded_commands.inc_by(commands.len() as u64);
+                    self.metrics.forwards.inc();
                     Forwarded::Answered { results, revision }
                 }
                 Err(why) => Forwarded::Unknown(format!("the writing replica's answer is unreadable: {why}")),

@@ -862,6 +862,7 @@ async fn writes_on_every_replica_are_appended_by_the_lease_holder() {
         "appends raced although one replica holds the lease"
     );
     assert!(counter(others[0], "ipam_replica_forwarded_commands_total").await >= forwarded_before + 20.0);
+    assert!(counter(others[0], "ipam_replica_forwards_total").await >= 1.0);
     // A binding last, so that the replicas' watches end at the head.
     let prefix = probed.expect("a prefix created through a forwarding replica");
     others[1].bind(&prefix, &prefix.cidr, MAGIC_TRANSIT).await;
