@@ -6,7 +6,9 @@
 #   replica1  the same three replicas, every caller on the first one (no races between them);
 #   single    one server on its own sled log;
 #   etcd      a three-node etcd cluster, 256-byte puts of fresh keys, callers spread over the
-#             three members (the anchor for a durable, replicated write).
+#             three members (the anchor for a durable, replicated write);
+#   etcd-gomax  a second such cluster at Go's default GOMAXPROCS (one per core), so that etcd
+#             is measured at its better setting in every round.
 # Every cluster runs on loopback on this machine, each node fsyncing every write (JetStream
 # with sync_interval: always; etcd always does). Then the failover pause: creates at a fixed
 # rate (open loop: a stall shows as latency) while the stream's leader node is SIGKILLed, and
@@ -21,6 +23,11 @@
 # callers spread over those three (two builds side by side in one run; they take turns going
 # first). Every row also prints the CPU time (user + system) of the servers it ran on per call:
 # the replicas' and the NATS nodes', the single server's, the etcd members'.
+#
+# GO_PROCS (default 1) is the GOMAXPROCS of every NATS node and of the `etcd` cluster's members:
+# one thread running Go code per process, as the replicas get one tokio worker each, since
+# seven servers and the client share the cores (at Go's default, two per process here, the
+# NATS nodes made ~4 context switches per create and spent ~25% more CPU per create).
 #
 # Needs target/release/{ipam-bindings,ipamctl} (cargo build --release), nats-server (NATS_SERVER
 # or .ci/install-nats-server) and etcd (Debian etcd-server). Server worker threads: IPAM_WORKER_THREADS
@@ -37,6 +44,7 @@ nats=${NATS_SERVER:-$(bash .ci/install-nats-server)}
 server=target/release/ipam-bindings
 ipamctl=target/release/ipamctl
 export IPAM_WORKER_THREADS=${IPAM_WORKER_THREADS:-1}
+go_procs=${GO_PROCS:-1}
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -56,7 +64,7 @@ http: 127.0.0.1:$((8300 + i))
 jetstream { store_dir: "$work/nats$i", sync_interval: always }
 cluster { name: bench, listen: 127.0.0.1:$((6300 + i)), routes: [nats://127.0.0.1:6301, nats://127.0.0.1:6302, nats://127.0.0.1:6303] }
 EOF
-    "$nats" -c "$work/n$i.conf" >"$work/n$i.log" 2>&1 &
+    GOMAXPROCS=$go_procs "$nats" -c "$work/n$i.conf" >"$work/n$i.log" 2>&1 &
     nats_pids[$i]=$!
     pids+=($!)
 }
@@ -89,19 +97,24 @@ RUST_LOG=warn "$server" --data-dir "$work/single" --listen 127.0.0.1:30800 --pro
 pids+=($!)
 single_pid=$!
 
-# --- a three-node etcd cluster (clients 2401-2403, peers 2411-2413)
-declare -a etcd_pids
-cluster=""
-for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:$((2410 + i)),"; done
-for i in 1 2 3; do
-    etcd --name "e$i" --data-dir "$work/etcd$i" \
-        --listen-client-urls "http://127.0.0.1:$((2400 + i))" --advertise-client-urls "http://127.0.0.1:$((2400 + i))" \
-        --listen-peer-urls "http://127.0.0.1:$((2410 + i))" --initial-advertise-peer-urls "http://127.0.0.1:$((2410 + i))" \
-        --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token bench \
-        --log-level error >"$work/etcd$i.log" 2>&1 &
-    pids+=($!)
-    etcd_pids+=($!)
-done
+# --- two three-node etcd clusters: `etcd` at GO_PROCS (clients 2401-2403, peers 2411-2413),
+# `etcd-gomax` at Go's default (clients 2421-2423, peers 2431-2433)
+declare -a etcd_pids etcd_gomax_pids
+etcd_cluster() {
+    local base=$1 token=$2 cluster="" i
+    for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:$((base + 10 + i)),"; done
+    for i in 1 2 3; do
+        etcd --name "e$i" --data-dir "$work/$token$i" \
+            --listen-client-urls "http://127.0.0.1:$((base + i))" --advertise-client-urls "http://127.0.0.1:$((base + i))" \
+            --listen-peer-urls "http://127.0.0.1:$((base + 10 + i))" --initial-advertise-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
+            --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token "$token" \
+            --log-level error >"$work/$token$i.log" 2>&1 &
+        pids+=($!)
+        if [ "$token" = etcd ]; then etcd_pids+=($!); else etcd_gomax_pids+=($!); fi
+    done
+}
+GOMAXPROCS=$go_procs etcd_cluster 2400 etcd
+etcd_cluster 2420 etcdgomax
 
 account=$(printf "%032d" 0)
 ports="30800 30801 30802 30803"
@@ -109,11 +122,14 @@ ports="30800 30801 30802 30803"
 for port in $ports; do
     until "$ipamctl" --server "127.0.0.1:$port" --account "$account" prefixes list >/dev/null 2>&1; do sleep 0.1; done
 done
-until ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2401 put /ready 1 >/dev/null 2>&1; do sleep 0.2; done
+for port in 2401 2421; do
+    until ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:$port put /ready 1 >/dev/null 2>&1; do sleep 0.2; done
+done
 
 replicas=127.0.0.1:30801,127.0.0.1:30802,127.0.0.1:30803
 baseline=127.0.0.1:30811,127.0.0.1:30812,127.0.0.1:30813
 members=127.0.0.1:2401,127.0.0.1:2402,127.0.0.1:2403
+gomax_members=127.0.0.1:2421,127.0.0.1:2422,127.0.0.1:2423
 bench() { "$ipamctl" --output json --worker-threads 1 bench --duration "$duration" --warmup 1s \
     --concurrency "$concurrency" --connections 6 "$@" 2>"$work/bench.err" | grep '"calls_per_s"' ||
     { cat "$work/bench.err" >&2; return 1; }; }
@@ -154,7 +170,16 @@ bench_replicas() {
     summary "$label" "$hz" replicas $(($(cpu_ticks "$@") - replicas_before)) "NATS nodes" $(($(cpu_ticks "${nats_pids[@]}") - nats_before)) <<<"$result"
     echo "          (appends that lost a race, all $label so far: $(conflicts "$metrics_base"))"
 }
-echo "durable creates, $concurrency callers, $duration per run, $(nproc) cores, server worker threads $IPAM_WORKER_THREADS"
+# Puts spread over an etcd cluster's members (their client addresses, their pids), with the
+# members' CPU per put.
+bench_etcd() {
+    local label=$1 members=$2 before result
+    shift 2
+    before=$(cpu_ticks "$@")
+    result=$(bench --server "$members" etcd-put)
+    summary "$label" "$hz" "etcd members" $(($(cpu_ticks "$@") - before)) <<<"$result"
+}
+echo "durable creates, $concurrency callers, $duration per run, $(nproc) cores, server worker threads $IPAM_WORKER_THREADS, GOMAXPROCS $go_procs (etcd-gomax: Go's default)"
 for round in $(seq 1 "$rounds"); do
     echo "round $round ($(date +%T))"
     # With a baseline, the two builds take turns going first (what ran just before a run,
@@ -167,9 +192,8 @@ for round in $(seq 1 "$rounds"); do
     single_before=$(cpu_ticks "$single_pid")
     result=$(bench --server 127.0.0.1:30800 create)
     summary single "$hz" server $(($(cpu_ticks "$single_pid") - single_before)) <<<"$result"
-    etcd_before=$(cpu_ticks "${etcd_pids[@]}")
-    result=$(bench --server "$members" etcd-put)
-    summary etcd "$hz" "etcd members" $(($(cpu_ticks "${etcd_pids[@]}") - etcd_before)) <<<"$result"
+    bench_etcd etcd "$members" "${etcd_pids[@]}"
+    bench_etcd etcd-gomax "$gomax_members" "${etcd_gomax_pids[@]}"
 done
 
 # --- failover: creates at 200/s (open loop) while the stream's leader node goes away
