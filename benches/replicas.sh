@@ -27,7 +27,8 @@
 # GO_PROCS (default 1) is the GOMAXPROCS of every NATS node and of the `etcd` cluster's members:
 # one thread running Go code per process, as the replicas get one tokio worker each, since
 # seven servers and the client share the cores (at Go's default, two per process here, the
-# NATS nodes made ~4 context switches per create and spent ~25% more CPU per create).
+# NATS nodes made 3.6 context switches per create instead of 2.5, and spent 88-115 us of CPU
+# per create instead of 70-93: docs/benchmarks.md, Replicas).
 #
 # Needs target/release/{ipam-bindings,ipamctl} (cargo build --release), nats-server (NATS_SERVER
 # or .ci/install-nats-server) and etcd (Debian etcd-server). Server worker threads: IPAM_WORKER_THREADS
@@ -100,8 +101,11 @@ single_pid=$!
 # --- two three-node etcd clusters: `etcd` at GO_PROCS (clients 2401-2403, peers 2411-2413),
 # `etcd-gomax` at Go's default (clients 2421-2423, peers 2431-2433)
 declare -a etcd_pids etcd_gomax_pids
+# etcd_cluster BASE TOKEN PIDS: three members on ports from BASE, their pids appended to the
+# array named PIDS.
 etcd_cluster() {
     local base=$1 token=$2 cluster="" i
+    local -n started=$3
     for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:$((base + 10 + i)),"; done
     for i in 1 2 3; do
         etcd --name "e$i" --data-dir "$work/$token$i" \
@@ -110,11 +114,11 @@ etcd_cluster() {
             --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token "$token" \
             --log-level error >"$work/$token$i.log" 2>&1 &
         pids+=($!)
-        if [ "$token" = etcd ]; then etcd_pids+=($!); else etcd_gomax_pids+=($!); fi
+        started+=($!)
     done
 }
-GOMAXPROCS=$go_procs etcd_cluster 2400 etcd
-etcd_cluster 2420 etcdgomax
+GOMAXPROCS=$go_procs etcd_cluster 2400 etcd etcd_pids
+etcd_cluster 2420 etcdgomax etcd_gomax_pids
 
 account=$(printf "%032d" 0)
 ports="30800 30801 30802 30803"
