@@ -21,7 +21,8 @@
 # With BASELINE=path/to/another/ipam-bindings, three more replicas of that build run on their
 # own stream (IPAM_BASELINE) of the same NATS cluster, and each round adds a `baseline` row:
 # callers spread over those three (two builds side by side in one run; they take turns going
-# first). Every row also prints the CPU time (user + system) of the servers it ran on per call:
+# first), and a `baseline1` row (every caller on the first of them, as `replica1`, so that both
+# builds' logs grow alike). Every row also prints the CPU time (user + system) of the servers it ran on per call:
 # the replicas' and the NATS nodes', the single server's, the etcd members'.
 #
 # GO_PROCS (default 1) is the GOMAXPROCS of every NATS node and of the `etcd` cluster's members:
@@ -193,6 +194,8 @@ for round in $(seq 1 "$rounds"); do
     bench_replicas replicas "$replicas" 9800 "${replica_pids[@]}"
     if [ -n "${BASELINE:-}" ] && [ $turn = 1 ]; then bench_replicas baseline "$baseline" 9810 "${baseline_pids[@]}"; fi
     bench_replicas replica1 127.0.0.1:30801 9800 "${replica_pids[@]}"
+    # The baseline's replicas take as many creates as these (their logs and snapshots grow alike).
+    if [ -n "${BASELINE:-}" ]; then bench_replicas baseline1 127.0.0.1:30811 9810 "${baseline_pids[@]}"; fi
     single_before=$(cpu_ticks "$single_pid")
     result=$(bench --server 127.0.0.1:30800 create)
     summary single "$hz" server $(($(cpu_ticks "$single_pid") - single_before)) <<<"$result"
