@@ -22,8 +22,8 @@
 # own stream (IPAM_BASELINE) of the same NATS cluster, and each round adds a `baseline` row:
 # callers spread over those three (two builds side by side in one run; they take turns going
 # first), and a `baseline1` row (every caller on the first of them, as `replica1`, so that both
-# builds' logs grow alike). Every row also prints the CPU time (user + system) of the servers it ran on per call:
-# the replicas' and the NATS nodes', the single server's, the etcd members'.
+# builds' logs grow alike). Every row also prints the CPU time (user + system) of the servers it
+# ran on per call: the replicas' and the NATS nodes', the single server's, the etcd members'.
 #
 # GO_PROCS (default 1) is the GOMAXPROCS of every NATS node and of the `etcd` cluster's members:
 # one thread running Go code per process, as the replicas get one tokio worker each, since
