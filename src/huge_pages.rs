@@ -3,9 +3,10 @@
 //! lookups), and a snapshot's buffer, written once from end to end (a page fault per 4 KiB was
 //! about a quarter of its encoding).
 
-/// From this size on, glibc's malloc gives an allocation its own mapping, so advice on it
-/// covers nothing else.
-const OWN_MAPPING: usize = 32 << 20;
+/// From this size on, an allocation has a mapping of its own, so advice on it covers nothing
+/// else and ends when it is freed: the server's allocator hands such blocks to glibc's malloc
+/// (`allocator.rs`), which maps each one apart (so do tests and benchmarks, on glibc's alone).
+const OWN_MAPPING: usize = crate::allocator::SYSTEM_FROM;
 
 /// Pushes onto a large array read at random (the table's nodes, the routing table's entries).
 /// Once it would grow past 4 MiB, it moves into a new allocation of at least 32 MiB, advised

@@ -18,6 +18,7 @@
 //! - [`pb`]: generated protobuf code; [`hex`]: the hex encoding of tokens and exports;
 //!   [`prefetch`]: cache-line prefetch hints for the lookup paths.
 
+pub mod allocator;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -15,6 +15,17 @@ use ipam_bindings::server::{Listeners, serve};
 use ipam_bindings::telemetry;
 use tracing::{error, info};
 
+/// The process allocator: mimalloc, large blocks on glibc's (`src/allocator.rs`).
+#[global_allocator]
+static ALLOCATOR: ipam_bindings::allocator::ServerAllocator = ipam_bindings::allocator::ServerAllocator;
+
+/// mimalloc's arenas committed on demand, set before the first allocation: an ELF constructor
+/// runs ahead of `main` and of Rust's runtime (after mimalloc's own, which has priority 101).
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static COMMIT_ARENAS_ON_DEMAND: extern "C" fn() = ipam_bindings::allocator::commit_arenas_on_demand;
+
 fn main() -> ExitCode {
     // sled panics on some damaged files; the log reports those as errors of its own.
     ipam_bindings::log::quiet_storage_panics();
@@ -259,5 +270,17 @@ async fn termination() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The constructor ran before the test harness's first allocation (this binary's tests
+    /// link its allocator and constructor too).
+    #[test]
+    fn mimalloc_commits_arenas_on_demand() {
+        if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+            assert!(ipam_bindings::allocator::commits_on_demand());
+        }
     }
 }

@@ -44,10 +44,17 @@ pub(super) fn rebuild(log: &EventLog, log_head: u64) -> Result<Rebuilt, StartErr
 
 /// Hands the memory a start freed back to the system. A start frees much of what it
 /// allocated (the snapshot's bytes and their decoding, the records read to check the log, the
-/// threads' scratch), but glibc returns only the top of each of its arenas by itself, so those
+/// threads' scratch). glibc returns only the top of each of its arenas by itself, so those
 /// pages stayed resident: 50 MB of the RSS after a start at 1.1M events (docs/benchmarks.md,
-/// Restart). `malloc_trim` releases every free page of every arena, once.
+/// Restart); `malloc_trim` releases every free page of every arena, once. The server's Rust
+/// allocations go to mimalloc (`src/allocator.rs`), which purges freed pages after a delay;
+/// `mi_collect` does it now. Each call is harmless where its allocator holds nothing (tests
+/// run on glibc's malloc alone; C libraries allocate through glibc in the server).
 fn return_freed_memory() {
+    // SAFETY: mi_collect only walks mimalloc's own heaps and segments, under their locks.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks malloc's own free lists, under their locks.
     unsafe {
