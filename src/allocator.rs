@@ -1,6 +1,7 @@
-//! The server's memory allocator: mimalloc (v2) for everything under 32 MiB, glibc's malloc
+//! The binaries' memory allocator: mimalloc (v2) for everything under 32 MiB, glibc's malloc
 //! (the system allocator) for larger blocks, and mimalloc's arenas committed as they are used.
-//! The server binary installs it (`src/main.rs`); tests and ipamctl keep the system allocator.
+//! The server and ipamctl install it with [`install_allocator!`](crate::install_allocator);
+//! tests and benchmarks keep the system allocator.
 //!
 //! Why mimalloc: glibc's malloc and free were ~17% of the server's CPU under durable creates,
 //! a quarter of the writer thread's time in malloc's slow path (the writer allocates each
@@ -16,7 +17,7 @@
 //! at once and advises all of it for transparent huge pages, and under the kernel's usual
 //! `defrag=madvise` a page fault there may stop to compact memory: creates' p99.9 rose from
 //! 8-17 to 18-31 ms. The option must be set before the first arena is reserved, that is before
-//! the first allocation: `src/main.rs` runs [`commit_arenas_on_demand`] as an ELF constructor,
+//! the first allocation: the macro runs [`commit_arenas_on_demand`] as an ELF constructor,
 //! ahead of `main` and of Rust's runtime. `MIMALLOC_ARENA_EAGER_COMMIT` in the environment
 //! still wins.
 
@@ -30,7 +31,7 @@ pub const SYSTEM_FROM: usize = 32 << 20;
 /// mimalloc for blocks under [`SYSTEM_FROM`], the system allocator from it on. A block is
 /// freed by the allocator its layout's size names, which is the one that allocated it (Rust
 /// frees with the layout it allocated with).
-pub struct ServerAllocator;
+pub struct ProcessAllocator;
 
 fn is_large(size: usize) -> bool {
     size >= SYSTEM_FROM
@@ -39,7 +40,7 @@ fn is_large(size: usize) -> bool {
 // SAFETY: every call goes to one of two sound allocators, chosen by the block's size, which is
 // the same when a block is allocated and when it is freed; a realloc across the threshold
 // moves the block from one to the other.
-unsafe impl GlobalAlloc for ServerAllocator {
+unsafe impl GlobalAlloc for ProcessAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
         unsafe {
@@ -110,6 +111,23 @@ pub extern "C" fn commit_arenas_on_demand() {
     }
 }
 
+/// Installs [`ProcessAllocator`] as the binary's global allocator, and
+/// [`commit_arenas_on_demand`] as an ELF constructor: it runs ahead of `main` and of Rust's
+/// runtime (after mimalloc's own constructor, which has priority 101), before the first
+/// allocation. Used once, at a binary's crate root.
+#[macro_export]
+macro_rules! install_allocator {
+    () => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::allocator::ProcessAllocator = $crate::allocator::ProcessAllocator;
+
+        #[cfg(target_os = "linux")]
+        #[used]
+        #[unsafe(link_section = ".init_array")]
+        static COMMIT_ARENAS_ON_DEMAND: extern "C" fn() = $crate::allocator::commit_arenas_on_demand;
+    };
+}
+
 /// Whether mimalloc commits its arenas on demand.
 pub fn commits_on_demand() -> bool {
     // SAFETY: reads one option cell.
@@ -128,14 +146,14 @@ mod tests {
         // SAFETY: each block is used within its layout and freed with it.
         unsafe {
             let mut layout = Layout::from_size_align(sizes[0], 16).unwrap();
-            let mut block = ServerAllocator.alloc(layout);
+            let mut block = ProcessAllocator.alloc(layout);
             assert!(!block.is_null());
             for at in 0..layout.size() {
                 *block.add(at) = at as u8;
             }
             for &size in &sizes[1..] {
                 let kept = layout.size().min(size);
-                block = ServerAllocator.realloc(block, layout, size);
+                block = ProcessAllocator.realloc(block, layout, size);
                 assert!(!block.is_null());
                 layout = Layout::from_size_align(size, 16).unwrap();
                 assert_eq!(block as usize % 16, 0);
@@ -146,11 +164,11 @@ mod tests {
                     *block.add(at) = at as u8;
                 }
             }
-            ServerAllocator.dealloc(block, layout);
+            ProcessAllocator.dealloc(block, layout);
             let zeroed = Layout::from_size_align(SYSTEM_FROM, 64).unwrap();
-            let block = ServerAllocator.alloc_zeroed(zeroed);
+            let block = ProcessAllocator.alloc_zeroed(zeroed);
             assert!((0..SYSTEM_FROM).step_by(4096).all(|at| *block.add(at) == 0));
-            ServerAllocator.dealloc(block, zeroed);
+            ProcessAllocator.dealloc(block, zeroed);
         }
     }
 }

@@ -15,16 +15,8 @@ use ipam_bindings::server::{Listeners, serve};
 use ipam_bindings::telemetry;
 use tracing::{error, info};
 
-/// The process allocator: mimalloc, large blocks on glibc's (`src/allocator.rs`).
-#[global_allocator]
-static ALLOCATOR: ipam_bindings::allocator::ServerAllocator = ipam_bindings::allocator::ServerAllocator;
-
-/// mimalloc's arenas committed on demand, set before the first allocation: an ELF constructor
-/// runs ahead of `main` and of Rust's runtime (after mimalloc's own, which has priority 101).
-#[cfg(target_os = "linux")]
-#[used]
-#[unsafe(link_section = ".init_array")]
-static COMMIT_ARENAS_ON_DEMAND: extern "C" fn() = ipam_bindings::allocator::commit_arenas_on_demand;
+// The process allocator: mimalloc, large blocks on glibc's (`src/allocator.rs`).
+ipam_bindings::install_allocator!();
 
 fn main() -> ExitCode {
     // sled panics on some damaged files; the log reports those as errors of its own.

@@ -20,6 +20,10 @@ use cli::{Cli, Command};
 use connection::Connection;
 use output::Format;
 
+// mimalloc, large blocks on glibc's, as the server (`src/allocator.rs`): a client on the same
+// cores as the server it measures leaves it more CPU.
+ipam_bindings::install_allocator!();
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Like every Unix tool, end quietly when the reader goes away (`ipamctl ... | head`)
