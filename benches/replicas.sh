@@ -225,7 +225,7 @@ failover() {
     nats_node "$node"
     sleep 5
 }
-echo "failover: creates at 200/s over the replicas, the stream leader's node killed after 3 s (max = the write pause)"
 [ -z "${NO_FAILOVER:-}" ] || exit 0
+echo "failover: creates at 200/s over the replicas, the stream leader's node killed after 3 s (max = the write pause)"
 failover KILL
 failover TERM
