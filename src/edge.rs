@@ -225,8 +225,8 @@ pub(crate) fn usable_request_id(value: &HeaderValue) -> bool {
     !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(|b| b.is_ascii_graphic())
 }
 
-/// 32 hex characters: a random per-process prefix and a counter. Unique without asking the
-/// OS for randomness on every call (a v4 UUID per call cost a getrandom syscall each).
+/// 32 hex characters: a random per-process prefix and a counter. Unique with one atomic
+/// increment per call and no random draw.
 pub(crate) fn fresh_request_id() -> HeaderValue {
     static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
