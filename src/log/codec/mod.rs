@@ -25,8 +25,8 @@ const SINGLE: u8 = 1;
 /// A count and an `EventRun`.
 const RUN: u8 = 2;
 /// A snapshot's message compressed. A snapshot is tens of megabytes, written by every replica
-/// at the same revisions, and a third of the bytes written is a third of the writeback the
-/// stream's fsyncs wait behind (docs/benchmarks.md, Replicas); LZ4 (`lz4_flex`, no unsafe code,
+/// at the same revisions, and the stream's fsyncs wait behind its writeback however it is paced:
+/// fewer bytes are what helps (docs/benchmarks.md, Replicas). LZ4 (`lz4_flex`, no unsafe code,
 /// no dependencies) shrinks one 1.8-2.2 times for ~80 ms of CPU per 200,000 bindings.
 const COMPRESSED: u8 = 3;
 /// How much larger than its block a message compressed as LZ4 can be: a length beyond it is
