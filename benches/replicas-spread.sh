@@ -24,25 +24,14 @@ work=$(mktemp -d)
 pids=()
 trap 'disown -a; for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
-declare -a nats_pids replica_pids
-for i in 1 2 3; do
-    cat >"$work/n$i.conf" <<EOF
-server_name: n$i
-listen: 127.0.0.1:$((4300 + i))
-http: 127.0.0.1:$((8300 + i))
-jetstream { store_dir: "$work/nats$i", sync_interval: always }
-cluster { name: bench, listen: 127.0.0.1:$((6300 + i)), routes: [nats://127.0.0.1:6301, nats://127.0.0.1:6302, nats://127.0.0.1:6303] }
-EOF
-    GOMAXPROCS=1 "$nats" -c "$work/n$i.conf" >"$work/n$i.log" 2>&1 &
-    pids+=($!)
-    nats_pids+=($!)
-done
-until curl -sf "http://127.0.0.1:8301/jsz" | grep -q '"meta_leader"\|"leader"'; do sleep 0.2; done
-urls() { echo "nats://127.0.0.1:$((4300 + $1)),nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303"; }
+# shellcheck source=benches/nats-cluster.sh
+source benches/nats-cluster.sh
+nats_cluster
+declare -a replica_pids
 for i in 1 2 3; do
     # shellcheck disable=SC2086 # EXTRA is split into flags on purpose
     RUST_LOG=warn "$server" --data-dir "$work/replica$i" --listen 127.0.0.1:$((30800 + i)) \
-        --log-backend jetstream --nats-url "$(urls "$i")" --provisioning-delay 100h \
+        --log-backend jetstream --nats-url "$(nats_urls "$i")" --provisioning-delay 100h \
         --metrics-listen 127.0.0.1:$((9800 + i)) ${EXTRA:-} >"$work/replica$i.log" 2>&1 &
     pids+=($!)
     replica_pids+=($!)

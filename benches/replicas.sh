@@ -57,30 +57,16 @@ cleanup() {
 trap cleanup EXIT
 
 # --- a three-node NATS cluster (client ports 4301-4303, monitoring 8301-8303)
-nats_node() {
-    local i=$1
-    cat >"$work/n$i.conf" <<EOF
-server_name: n$i
-listen: 127.0.0.1:$((4300 + i))
-http: 127.0.0.1:$((8300 + i))
-jetstream { store_dir: "$work/nats$i", sync_interval: always }
-cluster { name: bench, listen: 127.0.0.1:$((6300 + i)), routes: [nats://127.0.0.1:6301, nats://127.0.0.1:6302, nats://127.0.0.1:6303] }
-EOF
-    GOMAXPROCS=$go_procs "$nats" -c "$work/n$i.conf" >"$work/n$i.log" 2>&1 &
-    nats_pids[$i]=$!
-    pids+=($!)
-}
-declare -a nats_pids
-for i in 1 2 3; do nats_node "$i"; done
-until curl -sf "http://127.0.0.1:8301/jsz" | grep -q '"meta_leader"\|"leader"'; do sleep 0.2; done
+# shellcheck source=benches/nats-cluster.sh
+source benches/nats-cluster.sh
+nats_cluster
 
 # --- three replicas (gRPC 30801-30803) and one single node (30800): below the ephemeral ports
 # (32768 and up), so that no outgoing connection holds one when a server starts
-urls() { echo "nats://127.0.0.1:$((4300 + $1)),nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303"; }
 declare -a replica_pids baseline_pids
 for i in 1 2 3; do
     RUST_LOG=${REPLICA_LOG:-warn} "$server" --data-dir "$work/replica$i" --listen 127.0.0.1:$((30800 + i)) \
-        --log-backend jetstream --nats-url "$(urls $i)" --provisioning-delay 100h \
+        --log-backend jetstream --nats-url "$(nats_urls $i)" --provisioning-delay 100h \
         --metrics-listen 127.0.0.1:$((9800 + i)) >"$work/replica$i.log" 2>&1 &
     pids+=($!)
     replica_pids+=($!)
@@ -88,7 +74,7 @@ done
 if [ -n "${BASELINE:-}" ]; then
     for i in 1 2 3; do
         RUST_LOG=warn "$BASELINE" --data-dir "$work/baseline$i" --listen 127.0.0.1:$((30810 + i)) \
-            --log-backend jetstream --nats-url "$(urls $i)" --nats-stream IPAM_BASELINE --provisioning-delay 100h \
+            --log-backend jetstream --nats-url "$(nats_urls $i)" --nats-stream IPAM_BASELINE --provisioning-delay 100h \
             --metrics-listen 127.0.0.1:$((9810 + i)) >"$work/baseline$i.log" 2>&1 &
         pids+=($!)
         baseline_pids+=($!)
