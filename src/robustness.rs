@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::api::lookup::{self, RouteCache, View};
 use crate::api::wire::{Decoded, LookupAddressesRequest, LookupAddressesResponse};
 use crate::domain::network::NetworkKey;
+use crate::domain::state::{Changes, SnapshotRecords};
 use crate::domain::{AccountId, BindingId, Command, Event, Micros, Outcome, Prefix, PrefixId, Service, fields};
 use crate::log::codec;
 use crate::operations::page_token::{self, ListScope};
@@ -67,8 +68,8 @@ pub fn record(data: &[u8]) {
     );
 }
 
-/// A snapshot file and a length mark. Accepted: written again, it reads back at the same
-/// revision with the same counts.
+/// A snapshot file, a snapshot delta, a delta file and a length mark. Accepted: written again,
+/// each reads back at the same revisions with the same counts.
 pub fn snapshot(data: &[u8]) {
     if let Ok(position) = codec::decode_mark(data)
         && let Some(checksum) = position.log_record_checksum
@@ -76,14 +77,36 @@ pub fn snapshot(data: &[u8]) {
         let again = codec::encode_mark(position.revision, checksum);
         assert_eq!(codec::decode_mark(&again).ok(), Some(position));
     }
-    let Ok(snapshot) = codec::decode_snapshot(data) else {
-        return;
-    };
-    let again = codec::encode_snapshot(snapshot.revision, snapshot.log_record_checksum, &snapshot.state);
-    let reread = codec::decode_snapshot(&again).expect("a re-encoded snapshot decodes");
-    assert_eq!(reread.revision, snapshot.revision);
-    assert_eq!(reread.state.n_prefixes(), snapshot.state.n_prefixes());
-    assert_eq!(reread.state.n_bindings(), snapshot.state.n_bindings());
+    if let Ok(snapshot) = codec::decode_snapshot(data) {
+        let again = codec::encode_snapshot(snapshot.revision, snapshot.log_record_checksum, &snapshot.records);
+        let reread = codec::decode_snapshot(&again).expect("a re-encoded snapshot decodes");
+        assert_eq!(reread.revision, snapshot.revision);
+        assert_eq!(counts(&reread.records), counts(&snapshot.records));
+    }
+    for (record, _) in std::iter::once((data, 0)).chain(crate::log::delta_records(data)) {
+        let Ok(delta) = codec::decode_delta(record) else {
+            continue;
+        };
+        let checksum = delta
+            .position
+            .log_record_checksum
+            .expect("a delta's position has a checksum");
+        let again = codec::encode_delta(delta.after, delta.position.revision, checksum, &delta.changes);
+        let reread = codec::decode_delta(&again).expect("a re-encoded delta decodes");
+        assert_eq!((reread.after, reread.position), (delta.after, delta.position));
+        assert_eq!(counts(&reread.changes), counts(&delta.changes));
+        let deleted = |changes: &Changes| (changes.deleted_prefixes().count(), changes.deleted_bindings().count());
+        assert_eq!(deleted(&reread.changes), deleted(&delta.changes));
+    }
+}
+
+/// How many prefixes, bindings and idempotency keys `records` hold.
+fn counts(records: &impl SnapshotRecords) -> (usize, usize, usize) {
+    (
+        records.prefixes().count(),
+        records.bindings().count(),
+        records.remembered_requests().count(),
+    )
 }
 
 /// A replicated stream's message: header lines (`Name: value`) up to an empty line, then the

@@ -1,6 +1,7 @@
-//! Checkpoints beside the log, kept by the engine's threads: the background snapshot (copied
-//! from the projections' state a chunk per commit, completed and stored by a helper thread), the
-//! marker thread rewriting the log's length mark, and the final checkpoint at a stop.
+//! Checkpoints beside the log, kept by the engine's threads: the background ones (a delta, what
+//! the events since the last checkpoint changed, or a snapshot copied from the projections'
+//! state a chunk per commit; each completed and stored by a helper thread), the marker thread
+//! rewriting the log's length mark, and the final checkpoint at a stop.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -8,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::domain::State;
-use crate::domain::state::{RecordCopy, SnapshotRecords};
-use crate::log::EventLog;
+use crate::domain::state::{Changes, RecordCopy, SnapshotRecords};
+use crate::domain::{Event, State};
+use crate::log::{EventLog, LogPosition};
 use crate::projection::Projections;
 
 /// Records the writer copies for a background snapshot after each commit: small enough that
@@ -21,21 +22,69 @@ const SNAPSHOT_CHUNK: usize = 4096;
 /// acknowledged since the last mark are the ones a file cut short could lose unnoticed.
 pub(super) const MARK_EVERY: Duration = Duration::from_secs(1);
 
-/// The writer's background snapshots: every `every` events, the state is copied a chunk per
-/// commit (a [`RecordCopy`], so writes never wait for a whole copy); once done, a helper
+/// Most deltas after a snapshot: past them, the next checkpoint is a snapshot.
+const MAX_DELTAS: usize = 16;
+
+/// The writer's background checkpoints, every `every` events: a delta when the last
+/// checkpoint can be followed by one ([`Chain::next_is_delta`]), else a snapshot.
+///
+/// A delta is what the events since the last checkpoint changed, read back from the log by a
+/// helper thread and stored after it: its size follows the writes, not the state (a snapshot
+/// of 200,000 bindings is ~25 MB, and the stream's fsyncs wait behind its writeback:
+/// docs/benchmarks.md, Replicas). A snapshot is copied from the projections' state a chunk
+/// per commit (a [`RecordCopy`], so writes never wait for a whole copy); once done, a helper
 /// thread applies the events since the copy started (which makes it exact), encodes and
 /// stores it.
 pub(super) struct Snapshots {
-    /// Revision of the newest snapshot written (or loaded).
+    /// Revision of the newest checkpoint started (or loaded).
     last: u64,
-    /// Events between background snapshots.
+    /// Events between background checkpoints.
     every: u64,
+    /// The checkpoints stored: what the next one follows.
+    chain: Chain,
     /// The snapshot being copied, if one is.
     copying: Option<SnapshotCopy>,
-    /// The thread completing and storing the last snapshot: a new one waits until it has
-    /// finished, and [`finish`](Self::finish) joins it (so that a stopped engine holds no
-    /// handle on the log).
-    thread: Option<JoinHandle<()>>,
+    /// The thread completing and storing the last checkpoint (what it stored, if it did): a
+    /// new one waits until it has finished, and [`finish`](Self::finish) joins it (so that a
+    /// stopped engine holds no handle on the log).
+    thread: Option<JoinHandle<Option<Chain>>>,
+}
+
+/// The stored checkpoints a start would use: a snapshot and the deltas after it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Chain {
+    /// The newest of them (the snapshot, or its last delta); `None`: no snapshot a delta can
+    /// follow (none, or one stored without its log record's checksum).
+    pub tip: Option<Tip>,
+    pub snapshot_bytes: usize,
+    pub deltas: usize,
+    pub deltas_bytes: usize,
+    /// Where the last delta ends in its file (0: none yet).
+    pub deltas_end: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Tip {
+    pub revision: u64,
+    pub log_record_checksum: u32,
+}
+
+impl Chain {
+    /// A snapshot of `bytes` at `tip`, no deltas.
+    pub(super) fn snapshot(tip: Option<Tip>, bytes: usize) -> Chain {
+        Chain {
+            tip,
+            snapshot_bytes: bytes,
+            ..Chain::default()
+        }
+    }
+
+    /// Whether the next checkpoint is a delta: while the deltas are fewer than
+    /// [`MAX_DELTAS`] and smaller together than their snapshot, so that a start reads at most
+    /// about twice a snapshot's bytes.
+    fn next_is_delta(&self) -> bool {
+        self.tip.is_some() && self.deltas < MAX_DELTAS && self.deltas_bytes < self.snapshot_bytes
+    }
 }
 
 /// A background snapshot being copied, a chunk per commit.
@@ -46,18 +95,19 @@ struct SnapshotCopy {
 }
 
 impl Snapshots {
-    /// `last` is the revision of the snapshot the start began from (0: none).
-    pub(super) fn new(last: u64, every: u64) -> Snapshots {
+    /// `chain` is what the start began from (its tip's revision, 0: none).
+    pub(super) fn new(chain: Chain, every: u64) -> Snapshots {
         Snapshots {
-            last,
+            last: chain.tip.map_or(0, |tip| tip.revision),
             every,
+            chain,
             copying: None,
             thread: None,
         }
     }
 
     /// After a commit that brought the log to `head`: copies the next chunk of a snapshot
-    /// being taken, or starts one when `every` events have passed since the last.
+    /// being taken, or starts a checkpoint when `every` events have passed since the last.
     pub(super) fn after_commit(&mut self, projections: &Projections, head: u64, log: &EventLog) {
         if let Some(copying) = self.copying.as_mut() {
             // Under the read lock: readers go on; only the writer (this thread) waits for it.
@@ -65,13 +115,7 @@ impl Snapshots {
             if copied {
                 let SnapshotCopy { started_at, copy } = self.copying.take().expect("copying");
                 let log = log.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("ipam-snapshot".into())
-                    .spawn(move || complete_snapshot(&log, started_at, head, copy));
-                match spawned {
-                    Ok(thread) => self.thread = Some(thread),
-                    Err(error) => warn!(%error, "cannot start the snapshot thread; no snapshot written"),
-                }
+                self.spawn(move || complete_snapshot(&log, started_at, head, copy));
             }
             return;
         }
@@ -79,17 +123,31 @@ impl Snapshots {
         if head - self.last < self.every || still_writing {
             return;
         }
-        if let Some(finished) = self.thread.take() {
-            let _ = finished.join();
+        if let Some(finished) = self.thread.take()
+            && let Ok(Some(stored)) = finished.join()
+        {
+            self.chain = stored;
         }
         self.last = head;
-        self.copying = Some(SnapshotCopy {
-            started_at: head,
-            copy: projections.read().state.start_copy(),
-        });
+        if self.chain.next_is_delta() {
+            let (log, chain) = (log.clone(), self.chain);
+            self.spawn(move || write_delta(&log, chain, head));
+        } else {
+            self.copying = Some(SnapshotCopy {
+                started_at: head,
+                copy: projections.read().state.start_copy(),
+            });
+        }
     }
 
-    /// Waits for a snapshot still being stored.
+    fn spawn(&mut self, store: impl FnOnce() -> Option<Chain> + Send + 'static) {
+        match std::thread::Builder::new().name("ipam-snapshot".into()).spawn(store) {
+            Ok(thread) => self.thread = Some(thread),
+            Err(error) => warn!(%error, "cannot start the snapshot thread; no checkpoint written"),
+        }
+    }
+
+    /// Waits for a checkpoint still being stored.
     pub(super) fn finish(&mut self) {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -99,19 +157,9 @@ impl Snapshots {
 
 /// Makes a copy taken in chunks since `started_at` exact as of `head` (applying the events
 /// in between, from the log) and stores it as the snapshot of `head`.
-fn complete_snapshot(log: &EventLog, started_at: u64, head: u64, copy: RecordCopy) {
+fn complete_snapshot(log: &EventLog, started_at: u64, head: u64, copy: RecordCopy) -> Option<Chain> {
     let started = Instant::now();
-    let mut events = Vec::new();
-    for event in log.read_after(started_at) {
-        match event {
-            Ok(event) if event.revision <= head => events.push(event),
-            Ok(_) => break,
-            Err(error) => {
-                warn!(%error, "cannot read the log to complete a snapshot; no snapshot written");
-                return;
-            }
-        }
-    }
+    let events = read_events(log, started_at, head, "a snapshot")?;
     let records = copy.complete(&events);
     debug!(
         started_at,
@@ -119,9 +167,71 @@ fn complete_snapshot(log: &EventLog, started_at: u64, head: u64, copy: RecordCop
         elapsed_ms = started.elapsed().as_millis() as u64,
         "snapshot copy completed"
     );
-    if let Some(checksum) = checksum_at(log, head) {
-        write_snapshot(log, head, checksum, &records);
+    let checksum = checksum_at(log, head)?;
+    let bytes = write_snapshot(log, head, checksum, &records)?;
+    Some(Chain::snapshot(
+        Some(Tip {
+            revision: head,
+            log_record_checksum: checksum,
+        }),
+        bytes,
+    ))
+}
+
+/// Stores what the events after `chain`'s tip up to `head` changed as the delta after it.
+fn write_delta(log: &EventLog, chain: Chain, head: u64) -> Option<Chain> {
+    let started = Instant::now();
+    let tip = chain.tip?;
+    let events = read_events(log, tip.revision, head, "a delta")?;
+    let changes = Changes::of(&events);
+    drop(events);
+    let checksum = checksum_at(log, head)?;
+    let after = LogPosition {
+        revision: tip.revision,
+        log_record_checksum: Some(tip.log_record_checksum),
+    };
+    match log.save_delta(after, head, checksum, &changes, chain.deltas_end) {
+        Ok((bytes, end)) => {
+            info!(
+                revision = head,
+                after = tip.revision,
+                bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "snapshot delta written"
+            );
+            Some(Chain {
+                tip: Some(Tip {
+                    revision: head,
+                    log_record_checksum: checksum,
+                }),
+                deltas: chain.deltas + 1,
+                deltas_bytes: chain.deltas_bytes + bytes,
+                deltas_end: end,
+                ..chain
+            })
+        }
+        Err(error) => {
+            warn!(%error, revision = head, "writing a snapshot delta failed; the log is unaffected");
+            None
+        }
     }
+}
+
+/// The events after `after` up to `head`, from the log (`None`, logged, when it cannot be
+/// read: no checkpoint is written).
+fn read_events(log: &EventLog, after: u64, head: u64, what: &str) -> Option<Vec<Event>> {
+    let mut events = Vec::new();
+    for event in log.read_after(after) {
+        match event {
+            Ok(event) if event.revision <= head => events.push(event),
+            Ok(_) => break,
+            Err(error) => {
+                warn!(%error, "cannot read the log to complete {what}; no checkpoint written");
+                return None;
+            }
+        }
+    }
+    Some(events)
 }
 
 /// At a stop: the snapshot and the mark of the final state, so the next start replays nothing.
@@ -148,17 +258,24 @@ fn checksum_at(log: &EventLog, revision: u64) -> Option<u32> {
     }
 }
 
-/// Stores `records` as the snapshot of `revision`, whose log record has `checksum`.
-fn write_snapshot(log: &EventLog, revision: u64, checksum: u32, records: &impl SnapshotRecords) {
+/// Stores `records` as the snapshot of `revision`, whose log record has `checksum`; its size
+/// once stored.
+fn write_snapshot(log: &EventLog, revision: u64, checksum: u32, records: &impl SnapshotRecords) -> Option<usize> {
     let started = Instant::now();
     match log.save_snapshot(revision, checksum, records) {
-        Ok(bytes) => info!(
-            revision,
-            bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "snapshot written"
-        ),
-        Err(error) => warn!(%error, revision, "writing a snapshot failed; the log is unaffected"),
+        Ok(bytes) => {
+            info!(
+                revision,
+                bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "snapshot written"
+            );
+            Some(bytes)
+        }
+        Err(error) => {
+            warn!(%error, revision, "writing a snapshot failed; the log is unaffected");
+            None
+        }
     }
 }
 

@@ -127,8 +127,8 @@ impl Engine {
         let model = &rebuilt.model;
         info!(
             head = model.head,
-            snapshot_revision = rebuilt.snapshot_revision,
-            replayed = model.head - rebuilt.snapshot_revision,
+            checkpoint_revision = rebuilt.checkpoint_revision,
+            replayed = model.head - rebuilt.checkpoint_revision,
             prefixes = model.state.n_prefixes(),
             bindings = model.state.n_bindings(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -154,7 +154,7 @@ impl Engine {
             projections: projections.clone(),
             feed: feed.clone(),
             metrics,
-            snapshots: checkpoint::Snapshots::new(rebuilt.snapshot_revision, snapshot_every),
+            snapshots: checkpoint::Snapshots::new(rebuilt.chain, snapshot_every),
             marks,
             applied: applied_sender,
             replica: replica.clone().map(|replica| (replica, position)),

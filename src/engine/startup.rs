@@ -5,6 +5,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::StartError;
+use super::checkpoint::{Chain, Tip};
 use crate::domain::State;
 use crate::log::{EventLog, Witness};
 use crate::projection::ReadModel;
@@ -13,23 +14,26 @@ use crate::projection::routing::RoutingTable;
 /// What a start rebuilt from the log.
 pub(super) struct Rebuilt {
     pub model: ReadModel,
-    /// The revision of the snapshot the start began from (0: none).
-    pub snapshot_revision: u64,
+    /// The revision of the checkpoint (a snapshot or its last delta) the start began from
+    /// (0: none).
+    pub checkpoint_revision: u64,
+    /// The stored checkpoints, which the next one follows (none: a full replay).
+    pub chain: Chain,
 }
 
-/// The state as of the log's head (`log_head`): the snapshot plus the tail after it, or the
-/// whole log when no snapshot is usable.
+/// The state as of the log's head (`log_head`): the snapshot and its deltas plus the tail
+/// after them, or the whole log when no snapshot is usable.
 pub(super) fn rebuild(log: &EventLog, log_head: u64) -> Result<Rebuilt, StartError> {
-    let mut model = match restore_snapshot(log, log_head)? {
+    let (mut model, chain) = match restore_snapshot(log, log_head)? {
         Some(restored) => restored,
         None => {
             // No usable snapshot: the whole log, its records folded event by event and the
             // indexes and routing tables built once at the end.
             let (state, head) = State::replay(log.read_after(0))?;
-            read_model_of(state, head)
+            (read_model_of(state, head), Chain::default())
         }
     };
-    let snapshot_revision = model.head;
+    let checkpoint_revision = model.head;
     // The tail past the snapshot (nothing after a full replay).
     for event in log.read_after(model.head) {
         let event = event?;
@@ -38,7 +42,8 @@ pub(super) fn rebuild(log: &EventLog, log_head: u64) -> Result<Rebuilt, StartErr
     return_freed_memory();
     Ok(Rebuilt {
         model,
-        snapshot_revision,
+        checkpoint_revision,
+        chain,
     })
 }
 
@@ -62,11 +67,13 @@ fn return_freed_memory() {
     }
 }
 
-/// The read model of the stored snapshot, if there is a usable one. A missing or unreadable snapshot, or one taken from another log, is `None`
-/// (full replay). A snapshot newer than the log's head means the log lost events it once had,
-/// and a damaged record under the snapshot is damage all the same: both refuse to start rather
-/// than serve from a log that is not sound.
-fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, StartError> {
+/// The read model of the stored snapshot and the deltas that follow it, if there is a usable
+/// snapshot. A missing or unreadable snapshot, or one taken from another log, is `None` (full
+/// replay); deltas are applied as far as each follows the one before (the rest of the way is
+/// the log's tail). A snapshot or delta newer than the log's head means the log lost events it
+/// once had, and a damaged record under the snapshot is damage all the same: both refuse to
+/// start rather than serve from a log that is not sound.
+fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, Chain)>, StartError> {
     match log.has_snapshot() {
         Ok(true) => {}
         Ok(false) => return Ok(None),
@@ -103,15 +110,56 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<ReadModel>, 
         return Ok(None);
     }
     let loaded_ms = started.elapsed().as_millis() as u64;
-    let restored = read_model_of(snapshot.state, snapshot.revision);
+    let position = snapshot.position();
+    // A delta follows a snapshot by its log record's checksum: one stored without (by an
+    // older build) is followed by none.
+    let mut chain = Chain::snapshot(
+        (position.log_record_checksum).map(|log_record_checksum| Tip {
+            revision: snapshot.revision,
+            log_record_checksum,
+        }),
+        snapshot.encoded_len,
+    );
+    let deltas = match chain.tip {
+        None => Default::default(),
+        Some(_) => match log.load_deltas(position, log_head) {
+            Ok(deltas) => deltas,
+            Err(error @ crate::log::LogError::Truncated { .. }) => return Err(error.into()),
+            Err(error) => {
+                warn!(%error, "cannot read the snapshot's deltas; replaying the log after the snapshot");
+                Default::default()
+            }
+        },
+    };
+    let mut records = snapshot.records;
+    let mut revision = snapshot.revision;
+    if let Some(last) = deltas.deltas.last() {
+        revision = last.position.revision;
+        chain.tip = (last.position.log_record_checksum).map(|log_record_checksum| Tip {
+            revision,
+            log_record_checksum,
+        });
+        chain.deltas = deltas.deltas.len();
+        chain.deltas_bytes = deltas.bytes;
+        chain.deltas_end = deltas.end;
+        let mut changes = crate::domain::state::Changes::default();
+        for delta in deltas.deltas {
+            changes.then(delta.changes);
+        }
+        records.apply(changes);
+    }
+    let restored = read_model_of(records.into_state(), revision);
     info!(
         loaded_ms,
-        revision = snapshot.revision,
+        revision,
+        snapshot_revision = snapshot.revision,
         bytes = snapshot.encoded_len,
+        deltas = chain.deltas,
+        deltas_bytes = chain.deltas_bytes,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "snapshot restored"
     );
-    Ok(Some(restored))
+    Ok(Some((restored, chain)))
 }
 
 /// The read model over `state` (as of `head`).

@@ -46,15 +46,15 @@ impl AtomicFile {
     }
 
     /// Durably replaces the stored record with `record`, as of `revision`, unless this process
-    /// already saved a newer one. A crash at any point leaves either the old record or the new
-    /// one.
-    pub fn save(&self, revision: u64, record: &[u8]) -> io::Result<()> {
+    /// already saved a newer one (`Ok(false)`). A crash at any point leaves either the old
+    /// record or the new one.
+    pub fn save(&self, revision: u64, record: &[u8]) -> io::Result<bool> {
         let mut saved_revision = self
             .saved_revision
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if revision < *saved_revision {
-            return Ok(());
+            return Ok(false);
         }
         let partial = self.dir.join(format!("{}.partial", self.name));
         let mut file = File::create(&partial)?;
@@ -65,6 +65,6 @@ impl AtomicFile {
         // The rename is durable once the directory is.
         File::open(&self.dir)?.sync_all()?;
         *saved_revision = revision;
-        Ok(())
+        Ok(true)
     }
 }

@@ -1,11 +1,25 @@
-//! The checkpoint files beside the log: the snapshot of the state (`state.snapshot`) and the
-//! length mark (`log.mark`). Each records a point the log reached and the checksum of the
-//! record ending there, which ties it to this log; neither ever replaces the log.
+//! The checkpoint files beside the log: the snapshot of the state (`state.snapshot`), the
+//! changes since it (`state.deltas`) and the length mark (`log.mark`). Each records a point
+//! the log reached and the checksum of the record ending there, which ties it to this log;
+//! none ever replaces the log.
 
+use super::delta_file;
 use super::{
-    CheckpointStatus, EventLog, LEGACY_SNAPSHOTS_TREE, LogError, MARK_FILE, SNAPSHOT_FILE, Snapshot, Witness, codec,
+    CheckpointStatus, DELTAS_FILE, Delta, EventLog, LEGACY_SNAPSHOTS_TREE, LogError, LogPosition, MARK_FILE,
+    SNAPSHOT_FILE, Snapshot, Witness, codec,
 };
-use crate::domain::state::SnapshotRecords;
+use crate::domain::state::{Changes, SnapshotRecords};
+
+/// The deltas a start applies after a snapshot ([`EventLog::load_deltas`]).
+#[derive(Default)]
+pub struct Deltas {
+    /// In order, each following the one before it (the first, the snapshot).
+    pub deltas: Vec<Delta>,
+    /// The size of their records.
+    pub bytes: usize,
+    /// Where the last of them ends in the file: the next one is written there.
+    pub end: u64,
+}
 
 impl EventLog {
     /// Durably stores `records` (a state's) as the snapshot of `revision`, whose log record has
@@ -19,10 +33,56 @@ impl EventLog {
         // A replica's appends are not fsynced one by one: the records up to the snapshot are.
         self.flush_unflushed()?;
         let record = codec::encode_snapshot(revision, Some(log_record_checksum), records);
-        self.snapshot
+        let saved = (self.snapshot)
             .save(revision, &record)
             .map_err(|error| LogError::CheckpointFile(SNAPSHOT_FILE, error))?;
+        if saved {
+            // Its deltas followed the snapshot this one replaced: no start would apply them.
+            (self.deltas.clear()).map_err(|error| LogError::CheckpointFile(DELTAS_FILE, error))?;
+        }
         Ok(record.len())
+    }
+
+    /// Durably stores `changes`, those made after the checkpoint at `after` (the snapshot or
+    /// its last delta) up to `revision`, whose log record has `log_record_checksum`, as the
+    /// delta that follows it: written at `offset`, where that checkpoint's delta ends (0 after
+    /// the snapshot). Returns its size and where the file now ends.
+    pub fn save_delta(
+        &self,
+        after: LogPosition,
+        revision: u64,
+        log_record_checksum: u32,
+        changes: &Changes,
+        offset: u64,
+    ) -> Result<(usize, u64), LogError> {
+        self.flush_unflushed()?;
+        let record = codec::encode_delta(after, revision, log_record_checksum, changes);
+        let end = (self.deltas)
+            .append_at(offset, &record)
+            .map_err(|error| LogError::CheckpointFile(DELTAS_FILE, error))?;
+        Ok((record.len(), end))
+    }
+
+    /// The stored deltas that follow the snapshot at `snapshot`, in order, as far as each
+    /// decodes, follows the one before and was taken from this log, whose head is `head`
+    /// ([`LogError::Truncated`] when one is beyond it).
+    pub fn load_deltas(&self, snapshot: LogPosition, head: u64) -> Result<Deltas, LogError> {
+        let bytes = (self.deltas.load()).map_err(|error| LogError::CheckpointFile(DELTAS_FILE, error))?;
+        let mut loaded = Deltas::default();
+        let mut tip = snapshot;
+        for (record, end) in delta_file::records(&bytes) {
+            let Ok(delta) = codec::decode_delta(record) else {
+                break;
+            };
+            if delta.after != tip || !self.fits(delta.position, head, Witness::Delta)? {
+                break;
+            }
+            tip = delta.position;
+            loaded.bytes += record.len();
+            loaded.end = end;
+            loaded.deltas.push(delta);
+        }
+        Ok(loaded)
     }
 
     /// The stored snapshot, decoded, if there is one. It is not checked against the log:
@@ -62,7 +122,7 @@ impl EventLog {
                 return Ok(true);
             }
         }
-        Ok(false)
+        (self.deltas.exists()).map_err(|error| LogError::CheckpointFile(DELTAS_FILE, error))
     }
 
     /// Durably records that the log reached `revision`, where a record with `checksum` ends
@@ -73,6 +133,7 @@ impl EventLog {
         self.flush_unflushed()?;
         self.mark
             .save(revision, &codec::encode_mark(revision, checksum))
+            .map(drop)
             .map_err(|error| LogError::CheckpointFile(MARK_FILE, error))
     }
 
@@ -102,7 +163,7 @@ impl EventLog {
     /// `head`: not when it was taken from another log (`Ok(false)`: its record checksum
     /// differs; older snapshots stored none and are taken on trust), and never when it is
     /// beyond the head ([`LogError::Truncated`]: the log lost events it once had).
-    pub fn fits(&self, position: codec::LogPosition, head: u64, witness: fn(u64) -> Witness) -> Result<bool, LogError> {
+    pub fn fits(&self, position: LogPosition, head: u64, witness: fn(u64) -> Witness) -> Result<bool, LogError> {
         if position.revision > head {
             return Err(LogError::Truncated {
                 head,

@@ -1,8 +1,8 @@
 //! What can go wrong with the log, and what the files beside it (the snapshot, the length
 //! mark) say about it.
 
-use super::MARK_FILE;
 use super::codec;
+use super::{DELTAS_FILE, MARK_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -47,6 +47,8 @@ pub enum LogError {
 pub enum Witness {
     /// `state.snapshot`, taken at this revision.
     Snapshot(u64),
+    /// A delta in `state.deltas`, of the changes up to this revision.
+    Delta(u64),
     /// `log.mark`, saying the log reached this revision.
     Mark(u64),
 }
@@ -55,6 +57,10 @@ impl std::fmt::Display for Witness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Witness::Snapshot(revision) => write!(f, "a snapshot of revision {revision} was taken from it"),
+            Witness::Delta(revision) => write!(
+                f,
+                "a snapshot delta up to revision {revision} was taken from it ({DELTAS_FILE})"
+            ),
             Witness::Mark(revision) => write!(f, "it had reached revision {revision} ({MARK_FILE})"),
         }
     }

@@ -18,6 +18,7 @@
 mod atomic_file;
 mod checkpoints;
 pub mod codec;
+mod delta_file;
 mod error;
 mod store;
 pub mod tools;
@@ -30,7 +31,10 @@ use std::time::{Duration, Instant};
 use crate::domain::Event;
 
 use atomic_file::AtomicFile;
-pub use codec::Snapshot;
+pub use checkpoints::Deltas;
+pub use codec::{Delta, LogPosition, Snapshot};
+use delta_file::DeltaFile;
+pub use delta_file::records as delta_records;
 pub use error::{CheckpointStatus, LogError, Witness};
 use store::{Handles, damage_or_failure, is_damage};
 pub use store::{StorageFaults, quiet_storage_panics};
@@ -41,6 +45,8 @@ const EVENTS_TREE: &str = "events";
 const SLED_FILE: &str = "db";
 /// The checkpoint of the state, beside sled's files.
 const SNAPSHOT_FILE: &str = "state.snapshot";
+/// The changes since the snapshot, beside it.
+const DELTAS_FILE: &str = "state.deltas";
 /// The log's length mark, beside sled's files.
 const MARK_FILE: &str = "log.mark";
 /// Where data directories written before the snapshot moved to its own file kept it.
@@ -88,6 +94,7 @@ pub struct EventLog {
     /// `None` from a storage failure until [`recover`](Self::recover) reopens it.
     handles: Arc<RwLock<Option<Handles>>>,
     snapshot: Arc<AtomicFile>,
+    deltas: Arc<DeltaFile>,
     mark: Arc<AtomicFile>,
     faults: StorageFaults,
     /// Records were written without an fsync ([`append_replicated`](Self::append_replicated))
@@ -108,6 +115,7 @@ impl EventLog {
             dir: dir.to_path_buf(),
             handles: Arc::new(RwLock::new(Some(Handles::open(dir)?))),
             snapshot: Arc::new(AtomicFile::new(dir, SNAPSHOT_FILE)),
+            deltas: Arc::new(DeltaFile::new(dir, DELTAS_FILE)),
             mark: Arc::new(AtomicFile::new(dir, MARK_FILE)),
             faults,
             unflushed: Arc::default(),

@@ -111,6 +111,18 @@ fn write_fuzz_seeds() {
     }
     let snapshot = codec::encode_snapshot(42, Some(0xdead_beef), &state);
     let mark = codec::encode_mark(43, 0x0bad_f00d);
+    // A delta file: the changes after the snapshot (the binding deleted), then a cut record.
+    let after = ipam_bindings::log::LogPosition {
+        revision: 42,
+        log_record_checksum: Some(0xdead_beef),
+    };
+    let changes = ipam_bindings::domain::state::Changes::of(&events[2..]);
+    let delta = codec::encode_delta(after, 43, 0x0bad_f00d, &changes);
+    let mut delta_file = Vec::new();
+    for record in [&delta[..], &delta[..delta.len() / 2]] {
+        delta_file.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        delta_file.extend_from_slice(record);
+    }
 
     let message = |first: u64, last: u64, payload: &[u8]| {
         let mut bytes =
@@ -173,7 +185,13 @@ fn write_fuzz_seeds() {
         ),
         (
             "snapshot",
-            vec![snapshot.clone(), mark, snapshot[..snapshot.len() / 2].to_vec()],
+            vec![
+                snapshot.clone(),
+                mark,
+                snapshot[..snapshot.len() / 2].to_vec(),
+                snapshot.clone(),
+                delta_file,
+            ],
         ),
         (
             "stream_message",

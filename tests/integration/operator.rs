@@ -167,6 +167,93 @@ async fn a_snapshot_behind_the_log_is_caught_up_for_reads_and_writes() {
 }
 
 #[tokio::test]
+async fn a_start_applies_the_deltas_that_follow_its_snapshot_and_refuses_one_beyond_the_log() {
+    // A snapshot of revision 4 (fill's events), then a tail (a binding created, another created
+    // and deleted), stored as a delta after that snapshot: a start restores the snapshot, applies
+    // the delta and serves the same state as the log's. A delta that does not follow the
+    // snapshot is not used, and one beyond the log's head means the log lost events.
+    use ipam_bindings::domain::state::Changes;
+    use ipam_bindings::log::{EventLog, LogPosition, codec};
+    let dir = stopped_after_fill().await;
+    let snapshot = std::fs::read(dir.path().join("state.snapshot")).unwrap();
+    let prefix = first_prefix(dir.path());
+    let prefix = ipam_bindings::pb::api::Prefix {
+        id: prefix.id.to_string(),
+        account_id: prefix.account_id.to_string(),
+        cidr: prefix.cidr.to_string(),
+        ..Default::default()
+    };
+    let mut server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
+    server.bind(&prefix, "192.0.2.128/25", CDN).await;
+    let deleted = server.bind(&prefix, "192.0.2.64/26", SPECTRUM).await;
+    server.delete_binding(&deleted).await.unwrap();
+    let listed = server.list_all_bindings(&prefix, 0).await;
+    server.stop().await.unwrap();
+    drop(server);
+    wait_until_unlocked(dir.path()).await;
+
+    let (after, tail, head) = {
+        let log = EventLog::open(dir.path()).unwrap();
+        let position = |revision| LogPosition {
+            revision,
+            log_record_checksum: log.record_checksum(revision).unwrap(),
+        };
+        let tail: Vec<_> = log.read_after(4).map(Result::unwrap).collect();
+        (position(4), Changes::of(&tail), position(7))
+    };
+    let delta_file = |after: LogPosition, revision: u64| {
+        let record = codec::encode_delta(after, revision, head.log_record_checksum.unwrap(), &tail);
+        let mut file = (record.len() as u32).to_le_bytes().to_vec();
+        file.extend(record);
+        file
+    };
+    let start_with = |deltas: Vec<u8>| {
+        std::fs::write(dir.path().join("state.snapshot"), &snapshot).unwrap();
+        std::fs::write(dir.path().join("state.deltas"), deltas).unwrap();
+    };
+
+    start_with(delta_file(after, head.revision));
+    wait_until_unlocked(dir.path()).await;
+    let mut server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
+    assert_eq!(server.list_all_bindings(&prefix, 0).await, listed);
+    assert!(
+        server.try_bind(&prefix, &deleted.cidr, SPECTRUM).await.is_ok(),
+        "the deletion holds"
+    );
+    assert_eq!(list_revision(&server.channel, &prefix).await, 8, "no revision reused");
+    server.stop().await.unwrap();
+    drop(server);
+    assert!(
+        !dir.path().join("state.deltas").exists(),
+        "the stop's snapshot drops the deltas of the one it replaced"
+    );
+
+    // A delta that does not follow the snapshot is not read further (were it, its revision,
+    // beyond the log's head, would refuse the start).
+    wait_until_unlocked(dir.path()).await;
+    let another = LogPosition {
+        log_record_checksum: after.log_record_checksum.map(|checksum| checksum ^ 1),
+        ..after
+    };
+    start_with(delta_file(another, 9));
+    let mut server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
+    assert_eq!(list_revision(&server.channel, &prefix).await, 8);
+    assert_eq!(server.list_all_bindings(&prefix, 0).await.len(), listed.len() + 1);
+    server.stop().await.unwrap();
+    drop(server);
+
+    // Beyond the log's head: the log lost events the delta saw.
+    wait_until_unlocked(dir.path()).await;
+    start_with(delta_file(after, 9));
+    std::fs::remove_file(dir.path().join("log.mark")).unwrap();
+    let message = refused_start(dir.path()).await;
+    assert!(
+        message.contains("ends at revision 8") && message.contains("snapshot delta up to revision 9"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn a_snapshot_and_a_mark_from_another_log_are_not_used() {
     // Two logs of the same length; one's snapshot put beside the other's records.
     let (ours, theirs) = (stopped_after_fill().await, stopped_after_fill().await);
@@ -371,12 +458,14 @@ async fn a_damaged_snapshot_falls_back_to_a_full_replay() {
 }
 
 #[tokio::test]
-async fn background_snapshots_taken_during_writes_hold_the_state_at_their_revision() {
-    // A snapshot every 100 events while eight writers create and delete bindings and the
-    // rollout activates them: the writer copies the state between commits and the snapshot
-    // thread completes the copy with the events since it started. Each snapshot must be the
-    // state the log folds into at its revision.
+async fn background_snapshots_and_deltas_taken_during_writes_hold_the_state_at_their_revision() {
+    // A checkpoint every 100 events while eight writers create and delete bindings and the
+    // rollout activates them: a snapshot (the writer copies the state between commits and the
+    // snapshot thread completes the copy with the events since it started), then deltas (what
+    // the events since the last checkpoint changed). The snapshot, and the snapshot with the
+    // deltas that follow it, must be the state the log folds into at their revisions.
     use ipam_bindings::domain::{Binding, Prefix, State};
+    use ipam_bindings::log::codec;
     let dir = tempfile::tempdir().unwrap();
     let mut options = ServerOptions::new(dir.path().to_path_buf(), Duration::ZERO);
     options.snapshot_every = 100;
@@ -400,22 +489,29 @@ async fn background_snapshots_taken_during_writes_hold_the_state_at_their_revisi
         }
     });
     futures_util::future::join_all(writers).await;
-    // The last background snapshot, read while the server still runs.
-    let snapshot = dir.path().join("state.snapshot");
-    let mut record = None;
-    for _ in 0..100 {
-        if let Ok(bytes) = std::fs::read(&snapshot) {
-            record = Some(bytes);
-            break;
+    // The last snapshot and its deltas, read while the server still runs (a stop writes a
+    // snapshot of the final state and drops the deltas). A snapshot written between the two
+    // reads leaves deltas that do not follow it: read again.
+    let (mut snapshot, mut deltas, mut snapshot_record) = (None, Vec::new(), Vec::new());
+    for _ in 0..200 {
+        let deltas_file = std::fs::read(dir.path().join("state.deltas")).unwrap_or_default();
+        if let Ok(record) = std::fs::read(dir.path().join("state.snapshot")) {
+            let base = codec::decode_snapshot(&record).unwrap();
+            let read: Vec<codec::Delta> = ipam_bindings::log::delta_records(&deltas_file)
+                .map(|(record, _)| codec::decode_delta(record).unwrap())
+                .collect();
+            if read.first().is_some_and(|delta| delta.after == base.position()) {
+                (snapshot, deltas, snapshot_record) = (Some(base), read, record);
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let record = record.expect("a background snapshot was written");
+    let snapshot = snapshot.expect("a background snapshot and a delta after it were written");
     server.stop().await.unwrap();
     drop(server);
     wait_until_unlocked(dir.path()).await;
 
-    let snapshot = ipam_bindings::log::codec::decode_snapshot(&record).unwrap();
     let log = ipam_bindings::log::EventLog::open(dir.path()).unwrap();
     let head = log.head().unwrap();
     assert!(
@@ -423,21 +519,37 @@ async fn background_snapshots_taken_during_writes_hold_the_state_at_their_revisi
         "{} of {head}",
         snapshot.revision
     );
-    let up_to_snapshot = log
-        .read_after(0)
-        .take_while(|event| event.as_ref().map_or(true, |event| event.revision <= snapshot.revision));
-    let (replayed, replayed_head) = State::replay(up_to_snapshot).unwrap();
-    assert_eq!(replayed_head, snapshot.revision);
+    let state_at = |revision: u64| {
+        let up_to = log
+            .read_after(0)
+            .take_while(move |event| event.as_ref().map_or(true, |event| event.revision <= revision));
+        let (replayed, replayed_head) = State::replay(up_to).unwrap();
+        assert_eq!(replayed_head, revision);
+        replayed
+    };
     let contents = |state: &State| {
         let mut prefixes: Vec<Prefix> = state.prefixes().cloned().collect();
         prefixes.sort_by_key(|prefix| prefix.id);
         let mut bindings: Vec<Binding> = state.bindings().cloned().collect();
         bindings.sort_by_key(|binding| binding.id);
-        (prefixes, bindings, state.n_provisioning())
+        let mut requests: Vec<String> = (state.remembered_requests()).map(|(_, id, _)| id.to_string()).collect();
+        requests.sort();
+        (prefixes, bindings, requests, state.n_provisioning())
     };
-    let (expected, found) = (contents(&replayed), contents(&snapshot.state));
+    let snapshot_revision = snapshot.revision;
+    let expected = contents(&state_at(snapshot_revision));
     assert!(expected.1.len() > 8, "bindings were written before the snapshot");
-    assert_eq!(found, expected);
+    let alone = codec::decode_snapshot(&snapshot_record).unwrap().records.into_state();
+    assert_eq!(contents(&alone), expected);
+    let mut tip = snapshot.position();
+    let mut records = snapshot.records;
+    for delta in deltas {
+        assert_eq!(delta.after, tip, "each delta follows the one before");
+        tip = delta.position;
+        records.apply(delta.changes);
+    }
+    assert!(tip.revision > snapshot_revision && tip.revision <= head);
+    assert_eq!(contents(&records.into_state()), contents(&state_at(tip.revision)));
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
-//! Snapshots of the state: the records a snapshot stores, a state restored from them, and a
-//! copy taken in chunks while the state keeps changing (a background snapshot), completed with
-//! the events written meanwhile.
+//! Snapshots of the state: the records a snapshot stores, a state restored from them, a copy
+//! taken in chunks while the state keeps changing (a background snapshot), completed with the
+//! events written meanwhile, and what a run of events changed (a snapshot delta).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -12,7 +12,7 @@ use crate::domain::ids::{AccountId, BindingId, PrefixId};
 use crate::domain::model::{Binding, Prefix, ProvisioningState};
 
 /// The records a snapshot stores, wherever they are held: a [`State`] (a stop's final
-/// checkpoint) or a [`CompletedCopy`] (a background snapshot).
+/// checkpoint), [`Records`] (a background snapshot) or [`Changes`] (a delta, the records it sets).
 pub trait SnapshotRecords {
     fn prefixes(&self) -> impl Iterator<Item = &Prefix>;
     fn bindings(&self) -> impl Iterator<Item = &Binding>;
@@ -134,49 +134,121 @@ impl RecordCopy {
 
     /// The records as of the last of `events`, the events after the copy's start in order.
     /// Only the records are completed (no index is built): what a snapshot stores.
-    pub fn complete<'a>(self, events: impl IntoIterator<Item = &'a Event>) -> CompletedCopy {
-        let mut prefixes: HashMap<PrefixId, Option<Prefix>> = HashMap::new();
-        let mut bindings: HashMap<BindingId, Option<Binding>> = HashMap::new();
-        // An idempotency key names the one binding it created: keyed by that binding's id.
-        let mut requests: HashMap<BindingId, Option<(AccountId, String, Binding)>> = HashMap::new();
-        for event in events {
-            match &event.change {
-                Change::PrefixCreated(prefix) | Change::PrefixUpdated(prefix) => {
-                    prefixes.insert(prefix.id, Some(prefix.clone()));
-                }
-                Change::PrefixDeleted(prefix) => {
-                    prefixes.insert(prefix.id, None);
-                }
-                Change::BindingCreated { binding, request_id } => {
-                    if let Some(request_id) = request_id {
-                        let request = (binding.account_id, request_id.clone(), binding.clone());
-                        requests.insert(binding.id, Some(request));
-                    }
-                    bindings.insert(binding.id, Some(binding.clone()));
-                }
-                Change::BindingProvisioningStateChanged(binding) => {
-                    bindings.insert(binding.id, Some(binding.clone()));
-                }
-                Change::BindingDeleted(binding) => {
-                    bindings.insert(binding.id, None);
-                }
-            }
-        }
-        let mut completed = CompletedCopy {
+    pub fn complete<'a>(self, events: impl IntoIterator<Item = &'a Event>) -> Records {
+        let mut records = Records {
             prefixes: self.prefixes,
             bindings: self.bindings,
             requests: self.requests,
         };
-        overlay(&mut completed.prefixes, prefixes, |prefix| prefix.id);
-        overlay(&mut completed.bindings, bindings, |binding| binding.id);
-        overlay(&mut completed.requests, requests, |(_, _, binding)| binding.id);
-        completed
+        records.apply(Changes::of(events));
+        records
+    }
+}
+
+/// What a run of events changed, as a snapshot delta stores it: each record an event set, as
+/// the last such event set it (`None`: deleted), and the idempotency keys added, in order.
+/// Every event carries the full record it sets or removes, so these alone turn the state
+/// before the events into the state after them.
+#[derive(Debug, Default)]
+pub struct Changes {
+    prefixes: HashMap<PrefixId, Option<Prefix>>,
+    bindings: HashMap<BindingId, Option<Binding>>,
+    requests: Vec<(AccountId, String, Binding)>,
+}
+
+impl Changes {
+    /// What `events` (in order) changed.
+    pub fn of<'a>(events: impl IntoIterator<Item = &'a Event>) -> Changes {
+        let mut changes = Changes::default();
+        for event in events {
+            changes.record(event);
+        }
+        changes
+    }
+
+    /// The changes as stored: the records set, the ids deleted, the keys added.
+    pub fn from_parts(
+        set_prefixes: Vec<Prefix>,
+        deleted_prefixes: Vec<PrefixId>,
+        set_bindings: Vec<Binding>,
+        deleted_bindings: Vec<BindingId>,
+        requests: Vec<(AccountId, String, Binding)>,
+    ) -> Changes {
+        let prefixes = (deleted_prefixes.into_iter().map(|id| (id, None)))
+            .chain(set_prefixes.into_iter().map(|prefix| (prefix.id, Some(prefix))))
+            .collect();
+        let bindings = (deleted_bindings.into_iter().map(|id| (id, None)))
+            .chain(set_bindings.into_iter().map(|binding| (binding.id, Some(binding))))
+            .collect();
+        Changes {
+            prefixes,
+            bindings,
+            requests,
+        }
+    }
+
+    /// Adds what `event`, the one after those recorded, changed.
+    pub fn record(&mut self, event: &Event) {
+        match &event.change {
+            Change::PrefixCreated(prefix) | Change::PrefixUpdated(prefix) => {
+                self.prefixes.insert(prefix.id, Some(prefix.clone()));
+            }
+            Change::PrefixDeleted(prefix) => {
+                self.prefixes.insert(prefix.id, None);
+            }
+            Change::BindingCreated { binding, request_id } => {
+                if let Some(request_id) = request_id {
+                    (self.requests).push((binding.account_id, request_id.clone(), binding.clone()));
+                }
+                self.bindings.insert(binding.id, Some(binding.clone()));
+            }
+            Change::BindingProvisioningStateChanged(binding) => {
+                self.bindings.insert(binding.id, Some(binding.clone()));
+            }
+            Change::BindingDeleted(binding) => {
+                self.bindings.insert(binding.id, None);
+            }
+        }
+    }
+
+    /// Adds `later`, the changes made after these.
+    pub fn then(&mut self, later: Changes) {
+        self.prefixes.extend(later.prefixes);
+        self.bindings.extend(later.bindings);
+        self.requests.extend(later.requests);
+    }
+
+    pub fn deleted_prefixes(&self) -> impl Iterator<Item = PrefixId> + '_ {
+        deleted(&self.prefixes)
+    }
+
+    pub fn deleted_bindings(&self) -> impl Iterator<Item = BindingId> + '_ {
+        deleted(&self.bindings)
+    }
+}
+
+fn deleted<K: Copy, V>(records: &HashMap<K, Option<V>>) -> impl Iterator<Item = K> + '_ {
+    (records.iter()).filter_map(|(id, record)| record.is_none().then_some(*id))
+}
+
+/// The records a delta sets (what [`Changes::deleted_prefixes`] and
+/// [`Changes::deleted_bindings`] leave out).
+impl SnapshotRecords for Changes {
+    fn prefixes(&self) -> impl Iterator<Item = &Prefix> {
+        self.prefixes.values().flatten()
+    }
+
+    fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values().flatten()
+    }
+
+    fn remembered_requests(&self) -> impl Iterator<Item = (AccountId, &str, &Binding)> {
+        (self.requests.iter()).map(|(account_id, request_id, binding)| (*account_id, request_id.as_str(), binding))
     }
 }
 
 /// Replaces or removes each of `records` whose key `changed` holds, then adds the records
 /// `changed` sets that were not among them.
-/// (The events after a copy's start are few: `changed` is small.)
 fn overlay<K: Eq + Hash, V>(records: &mut Vec<V>, mut changed: HashMap<K, Option<V>>, key: impl Fn(&V) -> K) {
     if changed.is_empty() {
         return;
@@ -192,23 +264,39 @@ fn overlay<K: Eq + Hash, V>(records: &mut Vec<V>, mut changed: HashMap<K, Option
     records.extend(changed.into_values().flatten());
 }
 
-/// A background snapshot's records, exact as of the last event it was completed with.
-pub struct CompletedCopy {
+/// A state's records held apart from a [`State`]: a background snapshot's copy once
+/// completed, or a stored snapshot decoded (and its deltas applied) before it is restored.
+#[derive(Debug, Default)]
+pub struct Records {
     prefixes: Vec<Prefix>,
     bindings: Vec<Binding>,
     requests: Vec<(AccountId, String, Binding)>,
 }
 
-impl CompletedCopy {
-    /// The state these records fold into (what the copy's test compares; a snapshot is
-    /// restored from its file).
-    #[cfg(test)]
+impl Records {
+    pub fn new(prefixes: Vec<Prefix>, bindings: Vec<Binding>, requests: Vec<(AccountId, String, Binding)>) -> Records {
+        Records {
+            prefixes,
+            bindings,
+            requests,
+        }
+    }
+
+    /// The records after `changes`, made after them.
+    pub fn apply(&mut self, changes: Changes) {
+        overlay(&mut self.prefixes, changes.prefixes, |prefix| prefix.id);
+        overlay(&mut self.bindings, changes.bindings, |binding| binding.id);
+        // Keys are only ever added: the changes' are new.
+        self.requests.extend(changes.requests);
+    }
+
+    /// The state these records fold into.
     pub fn into_state(self) -> State {
         State::restore(self.prefixes, self.bindings, self.requests)
     }
 }
 
-impl SnapshotRecords for CompletedCopy {
+impl SnapshotRecords for Records {
     fn prefixes(&self) -> impl Iterator<Item = &Prefix> {
         self.prefixes.iter()
     }

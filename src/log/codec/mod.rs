@@ -12,8 +12,8 @@ pub(crate) mod schema;
 
 use prost::Message;
 
-use crate::domain::state::SnapshotRecords;
-use crate::domain::{Event, State};
+use crate::domain::Event;
+use crate::domain::state::{Changes, Records, SnapshotRecords};
 use crate::pb::events as stored;
 use schema::{from_stored, to_stored};
 
@@ -207,7 +207,7 @@ pub struct Snapshot {
     pub encoded_len: usize,
     /// The [`checksum`] of the log record ending at `revision` when it was taken.
     pub log_record_checksum: Option<u32>,
-    pub state: State,
+    pub records: Records,
 }
 
 impl Snapshot {
@@ -256,39 +256,79 @@ pub fn checksum(record: &[u8]) -> Option<u32> {
 pub fn encode_snapshot(revision: u64, log_record_checksum: Option<u32>, records: &impl SnapshotRecords) -> Vec<u8> {
     let mut message = Vec::new();
     schema::encode_snapshot_body(revision, log_record_checksum, records, &mut message);
+    compressed(&message)
+}
+
+pub fn decode_snapshot(record: &[u8]) -> Result<Snapshot, DecodeError> {
+    let message = snapshot_message(record)?;
+    let snapshot = stored::Snapshot::decode(&*message).map_err(|error| DecodeError::Body(error.to_string()))?;
+    Ok(Snapshot {
+        revision: snapshot.revision,
+        encoded_len: record.len(),
+        log_record_checksum: snapshot.log_record_checksum,
+        records: schema::records_of(snapshot).map_err(DecodeError::Body)?,
+    })
+}
+
+/// A decoded snapshot delta: what changed between two checkpoints.
+pub struct Delta {
+    /// The checkpoint it follows (a snapshot or the delta before it).
+    pub after: LogPosition,
+    /// The checkpoint it makes: its revision and the checksum of its log record.
+    pub position: LogPosition,
+    pub changes: Changes,
+}
+
+/// The stored form of the changes made after the checkpoint at `after` up to `revision`, whose
+/// log record has `log_record_checksum`: compressed as a snapshot is.
+pub fn encode_delta(after: LogPosition, revision: u64, log_record_checksum: u32, changes: &Changes) -> Vec<u8> {
+    let mut message = Vec::new();
+    schema::encode_delta_body(after, revision, log_record_checksum, changes, &mut message);
+    compressed(&message)
+}
+
+pub fn decode_delta(record: &[u8]) -> Result<Delta, DecodeError> {
+    let message = snapshot_message(record)?;
+    let delta = stored::SnapshotDelta::decode(&*message).map_err(|error| DecodeError::Body(error.to_string()))?;
+    Ok(Delta {
+        after: LogPosition {
+            revision: delta.after_revision,
+            log_record_checksum: Some(delta.after_log_record_checksum),
+        },
+        position: LogPosition {
+            revision: delta.revision,
+            log_record_checksum: Some(delta.log_record_checksum),
+        },
+        changes: schema::changes_of(delta).map_err(DecodeError::Body)?,
+    })
+}
+
+/// `message` as a [`COMPRESSED`] record (a message of 4 GiB or more, a [`SINGLE`] one).
+fn compressed(message: &[u8]) -> Vec<u8> {
     let Ok(len) = u32::try_from(message.len()) else {
-        return seal(SINGLE, &[], &message);
+        return seal(SINGLE, &[], message);
     };
     // Room for LZ4's worst case, allocated zeroed: a large block is a mapping of its own whose
     // pages the kernel hands out zeroed, so only the ones written become resident.
     let block_start = HEADER_LEN + COUNT_LEN;
     let mut record = vec![0; block_start + lz4_flex::block::get_maximum_output_size(message.len())];
     record[HEADER_LEN..block_start].copy_from_slice(&len.to_le_bytes());
-    let written =
-        lz4_flex::block::compress_into(&message, &mut record[block_start..]).expect("room for the worst case");
+    let written = lz4_flex::block::compress_into(message, &mut record[block_start..]).expect("room for the worst case");
     record.truncate(block_start + written);
     seal_header(COMPRESSED, &mut record);
     record
 }
 
-pub fn decode_snapshot(record: &[u8]) -> Result<Snapshot, DecodeError> {
-    let message = match unseal(record)? {
-        (SINGLE, message) => std::borrow::Cow::Borrowed(message),
-        (COMPRESSED, payload) => std::borrow::Cow::Owned(decompress(payload)?),
-        (found, _) => {
-            return Err(DecodeError::WrongFormat {
-                found,
-                expected: COMPRESSED,
-            });
-        }
-    };
-    let snapshot = stored::Snapshot::decode(&*message).map_err(|error| DecodeError::Body(error.to_string()))?;
-    Ok(Snapshot {
-        revision: snapshot.revision,
-        encoded_len: record.len(),
-        log_record_checksum: snapshot.log_record_checksum,
-        state: schema::state_of(snapshot).map_err(DecodeError::Body)?,
-    })
+/// The message a snapshot's or a delta's record holds, checked and uncompressed.
+fn snapshot_message(record: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
+    match unseal(record)? {
+        (SINGLE, message) => Ok(std::borrow::Cow::Borrowed(message)),
+        (COMPRESSED, payload) => Ok(std::borrow::Cow::Owned(decompress(payload)?)),
+        (found, _) => Err(DecodeError::WrongFormat {
+            found,
+            expected: COMPRESSED,
+        }),
+    }
 }
 
 /// The message a [`COMPRESSED`] record's payload holds.
@@ -368,7 +408,8 @@ fn unseal(record: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
 mod tests {
     use super::*;
     use crate::domain::{
-        AccountId, Actor, Binding, BindingId, Change, Micros, Prefix, PrefixId, ProvisioningState, Service, fixtures,
+        AccountId, Actor, Binding, BindingId, Change, Micros, Prefix, PrefixId, ProvisioningState, Service, State,
+        fixtures,
     };
     use std::sync::Arc;
 
@@ -498,17 +539,18 @@ mod tests {
     fn a_snapshot_restores_the_same_state() {
         use crate::domain::{Command, Outcome};
         let mut state = State::default();
-        let mut revision = 0;
-        let mut run = |state: &mut State, command: Command| {
-            let decision = state.decide(&command, Micros(revision as i64)).unwrap();
+        let mut log: Vec<Event> = Vec::new();
+        let run = |state: &mut State, log: &mut Vec<Event>, command: Command| {
+            let decision = state.decide(&command, Micros(log.len() as i64)).unwrap();
             for change in decision.changes {
-                revision += 1;
-                state.apply(&Event {
-                    revision,
+                let event = Event {
+                    revision: log.len() as u64 + 1,
                     time: Micros(7),
                     change,
                     actor: None,
-                });
+                };
+                state.apply(&event);
+                log.push(event);
             }
             decision.outcome
         };
@@ -520,7 +562,7 @@ mod tests {
             asn: Some(1),
             description: "d".into(),
         };
-        let Outcome::Prefix(prefix) = run(&mut state, create) else {
+        let Outcome::Prefix(prefix) = run(&mut state, &mut log, create) else {
             panic!()
         };
         let bind = |cidr: &str, service, request_id: &str| Command::CreateBinding {
@@ -531,15 +573,18 @@ mod tests {
             service,
             request_id: Some(request_id.into()),
         };
-        let Outcome::Binding(wide) = run(&mut state, bind("192.0.2.0/24", Service::MagicTransit, "a")) else {
+        let Outcome::Binding(wide) = run(&mut state, &mut log, bind("192.0.2.0/24", Service::MagicTransit, "a")) else {
             panic!()
         };
-        run(&mut state, Command::ActivateBinding { binding_id: wide.id });
-        let Outcome::Binding(narrow) = run(&mut state, bind("192.0.2.1/32", Service::Cdn, "b")) else {
+        run(&mut state, &mut log, Command::ActivateBinding { binding_id: wide.id });
+        // A snapshot here, and a delta of what follows.
+        let (base_revision, base) = (log.len() as u64, encode_snapshot(log.len() as u64, Some(11), &state));
+        let Outcome::Binding(narrow) = run(&mut state, &mut log, bind("192.0.2.1/32", Service::Cdn, "b")) else {
             panic!()
         };
         run(
             &mut state,
+            &mut log,
             Command::DeleteBinding {
                 account_id,
                 prefix_id: prefix.id,
@@ -568,8 +613,9 @@ mod tests {
             revision,
             log_record_checksum,
             encoded_len: _,
-            state: restored,
+            records,
         } = decode_snapshot(&encode_snapshot(5, Some(7), &state)).unwrap();
+        let restored = records.into_state();
         assert_eq!((revision, log_record_checksum), (5, Some(7)));
         let listing = |state: &State| {
             let prefixes: Vec<Prefix> = state
@@ -600,6 +646,33 @@ mod tests {
         );
         // And decisions agree: a retry of "b" replays the deleted binding.
         let retry = bind("192.0.2.1/32", Service::Cdn, "b");
+        assert_eq!(
+            restored.decide(&retry, Micros(99)).unwrap().outcome,
+            Outcome::Binding(narrow.clone())
+        );
+
+        // The snapshot before the narrow binding and the delta after it restore the same state.
+        let after = LogPosition {
+            revision: base_revision,
+            log_record_checksum: Some(11),
+        };
+        let changes = Changes::of(log.iter().filter(|event| event.revision > base_revision));
+        let delta = decode_delta(&encode_delta(after, log.len() as u64, 12, &changes)).unwrap();
+        assert_eq!(delta.after, after);
+        let position = LogPosition {
+            revision: log.len() as u64,
+            log_record_checksum: Some(12),
+        };
+        assert_eq!(delta.position, position);
+        assert_eq!(
+            delta.changes.deleted_bindings().collect::<Vec<_>>(),
+            [narrow.id],
+            "a binding created and deleted since the snapshot is a deletion"
+        );
+        let mut records = decode_snapshot(&base).unwrap().records;
+        records.apply(delta.changes);
+        let restored = records.into_state();
+        assert_eq!(listing(&restored), listing(&state));
         assert_eq!(
             restored.decide(&retry, Micros(99)).unwrap().outcome,
             Outcome::Binding(narrow)

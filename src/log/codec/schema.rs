@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::domain::state::SnapshotRecords;
+use super::LogPosition;
+use crate::domain::state::{Changes, Records, SnapshotRecords};
 use crate::domain::{
     AccountId, Actor, Binding, BindingId, Change, Event, Micros, Prefix, PrefixId, ProvisioningState, Service,
-    ServiceId, State,
+    ServiceId,
 };
 use crate::pb::events as stored;
 
@@ -143,7 +144,11 @@ fn put_varint(tag: u32, value: u64, buf: &mut Vec<u8>) {
 /// The stored form of a snapshot of `state` as of `revision`, as one message: what
 /// [`encode_snapshot_body`] must write.
 #[cfg(test)]
-pub(super) fn snapshot_record(revision: u64, log_record_checksum: Option<u32>, state: &State) -> stored::Snapshot {
+pub(super) fn snapshot_record(
+    revision: u64,
+    log_record_checksum: Option<u32>,
+    state: &crate::domain::State,
+) -> stored::Snapshot {
     stored::Snapshot {
         revision,
         log_record_checksum,
@@ -160,27 +165,71 @@ pub(super) fn snapshot_record(revision: u64, log_record_checksum: Option<u32>, s
     }
 }
 
-/// The state a stored snapshot holds.
-pub(super) fn state_of(snapshot: stored::Snapshot) -> Result<State, String> {
-    let prefixes = snapshot
-        .prefixes
-        .into_iter()
-        .map(|record| prefix(Some(record)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let bindings = snapshot
-        .bindings
-        .into_iter()
-        .map(|record| binding(Some(record)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let requests = snapshot
-        .requests
-        .into_iter()
+/// The records a stored snapshot holds.
+pub(super) fn records_of(snapshot: stored::Snapshot) -> Result<Records, String> {
+    Ok(Records::new(
+        prefixes_of(snapshot.prefixes)?,
+        bindings_of(snapshot.bindings)?,
+        requests_of(snapshot.requests)?,
+    ))
+}
+
+/// Appends to `buf` the stored form of a delta (`stored::SnapshotDelta`): the changes made
+/// after the checkpoint at `after` up to `revision`, whose log record has `log_record_checksum`.
+pub(super) fn encode_delta_body(
+    after: LogPosition,
+    revision: u64,
+    log_record_checksum: u32,
+    changes: &Changes,
+    buf: &mut Vec<u8>,
+) {
+    use prost::encoding::{fixed32, uint64};
+    // Fields 1-5 are a snapshot's; protobuf takes fields in any order.
+    encode_snapshot_body(revision, Some(log_record_checksum), changes, buf);
+    if after.revision != 0 {
+        uint64::encode(6, &after.revision, buf);
+    }
+    fixed32::encode(7, &after.log_record_checksum.unwrap_or_default(), buf);
+    for id in changes.deleted_prefixes() {
+        put_message(8, id.as_bytes(), buf);
+    }
+    for id in changes.deleted_bindings() {
+        put_message(9, id.as_bytes(), buf);
+    }
+}
+
+/// The changes a stored delta holds.
+pub(super) fn changes_of(delta: stored::SnapshotDelta) -> Result<Changes, String> {
+    let deleted_prefixes = (delta.deleted_prefix_ids.iter())
+        .map(|id| PrefixId::from_bytes(id).ok_or("bad deleted prefix id"))
+        .collect::<Result<_, _>>()?;
+    let deleted_bindings = (delta.deleted_binding_ids.iter())
+        .map(|id| BindingId::from_bytes(id).ok_or("bad deleted binding id"))
+        .collect::<Result<_, _>>()?;
+    Ok(Changes::from_parts(
+        prefixes_of(delta.prefixes)?,
+        deleted_prefixes,
+        bindings_of(delta.bindings)?,
+        deleted_bindings,
+        requests_of(delta.requests)?,
+    ))
+}
+
+fn prefixes_of(records: Vec<stored::PrefixRecord>) -> Result<Vec<Prefix>, String> {
+    records.into_iter().map(|record| prefix(Some(record))).collect()
+}
+
+fn bindings_of(records: Vec<stored::BindingRecord>) -> Result<Vec<Binding>, String> {
+    records.into_iter().map(|record| binding(Some(record))).collect()
+}
+
+fn requests_of(requests: Vec<stored::RememberedRequest>) -> Result<Vec<(AccountId, String, Binding)>, String> {
+    (requests.into_iter())
         .map(|request| {
             let account_id = AccountId::from_bytes(&request.account_id).ok_or("bad account id")?;
             Ok((account_id, request.request_id, binding(request.binding)?))
         })
-        .collect::<Result<Vec<_>, String>>()?;
-    Ok(State::restore(prefixes, bindings, requests))
+        .collect()
 }
 
 pub(super) fn to_stored(event: &Event) -> stored::Event {
