@@ -2,8 +2,8 @@
 # Creates spread over three replicas, and nothing else, run after run on one cluster: per run
 # the throughput, p99, the NATS nodes' CPU per create and each replica's (with whether it held
 # the lease, and the commands and groups it forwarded). As the state grows, the runs that hold a
-# background snapshot show what the snapshots cost, without the other rows of
-# benches/replicas.sh in between.
+# background checkpoint (named at the end of the line, with its size) show what they cost,
+# without the other rows of benches/replicas.sh in between.
 #
 #   benches/replicas-spread.sh [RUNS]        (default 10; 5 s of creates each, 64 callers)
 #
@@ -30,7 +30,7 @@ nats_cluster
 declare -a replica_pids
 for i in 1 2 3; do
     # shellcheck disable=SC2086 # EXTRA is split into flags on purpose
-    RUST_LOG=warn "$server" --data-dir "$work/replica$i" --listen 127.0.0.1:$((30800 + i)) \
+    RUST_LOG=warn,ipam_bindings::engine::checkpoint=info "$server" --data-dir "$work/replica$i" --listen 127.0.0.1:$((30800 + i)) \
         --log-backend jetstream --nats-url "$(nats_urls "$i")" --provisioning-delay 100h \
         --metrics-listen 127.0.0.1:$((9800 + i)) ${EXTRA:-} >"$work/replica$i.log" 2>&1 &
     pids+=($!)
@@ -54,6 +54,7 @@ for run in $(seq 1 "$runs"); do
         forwards_before[$i]=$(metric "$i" ipam_replica_forwards_total)
     done
     nats_before=$(ticks "${nats_pids[@]}")
+    log_lines=$(cat "$work"/replica1.log | wc -l)
     burst=
     if [ -n "${BURST:-}" ] && [ $((run % 2)) = 1 ]; then
         (sleep 3; for k in 1 2 3; do dd if=/dev/zero of="$work/burst$k" bs=1M count="$BURST" conv=fsync 2>/dev/null & done; wait; rm -f "$work"/burst*) &
@@ -73,5 +74,9 @@ for run in $(seq 1 "$runs"); do
         forwards=$(($(metric "$i" ipam_replica_forwards_total) - forwards_before[$i]))
         line+=" | r$i $cpu us, lease $(metric "$i" ipam_replica_lease_held), forwarded $forwarded in $forwards"
     done
-    echo "run $run: $line"
+    # The checkpoints replica 1 wrote during the run (the others write theirs at the same revisions).
+    checkpoints=$(tail -n +$((log_lines + 1)) "$work/replica1.log" |
+        sed -nE 's/.*(snapshot|snapshot delta) written.* bytes=([0-9]+).*/\1 \2/p' |
+        awk '{ printf " + %s %.1f MB", ($2 == "delta" ? "delta" : "snapshot"), $NF / 1e6 }')
+    echo "run $run: $line$checkpoints"
 done

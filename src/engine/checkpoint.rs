@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::domain::state::{Changes, RecordCopy, SnapshotRecords};
+use crate::domain::state::{ChangedIds, RecordCopy, SnapshotRecords};
 use crate::domain::{Event, State};
 use crate::log::{EventLog, LogPosition};
 use crate::projection::Projections;
@@ -28,13 +28,13 @@ const MAX_DELTAS: usize = 16;
 /// The writer's background checkpoints, every `every` events: a delta when the last
 /// checkpoint can be followed by one ([`Chain::next_is_delta`]), else a snapshot.
 ///
-/// A delta is what the events since the last checkpoint changed, read back from the log by a
-/// helper thread and stored after it: its size follows the writes, not the state (a snapshot
-/// of 200,000 bindings is ~25 MB, and the stream's fsyncs wait behind its writeback:
-/// docs/benchmarks.md, Replicas). A snapshot is copied from the projections' state a chunk
-/// per commit (a [`RecordCopy`], so writes never wait for a whole copy); once done, a helper
-/// thread applies the events since the copy started (which makes it exact), encodes and
-/// stores it.
+/// Either is copied from the projections' state a chunk per commit (a [`RecordCopy`], so
+/// writes never wait for a whole copy); once done, a helper thread applies the events since
+/// the copy started (which makes it exact), encodes and stores it. A snapshot copies every
+/// record; a delta only those the events since the last checkpoint set or deleted (the writer
+/// notes their ids as it applies events), so its size follows the writes, not the state: a
+/// snapshot of 200,000 bindings is ~25 MB, and on replicas the stream's fsyncs wait behind its
+/// writeback (docs/benchmarks.md, Replicas).
 pub(super) struct Snapshots {
     /// Revision of the newest checkpoint started (or loaded).
     last: u64,
@@ -42,19 +42,31 @@ pub(super) struct Snapshots {
     every: u64,
     /// The checkpoints stored: what the next one follows.
     chain: Chain,
-    /// The snapshot being copied, if one is.
-    copying: Option<SnapshotCopy>,
-    /// The thread completing and storing the last checkpoint (what it stored, if it did): a
-    /// new one waits until it has finished, and [`finish`](Self::finish) joins it (so that a
-    /// stopped engine holds no handle on the log).
+    /// What the events since the newest checkpoint started changed.
+    since: Since,
+    /// The checkpoint being copied, if one is.
+    copying: Option<Copying>,
+    /// The thread completing and storing the last checkpoint (what it stored; `None` if it
+    /// failed): a new one waits until it has finished, and [`finish`](Self::finish) joins it
+    /// (so that a stopped engine holds no handle on the log).
     thread: Option<JoinHandle<Option<Chain>>>,
+}
+
+/// What the events after a checkpoint changed: what the delta after it copies.
+#[derive(Debug, Default)]
+pub(super) struct Since {
+    /// The records they set or deleted.
+    pub changed: ChangedIds,
+    /// How many idempotency keys the state held at the checkpoint: those the events added
+    /// come after.
+    pub requests_at_checkpoint: usize,
 }
 
 /// The stored checkpoints a start would use: a snapshot and the deltas after it.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Chain {
     /// The newest of them (the snapshot, or its last delta); `None`: no snapshot a delta can
-    /// follow (none, or one stored without its log record's checksum).
+    /// follow (none, one stored without its log record's checksum, or a checkpoint failed).
     pub tip: Option<Tip>,
     pub snapshot_bytes: usize,
     pub deltas: usize,
@@ -87,35 +99,53 @@ impl Chain {
     }
 }
 
-/// A background snapshot being copied, a chunk per commit.
-struct SnapshotCopy {
+/// A background checkpoint being copied, a chunk per commit.
+struct Copying {
     /// The revision the copy started at: the events after it are applied to complete it.
     started_at: u64,
     copy: RecordCopy,
+    /// `Some`: a delta, after this chain's tip; `None`: a snapshot.
+    delta_after: Option<Chain>,
 }
 
 impl Snapshots {
-    /// `chain` is what the start began from (its tip's revision, 0: none).
-    pub(super) fn new(chain: Chain, every: u64) -> Snapshots {
+    /// `chain` is what the start began from, `since` what the events after it changed, and
+    /// `last` the revision it had reached before those events.
+    pub(super) fn new(chain: Chain, since: Since, last: u64, every: u64) -> Snapshots {
         Snapshots {
-            last: chain.tip.map_or(0, |tip| tip.revision),
+            last,
             every,
             chain,
+            since,
             copying: None,
             thread: None,
         }
     }
 
-    /// After a commit that brought the log to `head`: copies the next chunk of a snapshot
-    /// being taken, or starts a checkpoint when `every` events have passed since the last.
+    /// Notes what `events`, just applied, changed.
+    pub(super) fn note(&mut self, events: &[Event]) {
+        for event in events {
+            self.since.changed.record(event);
+        }
+    }
+
+    /// After a commit that brought the log to `head`: copies the next chunk of a checkpoint
+    /// being taken, or starts one when `every` events have passed since the last.
     pub(super) fn after_commit(&mut self, projections: &Projections, head: u64, log: &EventLog) {
         if let Some(copying) = self.copying.as_mut() {
             // Under the read lock: readers go on; only the writer (this thread) waits for it.
             let copied = copying.copy.copy_from(&projections.read().state, SNAPSHOT_CHUNK);
             if copied {
-                let SnapshotCopy { started_at, copy } = self.copying.take().expect("copying");
+                let Copying {
+                    started_at,
+                    copy,
+                    delta_after,
+                } = self.copying.take().expect("copying");
                 let log = log.clone();
-                self.spawn(move || complete_snapshot(&log, started_at, head, copy));
+                match delta_after {
+                    Some(chain) => self.spawn(move || write_delta(&log, chain, started_at, head, copy)),
+                    None => self.spawn(move || complete_snapshot(&log, started_at, head, copy)),
+                }
             }
             return;
         }
@@ -123,27 +153,43 @@ impl Snapshots {
         if head - self.last < self.every || still_writing {
             return;
         }
-        if let Some(finished) = self.thread.take()
-            && let Ok(Some(stored)) = finished.join()
-        {
-            self.chain = stored;
+        if let Some(finished) = self.thread.take() {
+            // A checkpoint that failed took the changes since the one before with it: what
+            // follows is a snapshot.
+            self.chain = finished.join().ok().flatten().unwrap_or_default();
         }
         self.last = head;
-        if self.chain.next_is_delta() {
-            let (log, chain) = (log.clone(), self.chain);
-            self.spawn(move || write_delta(&log, chain, head));
+        let state = &projections.read().state;
+        let since = std::mem::replace(
+            &mut self.since,
+            Since {
+                changed: ChangedIds::default(),
+                requests_at_checkpoint: state.n_remembered_requests(),
+            },
+        );
+        let (copy, delta_after) = if self.chain.next_is_delta() {
+            (
+                state.start_copy_of(since.changed, since.requests_at_checkpoint),
+                Some(self.chain),
+            )
         } else {
-            self.copying = Some(SnapshotCopy {
-                started_at: head,
-                copy: projections.read().state.start_copy(),
-            });
-        }
+            (state.start_copy(), None)
+        };
+        self.copying = Some(Copying {
+            started_at: head,
+            copy,
+            delta_after,
+        });
     }
 
     fn spawn(&mut self, store: impl FnOnce() -> Option<Chain> + Send + 'static) {
         match std::thread::Builder::new().name("ipam-snapshot".into()).spawn(store) {
             Ok(thread) => self.thread = Some(thread),
-            Err(error) => warn!(%error, "cannot start the snapshot thread; no checkpoint written"),
+            Err(error) => {
+                warn!(%error, "cannot start the snapshot thread; no checkpoint written");
+                // The changes since the last checkpoint went with it: what follows is a snapshot.
+                self.chain = Chain::default();
+            }
         }
     }
 
@@ -178,12 +224,13 @@ fn complete_snapshot(log: &EventLog, started_at: u64, head: u64, copy: RecordCop
     ))
 }
 
-/// Stores what the events after `chain`'s tip up to `head` changed as the delta after it.
-fn write_delta(log: &EventLog, chain: Chain, head: u64) -> Option<Chain> {
+/// Completes a delta's copy taken since `started_at` as of `head` and stores it as the delta
+/// after `chain`'s tip.
+fn write_delta(log: &EventLog, chain: Chain, started_at: u64, head: u64, copy: RecordCopy) -> Option<Chain> {
     let started = Instant::now();
     let tip = chain.tip?;
-    let events = read_events(log, tip.revision, head, "a delta")?;
-    let changes = Changes::of(&events);
+    let events = read_events(log, started_at, head, "a delta")?;
+    let changes = copy.changes(&events);
     drop(events);
     let checksum = checksum_at(log, head)?;
     let after = LogPosition {

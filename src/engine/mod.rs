@@ -154,7 +154,12 @@ impl Engine {
             projections: projections.clone(),
             feed: feed.clone(),
             metrics,
-            snapshots: checkpoint::Snapshots::new(rebuilt.chain, snapshot_every),
+            snapshots: checkpoint::Snapshots::new(
+                rebuilt.chain,
+                rebuilt.since,
+                rebuilt.checkpoint_revision,
+                snapshot_every,
+            ),
             marks,
             applied: applied_sender,
             replica: replica.clone().map(|replica| (replica, position)),

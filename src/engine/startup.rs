@@ -5,7 +5,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::StartError;
-use super::checkpoint::{Chain, Tip};
+use super::checkpoint::{Chain, Since, Tip};
 use crate::domain::State;
 use crate::log::{EventLog, Witness};
 use crate::projection::ReadModel;
@@ -19,6 +19,8 @@ pub(super) struct Rebuilt {
     pub checkpoint_revision: u64,
     /// The stored checkpoints, which the next one follows (none: a full replay).
     pub chain: Chain,
+    /// What the events after them changed.
+    pub since: Since,
 }
 
 /// The state as of the log's head (`log_head`): the snapshot and its deltas plus the tail
@@ -34,16 +36,22 @@ pub(super) fn rebuild(log: &EventLog, log_head: u64) -> Result<Rebuilt, StartErr
         }
     };
     let checkpoint_revision = model.head;
-    // The tail past the snapshot (nothing after a full replay).
+    let mut since = Since {
+        requests_at_checkpoint: model.state.n_remembered_requests(),
+        ..Since::default()
+    };
+    // The tail past the checkpoints (nothing after a full replay).
     for event in log.read_after(model.head) {
         let event = event?;
         model.apply(&event);
+        since.changed.record(&event);
     }
     return_freed_memory();
     Ok(Rebuilt {
         model,
         checkpoint_revision,
         chain,
+        since,
     })
 }
 

@@ -244,6 +244,7 @@ impl Writer {
             self.maybe_mark(checksum);
         }
         self.projections.apply(&events);
+        self.snapshots.note(&events);
         let revision = events.last().map_or(0, |event| event.revision);
         // No receivers is fine: nobody is watching.
         let _ = self.feed.send(Arc::from(events));

@@ -27,7 +27,7 @@ pub enum ToolError {
     BadLine { line: usize, message: String },
     #[error("the data directory already holds {0} events; import needs an empty one")]
     NotEmpty(u64),
-    #[error("the data directory holds a snapshot or a length mark (of another log); import needs an empty one")]
+    #[error("the data directory holds a snapshot, deltas or a length mark (of another log); import needs an empty one")]
     HoldsCheckpoint,
 }
 
@@ -37,6 +37,8 @@ pub struct Verified {
     pub n_events: u64,
     pub head: u64,
     pub snapshot: CheckpointStatus,
+    /// The deltas a start would apply after the snapshot: how many, and the revision they reach.
+    pub deltas: Option<(usize, u64)>,
     pub mark: CheckpointStatus,
 }
 
@@ -58,6 +60,10 @@ impl std::fmt::Display for Verified {
                 )
             }
         }?;
+        if let Some((n_deltas, revision)) = self.deltas {
+            let deltas = if n_deltas == 1 { "delta" } else { "deltas" };
+            write!(f, ", then {n_deltas} {deltas} to revision {revision}")?;
+        }
         match &self.mark {
             CheckpointStatus::Missing => write!(f, "; no length mark"),
             CheckpointStatus::At(revision) => write!(f, "; length mark at revision {revision}"),
@@ -70,9 +76,9 @@ impl std::fmt::Display for Verified {
     }
 }
 
-/// Reads the whole log; the first damaged record fails with its revision. A snapshot or a
-/// length mark beyond the log's head fails too, as it stops a start: the log lost events it
-/// once had.
+/// Reads the whole log; the first damaged record fails with its revision. A snapshot, a delta
+/// after it or a length mark beyond the log's head fails too, as it stops a start: the log lost
+/// events it once had.
 pub fn verify(log: &EventLog) -> Result<Verified, LogError> {
     let mut n_events = 0;
     for event in log.read_after(0) {
@@ -82,10 +88,18 @@ pub fn verify(log: &EventLog) -> Result<Verified, LogError> {
     let head = log.head()?;
     let mark = log.check_mark(head)?;
     let snapshot = log.check_snapshot(head)?;
+    let mut deltas = None;
+    if let CheckpointStatus::At(_) = snapshot
+        && let Some(snapshot) = log.load_snapshot()?
+    {
+        let loaded = log.load_deltas(snapshot.position(), head)?;
+        deltas = (loaded.deltas.last()).map(|last| (loaded.deltas.len(), last.position.revision));
+    }
     Ok(Verified {
         n_events,
         head,
         snapshot,
+        deltas,
         mark,
     })
 }
@@ -233,6 +247,7 @@ mod tests {
                 n_events: 25,
                 head: 25,
                 snapshot: CheckpointStatus::Missing,
+                deltas: None,
                 mark: CheckpointStatus::Missing,
             }
         );

@@ -214,6 +214,11 @@ async fn a_start_applies_the_deltas_that_follow_its_snapshot_and_refuses_one_bey
 
     start_with(delta_file(after, head.revision));
     wait_until_unlocked(dir.path()).await;
+    let (ok, _, stderr) = tool(dir.path(), &["verify"]);
+    assert!(
+        ok && stderr.contains("snapshot at revision 4, then 1 delta to revision 7"),
+        "{stderr}"
+    );
     let mut server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
     assert_eq!(server.list_all_bindings(&prefix, 0).await, listed);
     assert!(
@@ -251,6 +256,8 @@ async fn a_start_applies_the_deltas_that_follow_its_snapshot_and_refuses_one_bey
         message.contains("ends at revision 8") && message.contains("snapshot delta up to revision 9"),
         "{message}"
     );
+    let (ok, _, stderr) = tool(dir.path(), &["verify"]);
+    assert!(!ok && stderr.contains("snapshot delta up to revision 9"), "{stderr}");
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! taken in chunks while the state keeps changing (a background snapshot), completed with the
 //! events written meanwhile, and what a run of events changed (a snapshot delta).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 use super::requests::Requests;
@@ -83,11 +83,58 @@ impl State {
         RecordCopy {
             prefix_ids: self.prefixes.keys().copied().collect(),
             binding_ids: self.bindings.keys().copied().collect(),
+            requests_from: 0,
             requests_at_start: self.requests.len(),
             copied: 0,
             prefixes: Vec::with_capacity(self.prefixes.len()),
             bindings: Vec::with_capacity(self.bindings.len()),
             requests: Vec::with_capacity(self.requests.len()),
+        }
+    }
+
+    /// Starts a copy, taken as [`start_copy`](Self::start_copy)'s is, of the records `changed`
+    /// names (those deleted since are missing) and of the idempotency keys added after the
+    /// first `requests_from`: a delta's, completed by [`RecordCopy::changes`].
+    pub fn start_copy_of(&self, changed: ChangedIds, requests_from: usize) -> RecordCopy {
+        let requests_at_start = self.requests.len();
+        RecordCopy {
+            prefixes: Vec::with_capacity(changed.prefixes.len()),
+            bindings: Vec::with_capacity(changed.bindings.len()),
+            requests: Vec::with_capacity(requests_at_start.saturating_sub(requests_from)),
+            prefix_ids: changed.prefixes.into_iter().collect(),
+            binding_ids: changed.bindings.into_iter().collect(),
+            requests_from: requests_from.min(requests_at_start),
+            requests_at_start,
+            copied: 0,
+        }
+    }
+
+    /// How many idempotency keys are remembered: where the next one added goes.
+    pub fn n_remembered_requests(&self) -> usize {
+        self.requests.len()
+    }
+}
+
+/// The ids of the prefixes and bindings that events set or deleted: what a delta after them
+/// copies.
+#[derive(Debug, Default)]
+pub struct ChangedIds {
+    prefixes: HashSet<PrefixId, foldhash::fast::RandomState>,
+    bindings: HashSet<BindingId, foldhash::fast::RandomState>,
+}
+
+impl ChangedIds {
+    /// Adds the record `event` sets or deletes.
+    pub fn record(&mut self, event: &Event) {
+        match &event.change {
+            Change::PrefixCreated(prefix) | Change::PrefixUpdated(prefix) | Change::PrefixDeleted(prefix) => {
+                self.prefixes.insert(prefix.id);
+            }
+            Change::BindingCreated { binding, .. }
+            | Change::BindingProvisioningStateChanged(binding)
+            | Change::BindingDeleted(binding) => {
+                self.bindings.insert(binding.id);
+            }
         }
     }
 }
@@ -102,7 +149,9 @@ pub struct RecordCopy {
     prefix_ids: Vec<PrefixId>,
     binding_ids: Vec<BindingId>,
     /// The request ids are only ever added (and those of a decision undone taken back before
-    /// a chunk can be copied): the copy takes the first this many, by position.
+    /// a chunk can be copied): the copy takes those from position `requests_from` up to
+    /// `requests_at_start`.
+    requests_from: usize,
     requests_at_start: usize,
     /// How many records (prefixes, then bindings, then request ids) have been copied.
     copied: usize,
@@ -115,7 +164,7 @@ impl RecordCopy {
     /// Copies up to `max` more records from `state`; `true` once every id is copied.
     pub fn copy_from(&mut self, state: &State, max: usize) -> bool {
         let (n_prefixes, n_bindings) = (self.prefix_ids.len(), self.binding_ids.len());
-        let total = n_prefixes + n_bindings + self.requests_at_start;
+        let total = n_prefixes + n_bindings + (self.requests_at_start - self.requests_from);
         let end = total.min(self.copied + max);
         for index in self.copied..end {
             if index < n_prefixes {
@@ -125,7 +174,8 @@ impl RecordCopy {
                 let id = self.binding_ids[index - n_prefixes];
                 self.bindings.extend(state.bindings.get(&id).cloned());
             } else {
-                (self.requests).extend(state.requests.owned_at(index - n_prefixes - n_bindings));
+                let position = self.requests_from + index - n_prefixes - n_bindings;
+                (self.requests).extend(state.requests.owned_at(position));
             }
         }
         self.copied = end;
@@ -143,6 +193,22 @@ impl RecordCopy {
         records.apply(Changes::of(events));
         records
     }
+
+    /// What changed since the copied ids were collected (the copy of
+    /// [`State::start_copy_of`]), as of the last of `events`, the events after the copy's
+    /// start in order: each copied record as those events left it, each id missing from the
+    /// copy deleted, the keys copied and those the events added.
+    pub fn changes<'a>(self, events: impl IntoIterator<Item = &'a Event>) -> Changes {
+        let mut changes = Changes::from_parts(
+            self.prefixes,
+            self.prefix_ids,
+            self.bindings,
+            self.binding_ids,
+            self.requests,
+        );
+        changes.then(Changes::of(events));
+        changes
+    }
 }
 
 /// What a run of events changed, as a snapshot delta stores it: each record an event set, as
@@ -151,8 +217,8 @@ impl RecordCopy {
 /// before the events into the state after them.
 #[derive(Debug, Default)]
 pub struct Changes {
-    prefixes: HashMap<PrefixId, Option<Prefix>>,
-    bindings: HashMap<BindingId, Option<Binding>>,
+    prefixes: LastValues<PrefixId, Prefix>,
+    bindings: LastValues<BindingId, Binding>,
     requests: Vec<(AccountId, String, Binding)>,
 }
 
@@ -166,7 +232,8 @@ impl Changes {
         changes
     }
 
-    /// The changes as stored: the records set, the ids deleted, the keys added.
+    /// The changes as stored: the records set, the ids deleted (one also set is set), the keys
+    /// added.
     pub fn from_parts(
         set_prefixes: Vec<Prefix>,
         deleted_prefixes: Vec<PrefixId>,
@@ -227,7 +294,10 @@ impl Changes {
     }
 }
 
-fn deleted<K: Copy, V>(records: &HashMap<K, Option<V>>) -> impl Iterator<Item = K> + '_ {
+/// Each record's last value, by id (`None`: deleted).
+type LastValues<K, V> = HashMap<K, Option<V>, foldhash::fast::RandomState>;
+
+fn deleted<K: Copy, V>(records: &LastValues<K, V>) -> impl Iterator<Item = K> + '_ {
     (records.iter()).filter_map(|(id, record)| record.is_none().then_some(*id))
 }
 
@@ -249,7 +319,7 @@ impl SnapshotRecords for Changes {
 
 /// Replaces or removes each of `records` whose key `changed` holds, then adds the records
 /// `changed` sets that were not among them.
-fn overlay<K: Eq + Hash, V>(records: &mut Vec<V>, mut changed: HashMap<K, Option<V>>, key: impl Fn(&V) -> K) {
+fn overlay<K: Eq + Hash, V>(records: &mut Vec<V>, mut changed: LastValues<K, V>, key: impl Fn(&V) -> K) {
     if changed.is_empty() {
         return;
     }
@@ -266,7 +336,7 @@ fn overlay<K: Eq + Hash, V>(records: &mut Vec<V>, mut changed: HashMap<K, Option
 
 /// A state's records held apart from a [`State`]: a background snapshot's copy once
 /// completed, or a stored snapshot decoded (and its deltas applied) before it is restored.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Records {
     prefixes: Vec<Prefix>,
     bindings: Vec<Binding>,

@@ -23,7 +23,7 @@ use super::ids::{AccountId, BindingId, PrefixId};
 use super::model::{Binding, Micros, Prefix, ProvisioningState};
 use super::network::{NetworkKey, contains};
 
-pub use copy::{Changes, RecordCopy, Records, SnapshotRecords};
+pub use copy::{ChangedIds, Changes, RecordCopy, Records, SnapshotRecords};
 pub use decide::Decision;
 use requests::Requests;
 pub use routes::{RangeChange, RouteTo};

@@ -334,7 +334,7 @@ fn everything(state: &State, accounts: &[AccountId], prefix_ids: &[PrefixId]) ->
 }
 
 #[test]
-fn a_copy_taken_in_chunks_while_writes_go_on_is_exact_after_the_events_since_its_start() {
+fn a_copy_and_a_delta_taken_in_chunks_while_writes_go_on_are_exact_after_the_events_since_their_start() {
     for seed in 0..20 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut world = World::new();
@@ -412,8 +412,19 @@ fn a_copy_taken_in_chunks_while_writes_go_on_is_exact_after_the_events_since_its
                 break;
             }
         }
-        let copied = (copy.complete(world.log.iter().filter(|event| event.revision > started_at))).into_state();
-        let prefix_ids: Vec<PrefixId> = prefixes.iter().map(|prefix| prefix.id).collect();
+        fn after(world: &World, revision: u64) -> impl Iterator<Item = &Event> {
+            world.log.iter().filter(move |event| event.revision > revision)
+        }
+        // Every prefix ever created, to list the bindings of.
+        fn prefix_ids(world: &World) -> Vec<PrefixId> {
+            (world.log.iter())
+                .filter_map(|event| match &event.change {
+                    Change::PrefixCreated(prefix) => Some(prefix.id),
+                    _ => None,
+                })
+                .collect()
+        }
+        let copied = copy.complete(after(&world, started_at));
         assert!(
             world.revision > started_at + 20,
             "seed {seed}: writes went on during the copy ({started_at} -> {}, {} prefixes, {} bindings)",
@@ -421,10 +432,43 @@ fn a_copy_taken_in_chunks_while_writes_go_on_is_exact_after_the_events_since_its
             world.state.n_prefixes(),
             world.state.n_bindings()
         );
+        let ids = prefix_ids(&world);
         assert_eq!(
-            everything(&copied, &accounts, &prefix_ids),
-            everything(&world.state, &accounts, &prefix_ids),
+            everything(&copied.clone().into_state(), &accounts, &ids),
+            everything(&world.state, &accounts, &ids),
             "seed {seed}"
+        );
+
+        // A delta after that copy: the ids the events since touched, copied in chunks while
+        // writes go on, completed with the events since its start; applied to the copy, the
+        // state as of the last event.
+        let (checkpoint, requests_at_checkpoint) = (world.revision, world.state.n_remembered_requests());
+        for _ in 0..300 {
+            step(&mut world, &mut rng);
+        }
+        let mut changed = ChangedIds::default();
+        after(&world, checkpoint).for_each(|event| changed.record(event));
+        let delta_started_at = world.revision;
+        let mut delta = world.state.start_copy_of(changed, requests_at_checkpoint);
+        loop {
+            for _ in 0..rng.usize(0..8) {
+                step(&mut world, &mut rng);
+            }
+            if delta.copy_from(&world.state, 1) {
+                break;
+            }
+        }
+        let mut records = copied;
+        records.apply(delta.changes(after(&world, delta_started_at)));
+        assert!(
+            world.revision > delta_started_at,
+            "seed {seed}: writes went on during the delta's copy"
+        );
+        let ids = prefix_ids(&world);
+        assert_eq!(
+            everything(&records.into_state(), &accounts, &ids),
+            everything(&world.state, &accounts, &ids),
+            "seed {seed}: the copy and the delta"
         );
     }
 }
