@@ -25,6 +25,10 @@ pub(super) const MARK_EVERY: Duration = Duration::from_secs(1);
 /// Most deltas after a snapshot: past them, the next checkpoint is a snapshot.
 const MAX_DELTAS: usize = 16;
 
+/// Most record ids noted for the next delta (~40 MB): past them (with a very large
+/// `--snapshot-every`), the ids are dropped and the next checkpoint is a snapshot.
+pub(super) const MAX_CHANGED_IDS: usize = 1 << 20;
+
 /// The writer's background checkpoints, every `every` events: a delta when the last
 /// checkpoint can be followed by one ([`Chain::next_is_delta`]), else a snapshot.
 ///
@@ -55,8 +59,8 @@ pub(super) struct Snapshots {
 /// What the events after a checkpoint changed: what the delta after it copies.
 #[derive(Debug, Default)]
 pub(super) struct Since {
-    /// The records they set or deleted.
-    pub changed: ChangedIds,
+    /// The records they set or deleted; `None` once more than [`MAX_CHANGED_IDS`] were.
+    pub changed: Option<ChangedIds>,
     /// How many idempotency keys the state held at the checkpoint: those the events added
     /// come after.
     pub requests_at_checkpoint: usize,
@@ -124,8 +128,14 @@ impl Snapshots {
 
     /// Notes what `events`, just applied, changed.
     pub(super) fn note(&mut self, events: &[Event]) {
+        let Some(changed) = self.since.changed.as_mut() else {
+            return;
+        };
         for event in events {
-            self.since.changed.record(event);
+            changed.record(event);
+        }
+        if changed.len() > MAX_CHANGED_IDS {
+            self.since.changed = None;
         }
     }
 
@@ -163,17 +173,17 @@ impl Snapshots {
         let since = std::mem::replace(
             &mut self.since,
             Since {
-                changed: ChangedIds::default(),
+                changed: Some(ChangedIds::default()),
                 requests_at_checkpoint: state.n_remembered_requests(),
             },
         );
-        let (copy, delta_after) = if self.chain.next_is_delta() {
-            (
-                state.start_copy_of(since.changed, since.requests_at_checkpoint),
+        // Without the ids (too many were noted), a snapshot.
+        let (copy, delta_after) = match since.changed {
+            Some(changed) if self.chain.next_is_delta() => (
+                state.start_copy_of(changed, since.requests_at_checkpoint),
                 Some(self.chain),
-            )
-        } else {
-            (state.start_copy(), None)
+            ),
+            _ => (state.start_copy(), None),
         };
         self.copying = Some(Copying {
             started_at: head,

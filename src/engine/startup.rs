@@ -5,8 +5,9 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::StartError;
-use super::checkpoint::{Chain, Since, Tip};
+use super::checkpoint::{Chain, MAX_CHANGED_IDS, Since, Tip};
 use crate::domain::State;
+use crate::domain::state::{ChangedIds, Changes};
 use crate::log::{EventLog, Witness};
 use crate::projection::ReadModel;
 use crate::projection::routing::RoutingTable;
@@ -36,16 +37,19 @@ pub(super) fn rebuild(log: &EventLog, log_head: u64) -> Result<Rebuilt, StartErr
         }
     };
     let checkpoint_revision = model.head;
-    let mut since = Since {
-        requests_at_checkpoint: model.state.n_remembered_requests(),
-        ..Since::default()
-    };
+    let requests_at_checkpoint = model.state.n_remembered_requests();
+    let mut changed = ChangedIds::default();
     // The tail past the checkpoints (nothing after a full replay).
     for event in log.read_after(model.head) {
         let event = event?;
         model.apply(&event);
-        since.changed.record(&event);
+        changed.record(&event);
     }
+    let since = Since {
+        // Too many to note: the next checkpoint is a snapshot.
+        changed: (changed.len() <= MAX_CHANGED_IDS).then_some(changed),
+        requests_at_checkpoint,
+    };
     return_freed_memory();
     Ok(Rebuilt {
         model,
@@ -150,7 +154,7 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
         chain.deltas = deltas.deltas.len();
         chain.deltas_bytes = deltas.bytes;
         chain.deltas_end = deltas.end;
-        let mut changes = crate::domain::state::Changes::default();
+        let mut changes = Changes::default();
         for delta in deltas.deltas {
             changes.then(delta.changes);
         }

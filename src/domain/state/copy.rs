@@ -124,6 +124,14 @@ pub struct ChangedIds {
 }
 
 impl ChangedIds {
+    pub fn len(&self) -> usize {
+        self.prefixes.len() + self.bindings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Adds the record `event` sets or deletes.
     pub fn record(&mut self, event: &Event) {
         match &event.change {
