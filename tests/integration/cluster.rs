@@ -579,6 +579,8 @@ async fn a_killed_replica_catches_up_and_the_others_go_on() {
     let owner = account();
     let dir = tempfile::tempdir().unwrap();
     let urls = cluster.urls(2);
+    // A checkpoint every 20 events: the killed replica restarts from a snapshot, the deltas
+    // after it (most of the time) and its local log, then catches up from the stream.
     let args = [
         "--log-backend",
         "jetstream",
@@ -586,6 +588,8 @@ async fn a_killed_replica_catches_up_and_the_others_go_on() {
         urls.as_str(),
         "--provisioning-delay",
         "1h",
+        "--snapshot-every",
+        "20",
     ];
     let mut killed = ServerProcess::start(dir.path(), &args, &[]).await;
     let servers: Vec<&TestServer> = replicas.servers.iter().collect();
