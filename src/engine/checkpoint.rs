@@ -72,9 +72,9 @@ pub(super) struct Chain {
     /// The newest of them (the snapshot, or its last delta); `None`: no snapshot a delta can
     /// follow (none, one stored without its log record's checksum, or a checkpoint failed).
     pub tip: Option<Tip>,
-    pub snapshot_bytes: usize,
+    /// The records they hold: the snapshot's, and each delta's records and deletions.
+    pub records: usize,
     pub deltas: usize,
-    pub deltas_bytes: usize,
     /// Where the last delta ends in its file (0: none yet).
     pub deltas_end: u64,
 }
@@ -86,20 +86,22 @@ pub(super) struct Tip {
 }
 
 impl Chain {
-    /// A snapshot of `bytes` at `tip`, no deltas.
-    pub(super) fn snapshot(tip: Option<Tip>, bytes: usize) -> Chain {
+    /// A snapshot of `records` records at `tip`, no deltas.
+    pub(super) fn snapshot(tip: Option<Tip>, records: usize) -> Chain {
         Chain {
             tip,
-            snapshot_bytes: bytes,
+            records,
             ..Chain::default()
         }
     }
 
-    /// Whether the next checkpoint is a delta: while the deltas are fewer than
-    /// [`MAX_DELTAS`] and smaller together than their snapshot, so that a start reads at most
-    /// about twice a snapshot's bytes.
-    fn next_is_delta(&self) -> bool {
-        self.tip.is_some() && self.deltas < MAX_DELTAS && self.deltas_bytes < self.snapshot_bytes
+    /// Whether the next checkpoint, of a state holding `live_records`, is a delta: while the
+    /// deltas are fewer than [`MAX_DELTAS`] and the checkpoints hold fewer than twice the
+    /// state's records, so that a start reads at most about twice what a snapshot of the
+    /// state would hold. A state that only grows is all deltas (they hold no record twice);
+    /// records changed again and again, or deleted, bring a snapshot sooner.
+    fn next_is_delta(&self, live_records: usize) -> bool {
+        self.tip.is_some() && self.deltas < MAX_DELTAS && self.records < 2 * live_records
     }
 }
 
@@ -179,7 +181,7 @@ impl Snapshots {
         );
         // Without the ids (too many were noted), a snapshot.
         let (copy, delta_after) = match since.changed {
-            Some(changed) if self.chain.next_is_delta() => (
+            Some(changed) if self.chain.next_is_delta(state.n_records()) => (
                 state.start_copy_of(changed, since.requests_at_checkpoint),
                 Some(self.chain),
             ),
@@ -224,13 +226,13 @@ fn complete_snapshot(log: &EventLog, started_at: u64, head: u64, copy: RecordCop
         "snapshot copy completed"
     );
     let checksum = checksum_at(log, head)?;
-    let bytes = write_snapshot(log, head, checksum, &records)?;
+    write_snapshot(log, head, checksum, &records)?;
     Some(Chain::snapshot(
         Some(Tip {
             revision: head,
             log_record_checksum: checksum,
         }),
-        bytes,
+        records.len(),
     ))
 }
 
@@ -261,8 +263,8 @@ fn write_delta(log: &EventLog, chain: Chain, started_at: u64, head: u64, copy: R
                     revision: head,
                     log_record_checksum: checksum,
                 }),
+                records: chain.records + changes.len(),
                 deltas: chain.deltas + 1,
-                deltas_bytes: chain.deltas_bytes + bytes,
                 deltas_end: end,
                 ..chain
             })
@@ -315,9 +317,9 @@ fn checksum_at(log: &EventLog, revision: u64) -> Option<u32> {
     }
 }
 
-/// Stores `records` as the snapshot of `revision`, whose log record has `checksum`; its size
-/// once stored.
-fn write_snapshot(log: &EventLog, revision: u64, checksum: u32, records: &impl SnapshotRecords) -> Option<usize> {
+/// Stores `records` as the snapshot of `revision`, whose log record has `checksum` (`None`:
+/// it failed, logged).
+fn write_snapshot(log: &EventLog, revision: u64, checksum: u32, records: &impl SnapshotRecords) -> Option<()> {
     let started = Instant::now();
     match log.save_snapshot(revision, checksum, records) {
         Ok(bytes) => {
@@ -327,7 +329,7 @@ fn write_snapshot(log: &EventLog, revision: u64, checksum: u32, records: &impl S
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "snapshot written"
             );
-            Some(bytes)
+            Some(())
         }
         Err(error) => {
             warn!(%error, revision, "writing a snapshot failed; the log is unaffected");

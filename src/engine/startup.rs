@@ -130,7 +130,7 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
             revision: snapshot.revision,
             log_record_checksum,
         }),
-        snapshot.encoded_len,
+        snapshot.records.len(),
     );
     let deltas = match chain.tip {
         None => Default::default(),
@@ -152,10 +152,10 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
             log_record_checksum,
         });
         chain.deltas = deltas.deltas.len();
-        chain.deltas_bytes = deltas.bytes;
         chain.deltas_end = deltas.end;
         let mut changes = Changes::default();
         for delta in deltas.deltas {
+            chain.records += delta.changes.len();
             changes.then(delta.changes);
         }
         records.apply(changes);
@@ -167,7 +167,7 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
         snapshot_revision = snapshot.revision,
         bytes = snapshot.encoded_len,
         deltas = chain.deltas,
-        deltas_bytes = chain.deltas_bytes,
+        deltas_bytes = deltas.bytes,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "snapshot restored"
     );

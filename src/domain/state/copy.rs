@@ -113,6 +113,11 @@ impl State {
     pub fn n_remembered_requests(&self) -> usize {
         self.requests.len()
     }
+
+    /// How many records a snapshot of this state holds: prefixes, bindings, idempotency keys.
+    pub fn n_records(&self) -> usize {
+        self.prefixes.len() + self.bindings.len() + self.requests.len()
+    }
 }
 
 /// The ids of the prefixes and bindings that events set or deleted: what a delta after them
@@ -293,6 +298,15 @@ impl Changes {
         self.requests.extend(later.requests);
     }
 
+    /// How many records and deletions these are: what a delta of them stores.
+    pub fn len(&self) -> usize {
+        self.prefixes.len() + self.bindings.len() + self.requests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn deleted_prefixes(&self) -> impl Iterator<Item = PrefixId> + '_ {
         deleted(&self.prefixes)
     }
@@ -358,6 +372,15 @@ impl Records {
             bindings,
             requests,
         }
+    }
+
+    /// How many records these are: prefixes, bindings, idempotency keys.
+    pub fn len(&self) -> usize {
+        self.prefixes.len() + self.bindings.len() + self.requests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The records after `changes`, made after them.
