@@ -266,7 +266,6 @@ fn write_delta(log: &EventLog, chain: Chain, started_at: u64, head: u64, copy: R
                 records: chain.records + changes.len(),
                 deltas: chain.deltas + 1,
                 deltas_end: end,
-                ..chain
             })
         }
         Err(error) => {
