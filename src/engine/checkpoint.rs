@@ -57,7 +57,7 @@ pub(super) struct Snapshots {
 }
 
 /// What the events after a checkpoint changed: what the delta after it copies.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Since {
     /// The records they set or deleted; `None` once more than [`MAX_CHANGED_IDS`] were.
     pub changed: Option<ChangedIds>,
