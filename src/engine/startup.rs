@@ -143,6 +143,13 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
             }
         },
     };
+    if deltas.unused > 0 {
+        warn!(
+            unused = deltas.unused,
+            used = deltas.deltas.len(),
+            "snapshot deltas not used (one does not decode, does not follow the checkpoint before it, or was taken from another log); replaying the log after the last one used"
+        );
+    }
     let mut records = snapshot.records;
     let mut revision = snapshot.revision;
     if let Some(last) = deltas.deltas.last() {

@@ -19,6 +19,9 @@ pub struct Deltas {
     pub bytes: usize,
     /// Where the last of them ends in the file: the next one is written there.
     pub end: u64,
+    /// The whole records after them that are not used: the first does not decode, does not
+    /// follow the one before, or was taken from another log.
+    pub unused: usize,
 }
 
 impl EventLog {
@@ -70,13 +73,16 @@ impl EventLog {
         let bytes = (self.deltas.load()).map_err(|error| LogError::CheckpointFile(DELTAS_FILE, error))?;
         let mut loaded = Deltas::default();
         let mut tip = snapshot;
-        for (record, end) in delta_file::records(&bytes) {
-            let Ok(delta) = codec::decode_delta(record) else {
+        let mut records = delta_file::records(&bytes);
+        while let Some((record, end)) = records.next() {
+            let follows = match codec::decode_delta(record) {
+                Ok(delta) if delta.after == tip && self.fits(delta.position, head, Witness::Delta)? => Some(delta),
+                _ => None,
+            };
+            let Some(delta) = follows else {
+                loaded.unused = 1 + records.count();
                 break;
             };
-            if delta.after != tip || !self.fits(delta.position, head, Witness::Delta)? {
-                break;
-            }
             tip = delta.position;
             loaded.bytes += record.len();
             loaded.end = end;

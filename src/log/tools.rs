@@ -39,6 +39,8 @@ pub struct Verified {
     pub snapshot: CheckpointStatus,
     /// The deltas a start would apply after the snapshot: how many, and the revision they reach.
     pub deltas: Option<(usize, u64)>,
+    /// The deltas stored after those that a start would not use.
+    pub unused_deltas: usize,
     pub mark: CheckpointStatus,
 }
 
@@ -64,6 +66,14 @@ impl std::fmt::Display for Verified {
             let deltas = if n_deltas == 1 { "delta" } else { "deltas" };
             write!(f, ", then {n_deltas} {deltas} to revision {revision}")?;
         }
+        if self.unused_deltas > 0 {
+            let deltas = if self.unused_deltas == 1 { "delta" } else { "deltas" };
+            write!(
+                f,
+                " ({} stored {deltas} not used: not following the checkpoint before, unreadable or another log's)",
+                self.unused_deltas
+            )?;
+        }
         match &self.mark {
             CheckpointStatus::Missing => write!(f, "; no length mark"),
             CheckpointStatus::At(revision) => write!(f, "; length mark at revision {revision}"),
@@ -88,18 +98,20 @@ pub fn verify(log: &EventLog) -> Result<Verified, LogError> {
     let head = log.head()?;
     let mark = log.check_mark(head)?;
     let snapshot = log.check_snapshot(head)?;
-    let mut deltas = None;
+    let (mut deltas, mut unused_deltas) = (None, 0);
     if let CheckpointStatus::At(_) = snapshot
         && let Some(snapshot) = log.load_snapshot()?
     {
         let loaded = log.load_deltas(snapshot.position(), head)?;
         deltas = (loaded.deltas.last()).map(|last| (loaded.deltas.len(), last.position.revision));
+        unused_deltas = loaded.unused;
     }
     Ok(Verified {
         n_events,
         head,
         snapshot,
         deltas,
+        unused_deltas,
         mark,
     })
 }
@@ -248,6 +260,7 @@ mod tests {
                 head: 25,
                 snapshot: CheckpointStatus::Missing,
                 deltas: None,
+                unused_deltas: 0,
                 mark: CheckpointStatus::Missing,
             }
         );

@@ -241,6 +241,12 @@ async fn a_start_applies_the_deltas_that_follow_its_snapshot_and_refuses_one_bey
         ..after
     };
     start_with(delta_file(another, 9));
+    wait_until_unlocked(dir.path()).await;
+    let (ok, _, stderr) = tool(dir.path(), &["verify"]);
+    assert!(
+        ok && stderr.contains("snapshot at revision 4 (1 stored delta not used"),
+        "{stderr}"
+    );
     let mut server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
     assert_eq!(list_revision(&server.channel, &prefix).await, 8);
     assert_eq!(server.list_all_bindings(&prefix, 0).await.len(), listed.len() + 1);
