@@ -27,7 +27,7 @@ const MAX_DELTAS: usize = 16;
 
 /// Most record ids noted for the next delta (~40 MB): past them (with a very large
 /// `--snapshot-every`), the ids are dropped and the next checkpoint is a snapshot.
-pub(super) const MAX_CHANGED_IDS: usize = 1 << 20;
+const MAX_CHANGED_IDS: usize = 1 << 20;
 
 /// The writer's background checkpoints, every `every` events: a delta when the last
 /// checkpoint can be followed by one ([`Chain::next_is_delta`]), else a snapshot.
@@ -60,18 +60,40 @@ pub(super) struct Snapshots {
 #[derive(Debug)]
 pub(super) struct Since {
     /// The records they set or deleted; `None` once more than [`MAX_CHANGED_IDS`] were.
-    pub changed: Option<ChangedIds>,
+    changed: Option<ChangedIds>,
     /// How many idempotency keys the state held at the checkpoint: those the events added
     /// come after.
-    pub requests_at_checkpoint: usize,
+    requests_at_checkpoint: usize,
+}
+
+impl Since {
+    /// Nothing yet since a checkpoint of a state holding `requests` idempotency keys.
+    pub(super) fn checkpoint(requests: usize) -> Since {
+        Since {
+            changed: Some(ChangedIds::default()),
+            requests_at_checkpoint: requests,
+        }
+    }
+
+    /// Notes what `event`, the next one applied, changed.
+    pub(super) fn note(&mut self, event: &Event) {
+        let Some(changed) = self.changed.as_mut() else {
+            return;
+        };
+        changed.record(event);
+        if changed.n_ids() > MAX_CHANGED_IDS {
+            self.changed = None;
+        }
+    }
 }
 
 /// The stored checkpoints a start would use: a snapshot and the deltas after it.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Chain {
-    /// The newest of them (the snapshot, or its last delta); `None`: no snapshot a delta can
-    /// follow (none, one stored without its log record's checksum, or a checkpoint failed).
-    pub tip: Option<Tip>,
+    /// The newest of them (the snapshot, or its last delta); `None`: none, or a checkpoint
+    /// failed. A delta follows it by its log record's checksum: a snapshot stored without one
+    /// (by an older build) is followed by none.
+    pub tip: Option<LogPosition>,
     /// The records they hold: the snapshot's, and each delta's records and deletions.
     pub records: usize,
     pub deltas: usize,
@@ -79,17 +101,11 @@ pub(super) struct Chain {
     pub deltas_end: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Tip {
-    pub revision: u64,
-    pub log_record_checksum: u32,
-}
-
 impl Chain {
     /// A snapshot of `records` records at `tip`, no deltas.
-    pub(super) fn snapshot(tip: Option<Tip>, records: usize) -> Chain {
+    pub(super) fn snapshot(tip: LogPosition, records: usize) -> Chain {
         Chain {
-            tip,
+            tip: Some(tip),
             records,
             ..Chain::default()
         }
@@ -101,7 +117,8 @@ impl Chain {
     /// state would hold. A state that only grows is all deltas (they hold no record twice);
     /// records changed again and again, or deleted, bring a snapshot sooner.
     fn next_is_delta(&self, live_records: usize) -> bool {
-        self.tip.is_some() && self.deltas < MAX_DELTAS && self.records < 2 * live_records
+        let followable = self.tip.is_some_and(|tip| tip.log_record_checksum.is_some());
+        followable && self.deltas < MAX_DELTAS && self.records < 2 * live_records
     }
 }
 
@@ -130,14 +147,8 @@ impl Snapshots {
 
     /// Notes what `events`, just applied, changed.
     pub(super) fn note(&mut self, events: &[Event]) {
-        let Some(changed) = self.since.changed.as_mut() else {
-            return;
-        };
         for event in events {
-            changed.record(event);
-        }
-        if changed.len() > MAX_CHANGED_IDS {
-            self.since.changed = None;
+            self.since.note(event);
         }
     }
 
@@ -172,13 +183,7 @@ impl Snapshots {
         }
         self.last = head;
         let state = &projections.read().state;
-        let since = std::mem::replace(
-            &mut self.since,
-            Since {
-                changed: Some(ChangedIds::default()),
-                requests_at_checkpoint: state.n_remembered_requests(),
-            },
-        );
+        let since = std::mem::replace(&mut self.since, Since::checkpoint(state.n_remembered_requests()));
         // Without the ids (too many were noted), a snapshot.
         let (copy, delta_after) = match since.changed {
             Some(changed) if self.chain.next_is_delta(state.n_records()) => (
@@ -227,43 +232,30 @@ fn complete_snapshot(log: &EventLog, started_at: u64, head: u64, copy: RecordCop
     );
     let checksum = checksum_at(log, head)?;
     write_snapshot(log, head, checksum, &records)?;
-    Some(Chain::snapshot(
-        Some(Tip {
-            revision: head,
-            log_record_checksum: checksum,
-        }),
-        records.len(),
-    ))
+    Some(Chain::snapshot(position_at(head, checksum), records.n_records()))
 }
 
 /// Completes a delta's copy taken since `started_at` as of `head` and stores it as the delta
 /// after `chain`'s tip.
 fn write_delta(log: &EventLog, chain: Chain, started_at: u64, head: u64, copy: RecordCopy) -> Option<Chain> {
     let started = Instant::now();
-    let tip = chain.tip?;
+    let after = chain.tip?;
     let events = read_events(log, started_at, head, "a delta")?;
     let changes = copy.changes(&events);
     drop(events);
     let checksum = checksum_at(log, head)?;
-    let after = LogPosition {
-        revision: tip.revision,
-        log_record_checksum: Some(tip.log_record_checksum),
-    };
     match log.save_delta(after, head, checksum, &changes, chain.deltas_end) {
         Ok((bytes, end)) => {
             info!(
                 revision = head,
-                after = tip.revision,
+                after = after.revision,
                 bytes,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "snapshot delta written"
             );
             Some(Chain {
-                tip: Some(Tip {
-                    revision: head,
-                    log_record_checksum: checksum,
-                }),
-                records: chain.records + changes.len(),
+                tip: Some(position_at(head, checksum)),
+                records: chain.records + changes.n_records(),
                 deltas: chain.deltas + 1,
                 deltas_end: end,
             })
@@ -272,6 +264,14 @@ fn write_delta(log: &EventLog, chain: Chain, started_at: u64, head: u64, copy: R
             warn!(%error, revision = head, "writing a snapshot delta failed; the log is unaffected");
             None
         }
+    }
+}
+
+/// The checkpoint of `revision`, whose log record has `checksum`.
+fn position_at(revision: u64, checksum: u32) -> LogPosition {
+    LogPosition {
+        revision,
+        log_record_checksum: Some(checksum),
     }
 }
 

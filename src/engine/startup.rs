@@ -5,9 +5,9 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::StartError;
-use super::checkpoint::{Chain, MAX_CHANGED_IDS, Since, Tip};
+use super::checkpoint::{Chain, Since};
 use crate::domain::State;
-use crate::domain::state::{ChangedIds, Changes};
+use crate::domain::state::Changes;
 use crate::log::{EventLog, Witness};
 use crate::projection::ReadModel;
 use crate::projection::routing::RoutingTable;
@@ -37,19 +37,13 @@ pub(super) fn rebuild(log: &EventLog, log_head: u64) -> Result<Rebuilt, StartErr
         }
     };
     let checkpoint_revision = model.head;
-    let requests_at_checkpoint = model.state.n_remembered_requests();
-    let mut changed = ChangedIds::default();
+    let mut since = Since::checkpoint(model.state.n_remembered_requests());
     // The tail past the checkpoints (nothing after a full replay).
     for event in log.read_after(model.head) {
         let event = event?;
         model.apply(&event);
-        changed.record(&event);
+        since.note(&event);
     }
-    let since = Since {
-        // Too many to note: the next checkpoint is a snapshot.
-        changed: (changed.len() <= MAX_CHANGED_IDS).then_some(changed),
-        requests_at_checkpoint,
-    };
     return_freed_memory();
     Ok(Rebuilt {
         model,
@@ -123,16 +117,10 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
     }
     let loaded_ms = started.elapsed().as_millis() as u64;
     let position = snapshot.position();
+    let mut chain = Chain::snapshot(position, snapshot.records.n_records());
     // A delta follows a snapshot by its log record's checksum: one stored without (by an
     // older build) is followed by none.
-    let mut chain = Chain::snapshot(
-        (position.log_record_checksum).map(|log_record_checksum| Tip {
-            revision: snapshot.revision,
-            log_record_checksum,
-        }),
-        snapshot.records.len(),
-    );
-    let deltas = match chain.tip {
+    let deltas = match position.log_record_checksum {
         None => Default::default(),
         Some(_) => match log.load_deltas(position, log_head) {
             Ok(deltas) => deltas,
@@ -154,15 +142,12 @@ fn restore_snapshot(log: &EventLog, log_head: u64) -> Result<Option<(ReadModel, 
     let mut revision = snapshot.revision;
     if let Some(last) = deltas.deltas.last() {
         revision = last.position.revision;
-        chain.tip = (last.position.log_record_checksum).map(|log_record_checksum| Tip {
-            revision,
-            log_record_checksum,
-        });
+        chain.tip = Some(last.position);
         chain.deltas = deltas.deltas.len();
         chain.deltas_end = deltas.end;
         let mut changes = Changes::default();
         for delta in deltas.deltas {
-            chain.records += delta.changes.len();
+            chain.records += delta.changes.n_records();
             changes.then(delta.changes);
         }
         records.apply(changes);

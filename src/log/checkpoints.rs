@@ -103,16 +103,17 @@ impl EventLog {
             .transpose()
     }
 
-    /// What the snapshot says about this log, whose head is `head`: [`LogError::Truncated`]
-    /// when it is beyond the head.
-    pub fn check_snapshot(&self, head: u64) -> Result<CheckpointStatus, LogError> {
+    /// What the snapshot says about this log, whose head is `head` ([`LogError::Truncated`]
+    /// when it is beyond the head), and the deltas a start would apply after it.
+    pub fn check_snapshot(&self, head: u64) -> Result<(CheckpointStatus, Deltas), LogError> {
         match self.load_snapshot() {
-            Ok(None) => Ok(CheckpointStatus::Missing),
+            Ok(None) => Ok((CheckpointStatus::Missing, Deltas::default())),
             Ok(Some(snapshot)) if self.fits(snapshot.position(), head, Witness::Snapshot)? => {
-                Ok(CheckpointStatus::At(snapshot.revision))
+                let deltas = self.load_deltas(snapshot.position(), head)?;
+                Ok((CheckpointStatus::At(snapshot.revision), deltas))
             }
-            Ok(Some(snapshot)) => Ok(CheckpointStatus::OfAnotherLog(snapshot.revision)),
-            Err(error) => Ok(CheckpointStatus::Unreadable(error.to_string())),
+            Ok(Some(snapshot)) => Ok((CheckpointStatus::OfAnotherLog(snapshot.revision), Deltas::default())),
+            Err(error) => Ok((CheckpointStatus::Unreadable(error.to_string()), Deltas::default())),
         }
     }
 

@@ -97,21 +97,14 @@ pub fn verify(log: &EventLog) -> Result<Verified, LogError> {
     }
     let head = log.head()?;
     let mark = log.check_mark(head)?;
-    let snapshot = log.check_snapshot(head)?;
-    let (mut deltas, mut unused_deltas) = (None, 0);
-    if let CheckpointStatus::At(_) = snapshot
-        && let Some(snapshot) = log.load_snapshot()?
-    {
-        let loaded = log.load_deltas(snapshot.position(), head)?;
-        deltas = (loaded.deltas.last()).map(|last| (loaded.deltas.len(), last.position.revision));
-        unused_deltas = loaded.unused;
-    }
+    let (snapshot, loaded) = log.check_snapshot(head)?;
+    let deltas = (loaded.deltas.last()).map(|last| (loaded.deltas.len(), last.position.revision));
     Ok(Verified {
         n_events,
         head,
         snapshot,
         deltas,
-        unused_deltas,
+        unused_deltas: loaded.unused,
         mark,
     })
 }

@@ -129,12 +129,8 @@ pub struct ChangedIds {
 }
 
 impl ChangedIds {
-    pub fn len(&self) -> usize {
+    pub fn n_ids(&self) -> usize {
         self.prefixes.len() + self.bindings.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Adds the record `event` sets or deletes.
@@ -299,12 +295,8 @@ impl Changes {
     }
 
     /// How many records and deletions these are: what a delta of them stores.
-    pub fn len(&self) -> usize {
+    pub fn n_records(&self) -> usize {
         self.prefixes.len() + self.bindings.len() + self.requests.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn deleted_prefixes(&self) -> impl Iterator<Item = PrefixId> + '_ {
@@ -375,12 +367,8 @@ impl Records {
     }
 
     /// How many records these are: prefixes, bindings, idempotency keys.
-    pub fn len(&self) -> usize {
+    pub fn n_records(&self) -> usize {
         self.prefixes.len() + self.bindings.len() + self.requests.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The records after `changes`, made after them.

@@ -2,8 +2,9 @@
 //! the payload. Format 1 holds one protobuf message: an `addressing.events.v1.Event` (every log
 //! record before runs, and each line of an export) or a `Snapshot`. Format 2, what the log now
 //! writes, is a run of consecutive events: a u32 count (little endian), then an `EventRun`.
-//! Format 3, what snapshots are now written as, is a `Snapshot` compressed: its length (u32,
-//! little endian), then the message as one LZ4 block.
+//! Format 3, what snapshots and their deltas are now written as, is a `Snapshot` or a
+//! `SnapshotDelta` compressed: its length (u32, little endian), then the message as one LZ4
+//! block.
 //! Protobuf lets the schema grow without breaking old data; the format byte lets a server
 //! refuse data written by a newer one; the checksum catches a damaged disk before a wrong state
 //! is served. [`schema`] maps the domain's types to the stored schema and back.
