@@ -127,19 +127,24 @@ fn first_prefix(dir: &std::path::Path) -> ipam_bindings::domain::Prefix {
     }
 }
 
+/// [`first_prefix`] as the API names it (the fields a bind needs).
+fn first_api_prefix(dir: &std::path::Path) -> ipam_bindings::pb::api::Prefix {
+    let prefix = first_prefix(dir);
+    ipam_bindings::pb::api::Prefix {
+        id: prefix.id.to_string(),
+        account_id: prefix.account_id.to_string(),
+        cidr: prefix.cidr.to_string(),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn a_snapshot_behind_the_log_is_caught_up_for_reads_and_writes() {
     // A snapshot of revision 4 (fill's events), then two more events, then a start from that
     // older snapshot: the tail is replayed into the reads and into the writer's state.
     let dir = stopped_after_fill().await;
     let behind = std::fs::read(dir.path().join("state.snapshot")).unwrap();
-    let prefix = first_prefix(dir.path());
-    let prefix = ipam_bindings::pb::api::Prefix {
-        id: prefix.id.to_string(),
-        account_id: prefix.account_id.to_string(),
-        cidr: prefix.cidr.to_string(),
-        ..Default::default()
-    };
+    let prefix = first_api_prefix(dir.path());
     let mut server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
     let tail = server.bind(&prefix, "192.0.2.128/25", CDN).await;
     server.bind(&prefix, "192.0.2.64/26", SPECTRUM).await;
@@ -176,13 +181,7 @@ async fn a_start_applies_the_deltas_that_follow_its_snapshot_and_refuses_one_bey
     use ipam_bindings::log::{EventLog, LogPosition, codec};
     let dir = stopped_after_fill().await;
     let snapshot = std::fs::read(dir.path().join("state.snapshot")).unwrap();
-    let prefix = first_prefix(dir.path());
-    let prefix = ipam_bindings::pb::api::Prefix {
-        id: prefix.id.to_string(),
-        account_id: prefix.account_id.to_string(),
-        cidr: prefix.cidr.to_string(),
-        ..Default::default()
-    };
+    let prefix = first_api_prefix(dir.path());
     let mut server = TestServer::start_on(dir.path(), Duration::from_secs(3600)).await;
     server.bind(&prefix, "192.0.2.128/25", CDN).await;
     let deleted = server.bind(&prefix, "192.0.2.64/26", SPECTRUM).await;
