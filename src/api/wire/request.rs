@@ -72,6 +72,25 @@ impl LookupAddressesRequest {
 }
 
 impl Message for LookupAddressesRequest {
+    /// prost's loop (a key, then the field, each through the `Buf`), with the run of addresses
+    /// a request starts with read in one pass over the buffer first, when the whole message is
+    /// in one chunk (always, for a request tonic received): per address, prost's loop decoded
+    /// its key and advanced the buffer through calls that cost as much as reading the address.
+    /// It stops at anything but a whole, textual `addresses` entry, which the loop then decodes
+    /// (or refuses) as before, so what is accepted and refused is unchanged.
+    fn merge(&mut self, mut buf: impl Buf) -> Result<(), DecodeError> {
+        if buf.chunk().len() == buf.remaining() {
+            let read = self.push_leading_addresses(buf.chunk());
+            buf.advance(read);
+        }
+        let ctx = DecodeContext::default();
+        while buf.has_remaining() {
+            let (tag, wire_type) = prost::encoding::decode_key(&mut buf)?;
+            self.merge_field(tag, wire_type, &mut buf, ctx.clone())?;
+        }
+        Ok(())
+    }
+
     fn encode_raw(&self, buf: &mut impl BufMut) {
         for address in self.addresses() {
             encode_key(ADDRESSES, WireType::LengthDelimited, buf);
@@ -122,6 +141,25 @@ impl Message for LookupAddressesRequest {
 }
 
 impl LookupAddressesRequest {
+    /// Adds the `addresses` entries `message` starts with, as long as each is whole and text;
+    /// returns how many bytes they took.
+    fn push_leading_addresses(&mut self, message: &[u8]) -> usize {
+        // The key of `addresses`: field 1, length-delimited.
+        const KEY: u8 = (ADDRESSES << 3) as u8 | WireType::LengthDelimited as u8;
+        // Most of a request is its addresses' text, each at least a byte of key and one of length.
+        self.text.reserve(message.len());
+        self.ends.reserve(message.len() / 9);
+        let mut read = 0;
+        while let Some(rest) = message.get(read..).filter(|rest| rest.first() == Some(&KEY))
+            && let Some((consumed, body)) = super::whole_field(&rest[1..])
+            && let Some(text) = as_text(body)
+        {
+            self.push(text);
+            read += 1 + consumed;
+        }
+        read
+    }
+
     /// One `addresses` entry: read in place when the whole of it is in the buffer's current
     /// chunk and is UTF-8 (always, for a request tonic received); anything else goes through
     /// prost's own string decoding, which gives prost's error or, across chunks, the text.
