@@ -1,7 +1,8 @@
 //! The binaries' memory allocator: mimalloc (v2) for everything under 32 MiB, glibc's malloc
 //! (the system allocator) for larger blocks, and mimalloc's arenas committed as they are used.
 //! The server and ipamctl install it with [`install_allocator!`](crate::install_allocator);
-//! tests and benchmarks keep the system allocator.
+//! tests and benchmarks keep the system allocator, but for `benches/stalls.rs`, which measures
+//! where the state's growth stalls a write in the server.
 //!
 //! Why mimalloc: glibc's malloc and free were ~17% of the server's CPU under durable creates,
 //! a quarter of the writer thread's time in malloc's slow path (the writer allocates each
@@ -20,10 +21,52 @@
 //! the first allocation: the macro runs [`commit_arenas_on_demand`] as an ELF constructor,
 //! ahead of `main` and of Rust's runtime. `MIMALLOC_ARENA_EAGER_COMMIT` in the environment
 //! still wins.
+//!
+//! Why large blocks are freed by a thread of their own: freeing one unmaps it, which returns
+//! each of its pages (~2.5 ms for the 58 MB table the state's binding map leaves behind when it
+//! has grown past 2^19 slots), and that free happens inside an apply, under the projections'
+//! write lock: every read waited for it (docs/benchmarks.md, the stalls bench). Once
+//! [`free_large_blocks_in_background`] ran, a large block is handed over through a bounded
+//! channel (sending neither allocates nor waits) and freed there; with the channel full, or
+//! before, it is freed at once.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use mimalloc::MiMalloc;
+
+/// Large blocks waiting for the freeing thread (their address and layout).
+static LARGE_FREES: OnceLock<SyncSender<(usize, Layout)>> = OnceLock::new();
+/// How many large blocks the freeing thread has freed.
+static FREED_IN_BACKGROUND: AtomicU64 = AtomicU64::new(0);
+
+/// Starts the thread that frees large blocks (see the module doc); later calls do nothing.
+pub fn free_large_blocks_in_background() {
+    LARGE_FREES.get_or_init(|| {
+        let (sender, receiver) = sync_channel(64);
+        std::thread::Builder::new()
+            .name("large-frees".into())
+            .spawn(move || free_large_blocks(receiver))
+            .expect("a thread to free large blocks");
+        sender
+    });
+}
+
+fn free_large_blocks(blocks: Receiver<(usize, Layout)>) {
+    for (address, layout) in blocks {
+        // SAFETY: `address` is a large block that `ProcessAllocator::dealloc` was given with
+        // `layout`: the system allocator made it and nothing uses it any more.
+        unsafe { System.dealloc(address as *mut u8, layout) };
+        FREED_IN_BACKGROUND.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How many large blocks the freeing thread has freed so far.
+pub fn freed_in_background() -> u64 {
+    FREED_IN_BACKGROUND.load(Ordering::Relaxed)
+}
 
 /// From this size on a block goes to the system allocator (see the module doc).
 pub const SYSTEM_FROM: usize = 32 << 20;
@@ -66,10 +109,13 @@ unsafe impl GlobalAlloc for ProcessAllocator {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: `ptr` came from the allocator this size names.
         unsafe {
-            if is_large(layout.size()) {
-                System.dealloc(ptr, layout)
-            } else {
+            if !is_large(layout.size()) {
                 MiMalloc.dealloc(ptr, layout)
+            } else if LARGE_FREES
+                .get()
+                .is_none_or(|frees| frees.try_send((ptr as usize, layout)).is_err())
+            {
+                System.dealloc(ptr, layout)
             }
         }
     }
@@ -169,6 +215,29 @@ mod tests {
             let block = ProcessAllocator.alloc_zeroed(zeroed);
             assert!((0..SYSTEM_FROM).step_by(4096).all(|at| *block.add(at) == 0));
             ProcessAllocator.dealloc(block, zeroed);
+        }
+    }
+
+    /// Once the freeing thread runs, a large block given back is freed there.
+    #[test]
+    fn large_blocks_are_freed_by_their_own_thread() {
+        free_large_blocks_in_background();
+        let freed = freed_in_background();
+        let large = Layout::from_size_align(SYSTEM_FROM, 64).unwrap();
+        // SAFETY: the block is used within its layout and freed with it.
+        unsafe {
+            let block = ProcessAllocator.alloc(large);
+            assert!(!block.is_null());
+            block.write_bytes(1, SYSTEM_FROM);
+            ProcessAllocator.dealloc(block, large);
+        }
+        let started = std::time::Instant::now();
+        while freed_in_background() == freed {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the large block was not freed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }

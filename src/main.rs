@@ -45,6 +45,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Large blocks are unmapped off the thread that frees them (the writer, under the
+    // projections' write lock, when a map of the state has grown: `allocator`'s module doc).
+    ipam_bindings::allocator::free_large_blocks_in_background();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     // tokio runs a task woken by the running one next (the LIFO slot). For HTTP/2 that means

@@ -7,6 +7,11 @@
 //! hashes must not be predictable) in a map that grows incrementally (griddle), so that neither
 //! a growth step nor the copy hashes or compares a key's text again. Keys whose hashes collide
 //! are chained through the entries.
+//!
+//! The entries lie in chunks of a fixed size, so that adding one never moves the others: a
+//! single vector of them doubled by copying every key (~17 MB at 131,072 keys, more past it)
+//! inside the apply that crossed its capacity, under the projections' write lock, stalling
+//! the write and every read for ~11 ms (docs/benchmarks.md, the stalls bench).
 
 use std::hash::{BuildHasher, RandomState};
 
@@ -27,10 +32,70 @@ struct Remembered {
     same_hash_before: u32,
 }
 
+/// Entries per chunk of [`Chunks`] (~0.5 MB of them).
+const CHUNK: usize = 4096;
+
+/// A vector that grows a chunk at a time and never moves what it holds.
+#[derive(Clone, Debug)]
+struct Chunks<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Chunks<T> {
+    fn default() -> Self {
+        Chunks {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunks<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, position: usize) -> Option<&T> {
+        self.chunks.get(position / CHUNK)?.get(position % CHUNK)
+    }
+
+    fn last(&self) -> Option<&T> {
+        self.get(self.len.checked_sub(1)?)
+    }
+
+    fn push(&mut self, value: T) {
+        // A chunk emptied by `pop` stays, for the next push.
+        if self.len / CHUNK == self.chunks.len() {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        self.chunks[self.len / CHUNK].push(value);
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        let last = self.chunks.get_mut(self.len.checked_sub(1)? / CHUNK)?.pop()?;
+        self.len -= 1;
+        Some(last)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+}
+
+impl<T> std::ops::Index<usize> for Chunks<T> {
+    type Output = T;
+
+    fn index(&self, position: usize) -> &T {
+        self.get(position).expect("a position below the length")
+    }
+}
+
 /// `S` hashes the keys: std's SipHash with per-process keys but in tests.
 #[derive(Clone, Debug, Default)]
 pub struct Requests<S = RandomState> {
-    entries: Vec<Remembered>,
+    entries: Chunks<Remembered>,
     /// A key's hash -> its last entry with that hash.
     index: IdMap<u64, u32>,
     hasher: S,
@@ -118,6 +183,29 @@ mod tests {
     fn binding(cidr: &str) -> Binding {
         let prefix = fixtures::prefix("192.0.2.0/24");
         fixtures::binding(&prefix, cidr, Service::Cdn, ProvisioningState::Provisioning)
+    }
+
+    #[test]
+    fn chunks_keep_their_order_across_chunk_ends_and_pops() {
+        let mut chunks = Chunks::default();
+        for n in 0..CHUNK * 2 + 3 {
+            chunks.push(n);
+        }
+        assert_eq!(
+            (chunks.len(), chunks[CHUNK], chunks.last()),
+            (CHUNK * 2 + 3, CHUNK, Some(&(CHUNK * 2 + 2)))
+        );
+        for _ in 0..4 {
+            chunks.pop();
+        }
+        assert_eq!(
+            (chunks.len(), chunks.last(), chunks.get(CHUNK * 2 - 1)),
+            (CHUNK * 2 - 1, Some(&(CHUNK * 2 - 2)), None)
+        );
+        chunks.push(7);
+        chunks.push(8);
+        assert_eq!((chunks[CHUNK * 2 - 1], chunks[CHUNK * 2]), (7, 8));
+        assert!(chunks.iter().copied().eq((0..CHUNK * 2 - 1).chain([7, 8])));
     }
 
     #[test]
