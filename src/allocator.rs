@@ -32,15 +32,15 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use mimalloc::MiMalloc;
 
 /// Large blocks waiting for the freeing thread (their address and layout).
 static LARGE_FREES: OnceLock<SyncSender<(usize, Layout)>> = OnceLock::new();
-/// How many large blocks the freeing thread has freed.
-static FREED_IN_BACKGROUND: AtomicU64 = AtomicU64::new(0);
+/// The address of the last block the freeing thread freed (0: none yet).
+static LAST_FREED_IN_BACKGROUND: AtomicUsize = AtomicUsize::new(0);
 
 /// Starts the thread that frees large blocks (see the module doc); later calls do nothing.
 pub fn free_large_blocks_in_background() {
@@ -59,13 +59,13 @@ fn free_large_blocks(blocks: Receiver<(usize, Layout)>) {
         // SAFETY: `address` is a large block that `ProcessAllocator::dealloc` was given with
         // `layout`: the system allocator made it and nothing uses it any more.
         unsafe { System.dealloc(address as *mut u8, layout) };
-        FREED_IN_BACKGROUND.fetch_add(1, Ordering::Relaxed);
+        LAST_FREED_IN_BACKGROUND.store(address, Ordering::Relaxed);
     }
 }
 
-/// How many large blocks the freeing thread has freed so far.
-pub fn freed_in_background() -> u64 {
-    FREED_IN_BACKGROUND.load(Ordering::Relaxed)
+/// The address of the last block the freeing thread freed (0: none yet).
+pub fn last_freed_in_background() -> usize {
+    LAST_FREED_IN_BACKGROUND.load(Ordering::Relaxed)
 }
 
 /// From this size on a block goes to the system allocator (see the module doc).
@@ -218,21 +218,22 @@ mod tests {
         }
     }
 
-    /// Once the freeing thread runs, a large block given back is freed there.
+    /// Once the freeing thread runs, a large block given back is freed there (by its address:
+    /// the other test frees large blocks too, at the same time).
     #[test]
     fn large_blocks_are_freed_by_their_own_thread() {
         free_large_blocks_in_background();
-        let freed = freed_in_background();
         let large = Layout::from_size_align(SYSTEM_FROM, 64).unwrap();
         // SAFETY: the block is used within its layout and freed with it.
-        unsafe {
+        let address = unsafe {
             let block = ProcessAllocator.alloc(large);
             assert!(!block.is_null());
             block.write_bytes(1, SYSTEM_FROM);
             ProcessAllocator.dealloc(block, large);
-        }
+            block as usize
+        };
         let started = std::time::Instant::now();
-        while freed_in_background() == freed {
+        while last_freed_in_background() != address {
             assert!(
                 started.elapsed() < std::time::Duration::from_secs(10),
                 "the large block was not freed"

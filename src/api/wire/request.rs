@@ -146,7 +146,8 @@ impl LookupAddressesRequest {
     fn push_leading_addresses(&mut self, message: &[u8]) -> usize {
         // The key of `addresses`: field 1, length-delimited.
         const KEY: u8 = (ADDRESSES << 3) as u8 | WireType::LengthDelimited as u8;
-        // Most of a request is its addresses' text, each at least a byte of key and one of length.
+        // The text is at most the message; an entry takes at least 9 bytes (key, length and the
+        // shortest IPv4 address, "0.0.0.0"), so that many ends are room for a batch of them.
         self.text.reserve(message.len());
         self.ends.reserve(message.len() / 9);
         let mut read = 0;
