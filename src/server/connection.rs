@@ -1,6 +1,6 @@
 //! The accepted TCP connection as HTTP/2 sees it: a stream that does not offer vectored
-//! writes, so that small responses share system calls, and that holds a small write back to
-//! send it with the next one, so that a large DATA frame goes out in one system call.
+//! writes, so that small responses share system calls, and that holds its writes to send
+//! them together, so that a large answer goes out in a few system calls, not one per frame.
 //!
 //! h2 copies a DATA frame's payload into its write buffer only below a threshold: 256 bytes
 //! when the transport writes vectored, 1,024 when it does not. A larger payload is chained
@@ -10,11 +10,15 @@
 //! `writev` per lookup, against one per 16 health checks (docs/benchmarks.md, unary lookups).
 //! Without vectored writes, answers up to 1 KiB are copied and go out together.
 //!
-//! A larger payload h2 then writes in two calls: its buffer (the frame's head and the first
-//! ~1 KiB of the payload), then the rest. Each was a `write` of its own, so each 16 KiB frame of
-//! a batch answer was two system calls and two segments. A write of up to [`HOLD_AT_MOST`]
-//! bytes is therefore held here and sent with the next write (one `writev`), or at the flush
-//! h2 ends every round of writes with.
+//! Every write is held here (up to [`HELD_CAPACITY`] bytes) and sent at the next flush, with
+//! a write that would not fit, or at shutdown. h2 flushes after each large DATA frame, and a
+//! peer's frames are 16 KiB unless it asks for larger ones, so a batch answer of ~200 KB was
+//! ~14 `writev`s and as many wake-ups of the peer. So a flush that finds at least
+//! [`DEFER_FLUSH_FROM`] bytes written since the last flush sends nothing: it wakes the
+//! connection's task instead, and the flush of that next poll, which finds no new bytes,
+//! sends the whole round in one call (docs/benchmarks.md, batched lookups, a round of writes
+//! sent at once). A flush with fewer bytes held writes at once, so a small answer waits for
+//! nothing, and at most [`MAX_DEFERRED_IN_A_ROW`] flushes are deferred before one writes.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -23,17 +27,29 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
-/// Writes up to this many bytes are held for the next write or the flush.
-const HOLD_AT_MOST: usize = 4096;
-/// The most bytes held at once.
-const HELD_CAPACITY: usize = 16 * 1024;
+/// The most bytes held at once; a write that would pass it sends what is held first.
+const HELD_CAPACITY: usize = 256 * 1024;
+/// From this many bytes held, a flush is deferred to the connection's next poll (see the
+/// module's doc); below it, a flush writes at once, so a small answer waits for nothing.
+const DEFER_FLUSH_FROM: usize = 16 * 1024;
+/// The most flushes deferred in a row: a stream whose every poll adds a few bytes (a busy
+/// watch) is not held back for more than this many polls of its connection.
+const MAX_DEFERRED_IN_A_ROW: u8 = 16;
+/// Past this capacity, the buffer is freed once everything held is out, so that an idle
+/// connection that once sent a large answer does not keep its buffer.
+const KEEP_CAPACITY: usize = 16 * 1024;
 
 /// An accepted connection (TCP, or TLS over it) whose writes are never vectored to h2, and
-/// whose small writes are sent with the next one (see the module's doc).
+/// whose writes are held and sent together (see the module's doc).
 pub struct Unvectored<S> {
     stream: S,
     /// Bytes accepted from h2 and not yet written to the socket.
     held: Vec<u8>,
+    /// Whether bytes were accepted since the last flush: a flush that finds none is the end
+    /// of a round of writes.
+    written_since_flush: bool,
+    /// Flushes deferred since bytes were last written out.
+    deferred_in_a_row: u8,
 }
 
 impl<S: AsyncWrite + Unpin> Unvectored<S> {
@@ -41,6 +57,8 @@ impl<S: AsyncWrite + Unpin> Unvectored<S> {
         Unvectored {
             stream,
             held: Vec::new(),
+            written_since_flush: false,
+            deferred_in_a_row: 0,
         }
     }
 
@@ -56,6 +74,10 @@ impl<S: AsyncWrite + Unpin> Unvectored<S> {
             if written >= self.held.len() {
                 let of_next = written - self.held.len();
                 self.held.clear();
+                self.deferred_in_a_row = 0;
+                if self.held.capacity() > KEEP_CAPACITY {
+                    self.held = Vec::new();
+                }
                 return Poll::Ready(Ok(of_next));
             }
             self.held.drain(..written);
@@ -73,8 +95,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Unvectored<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Unvectored<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if buf.len() <= HOLD_AT_MOST && this.held.len() + buf.len() <= HELD_CAPACITY {
+        if this.held.len() + buf.len() <= HELD_CAPACITY {
+            if this.held.capacity() < this.held.len() + buf.len() && buf.len() > KEEP_CAPACITY {
+                // A large write: room for a whole round of them at once, not by doubling.
+                this.held.reserve_exact(HELD_CAPACITY - this.held.len());
+            }
             this.held.extend_from_slice(buf);
+            this.written_since_flush = true;
             return Poll::Ready(Ok(buf.len()));
         }
         // The held bytes go first, in the same system call as this write when they fit.
@@ -87,7 +114,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Unvectored<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.written_since_flush
+            && this.held.len() >= DEFER_FLUSH_FROM
+            && this.deferred_in_a_row < MAX_DEFERRED_IN_A_ROW
+        {
+            // h2 flushes after every large DATA frame: more frames of this round may follow.
+            // The connection is polled again at once, and that poll's flush, finding no new
+            // bytes, writes them all out.
+            this.written_since_flush = false;
+            this.deferred_in_a_row += 1;
+            cx.waker().wake_by_ref();
+            return Poll::Ready(Ok(()));
+        }
         ready!(this.poll_write_held_then(cx, &[]))?;
+        this.written_since_flush = false;
         Pin::new(&mut this.stream).poll_flush(cx)
     }
 
@@ -116,8 +156,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    /// Small writes (held) and large ones (sent with what is held) arrive whole and in order,
-    /// also when the socket is full and writes go out in parts.
+    /// Writes held and sent together arrive whole and in order, also when the socket is full
+    /// and writes go out in parts.
     #[tokio::test]
     async fn held_writes_arrive_in_order_when_the_socket_fills() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -132,7 +172,7 @@ mod tests {
                     0 => 1024,
                     1 => 60_000,
                     2 => 30,
-                    _ => HOLD_AT_MOST + 1,
+                    _ => DEFER_FLUSH_FROM + 1,
                 };
                 vec![(index % 251) as u8; len]
             })
@@ -155,5 +195,94 @@ mod tests {
         let received = reader.await.unwrap();
         assert_eq!(received.len(), expected.len());
         assert!(received == expected, "the bytes arrived reordered");
+    }
+
+    /// Counts the wake-ups of the task polling the connection.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// What the peer has received so far, waiting a little for bytes in flight.
+    async fn received_now(client: &TcpStream) -> usize {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut buf = vec![0; 1 << 20];
+        let mut total = 0;
+        while let Ok(n) = client.try_read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    }
+
+    /// A flush after a small write sends it at once; a flush after a large round of writes
+    /// wakes the connection and sends nothing, and the next flush (no new bytes since) sends
+    /// the whole round.
+    #[tokio::test]
+    async fn a_large_round_of_writes_goes_out_at_the_flush_after_its_end() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut connection = Unvectored::new(accepted);
+        let wakes = std::sync::Arc::new(CountingWaker(Default::default()));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut write = |connection: &mut Unvectored<TcpStream>, len: usize| {
+            let bytes = vec![7u8; len];
+            let poll = Pin::new(connection).poll_write(&mut cx, &bytes);
+            assert!(matches!(poll, Poll::Ready(Ok(n)) if n == len));
+        };
+        let flush = |connection: &mut Unvectored<TcpStream>, cx: &mut Context<'_>| {
+            assert!(matches!(Pin::new(connection).poll_flush(cx), Poll::Ready(Ok(()))));
+        };
+        let woken = || wakes.0.load(std::sync::atomic::Ordering::SeqCst);
+
+        write(&mut connection, 300);
+        flush(&mut connection, &mut Context::from_waker(&waker));
+        assert_eq!((received_now(&client).await, woken()), (300, 0));
+
+        for _ in 0..3 {
+            write(&mut connection, DEFER_FLUSH_FROM);
+            flush(&mut connection, &mut Context::from_waker(&waker));
+        }
+        assert_eq!((received_now(&client).await, woken()), (0, 3));
+        flush(&mut connection, &mut Context::from_waker(&waker));
+        assert_eq!((received_now(&client).await, woken()), (3 * DEFER_FLUSH_FROM, 3));
+    }
+
+    /// A connection whose every poll writes a few more bytes has its flush deferred at most
+    /// `MAX_DEFERRED_IN_A_ROW` times; the next flush writes everything held.
+    #[tokio::test]
+    async fn flushes_are_deferred_a_bounded_number_of_times_in_a_row() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut connection = Unvectored::new(accepted);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut sent = 0;
+        let mut write_and_flush = |connection: &mut Unvectored<TcpStream>, len: usize| {
+            let bytes = vec![7u8; len];
+            assert!(matches!(Pin::new(&mut *connection).poll_write(&mut cx, &bytes), Poll::Ready(Ok(n)) if n == len));
+            assert!(matches!(Pin::new(connection).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+            sent += len;
+            sent
+        };
+        write_and_flush(&mut connection, DEFER_FLUSH_FROM);
+        for _ in 1..MAX_DEFERRED_IN_A_ROW {
+            write_and_flush(&mut connection, 100);
+        }
+        assert_eq!(received_now(&client).await, 0);
+        let all = write_and_flush(&mut connection, 100);
+        assert_eq!(received_now(&client).await, all);
     }
 }
