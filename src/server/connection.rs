@@ -13,8 +13,8 @@
 //! Every write is held here (up to [`HELD_CAPACITY`] bytes) and sent at the next flush, with
 //! a write that would not fit, or at shutdown. h2 flushes after each large DATA frame, and a
 //! peer's frames are 16 KiB unless it asks for larger ones, so a batch answer of ~200 KB was
-//! ~14 `writev`s and as many wake-ups of the peer. So a flush that finds at least
-//! [`DEFER_FLUSH_FROM`] bytes written since the last flush sends nothing: it wakes the
+//! ~14 `writev`s and as many wake-ups of the peer. So a flush that finds bytes written since
+//! the last flush and at least [`DEFER_FLUSH_FROM`] bytes held sends nothing: it wakes the
 //! connection's task instead, and the flush of that next poll, which finds no new bytes,
 //! sends the whole round in one call (docs/benchmarks.md, batched lookups, a round of writes
 //! sent at once). A flush with fewer bytes held writes at once, so a small answer waits for
@@ -156,14 +156,30 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
+    /// A client and the server's side of its connection, on loopback.
+    async fn connected() -> (TcpStream, Unvectored<TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (client, Unvectored::new(accepted))
+    }
+
+    /// Writes `len` bytes, which the connection must take at once (held).
+    fn write_now(connection: &mut Unvectored<TcpStream>, cx: &mut Context<'_>, len: usize) {
+        let poll = Pin::new(connection).poll_write(cx, &vec![7u8; len]);
+        assert!(matches!(poll, Poll::Ready(Ok(n)) if n == len));
+    }
+
+    /// Flushes, which must complete at once (written out or deferred).
+    fn flush_now(connection: &mut Unvectored<TcpStream>, cx: &mut Context<'_>) {
+        assert!(matches!(Pin::new(connection).poll_flush(cx), Poll::Ready(Ok(()))));
+    }
+
     /// Writes held and sent together arrive whole and in order, also when the socket is full
     /// and writes go out in parts.
     #[tokio::test]
     async fn held_writes_arrive_in_order_when_the_socket_fills() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let mut connection = Unvectored::new(accepted);
+        let (client, mut connection) = connected().await;
         // Frames as h2 writes them: a head with the payload's first bytes, then the rest;
         // and runs of small frames. Each byte names its write, so a reordering shows.
         let writes: Vec<Vec<u8>> = (0..400u32)
@@ -229,33 +245,22 @@ mod tests {
     /// the whole round.
     #[tokio::test]
     async fn a_large_round_of_writes_goes_out_at_the_flush_after_its_end() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let mut connection = Unvectored::new(accepted);
+        let (client, mut connection) = connected().await;
         let wakes = std::sync::Arc::new(CountingWaker(Default::default()));
         let waker = std::task::Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut write = |connection: &mut Unvectored<TcpStream>, len: usize| {
-            let bytes = vec![7u8; len];
-            let poll = Pin::new(connection).poll_write(&mut cx, &bytes);
-            assert!(matches!(poll, Poll::Ready(Ok(n)) if n == len));
-        };
-        let flush = |connection: &mut Unvectored<TcpStream>, cx: &mut Context<'_>| {
-            assert!(matches!(Pin::new(connection).poll_flush(cx), Poll::Ready(Ok(()))));
-        };
         let woken = || wakes.0.load(std::sync::atomic::Ordering::SeqCst);
 
-        write(&mut connection, 300);
-        flush(&mut connection, &mut Context::from_waker(&waker));
+        write_now(&mut connection, &mut cx, 300);
+        flush_now(&mut connection, &mut cx);
         assert_eq!((received_now(&client).await, woken()), (300, 0));
 
         for _ in 0..3 {
-            write(&mut connection, DEFER_FLUSH_FROM);
-            flush(&mut connection, &mut Context::from_waker(&waker));
+            write_now(&mut connection, &mut cx, DEFER_FLUSH_FROM);
+            flush_now(&mut connection, &mut cx);
         }
         assert_eq!((received_now(&client).await, woken()), (0, 3));
-        flush(&mut connection, &mut Context::from_waker(&waker));
+        flush_now(&mut connection, &mut cx);
         assert_eq!((received_now(&client).await, woken()), (3 * DEFER_FLUSH_FROM, 3));
     }
 
@@ -263,17 +268,12 @@ mod tests {
     /// `MAX_DEFERRED_IN_A_ROW` times; the next flush writes everything held.
     #[tokio::test]
     async fn flushes_are_deferred_a_bounded_number_of_times_in_a_row() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let mut connection = Unvectored::new(accepted);
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
+        let (client, mut connection) = connected().await;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut sent = 0;
         let mut write_and_flush = |connection: &mut Unvectored<TcpStream>, len: usize| {
-            let bytes = vec![7u8; len];
-            assert!(matches!(Pin::new(&mut *connection).poll_write(&mut cx, &bytes), Poll::Ready(Ok(n)) if n == len));
-            assert!(matches!(Pin::new(connection).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+            write_now(connection, &mut cx, len);
+            flush_now(connection, &mut cx);
             sent += len;
             sent
         };
