@@ -15,7 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Undecodable requests are the caller's fault: INVALID_ARGUMENT, not INTERNAL.
         .codec_path("crate::api::codec::AddressingCodec")
         // Written by hand so that a batch lookup decodes its addresses into one buffer and
-        // encodes each result once, and a unary lookup reuses those results (src/api/wire/).
+        // encodes each result once, and a unary lookup reuses those results, and so that a
+        // watch event is encoded once for all its watchers (src/api/wire/).
         .extern_path(
             ".addressing.v1.LookupAddressesRequest",
             "crate::api::wire::LookupAddressesRequest",
@@ -27,6 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(
             ".addressing.v1.LookupAddressResponse",
             "crate::api::wire::LookupAddressResponse",
+        )
+        .extern_path(
+            ".addressing.v1.ServiceBindingEvent",
+            "crate::api::wire::ServiceBindingEvent",
         )
         .build_client(true)
         .build_server(true)

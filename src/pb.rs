@@ -6,7 +6,9 @@
 pub mod addressing {
     pub mod v1 {
         tonic::include_proto!("addressing.v1");
-        pub use crate::api::wire::{LookupAddressResponse, LookupAddressesRequest, LookupAddressesResponse};
+        pub use crate::api::wire::{
+            LookupAddressResponse, LookupAddressesRequest, LookupAddressesResponse, ServiceBindingEvent,
+        };
     }
     pub mod events {
         pub mod v1 {

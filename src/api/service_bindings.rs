@@ -2,6 +2,7 @@
 //! (the watch stream is in [`super::watch`]).
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -14,11 +15,16 @@ use crate::pb::api::service_bindings_server::ServiceBindings;
 
 pub struct ServiceBindingsService {
     app: AppContext,
+    /// The watch streams' events, each encoded once for all of them.
+    events: Arc<watch::EncodedEvents>,
 }
 
 impl ServiceBindingsService {
     pub fn new(app: AppContext) -> ServiceBindingsService {
-        ServiceBindingsService { app }
+        ServiceBindingsService {
+            app,
+            events: Arc::default(),
+        }
     }
 }
 
@@ -125,7 +131,7 @@ impl ServiceBindings for ServiceBindingsService {
             self.app.metrics(),
             "WatchServiceBindings",
             &metadata,
-            watch::open(&self.app, caller, request),
+            watch::open(&self.app, &self.events, caller, request),
         )
         .await?
         .into_inner();

@@ -4,7 +4,12 @@
 //! the seam. A watcher whose client reads slowly falls behind the feed's bounded buffer; it is
 //! then caught up from the log and rejoins the feed, so it never holds more than a few events
 //! in memory and never slows the writer or another watcher. Streams end with UNAVAILABLE at
-//! shutdown, so clients reconnect elsewhere from their last revision.
+//! shutdown, so clients reconnect elsewhere from their last revision. Every watcher sends an
+//! event's one shared wire form ([`EncodedEvents`]).
+
+mod encoded;
+
+pub use encoded::EncodedEvents;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -85,6 +90,7 @@ fn require_watch(caller: &Caller, account_id: Option<&AccountId>) -> Result<(), 
 /// Checks the caller and the request, registers the watcher and returns its stream.
 pub async fn open(
     app: &AppContext,
+    events: &Arc<EncodedEvents>,
     caller: Caller,
     request: api::WatchServiceBindingsRequest,
 ) -> Result<Opened<impl Stream<Item = Result<api::ServiceBindingEvent, Status>> + Send + use<>>, Error> {
@@ -140,6 +146,7 @@ pub async fn open(
         policy_changes: caller.policy_changes(),
         caller,
         engine,
+        events: Arc::clone(events),
         filter,
         cursor,
         pending: VecDeque::new(),
@@ -161,6 +168,8 @@ struct Watcher {
     /// The open-streams gauge, decremented when this watcher is dropped.
     open_streams: prometheus_client::metrics::gauge::Gauge,
     engine: Arc<Engine>,
+    /// The events' wire forms, shared with every other watcher.
+    events: Arc<EncodedEvents>,
     /// Who watches: re-checked when the access policy changes (a revoked grant ends the stream).
     caller: Caller,
     policy_changes: tokio::sync::watch::Receiver<u64>,
@@ -271,7 +280,8 @@ impl Watcher {
         if !self.filter.matches(&event.change) {
             return;
         }
-        self.pending.extend(to_message(event));
+        let message = self.events.message(event, to_message);
+        self.pending.extend(message);
     }
 }
 
@@ -292,15 +302,15 @@ fn to_message(event: &Event) -> Option<api::ServiceBindingEvent> {
         Change::BindingDeleted(binding) => (api::ServiceBindingEventKind::Deleted, binding),
         Change::PrefixCreated(_) | Change::PrefixUpdated(_) | Change::PrefixDeleted(_) => return None,
     };
-    Some(api::ServiceBindingEvent {
-        revision: event.revision,
-        kind: kind as i32,
-        binding: Some(convert::binding(binding)),
-        time: Some(convert::timestamp(event.time)),
-        actor: event
+    Some(api::ServiceBindingEvent::new(
+        event.revision,
+        kind,
+        convert::binding(binding),
+        convert::timestamp(event.time),
+        event
             .actor
             .as_ref()
             .map(|actor| actor.principal.clone())
             .unwrap_or_default(),
-    })
+    ))
 }

@@ -26,3 +26,18 @@ pub struct LookupAddressesRequest {
     #[prost(int32, tag = "3")]
     pub view: i32,
 }
+
+/// One event of a watch stream.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServiceBindingEvent {
+    #[prost(uint64, tag = "1")]
+    pub revision: u64,
+    #[prost(enumeration = "api::ServiceBindingEventKind", tag = "2")]
+    pub kind: i32,
+    #[prost(message, optional, tag = "3")]
+    pub binding: Option<api::ServiceBinding>,
+    #[prost(message, optional, tag = "4")]
+    pub time: Option<prost_types::Timestamp>,
+    #[prost(string, tag = "5")]
+    pub actor: String,
+}

@@ -80,6 +80,42 @@ async fn a_binding_lives_created_active_deleted() {
 }
 
 #[tokio::test]
+async fn every_watcher_and_every_replay_gets_the_same_whole_event() {
+    // The server encodes an event once and sends those bytes to every stream: each must still
+    // carry the whole event, the binding exactly as the create returned it.
+    let server = TestServer::start().await;
+    let prefix = server.create_prefix(&account(), "198.51.100.0/24").await;
+    let mut watchers = Vec::new();
+    for _ in 0..3 {
+        watchers.push(open(&server, watch_request(&prefix.account_id, None)).await);
+    }
+    let binding = server.bind(&prefix, "198.51.100.0/24", CDN).await;
+    let mut seen = Vec::new();
+    for watcher in &mut watchers {
+        seen.push(next(watcher).await);
+    }
+    let first = seen[0].clone();
+    assert_eq!(first.kind(), Kind::Created);
+    assert_eq!(first.binding.as_ref(), Some(&binding));
+    assert_eq!(first.actor, "anonymous");
+    assert!(first.revision > 1 && first.time.is_some());
+    let mut replay = open(&server, watch_request(&prefix.account_id, Some(first.revision - 1))).await;
+    seen.push(next(&mut replay).await);
+    for event in &seen {
+        assert_eq!(event, &first);
+    }
+    // A second binding: the next revision, its own event, to each watcher.
+    let second = server.bind(&prefix, "198.51.100.7/32", SPECTRUM).await;
+    for watcher in watchers.iter_mut().chain([&mut replay]) {
+        let event = next(watcher).await;
+        assert_eq!(
+            (event.revision, event.binding.as_ref()),
+            (first.revision + 1, Some(&second))
+        );
+    }
+}
+
+#[tokio::test]
 async fn replay_from_any_revision_then_live() {
     let server = TestServer::start().await;
     let prefix = server.create_prefix(&account(), "10.9.0.0/16").await;
