@@ -13,8 +13,9 @@ use prost::bytes::Bytes;
 use crate::domain::Event;
 use crate::pb::api;
 
-/// Slots in the ring: more than a write group's events, so that every watcher of a group
-/// finds each event its first watcher encoded.
+/// Slots in the ring: four times the commands a write group holds at most (1,024, most of
+/// one event each), so that every watcher of a group finds each event its first watcher
+/// encoded; a group with more events than slots only costs some of them a second encoding.
 const SLOTS: usize = 4096;
 
 /// A revision and its event's encoded message.
