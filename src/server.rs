@@ -31,6 +31,7 @@ use crate::config::{LogBackend, RolloutMode};
 use crate::engine::{Engine, StartError};
 use crate::log::{EventLog, LogError};
 use crate::metrics::{self, Metrics};
+use crate::operations::Interrupter;
 use crate::pb::api::prefixes_server::PrefixesServer;
 use crate::pb::api::rollout_server::RolloutServer;
 use crate::pb::api::routing_server::RoutingServer;
@@ -219,7 +220,8 @@ pub async fn serve(
     } else {
         Metrics::new()
     });
-    let app = AppContext::new(stop_receiver.clone(), Arc::clone(&metrics), options.rollout);
+    let interrupter = Interrupter::follow(stop_receiver.clone(), access.policy_changes());
+    let app = AppContext::new(interrupter, Arc::clone(&metrics), options.rollout);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)

@@ -15,7 +15,7 @@ use crate::auth::{Caller, Permission};
 use crate::domain::state::{RangeChange, RouteTo};
 use crate::domain::{AccountId, Error, Reason};
 use crate::engine::{CommittedGroup, Engine};
-use crate::operations::{self, Preview};
+use crate::operations::{self, Interruption, Interruptions, Preview};
 use crate::pb::api;
 use crate::projection::route_history::RouteDelta;
 
@@ -82,6 +82,8 @@ pub async fn watch(
     caller: Caller,
     request: api::WatchRoutesRequest,
 ) -> Result<impl Stream<Item = Result<api::RouteDelta, Status>> + Send + use<>, Error> {
+    // From here on, a policy reload makes the stream check its caller again.
+    let interruptions = app.interruptions();
     let account_id = operations::authorize_table(&caller, &request.account_id)?;
     let after = u64::try_from(request.after_revision).map_err(|_| {
         Error::field(
@@ -119,7 +121,7 @@ pub async fn watch(
         }
     }
     let watcher = RouteWatcher {
-        policy_changes: caller.policy_changes(),
+        interruptions,
         caller,
         engine,
         account_id,
@@ -127,7 +129,6 @@ pub async fn watch(
         cursor: after,
         pending: VecDeque::new(),
         feed,
-        shutdown: app.shutdown_signal(),
         ended: false,
     };
     Ok(futures_util::stream::unfold(watcher, RouteWatcher::next))
@@ -146,14 +147,14 @@ fn history_unavailable(after: u64, served_from: u64) -> Error {
 struct RouteWatcher {
     engine: Arc<Engine>,
     caller: Caller,
-    policy_changes: tokio::sync::watch::Receiver<u64>,
+    /// Shutdown (the stream ends) and policy reloads (the caller is checked again).
+    interruptions: Interruptions,
     account_id: Option<AccountId>,
     active_only: bool,
     /// Every delta up to this revision has been queued or skipped.
     cursor: u64,
     pending: VecDeque<api::RouteDelta>,
     feed: tokio::sync::broadcast::Receiver<CommittedGroup>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
     ended: bool,
 }
 
@@ -212,10 +213,12 @@ impl RouteWatcher {
                 Ok(_) | Err(RecvError::Lagged(_)) => Ok(()),
                 Err(RecvError::Closed) => Err(shutting_down()),
             },
-            _ = self.shutdown.wait_for(|stopping| *stopping) => Err(shutting_down()),
-            Ok(()) = self.policy_changes.changed() => {
-                self.caller.require_account_or(self.account_id.as_ref(), Permission::RoutingLookup)
-            }
+            interruption = self.interruptions.wait() => match interruption {
+                Interruption::Stopping => Err(shutting_down()),
+                Interruption::PolicyChanged => {
+                    self.caller.require_account_or(self.account_id.as_ref(), Permission::RoutingLookup)
+                }
+            },
         }
     }
 }

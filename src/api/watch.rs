@@ -24,6 +24,7 @@ use crate::auth::{Caller, Permission};
 use crate::domain::error::AllFields;
 use crate::domain::{AccountId, BindingId, Change, Error, Event, PrefixId, Reason, fields};
 use crate::engine::{CommittedGroup, Engine};
+use crate::operations::{Interruption, Interruptions};
 use crate::pb::api;
 
 /// Events read from the log per blocking read during catch-up.
@@ -94,6 +95,8 @@ pub async fn open(
     caller: Caller,
     request: api::WatchServiceBindingsRequest,
 ) -> Result<Opened<impl Stream<Item = Result<api::ServiceBindingEvent, Status>> + Send + use<>>, Error> {
+    // From here on, a policy reload makes the stream check its caller again.
+    let interruptions = app.interruptions();
     // The account's shape, then the permission, then the rest (as every call).
     if let Ok(account_id) = fields::optional(&request.account_id, |text| fields::account_id("account_id", text)) {
         require_watch(&caller, account_id.as_ref())?;
@@ -143,14 +146,13 @@ pub async fn open(
     open_streams.inc();
     let watcher = Watcher {
         open_streams,
-        policy_changes: caller.policy_changes(),
         caller,
         engine,
         events: Arc::clone(events),
         filter,
         cursor,
         pending: VecDeque::new(),
-        shutdown: app.shutdown_signal(),
+        interruptions,
         feed,
         replay: request.after_revision.is_some(),
         ended: false,
@@ -172,13 +174,13 @@ struct Watcher {
     events: Arc<EncodedEvents>,
     /// Who watches: re-checked when the access policy changes (a revoked grant ends the stream).
     caller: Caller,
-    policy_changes: tokio::sync::watch::Receiver<u64>,
     filter: Filter,
     /// The last revision passed on (or skipped as not matching).
     cursor: u64,
     /// Messages ready to send: at most one committed group or one catch-up chunk.
     pending: VecDeque<api::ServiceBindingEvent>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Shutdown (the stream ends) and policy reloads (the caller is checked again).
+    interruptions: Interruptions,
     feed: tokio::sync::broadcast::Receiver<CommittedGroup>,
     /// Read the log, not the feed, on the next fill: set for a replay (`after_revision`) and
     /// while a catch-up has more to read.
@@ -218,10 +220,12 @@ impl Watcher {
         }
         let received = tokio::select! {
             received = self.feed.recv() => received,
-            _ = self.shutdown.wait_for(|stopping| *stopping) => return Err(shutting_down()),
-            Ok(()) = self.policy_changes.changed() => {
-                return require_watch(&self.caller, self.filter.account_id.as_ref()).map_err(Status::from);
-            }
+            interruption = self.interruptions.wait() => return match interruption {
+                Interruption::Stopping => Err(shutting_down()),
+                Interruption::PolicyChanged => {
+                    require_watch(&self.caller, self.filter.account_id.as_ref()).map_err(Status::from)
+                }
+            },
         };
         match received {
             Ok(group) => {
@@ -247,7 +251,7 @@ impl Watcher {
     /// at the head, the feed takes over (it still holds what came after: it was subscribed
     /// first).
     async fn catch_up(&mut self) -> Result<(), Status> {
-        if *self.shutdown.borrow() {
+        if self.interruptions.stopping() {
             return Err(shutting_down());
         }
         let head = self.engine.projections().read().head;

@@ -214,11 +214,6 @@ impl Caller {
         );
         error
     }
-
-    /// Resolves when the policy may have changed (a reload): re-check what the caller holds.
-    pub fn policy_changes(&self) -> watch::Receiver<u64> {
-        self.access.changes.subscribe()
-    }
 }
 
 fn expired(expires_at: Option<SystemTime>) -> bool {
@@ -315,6 +310,12 @@ impl Access {
             loaded: RwLock::new(Arc::new(Loaded::new(policy, text))),
             changes: watch::channel(0).0,
         })
+    }
+
+    /// Changes when the policy may have changed (a reload): open streams check their callers
+    /// again.
+    pub fn policy_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn mode(&self) -> AuthMode {

@@ -6,6 +6,7 @@
 //! `rest::error`), both from the one reason table in [`crate::domain::error`].
 
 mod bindings;
+pub mod interruptions;
 pub mod page_token;
 mod prefixes;
 mod rollout;
@@ -13,9 +14,8 @@ mod routes;
 
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::watch as signal;
-
 pub use bindings::{NewBinding, create_binding, delete_binding, get_binding, list_bindings};
+pub use interruptions::{Interrupter, Interruption, Interruptions};
 pub use prefixes::{NewPrefix, create_prefix, delete_prefix, get_prefix, list_prefixes, update_prefix};
 pub use rollout::complete_provisioning;
 pub use routes::{Preview, PreviewOf, authorize_table, export_routes, preview_change};
@@ -26,21 +26,21 @@ use crate::domain::{Actor, Command, Error, Outcome, Reason, Service, fields};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 
-/// What every surface shares: the engine, once the projections are loaded, the shutdown
-/// signal that ends open streams, and the metrics.
+/// What every surface shares: the engine, once the projections are loaded, what interrupts
+/// open streams (shutdown, policy reloads), and the metrics.
 #[derive(Clone)]
 pub struct AppContext {
     engine: Arc<OnceLock<Arc<Engine>>>,
-    shutdown: signal::Receiver<bool>,
+    interrupter: Interrupter,
     metrics: Arc<Metrics>,
     rollout: RolloutMode,
 }
 
 impl AppContext {
-    pub fn new(shutdown: signal::Receiver<bool>, metrics: Arc<Metrics>, rollout: RolloutMode) -> AppContext {
+    pub fn new(interrupter: Interrupter, metrics: Arc<Metrics>, rollout: RolloutMode) -> AppContext {
         AppContext {
             engine: Arc::new(OnceLock::new()),
-            shutdown,
+            interrupter,
             metrics,
             rollout,
         }
@@ -71,8 +71,9 @@ impl AppContext {
             .ok_or_else(|| Error::new(Reason::NotReady, "the server is loading its data; retry shortly"))
     }
 
-    pub fn shutdown_signal(&self) -> signal::Receiver<bool> {
-        self.shutdown.clone()
+    /// A new stream's view of shutdown and policy reloads.
+    pub fn interruptions(&self) -> Interruptions {
+        self.interrupter.subscribe()
     }
 }
 

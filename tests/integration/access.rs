@@ -668,6 +668,18 @@ async fn a_reload_revokes_calls_and_open_watches() {
         .await
         .unwrap()
         .into_inner();
+    let routes = api::WatchRoutesRequest {
+        account_id: f.account_a.clone(),
+        after_revision: 0,
+        active_only: false,
+    };
+    let mut route_stream = f
+        .server
+        .routing()
+        .watch_routes(authorized(&reader, routes))
+        .await
+        .unwrap()
+        .into_inner();
     // The reader loses its grant; a broken file in between changes nothing.
     let policy_path = f.dir.path().join("policy.toml");
     std::fs::write(&policy_path, "[[token]]\nthis is not toml").unwrap();
@@ -691,6 +703,19 @@ async fn a_reload_revokes_calls_and_open_watches() {
         .await
         .expect("the watch ends")
         .unwrap_err();
+    assert_error(&ended, Code::PermissionDenied, "PERMISSION_DENIED", 1402, None);
+    // After the deltas it had to send (from revision 0), the route watch ends too.
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match route_stream.message().await {
+                Ok(Some(_delta)) => continue,
+                Ok(None) => panic!("the route watch ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the route watch ends");
     assert_error(&ended, Code::PermissionDenied, "PERMISSION_DENIED", 1402, None);
     let refused = f
         .server

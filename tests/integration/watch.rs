@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipam_bindings::pb::api;
 use ipam_bindings::pb::api::ServiceBindingEventKind as Kind;
-use tonic::{Code, Streaming};
+use tonic::{Code, Status, Streaming};
 
 use crate::common::*;
 
@@ -373,15 +373,27 @@ async fn shutdown_ends_open_streams_with_unavailable() {
     for _ in 0..5 {
         streams.push(open(&server, watch_request("", None)).await);
     }
+    let routes = api::WatchRoutesRequest::default();
+    let mut route_stream = server.routing().watch_routes(routes).await.unwrap().into_inner();
     let started = tokio::time::Instant::now();
     server.stop().await.unwrap();
     assert!(started.elapsed() < PATIENCE);
-    for mut stream in streams {
-        let status = tokio::time::timeout(PATIENCE, stream.message())
-            .await
-            .unwrap()
-            .unwrap_err();
+    let ended = |status: Status| {
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(status.message().contains("shutting down"));
+    };
+    for mut stream in streams {
+        ended(
+            tokio::time::timeout(PATIENCE, stream.message())
+                .await
+                .unwrap()
+                .unwrap_err(),
+        );
     }
+    ended(
+        tokio::time::timeout(PATIENCE, route_stream.message())
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
 }
