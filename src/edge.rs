@@ -301,10 +301,14 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let request_id = match request.headers().get(&REQUEST_ID) {
+        let mut request_id = match request.headers().get(&REQUEST_ID) {
             Some(value) if usable_request_id(value) => value.clone(),
             _ => fresh_request_id(),
         };
+        // One per call: HPACK sends it as a literal never indexed, instead of adding each one
+        // to the connection's table (evicting another entry), which the encoder first searches
+        // for it.
+        request_id.set_sensitive(true);
         request.headers_mut().insert(&REQUEST_ID, request_id.clone());
         let Ok(permit) = Arc::clone(&self.calls).try_acquire_owned() else {
             let response = error_response(
