@@ -79,6 +79,25 @@ mod tests {
     }
 
     #[test]
+    fn traceparents_are_four_lowercase_hex_fields_of_fixed_lengths() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(is_traceparent(valid));
+        for invalid in [
+            "",
+            "-",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-00",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "0-04bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902g7-01",
+        ] {
+            assert!(!is_traceparent(invalid), "{invalid:?}");
+        }
+    }
+
+    #[test]
     fn parses_grpc_timeouts() {
         let mut headers = http::HeaderMap::new();
         for (text, expected) in [
@@ -252,12 +271,14 @@ pub(crate) fn fresh_request_id() -> HeaderValue {
 }
 
 /// A W3C trace context header: version-traceid-parentid-flags, in lowercase hex.
+/// Read on every call (most have none), so it allocates nothing.
 pub(crate) fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    parts.len() == 4
-        && [2, 32, 16, 2].iter().zip(&parts).all(|(len, part)| {
-            part.len() == *len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    let mut fields = value.split('-');
+    [2, 32, 16, 2].into_iter().all(|len| {
+        fields.next().is_some_and(|field| {
+            field.len() == len && field.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         })
+    }) && fields.next().is_none()
 }
 
 /// tonic reports a request over `max_decoding_message_size` as OUT_OF_RANGE; gRPC's
