@@ -12,8 +12,9 @@
 //! Every answer goes through `black_box`, so each side must produce all it returns (the
 //! routing table its entry's ids): an answer only counted would let the compiler skip loads.
 //!
-//! Run: `cargo bench --bench lookup` (prints memory per binding first, then criterion's
-//! throughput per scenario). The data is deterministic (seeded):
+//! Run: `cargo bench --bench lookup` (prints memory per binding first; for hits, the routing
+//! table and prefix-trie alternated pass by pass, with the median of the rounds' ratios; then
+//! criterion's throughput per scenario). The data is deterministic (seeded):
 //! - IPv4: 250,000 random /24 prefixes in 1.0.0.0-223.255.255.255, each with its prefix-wide
 //!   binding and three more-specific ones (/25../32), all ACTIVE.
 //! - IPv6: 25,000 random /48 prefixes in 2000::/4, each with its prefix-wide binding and three
@@ -25,6 +26,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ipam_bindings::domain::{
@@ -66,6 +68,8 @@ const V6_PREFIXES: usize = 25_000;
 const MORE_SPECIFIC_PER_PREFIX: usize = 3;
 const V4_BINDINGS: usize = V4_PREFIXES * (1 + MORE_SPECIFIC_PER_PREFIX);
 const ADDRESSES: usize = 1 << 20;
+/// Rounds of the side-by-side measurement of hits (`alternated`).
+const ALTERNATED_ROUNDS: usize = 9;
 
 struct Dataset {
     /// (prefix CIDR, binding CIDRs inside it: the prefix-wide one first)
@@ -279,6 +283,54 @@ fn measured<T>(build: impl FnOnce() -> T) -> (T, usize, usize) {
     )
 }
 
+/// The routing table against prefix-trie side by side: one pass of each over the same
+/// addresses, alternated round after round, and each round's ratio. Criterion measures each
+/// side in a window of its own, seconds apart, and this machine's speed drifts within
+/// minutes; here the drift falls on both sides of a round alike, so the median of the rounds'
+/// ratios is the figure to read against the goal (docs/benchmarks.md).
+fn alternated(name: &str, addresses: &[IpAddr], table: &RoutingTable, baseline: &Baseline) {
+    let rate = |pass: &dyn Fn() -> usize| {
+        let started = Instant::now();
+        black_box(pass());
+        addresses.len() as f64 / started.elapsed().as_secs_f64() / 1e6
+    };
+    let ours = || {
+        addresses
+            .iter()
+            .filter_map(|a| table.lookup(black_box(*a), false))
+            .map(black_box)
+            .count()
+    };
+    let theirs = || {
+        addresses
+            .iter()
+            .filter_map(|a| baseline.lookup(black_box(*a)))
+            .map(black_box)
+            .count()
+    };
+    // A pass of each to warm up.
+    rate(&theirs);
+    rate(&ours);
+    let mut rounds: Vec<(f64, f64)> = (0..ALTERNATED_ROUNDS)
+        .map(|_| {
+            let theirs = rate(&theirs);
+            (theirs, rate(&ours))
+        })
+        .collect();
+    let each = rounds
+        .iter()
+        .map(|(theirs, ours)| format!("{ours:.2}/{theirs:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    rounds.sort_by(|a, b| (a.1 / a.0).total_cmp(&(b.1 / b.0)));
+    let (theirs, ours) = rounds[ALTERNATED_ROUNDS / 2];
+    println!(
+        "{name}, alternated: routing-table / prefix-trie median {:.2}x over {ALTERNATED_ROUNDS} rounds \
+         (M lookups/s, table/prefix-trie per round: {each})",
+        ours / theirs
+    );
+}
+
 fn lookups(c: &mut Criterion) {
     let mut rng = fastrand::Rng::with_seed(2026);
     let data = dataset(&mut rng);
@@ -349,6 +401,9 @@ fn lookups(c: &mut Criterion) {
         let theirs = addresses.iter().filter(|a| baseline.lookup(**a).is_some()).count();
         assert_eq!(ours, theirs, "{name}: both find the same number of bindings");
         println!("{name}: {ours} of {} addresses are inside a binding", addresses.len());
+        if name.ends_with("_hits") {
+            alternated(name, addresses, &table, &baseline);
+        }
 
         let mut group = c.benchmark_group(*name);
         group.throughput(Throughput::Elements(addresses.len() as u64));
