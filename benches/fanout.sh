@@ -9,7 +9,8 @@
 #   bash benches/fanout.sh ROUNDS 'SERVER A' 'SERVER B'
 #
 # e.g. bash benches/fanout.sh 3 /tmp/ipam-old target/release/ipam-bindings
-# Uses target/release/ipamctl (or $IPAMCTL) for both.
+# Uses target/release/ipamctl (or $IPAMCTL) for both. SCENARIO=watch-routes watches the
+# account's routing table (WatchRoutes) instead of its binding events.
 set -euo pipefail
 rounds=$1
 servers=("$2" "$3")
@@ -19,6 +20,7 @@ endpoint=http://127.0.0.1:$port
 hz=$(getconf CLK_TCK)
 watchers=1000
 rate=50
+scenario=${SCENARIO:-watch}
 for round in $(seq 1 "$rounds"); do
     for side in 0 1; do
         dir=$(mktemp -d)
@@ -38,7 +40,7 @@ for round in $(seq 1 "$rounds"); do
             done
         ) >"$samples" &
         sampler=$!
-        result=$("$ipamctl" --server "$endpoint" bench watch --watchers $watchers --rate $rate --duration 10s \
+        result=$("$ipamctl" --server "$endpoint" bench "$scenario" --watchers $watchers --rate $rate --duration 10s \
             --connections 8 --concurrency 64 --rounds 1 2>&1 | grep -E "deliveries|lag|ratio" | tr -s ' \n' ' ')
         kill "$sampler" 2>/dev/null || true
         wait "$sampler" 2>/dev/null || true

@@ -313,8 +313,9 @@ pub enum Format {
 /// `ipamctl bench`'s arguments.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
-    /// health, lookup, lookup-batch (FULL view), lookup-batch-compact, create, mixed, watch,
-    /// load, or etcd-put (durable puts to an etcd cluster at --server, the anchor for creates).
+    /// health, lookup, lookup-batch (FULL view), lookup-batch-compact, create, mixed, watch
+    /// (binding events), watch-routes (WatchRoutes deltas), load, or etcd-put (durable puts to
+    /// an etcd cluster at --server, the anchor for creates).
     #[arg(default_value = "health")]
     pub scenario: String,
     /// Run these scenarios alternately (e.g. health,lookup) and print throughput ratios.

@@ -31,7 +31,7 @@ pub struct RunResult {
 
 pub async fn run(connection: &Connection, args: &BenchArgs, json: bool) -> Result<(), String> {
     let channels = open_channels(connection, args.connections).await?;
-    if args.scenario == "watch" && args.compare.is_empty() {
+    if let ("watch" | "watch-routes", true) = (args.scenario.as_str(), args.compare.is_empty()) {
         return watch::run(&channels, args, json).await;
     }
     let scenarios: Vec<String> = if args.compare.is_empty() {

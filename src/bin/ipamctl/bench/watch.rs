@@ -1,17 +1,23 @@
 //! The watch fan-out benchmark: `--watchers` live watchers while creates run at a steady
 //! `--rate` (each create is its own task, so a slow reply does not lower the rate). Reports
-//! delivery lag from commit to arrival at each watcher (the event's `time`, stamped by the
-//! server when it decided the change, to the watcher's clock on arrival: both on this
-//! machine), events lost (every watcher must see every acknowledged create), and the create
-//! throughput with and without one stalled watcher (a stream that is never read), alternated.
+//! delivery lag to arrival at each watcher, events lost (every watcher must see every
+//! acknowledged create), and the create throughput with and without one stalled watcher (a
+//! stream that is never read), alternated.
+//!
+//! `watch` follows WatchServiceBindings: the lag is from the event's `time` (stamped by the
+//! server when it decided the change) to the watcher's clock on arrival, both on this machine.
+//! `watch-routes` follows WatchRoutes (the account's whole table, from its head): a delta
+//! carries no time, so the lag is from the create's sending, and a create arrives with the
+//! delta whose added routes name its binding.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::connection::Transport;
 use ipam_bindings::pb::api;
+use ipam_bindings::pb::api::routing_client::RoutingClient;
 use ipam_bindings::pb::api::service_bindings_client::ServiceBindingsClient;
 use tokio::time::Instant;
 
@@ -25,42 +31,32 @@ pub async fn run(channels: &[Transport], args: &BenchArgs, json: bool) -> Result
         targets: Arc::clone(&targets),
     });
     let account_id = targets.account_id();
+    let routes = args.scenario == "watch-routes";
 
     // 1. Fan-out: lag and loss.
-    let acknowledged: Arc<Mutex<HashSet<String>>> = Arc::default();
+    // Each acknowledged create's binding id, and when it was sent.
+    let acknowledged: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
     let n_arrivals = Arc::new(AtomicU64::new(0));
     let mut watchers = tokio::task::JoinSet::new();
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     for index in 0..args.watchers {
-        let mut client = ServiceBindingsClient::new(channels[index % channels.len()].clone());
-        let request = api::WatchServiceBindingsRequest {
-            account_id: account_id.clone(),
-            ..Default::default()
+        let channel = &channels[index % channels.len()];
+        let mut stream = match routes {
+            true => Watched::Routes(watch_routes(channel, &account_id).await?),
+            false => Watched::Bindings(watch_bindings(channel, &account_id).await?),
         };
-        let mut stream = client
-            .watch_service_bindings(request)
-            .await
-            .map_err(|s| format!("watch: {s:?}"))?
-            .into_inner();
         let mut stop = stop.clone();
         let n_arrivals = Arc::clone(&n_arrivals);
         watchers.spawn(async move {
-            // (binding id, lag from the event's commit time to arrival)
-            let mut arrivals: Vec<(String, Duration)> = Vec::new();
+            let mut arrivals: Vec<Arrival> = Vec::new();
             loop {
                 tokio::select! {
-                    message = stream.message() => match message {
-                        Ok(Some(event)) => {
-                            if event.kind() == api::ServiceBindingEventKind::Created
-                                && let (Some(binding), Some(time)) = (event.binding, event.time)
-                            {
-                                let committed = UNIX_EPOCH + Duration::new(time.seconds as u64, time.nanos as u32);
-                                let lag = SystemTime::now().duration_since(committed).unwrap_or_default();
-                                arrivals.push((binding.id, lag));
-                                n_arrivals.fetch_add(1, Ordering::Relaxed);
-                            }
+                    arrived = stream.next() => match arrived {
+                        Some(mut arrived) => {
+                            n_arrivals.fetch_add(arrived.len().min(1) as u64, Ordering::Relaxed);
+                            arrivals.append(&mut arrived);
                         }
-                        _ => break,
+                        None => break,
                     },
                     _ = stop.wait_for(|stopping| *stopping) => break,
                 }
@@ -78,10 +74,11 @@ pub async fn run(channels: &[Transport], args: &BenchArgs, json: bool) -> Result
         let mut client = ServiceBindingsClient::new(channels[sequence as usize % channels.len()].clone());
         let (request, acknowledged) = (targets.next_request(), Arc::clone(&acknowledged));
         creates.spawn(async move {
+            let sent = SystemTime::now();
             if let Ok(response) = client.create_service_binding(request).await
                 && let Ok(mut acknowledged) = acknowledged.lock()
             {
-                acknowledged.insert(response.into_inner().id);
+                acknowledged.insert(response.into_inner().id, sent);
             }
         });
         sequence += 1;
@@ -107,10 +104,17 @@ pub async fn run(channels: &[Transport], args: &BenchArgs, json: bool) -> Result
     let mut lost = 0u64;
     while let Some(arrivals) = watchers.join_next().await {
         let arrivals = arrivals.map_err(|e| e.to_string())?;
-        let seen: HashMap<&String, &Duration> = arrivals.iter().map(|(id, lag)| (id, lag)).collect();
-        for id in &acknowledged {
+        // A binding's first arrival (a later delta may split it again).
+        let mut seen: HashMap<&String, &Arrival> = HashMap::new();
+        for arrival in &arrivals {
+            seen.entry(&arrival.binding_id).or_insert(arrival);
+        }
+        for (id, sent) in &acknowledged {
             match seen.get(id) {
-                Some(lag_of_event) => lag.record_ok(**lag_of_event, 1),
+                Some(arrival) => {
+                    let since = arrival.committed.unwrap_or(*sent);
+                    lag.record_ok(arrival.at.duration_since(since).unwrap_or_default(), 1)
+                }
                 None => lost += 1,
             }
         }
@@ -123,16 +127,10 @@ pub async fn run(channels: &[Transport], args: &BenchArgs, json: bool) -> Result
     let window = Duration::from_secs(3);
     for _ in 0..args.rounds.max(1) {
         without.push(closed_loop_creates(&workload, channels, args.concurrency, window).await);
-        let mut client = ServiceBindingsClient::new(channels[0].clone());
-        let request = api::WatchServiceBindingsRequest {
-            account_id: account_id.clone(),
-            ..Default::default()
+        let stalled = match routes {
+            true => Watched::Routes(watch_routes(&channels[0], &account_id).await?),
+            false => Watched::Bindings(watch_bindings(&channels[0], &account_id).await?),
         };
-        let stalled = client
-            .watch_service_bindings(request)
-            .await
-            .map_err(|s| format!("watch: {s:?}"))?
-            .into_inner();
         with.push(closed_loop_creates(&workload, channels, args.concurrency, window).await);
         drop(stalled);
     }
@@ -145,7 +143,7 @@ pub async fn run(channels: &[Transport], args: &BenchArgs, json: bool) -> Result
         println!(
             "{}",
             serde_json::json!({
-                "scenario": "watch", "watchers": args.watchers, "rate": rate, "created": n_created,
+                "scenario": args.scenario, "watchers": args.watchers, "rate": rate, "created": n_created,
                 "deliveries": lag_summary.n_calls, "lost": lost,
                 "lag_ms": {"p50": lag_summary.p50_ms, "p99": lag_summary.p99_ms, "max": lag_summary.max_ms},
                 "creates_per_s_without_stalled": without, "creates_per_s_with_stalled": with,
@@ -154,12 +152,15 @@ pub async fn run(channels: &[Transport], args: &BenchArgs, json: bool) -> Result
         );
     } else {
         println!(
-            "watch: {} watchers, {n_created} creates at {rate:.0}/s, {} deliveries, {lost} lost",
-            args.watchers, lag_summary.n_calls
+            "{}: {} watchers, {n_created} creates at {rate:.0}/s, {} deliveries, {lost} lost",
+            args.scenario, args.watchers, lag_summary.n_calls
         );
         println!(
-            "delivery lag from commit: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-            lag_summary.p50_ms, lag_summary.p99_ms, lag_summary.max_ms
+            "delivery lag from {}: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            if routes { "the create's sending" } else { "commit" },
+            lag_summary.p50_ms,
+            lag_summary.p99_ms,
+            lag_summary.max_ms
         );
         println!(
             "creates/s at concurrency {}: without a stalled watcher {without:.0?}, with one {with:.0?}; median ratio {:.3}",
@@ -168,6 +169,90 @@ pub async fn run(channels: &[Transport], args: &BenchArgs, json: bool) -> Result
         );
     }
     Ok(())
+}
+
+/// A created binding seen by a watcher.
+struct Arrival {
+    binding_id: String,
+    /// The watcher's clock on arrival.
+    at: SystemTime,
+    /// The server's time of the change, when the message carries it.
+    committed: Option<SystemTime>,
+}
+
+/// One watcher's stream, of either kind.
+enum Watched {
+    Bindings(tonic::Streaming<api::ServiceBindingEvent>),
+    Routes(tonic::Streaming<api::RouteDelta>),
+}
+
+impl Watched {
+    /// The created bindings the next message brings (none for other messages); `None` once the
+    /// stream ends or fails.
+    async fn next(&mut self) -> Option<Vec<Arrival>> {
+        match self {
+            Watched::Bindings(stream) => {
+                let event = stream.message().await.ok()??;
+                let created = event.kind() == api::ServiceBindingEventKind::Created;
+                Some(match (created, event.binding, event.time) {
+                    (true, Some(binding), Some(time)) => vec![Arrival {
+                        binding_id: binding.id,
+                        at: SystemTime::now(),
+                        committed: Some(UNIX_EPOCH + Duration::new(time.seconds as u64, time.nanos as u32)),
+                    }],
+                    _ => Vec::new(),
+                })
+            }
+            // Every route the delta adds names its binding: the new one, and the pieces of the
+            // ones around it that it split.
+            Watched::Routes(stream) => {
+                let delta = stream.message().await.ok()??;
+                let at = SystemTime::now();
+                let arrivals = delta.added.into_iter().map(|route| Arrival {
+                    binding_id: route.binding_id,
+                    at,
+                    committed: None,
+                });
+                Some(arrivals.collect())
+            }
+        }
+    }
+}
+
+async fn watch_bindings(
+    channel: &Transport,
+    account_id: &str,
+) -> Result<tonic::Streaming<api::ServiceBindingEvent>, String> {
+    let request = api::WatchServiceBindingsRequest {
+        account_id: account_id.to_string(),
+        ..Default::default()
+    };
+    let response = ServiceBindingsClient::new(channel.clone())
+        .watch_service_bindings(request)
+        .await;
+    Ok(response.map_err(|s| format!("watch: {s:?}"))?.into_inner())
+}
+
+/// The account's whole table, from the revision of its export.
+async fn watch_routes(channel: &Transport, account_id: &str) -> Result<tonic::Streaming<api::RouteDelta>, String> {
+    let mut client = RoutingClient::new(channel.clone());
+    let export = api::ExportRoutesRequest {
+        account_id: account_id.to_string(),
+        ..Default::default()
+    };
+    let mut chunks = (client.export_routes(export).await)
+        .map_err(|s| format!("export: {s:?}"))?
+        .into_inner();
+    let revision = (chunks.message().await)
+        .map_err(|s| format!("export: {s:?}"))?
+        .map_or(0, |chunk| chunk.revision);
+    let request = api::WatchRoutesRequest {
+        account_id: account_id.to_string(),
+        after_revision: revision,
+        ..Default::default()
+    };
+    let response = client.watch_routes(request).await;
+    Ok(response.map_err(|s| format!("watch routes: {s:?}"))?.into_inner())
 }
 
 async fn closed_loop_creates(
