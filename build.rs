@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::api::codec::AddressingCodec")
         // Written by hand so that a batch lookup decodes its addresses into one buffer and
         // encodes each result once, and a unary lookup reuses those results, and so that a
-        // watch event is encoded once for all its watchers (src/api/wire/).
+        // watch event or a route delta is encoded once for all its watchers (src/api/wire/).
         .extern_path(
             ".addressing.v1.LookupAddressesRequest",
             "crate::api::wire::LookupAddressesRequest",
@@ -33,6 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".addressing.v1.ServiceBindingEvent",
             "crate::api::wire::ServiceBindingEvent",
         )
+        .extern_path(".addressing.v1.RouteDelta", "crate::api::wire::RouteDelta")
         .build_client(true)
         .build_server(true)
         .compile_protos(

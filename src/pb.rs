@@ -7,7 +7,7 @@ pub mod addressing {
     pub mod v1 {
         tonic::include_proto!("addressing.v1");
         pub use crate::api::wire::{
-            LookupAddressResponse, LookupAddressesRequest, LookupAddressesResponse, ServiceBindingEvent,
+            LookupAddressResponse, LookupAddressesRequest, LookupAddressesResponse, RouteDelta, ServiceBindingEvent,
         };
     }
     pub mod events {

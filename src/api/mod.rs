@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod convert;
+mod encoded;
 pub mod lookup;
 pub mod prefixes;
 pub mod rollout;
@@ -24,6 +25,8 @@ use tonic::{Response, Status};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use http::HeaderName;
+
+pub use encoded::EncodedMessages;
 
 use crate::edge::{REQUEST_ID, TRACEPARENT, is_traceparent};
 use crate::telemetry;

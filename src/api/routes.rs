@@ -1,16 +1,19 @@
 //! The routing table as a whole over gRPC: PreviewChange's answer, ExportRoutes' chunks and
 //! WatchRoutes' stream of deltas (read from the projections' route history, which a watcher
 //! follows by revision: the commit feed only wakes it, so a slow reader is caught up from the
-//! history, never dropped, until it falls behind what the history keeps).
+//! history, never dropped, until it falls behind what the history keeps). Every watcher sends
+//! a delta's one shared wire form ([`EncodedMessages`], by revision and table).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use prost::Message;
+use prost::bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::Status;
 
-use super::{AppContext, convert};
+use super::{AppContext, EncodedMessages, convert};
 use crate::auth::{Caller, Permission};
 use crate::domain::state::{RangeChange, RouteTo};
 use crate::domain::{AccountId, Error, Reason};
@@ -76,9 +79,10 @@ pub fn export_messages(
 }
 
 /// Checks the request and the caller, and returns the stream of deltas after
-/// `after_revision`.
+/// `after_revision`, each sent in its shared form from `deltas`.
 pub async fn watch(
     app: &AppContext,
+    deltas: &Arc<EncodedMessages>,
     caller: Caller,
     request: api::WatchRoutesRequest,
 ) -> Result<impl Stream<Item = Result<api::RouteDelta, Status>> + Send + use<>, Error> {
@@ -124,6 +128,7 @@ pub async fn watch(
         interruptions,
         caller,
         engine,
+        deltas: Arc::clone(deltas),
         account_id,
         active_only: request.active_only,
         cursor: after,
@@ -147,6 +152,8 @@ fn history_unavailable(after: u64, served_from: u64) -> Error {
 struct RouteWatcher {
     engine: Arc<Engine>,
     caller: Caller,
+    /// The deltas' wire forms, shared by every watcher.
+    deltas: Arc<EncodedMessages>,
     /// Shutdown (the stream ends) and policy reloads (the caller is checked again).
     interruptions: Interruptions,
     account_id: Option<AccountId>,
@@ -196,11 +203,8 @@ impl RouteWatcher {
             }
             let deltas: Vec<api::RouteDelta> = (history.after(self.cursor))
                 .filter(|delta| self.wanted(delta))
-                .map(|delta| api::RouteDelta {
-                    revision: delta.revision as i64,
-                    removed: delta.removed.iter().map(route).collect(),
-                    added: delta.added.iter().map(route).collect(),
-                })
+                .filter_map(|delta| self.deltas.get_or_encode(shared_key(delta), || Some(encode(delta))))
+                .map(api::RouteDelta::encoded)
                 .collect();
             self.pending.extend(deltas);
             self.cursor = model.head;
@@ -221,6 +225,20 @@ impl RouteWatcher {
             },
         }
     }
+}
+
+/// A delta's key among the shared wire forms: one table's delta per revision at most.
+fn shared_key(delta: &RouteDelta) -> u64 {
+    delta.revision * 2 + u64::from(delta.active_only)
+}
+
+fn encode(delta: &RouteDelta) -> Bytes {
+    let message = api::RouteDelta::new(
+        delta.revision as i64,
+        delta.removed.iter().map(route).collect(),
+        delta.added.iter().map(route).collect(),
+    );
+    Bytes::from(message.encode_to_vec())
 }
 
 fn shutting_down() -> Error {

@@ -1,15 +1,14 @@
 //! addressing.v1.Routing: longest-prefix-match lookups over every binding of every account,
 //! answered from the routing projection under one short read lock per call.
 
-use std::sync::RwLock;
-
 use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::lookup::{self, KeptRoutes, MAX_CACHED_BYTES, MAX_CACHED_ROUTES, RouteCache, View};
-use super::{AppContext, routes, unary};
+use super::{AppContext, EncodedMessages, routes, unary};
 use crate::auth::layer::caller_of;
 use crate::domain::fields::MAX_LOOKUP_BATCH;
 use crate::domain::{Error, Reason, fields};
@@ -21,6 +20,8 @@ pub struct RoutingService {
     app: AppContext,
     /// Lookups reuse each route's encoded fields (see `lookup`).
     routes: RwLock<KeptRoutes>,
+    /// The WatchRoutes streams' deltas, each encoded once for all of them.
+    deltas: Arc<EncodedMessages>,
 }
 
 impl RoutingService {
@@ -28,6 +29,7 @@ impl RoutingService {
         RoutingService {
             app,
             routes: RwLock::default(),
+            deltas: Arc::default(),
         }
     }
 
@@ -182,7 +184,7 @@ impl Routing for RoutingService {
         let (metadata, extensions, request) = request.into_parts();
         let caller = caller_of(&extensions);
         let stream = unary(self.app.metrics(), "WatchRoutes", &metadata, async {
-            routes::watch(&self.app, caller, request).await
+            routes::watch(&self.app, &self.deltas, caller, request).await
         })
         .await?
         .into_inner();

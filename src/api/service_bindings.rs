@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{AppContext, convert, unary, watch};
+use super::{AppContext, EncodedMessages, convert, unary, watch};
 use crate::auth::layer::caller_of;
 use crate::operations::{self, ListPage, NewBinding};
 use crate::pb::api;
@@ -16,7 +16,7 @@ use crate::pb::api::service_bindings_server::ServiceBindings;
 pub struct ServiceBindingsService {
     app: AppContext,
     /// The watch streams' events, each encoded once for all of them.
-    events: Arc<watch::EncodedEvents>,
+    events: Arc<EncodedMessages>,
 }
 
 impl ServiceBindingsService {

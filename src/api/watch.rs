@@ -5,21 +5,19 @@
 //! then caught up from the log and rejoins the feed, so it never holds more than a few events
 //! in memory and never slows the writer or another watcher. Streams end with UNAVAILABLE at
 //! shutdown, so clients reconnect elsewhere from their last revision. Every watcher sends an
-//! event's one shared wire form ([`EncodedEvents`]).
-
-mod encoded;
-
-pub use encoded::EncodedEvents;
+//! event's one shared wire form ([`EncodedMessages`], by revision).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use prost::Message;
+use prost::bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::Status;
 use tracing::{debug, error};
 
-use super::{AppContext, convert};
+use super::{AppContext, EncodedMessages, convert};
 use crate::auth::{Caller, Permission};
 use crate::domain::error::AllFields;
 use crate::domain::{AccountId, BindingId, Change, Error, Event, PrefixId, Reason, fields};
@@ -91,7 +89,7 @@ fn require_watch(caller: &Caller, account_id: Option<&AccountId>) -> Result<(), 
 /// Checks the caller and the request, registers the watcher and returns its stream.
 pub async fn open(
     app: &AppContext,
-    events: &Arc<EncodedEvents>,
+    events: &Arc<EncodedMessages>,
     caller: Caller,
     request: api::WatchServiceBindingsRequest,
 ) -> Result<Opened<impl Stream<Item = Result<api::ServiceBindingEvent, Status>> + Send + use<>>, Error> {
@@ -171,7 +169,7 @@ struct Watcher {
     open_streams: prometheus_client::metrics::gauge::Gauge,
     engine: Arc<Engine>,
     /// The events' wire forms, shared with every other watcher.
-    events: Arc<EncodedEvents>,
+    events: Arc<EncodedMessages>,
     /// Who watches: re-checked when the access policy changes (a revoked grant ends the stream).
     caller: Caller,
     filter: Filter,
@@ -284,8 +282,10 @@ impl Watcher {
         if !self.filter.matches(&event.change) {
             return;
         }
-        let message = self.events.message(event, to_message);
-        self.pending.extend(message);
+        let encoded = (self.events).get_or_encode(event.revision, || {
+            to_message(event).map(|message| Bytes::from(message.encode_to_vec()))
+        });
+        self.pending.extend(encoded.map(api::ServiceBindingEvent::encoded));
     }
 }
 

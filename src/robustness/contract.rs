@@ -41,3 +41,14 @@ pub struct ServiceBindingEvent {
     #[prost(string, tag = "5")]
     pub actor: String,
 }
+
+/// One delta of a WatchRoutes stream.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RouteDelta {
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+    #[prost(message, repeated, tag = "2")]
+    pub removed: Vec<api::Route>,
+    #[prost(message, repeated, tag = "3")]
+    pub added: Vec<api::Route>,
+}

@@ -1,19 +1,21 @@
 //! The lookups' and watch events' messages written by hand (build.rs maps them here): a batch
 //! is up to 10,000 addresses, so what prost's generated code does per address (a `String` each
 //! on the way in, a whole message per result on the way out) was most of the server's work;
-//! the unary answer reuses the batch's encoded routes (`answer.rs`); a watch event is encoded
-//! once for all its watchers (`event.rs`). Each type is, on the wire, the contract's message
-//! field for field.
+//! the unary answer reuses the batch's encoded routes (`answer.rs`); a watch event and a route
+//! delta are encoded once for all their watchers (`event.rs`, `route_delta.rs`). Each type is,
+//! on the wire, the contract's message field for field.
 
 mod answer;
 mod event;
 mod request;
 mod response;
+mod route_delta;
 
 pub use answer::LookupAddressResponse;
 pub use event::ServiceBindingEvent;
 pub use request::LookupAddressesRequest;
 pub use response::{Decoded, EncodedRoute, LookupAddressesResponse};
+pub use route_delta::RouteDelta;
 
 /// A result with a binding, for the encoders' tests.
 #[cfg(test)]
