@@ -1,6 +1,7 @@
 //! ipamctl against a real server: create -> list -> lookup -> delete in JSON, an error path,
-//! watch printing events and resuming across restarts (also a live watch), and what a new user
-//! meets: service names, a missing account, a server given without a scheme or not running.
+//! watch printing events and resuming across restarts (also a live watch), what a new user
+//! meets: service names, a missing account, a server given without a scheme or not running;
+//! and the watch fan-out benchmarks at a small scale.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -433,4 +434,47 @@ async fn a_new_token_works_from_ipamctl() {
         .unwrap();
     assert!(listed.status.success());
     assert_eq!(json_lines(&String::from_utf8_lossy(&listed.stdout)).len(), 1);
+}
+
+/// The fan-out benchmarks as an operator runs them, at a small scale: every watcher of either
+/// stream (binding events, the account's routing table) sees every acknowledged create once
+/// the run ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_benchmarks_deliver_every_create_to_every_watcher() {
+    let server = TestServer::start().await;
+    for scenario in ["watch", "watch-routes"] {
+        let args = [
+            "bench",
+            scenario,
+            "--watchers",
+            "4",
+            "--rate",
+            "40",
+            "--duration",
+            "1s",
+            "--rounds",
+            "1",
+            "--concurrency",
+            "2",
+            "--connections",
+            "2",
+        ];
+        let mut command = ipamctl_json(server.address, &account());
+        command.args(args);
+        let output = tokio::task::spawn_blocking(move || command.output().expect("run ipamctl"))
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{scenario}: {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report = &json_lines(&stdout)[0];
+        let created = report["created"].as_u64().unwrap();
+        assert_eq!(report["scenario"], scenario);
+        assert!(created >= 30, "{scenario}: {report}");
+        assert_eq!(report["lost"], 0, "{scenario}: {report}");
+        assert_eq!(report["deliveries"].as_u64(), Some(created * 4), "{scenario}: {report}");
+    }
 }
