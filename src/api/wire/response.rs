@@ -245,22 +245,24 @@ impl Message for LookupAddressesResponse {
             BINDINGS => (&mut self.bindings, &mut self.binding_count),
             _ => return prost::encoding::skip_field(wire_type, tag, buf, ctx),
         };
-        let mut append = |body: &[u8]| {
-            encode_key(tag, WireType::LengthDelimited, entries);
-            encode_varint(body.len() as u64, entries);
-            entries.extend_from_slice(body);
-        };
+        // A list's first entry makes room for the rest of the message at once: an answer of
+        // thousands of entries grown by doubling was copied a dozen times on its way in.
+        if entries.is_empty() {
+            entries.reserve(buf.remaining());
+        }
+        encode_key(tag, WireType::LengthDelimited, entries);
         // Straight from the received buffer when the entry is whole in it (tonic's holds the
-        // whole message), without a temporary per entry.
+        // whole message): its length and body as they came, without a temporary per entry.
         if wire_type == WireType::LengthDelimited
-            && let Some((consumed, body)) = super::whole_field(buf.chunk())
+            && let Some((consumed, _)) = super::whole_field(buf.chunk())
         {
-            append(body);
+            entries.extend_from_slice(&buf.chunk()[..consumed]);
             buf.advance(consumed);
         } else {
             let mut body = Vec::new();
             prost::encoding::bytes::merge(wire_type, &mut body, buf, ctx)?;
-            append(&body);
+            encode_varint(body.len() as u64, entries);
+            entries.extend_from_slice(&body);
         }
         *count += 1;
         Ok(())
