@@ -283,6 +283,24 @@ fn measured<T>(build: impl FnOnce() -> T) -> (T, usize, usize) {
     )
 }
 
+/// One pass of the routing table over `addresses`: how many are inside a prefix.
+fn table_pass(table: &RoutingTable, addresses: &[IpAddr]) -> usize {
+    addresses
+        .iter()
+        .filter_map(|a| table.lookup(black_box(*a), false))
+        .map(black_box)
+        .count()
+}
+
+/// One pass of prefix-trie over `addresses`: how many are inside a binding.
+fn baseline_pass(baseline: &Baseline, addresses: &[IpAddr]) -> usize {
+    addresses
+        .iter()
+        .filter_map(|a| baseline.lookup(black_box(*a)))
+        .map(black_box)
+        .count()
+}
+
 /// The routing table against prefix-trie side by side: one pass of each over the same
 /// addresses, alternated round after round, and each round's ratio. Criterion measures each
 /// side in a window of its own, seconds apart, and this machine's speed drifts within
@@ -294,20 +312,8 @@ fn alternated(name: &str, addresses: &[IpAddr], table: &RoutingTable, baseline: 
         black_box(pass());
         addresses.len() as f64 / started.elapsed().as_secs_f64() / 1e6
     };
-    let ours = || {
-        addresses
-            .iter()
-            .filter_map(|a| table.lookup(black_box(*a), false))
-            .map(black_box)
-            .count()
-    };
-    let theirs = || {
-        addresses
-            .iter()
-            .filter_map(|a| baseline.lookup(black_box(*a)))
-            .map(black_box)
-            .count()
-    };
+    let ours = || table_pass(table, addresses);
+    let theirs = || baseline_pass(baseline, addresses);
     // A pass of each to warm up.
     rate(&theirs);
     rate(&ours);
@@ -407,15 +413,7 @@ fn lookups(c: &mut Criterion) {
 
         let mut group = c.benchmark_group(*name);
         group.throughput(Throughput::Elements(addresses.len() as u64));
-        group.bench_function("prefix-trie", |b| {
-            b.iter(|| {
-                addresses
-                    .iter()
-                    .filter_map(|a| baseline.lookup(black_box(*a)))
-                    .map(black_box)
-                    .count()
-            })
-        });
+        group.bench_function("prefix-trie", |b| b.iter(|| baseline_pass(&baseline, addresses)));
         if name.starts_with("ipv4") {
             group.bench_function("lpm", |b| {
                 b.iter(|| {
@@ -453,15 +451,7 @@ fn lookups(c: &mut Criterion) {
                 })
             });
         }
-        group.bench_function("routing-table", |b| {
-            b.iter(|| {
-                addresses
-                    .iter()
-                    .filter_map(|a| table.lookup(black_box(*a), false))
-                    .map(black_box)
-                    .count()
-            })
-        });
+        group.bench_function("routing-table", |b| b.iter(|| table_pass(&table, addresses)));
         group.bench_function("previous-routing", |b| {
             b.iter(|| {
                 addresses
