@@ -201,13 +201,18 @@ impl RouteWatcher {
             if self.cursor < history.served_from() {
                 return Err(history_unavailable(self.cursor, history.served_from()));
             }
-            let deltas: Vec<api::RouteDelta> = (history.after(self.cursor))
+            // Only taken here: converting them to the wire (text ids and CIDRs) waits until
+            // the lock is released, so the writer never waits for it.
+            let deltas: Vec<Arc<RouteDelta>> = (history.after(self.cursor))
                 .filter(|delta| self.wanted(delta))
-                .filter_map(|delta| self.deltas.get_or_encode(shared_key(delta), || Some(encode(delta))))
-                .map(api::RouteDelta::encoded)
+                .cloned()
                 .collect();
-            self.pending.extend(deltas);
             self.cursor = model.head;
+            drop(model);
+            let encoded = deltas
+                .iter()
+                .filter_map(|delta| self.deltas.get_or_encode(shared_key(delta), || Some(encode(delta))));
+            self.pending.extend(encoded.map(api::RouteDelta::encoded));
         }
         if !self.pending.is_empty() {
             return Ok(());

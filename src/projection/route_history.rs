@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use crate::domain::routes::AddressRange;
 use crate::domain::state::RouteTo;
@@ -189,7 +190,9 @@ impl RouteTable {
 pub struct RouteHistory {
     all: RouteTable,
     active: RouteTable,
-    deltas: VecDeque<RouteDelta>,
+    /// Shared, so that a watcher takes the ones it sends under the projections' read lock
+    /// and converts them to the wire after releasing it.
+    deltas: VecDeque<Arc<RouteDelta>>,
     /// The oldest revision a watch may start after.
     served_from: u64,
     /// How many revisions of deltas are kept.
@@ -219,12 +222,12 @@ impl RouteHistory {
             |binding: &Binding, active_only| state.parent_binding(binding.prefix_id, &binding.cidr, active_only);
         let mut record = |active_only, (removed, added): (Vec<RouteTo>, Vec<RouteTo>)| {
             if !removed.is_empty() || !added.is_empty() {
-                self.deltas.push_back(RouteDelta {
+                self.deltas.push_back(Arc::new(RouteDelta {
                     revision: event.revision,
                     active_only,
                     removed,
                     added,
-                });
+                }));
             }
         };
         match &event.change {
@@ -258,7 +261,7 @@ impl RouteHistory {
     }
 
     /// The deltas after revision `after`, oldest first.
-    pub fn after(&self, after: u64) -> impl Iterator<Item = &RouteDelta> {
+    pub fn after(&self, after: u64) -> impl Iterator<Item = &Arc<RouteDelta>> {
         let start = self.deltas.partition_point(|delta| delta.revision <= after);
         self.deltas.range(start..)
     }
