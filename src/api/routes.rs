@@ -203,13 +203,13 @@ impl RouteWatcher {
             }
             // Only taken here: converting them to the wire (text ids and CIDRs) waits until
             // the lock is released, so the writer never waits for it.
-            let deltas: Vec<Arc<RouteDelta>> = (history.after(self.cursor))
+            let to_send: Vec<Arc<RouteDelta>> = (history.after(self.cursor))
                 .filter(|delta| self.wanted(delta))
                 .cloned()
                 .collect();
             self.cursor = model.head;
             drop(model);
-            let encoded = deltas
+            let encoded = to_send
                 .iter()
                 .filter_map(|delta| self.deltas.get_or_encode(shared_key(delta), || Some(encode(delta))));
             self.pending.extend(encoded.map(api::RouteDelta::encoded));
