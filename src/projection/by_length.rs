@@ -15,6 +15,7 @@
 //! map when the map doubles or after as many removals as it holds keys.
 
 use foldhash::fast::FixedState;
+use griddle::hash_map::RawEntryMut;
 
 /// Keys per filter bit at most before the filter is rebuilt twice as large.
 const BITS_PER_KEY: usize = 16;
@@ -113,8 +114,8 @@ impl<V> Level<V> {
     /// its place in the map stay valid.
     fn value_mut(&mut self, key: u128) -> Option<&mut V> {
         match self.map.raw_entry_mut().from_key(&key) {
-            griddle::hash_map::RawEntryMut::Occupied(occupied) => Some(&mut occupied.into_key_value().0.value),
-            griddle::hash_map::RawEntryMut::Vacant(_) => None,
+            RawEntryMut::Occupied(occupied) => Some(&mut occupied.into_key_value().0.value),
+            RawEntryMut::Vacant(_) => None,
         }
     }
 
@@ -169,10 +170,12 @@ impl<V> ByLength<V> {
         };
         let level = &mut self.levels[index];
         let key = network & level.mask;
-        if let Some(held) = level.value_mut(key) {
-            return Some(std::mem::replace(held, value));
+        match level.map.raw_entry_mut().from_key(&key) {
+            RawEntryMut::Occupied(occupied) => {
+                return Some(std::mem::replace(&mut occupied.into_key_value().0.value, value));
+            }
+            RawEntryMut::Vacant(vacant) => drop(vacant.insert(Slot { key, value }, ())),
         }
-        level.map.insert(Slot { key, value }, ());
         if level.map.len() * BITS_PER_KEY > level.filter_bits() {
             level.rebuild_filter();
         } else {
