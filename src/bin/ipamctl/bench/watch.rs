@@ -40,11 +40,7 @@ pub async fn run(channels: &[Transport], args: &BenchArgs, json: bool) -> Result
     let mut watchers = tokio::task::JoinSet::new();
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     for index in 0..args.watchers {
-        let channel = &channels[index % channels.len()];
-        let mut stream = match routes {
-            true => Watched::Routes(watch_routes(channel, &account_id).await?),
-            false => Watched::Bindings(watch_bindings(channel, &account_id).await?),
-        };
+        let mut stream = Watched::open(&channels[index % channels.len()], &account_id, routes).await?;
         let mut stop = stop.clone();
         let n_arrivals = Arc::clone(&n_arrivals);
         watchers.spawn(async move {
@@ -53,6 +49,8 @@ pub async fn run(channels: &[Transport], args: &BenchArgs, json: bool) -> Result
                 tokio::select! {
                     arrived = stream.next() => match arrived {
                         Some(mut arrived) => {
+                            // One per message that brings a create: a delta's added routes
+                            // are one create's binding and the pieces of those it splits.
                             n_arrivals.fetch_add(arrived.len().min(1) as u64, Ordering::Relaxed);
                             arrivals.append(&mut arrived);
                         }
@@ -127,10 +125,7 @@ pub async fn run(channels: &[Transport], args: &BenchArgs, json: bool) -> Result
     let window = Duration::from_secs(3);
     for _ in 0..args.rounds.max(1) {
         without.push(closed_loop_creates(&workload, channels, args.concurrency, window).await);
-        let stalled = match routes {
-            true => Watched::Routes(watch_routes(&channels[0], &account_id).await?),
-            false => Watched::Bindings(watch_bindings(&channels[0], &account_id).await?),
-        };
+        let stalled = Watched::open(&channels[0], &account_id, routes).await?;
         with.push(closed_loop_creates(&workload, channels, args.concurrency, window).await);
         drop(stalled);
     }
@@ -187,6 +182,14 @@ enum Watched {
 }
 
 impl Watched {
+    /// A watcher of the account's routing table (`routes`) or of its binding events.
+    async fn open(channel: &Transport, account_id: &str, routes: bool) -> Result<Watched, String> {
+        Ok(match routes {
+            true => Watched::Routes(watch_routes(channel, account_id).await?),
+            false => Watched::Bindings(watch_bindings(channel, account_id).await?),
+        })
+    }
+
     /// The created bindings the next message brings (none for other messages); `None` once the
     /// stream ends or fails.
     async fn next(&mut self) -> Option<Vec<Arrival>> {
