@@ -13,8 +13,9 @@
 //! routing table its entry's ids): an answer only counted would let the compiler skip loads.
 //!
 //! Run: `cargo bench --bench lookup` (prints memory per binding first; for hits, the routing
-//! table and prefix-trie alternated pass by pass, with the median of the rounds' ratios; then
-//! criterion's throughput per scenario). The data is deterministic (seeded):
+//! table and prefix-trie alternated pass by pass, which one first swapping from round to round,
+//! with the median of the rounds' ratios; then criterion's throughput per scenario). The data
+//! is deterministic (seeded):
 //! - IPv4: 250,000 random /24 prefixes in 1.0.0.0-223.255.255.255, each with its prefix-wide
 //!   binding and three more-specific ones (/25../32), all ACTIVE.
 //! - IPv6: 25,000 random /48 prefixes in 2000::/4, each with its prefix-wide binding and three
@@ -69,7 +70,7 @@ const MORE_SPECIFIC_PER_PREFIX: usize = 3;
 const V4_BINDINGS: usize = V4_PREFIXES * (1 + MORE_SPECIFIC_PER_PREFIX);
 const ADDRESSES: usize = 1 << 20;
 /// Rounds of the side-by-side measurement of hits (`alternated`).
-const ALTERNATED_ROUNDS: usize = 9;
+const ALTERNATED_ROUNDS: usize = 10;
 
 struct Dataset {
     /// (prefix CIDR, binding CIDRs inside it: the prefix-wide one first)
@@ -306,6 +307,10 @@ fn baseline_pass(baseline: &Baseline, addresses: &[IpAddr]) -> usize {
 /// side in a window of its own, seconds apart, and this machine's speed drifts within
 /// minutes; here the drift falls on both sides of a round alike, so the median of the rounds'
 /// ratios is the figure to read against the goal (docs/benchmarks.md).
+///
+/// Which side runs first swaps from round to round (prefix-trie in the even rounds, the table
+/// in the odd ones), since the pass that runs first in a round can be ahead by its place
+/// alone; the medians of each order are printed too, so that such a bias shows.
 fn alternated(name: &str, addresses: &[IpAddr], table: &RoutingTable, baseline: &Baseline) {
     let rate = |pass: &dyn Fn() -> usize| {
         let started = Instant::now();
@@ -317,24 +322,60 @@ fn alternated(name: &str, addresses: &[IpAddr], table: &RoutingTable, baseline: 
     // A pass of each to warm up.
     rate(&theirs);
     rate(&ours);
-    let mut rounds: Vec<(f64, f64)> = (0..ALTERNATED_ROUNDS)
-        .map(|_| {
-            let theirs = rate(&theirs);
-            (theirs, rate(&ours))
+    let rounds: Vec<Round> = (0..ALTERNATED_ROUNDS)
+        .map(|round| {
+            let table_first = round % 2 == 1;
+            if table_first {
+                let ours = rate(&ours);
+                Round {
+                    table_first,
+                    ours,
+                    theirs: rate(&theirs),
+                }
+            } else {
+                let theirs = rate(&theirs);
+                Round {
+                    table_first,
+                    ours: rate(&ours),
+                    theirs,
+                }
+            }
         })
         .collect();
     let each = rounds
         .iter()
-        .map(|(theirs, ours)| format!("{ours:.2}/{theirs:.2}"))
+        .map(|r| format!("{:.2}/{:.2}{}", r.ours, r.theirs, if r.table_first { "*" } else { "" }))
         .collect::<Vec<_>>()
         .join(", ");
-    rounds.sort_by(|a, b| (a.1 / a.0).total_cmp(&(b.1 / b.0)));
-    let (theirs, ours) = rounds[ALTERNATED_ROUNDS / 2];
+    let median_of = |table_first: Option<bool>| {
+        let mut ratios: Vec<f64> = rounds
+            .iter()
+            .filter(|r| table_first.is_none_or(|first| r.table_first == first))
+            .map(|r| r.ours / r.theirs)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let middle = ratios.len() / 2;
+        if ratios.len().is_multiple_of(2) {
+            (ratios[middle - 1] + ratios[middle]) / 2.0
+        } else {
+            ratios[middle]
+        }
+    };
     println!(
-        "{name}, alternated: routing-table / prefix-trie median {:.2}x over {ALTERNATED_ROUNDS} rounds \
-         (M lookups/s, table/prefix-trie per round: {each})",
-        ours / theirs
+        "{name}, alternated: routing-table / prefix-trie median {:.2}x over {ALTERNATED_ROUNDS} \
+         rounds; {:.2}x with prefix-trie first, {:.2}x with the table first (M lookups/s, \
+         table/prefix-trie per round, * where the table ran first: {each})",
+        median_of(None),
+        median_of(Some(false)),
+        median_of(Some(true)),
     );
+}
+
+/// One round of `alternated`: each side's rate in M lookups/s and which ran first.
+struct Round {
+    table_first: bool,
+    ours: f64,
+    theirs: f64,
 }
 
 fn lookups(c: &mut Criterion) {
