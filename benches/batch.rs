@@ -4,6 +4,11 @@
 //! lookup-batch` drives (200 prefixes, three IPv4 /24s for each IPv6 /48, a prefix-wide and a
 //! nested binding each; one address in ten outside every prefix).
 //!
+//! `batch-large` answers the same batches over a table of 200,000 prefixes (400,000 bindings),
+//! each batch another 1,000 addresses of them with every route already encoded and cached: the
+//! table, the route cache and the encoded routes are then far larger than the CPU's cache, so
+//! it measures what a lookup's cache misses cost where the scenario above keeps all in cache.
+//!
 //!   cargo bench --bench batch
 //!
 //! Throughput is in addresses per second. What the transport adds (HTTP/2, the socket) is
@@ -23,6 +28,9 @@ use uuid::Uuid;
 
 const PREFIXES: u32 = 200;
 const BATCH: usize = 1000;
+/// The prefixes of `batch-large`, and its batches (each iteration answers the next one).
+const LARGE_PREFIXES: u32 = 200_000;
+const LARGE_BATCHES: usize = 512;
 
 fn apply(model: &mut ReadModel, command: &Command) {
     model
@@ -44,10 +52,10 @@ fn prefix(index: u32) -> IpNet {
     }
 }
 
-fn model() -> ReadModel {
+fn model(prefixes: u32) -> ReadModel {
     let mut model = ReadModel::default();
     let account_id = AccountId(Uuid::from_u128(7));
-    for index in 0..PREFIXES {
+    for index in 0..prefixes {
         let cidr = prefix(index);
         let prefix_id = PrefixId(Uuid::from_u128((u128::from(index) + 1) << 64));
         apply(
@@ -81,11 +89,11 @@ fn model() -> ReadModel {
     model
 }
 
-fn batch(rng: &mut fastrand::Rng) -> Vec<String> {
+fn batch(rng: &mut fastrand::Rng, prefixes: u32) -> Vec<String> {
     (0..BATCH)
         .map(|_| match rng.u32(0..10) {
             0 => Ipv4Addr::from(0xc612_0000 | rng.u32(0..0x1_0000)).to_string(),
-            _ => match prefix(rng.u32(0..PREFIXES)) {
+            _ => match prefix(rng.u32(0..prefixes)) {
                 IpNet::V4(net) => Ipv4Addr::from(u32::from(net.addr()) | rng.u32(0..256)).to_string(),
                 IpNet::V6(net) => Ipv6Addr::from(u128::from(net.addr()) | u128::from(rng.u16(..))).to_string(),
             },
@@ -94,9 +102,9 @@ fn batch(rng: &mut fastrand::Rng) -> Vec<String> {
 }
 
 fn batches(c: &mut Criterion) {
-    let model = model();
+    let model = model(PREFIXES);
     let mut rng = fastrand::Rng::with_seed(7);
-    let texts = batch(&mut rng);
+    let texts = batch(&mut rng, PREFIXES);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let addresses: Vec<IpAddr> = fields::addresses("addresses", &texts).unwrap();
     let mut cache = RouteCache::default();
@@ -131,9 +139,49 @@ fn batches(c: &mut Criterion) {
     group.finish();
 }
 
+/// Batches over a table far larger than the CPU's cache, every route cached (see the top).
+fn large_batches(c: &mut Criterion) {
+    let model = model(LARGE_PREFIXES);
+    let mut rng = fastrand::Rng::with_seed(11);
+    let batches: Vec<(Vec<String>, Vec<IpAddr>)> = (0..LARGE_BATCHES)
+        .map(|_| {
+            let texts = batch(&mut rng, LARGE_PREFIXES);
+            let addresses = fields::addresses("addresses", &texts).unwrap();
+            (texts, addresses)
+        })
+        .collect();
+    let mut cache = RouteCache::default();
+    for (texts, addresses) in &batches {
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut fresh = RouteCache::default();
+        lookup::answer(&model, &texts, addresses, false, View::Full, &cache, &mut fresh);
+        cache.extend(fresh);
+    }
+    let batches: Vec<(Vec<&str>, &[IpAddr])> = batches
+        .iter()
+        .map(|(texts, addresses)| (texts.iter().map(String::as_str).collect(), addresses.as_slice()))
+        .collect();
+
+    let mut group = c.benchmark_group("batch-large");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (name, view) in [("answer-full", View::Full), ("answer-compact", View::Compact)] {
+        let mut next = batches.iter().cycle();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let (texts, addresses) = next.next().expect("the batches cycle");
+                let mut fresh = RouteCache::default();
+                let response = lookup::answer(&model, texts, black_box(addresses), false, view, &cache, &mut fresh);
+                debug_assert!(fresh.is_empty(), "every route is cached");
+                response.encode_to_vec()
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
-    targets = batches
+    targets = batches, large_batches
 }
 criterion_main!(benches);

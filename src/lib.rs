@@ -27,6 +27,7 @@ pub mod edge;
 pub mod engine;
 pub mod hex;
 mod huge_pages;
+pub mod line_map;
 pub mod log;
 pub mod metrics;
 pub mod operations;

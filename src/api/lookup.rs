@@ -8,7 +8,8 @@ use std::net::IpAddr;
 
 use super::convert;
 use super::wire::{EncodedRoute, LookupAddressResponse, LookupAddressesResponse};
-use crate::domain::{Binding, BindingId, Error, IdMap, Micros, ProvisioningState, Reason};
+use crate::domain::{Binding, BindingId, Error, IdMap, Reason};
+use crate::line_map::LineMap;
 use crate::pb::api;
 use crate::projection::ReadModel;
 use crate::projection::routing::Route;
@@ -25,10 +26,49 @@ pub const MAX_CACHED_BYTES: usize = 64 << 20;
 /// Encoded routes by route. The route names the version of its binding: ids are never
 /// reused, and a binding changes once, when it turns ACTIVE (`Route::binding_active`), so a
 /// hit needs no look at the binding (that look was 15% of a batch's server CPU). Debug builds
-/// check each hit against the binding's modification time and state.
-pub type RouteCache = IdMap<Route, (Version, EncodedRoute)>;
-/// A binding's modification time and state (`None`: no binding).
-type Version = Option<(Micros, ProvisioningState)>;
+/// check each hit against the binding's modification time and state. Each record (a route and
+/// its encoding's handle) is one cache line: every lookup probes this map, and over a table
+/// far larger than the CPU's cache a record that straddled two lines missed twice.
+pub type RouteCache = LineMap<Route, CachedRoute, foldhash::fast::RandomState>;
+
+// What the record's one line rests on, checked where it matters (tests run debug builds, whose
+// records also hold the version: `a_release_record_is_one_cache_line` checks the same there).
+#[cfg(not(debug_assertions))]
+const _: () = assert!(RouteCache::RECORD_BYTES == 64);
+
+/// A route's encoded fields; in debug builds also the version of the binding they were encoded
+/// from (its modification time and state, `None`: no binding), which release builds do not
+/// need and leave out to keep a record in one line.
+#[derive(Debug)]
+pub struct CachedRoute {
+    encoded: EncodedRoute,
+    #[cfg(debug_assertions)]
+    version: Option<(crate::domain::Micros, crate::domain::ProvisioningState)>,
+}
+
+impl CachedRoute {
+    fn new(encoded: EncodedRoute, binding: Option<&Binding>) -> CachedRoute {
+        #[cfg(not(debug_assertions))]
+        let _ = binding;
+        CachedRoute {
+            encoded,
+            #[cfg(debug_assertions)]
+            version: binding.map(|binding| (binding.modified_at, binding.state)),
+        }
+    }
+
+    /// Debug builds: the binding `route` names now is the version this was encoded from.
+    fn debug_check(&self, model: &ReadModel, route: &Route) {
+        #[cfg(debug_assertions)]
+        assert_eq!(
+            self.version,
+            binding_of(model, route).map(|binding| (binding.modified_at, binding.state)),
+            "{route:?} changed without turning ACTIVE"
+        );
+        #[cfg(not(debug_assertions))]
+        let _ = (model, route);
+    }
+}
 
 /// The routes kept between lookups, bounded by entries and by bytes.
 #[derive(Debug, Default)]
@@ -52,7 +92,7 @@ impl KeptRoutes {
     /// Adds the routes a lookup encoded; past `max_entries` or `max_bytes` starts over with
     /// them alone.
     pub fn keep(&mut self, fresh: RouteCache, max_entries: usize, max_bytes: usize) {
-        let fresh_bytes: usize = fresh.values().map(|(_, encoded)| held_bytes(encoded)).sum();
+        let fresh_bytes: usize = fresh.values().map(|cached| held_bytes(&cached.encoded)).sum();
         if self.routes.len() + fresh.len() > max_entries || self.bytes + fresh_bytes > max_bytes {
             self.routes.clear();
             self.bytes = 0;
@@ -64,7 +104,7 @@ impl KeptRoutes {
 
 /// The memory one kept route takes: its map entry (and control byte) and its encoded bytes.
 fn held_bytes(encoded: &EncodedRoute) -> usize {
-    std::mem::size_of::<(Route, (Version, EncodedRoute))>() + 1 + encoded.len()
+    RouteCache::RECORD_BYTES + 1 + encoded.len()
 }
 
 /// How a batch's results are written.
@@ -152,10 +192,10 @@ pub fn answer(
         .iter()
         .map(|route| {
             let route = route.as_ref()?;
-            let (version, encoded) = cached.get(route)?;
-            debug_check_hit(model, route, version);
-            encoded.prefetch();
-            Some(encoded)
+            let cached = cached.get(route)?;
+            cached.debug_check(model, route);
+            cached.encoded.prefetch();
+            Some(&cached.encoded)
         })
         .collect();
     for ((text, route), hit) in texts.iter().zip(routes).zip(hits) {
@@ -180,40 +220,27 @@ pub fn answer(
 /// `route` encoded: from `cached` while its binding is unchanged, else from `fresh` (one batch
 /// reads one state, so what it encoded stays current), else encoded now and kept in `fresh`.
 fn encode<'a>(model: &ReadModel, route: Route, cached: &'a RouteCache, fresh: &'a mut RouteCache) -> &'a EncodedRoute {
-    if let Some((version, encoded)) = cached.get(&route) {
-        debug_check_hit(model, &route, version);
-        return encoded;
+    if let Some(cached) = cached.get(&route) {
+        cached.debug_check(model, &route);
+        return &cached.encoded;
     }
     encode_fresh(model, route, fresh)
 }
 
 /// `route` encoded from `fresh`, or encoded now and kept there (not in the cache yet).
 fn encode_fresh<'a>(model: &ReadModel, route: Route, fresh: &'a mut RouteCache) -> &'a EncodedRoute {
-    let (_, encoded) = fresh.entry(route).or_insert_with(|| {
+    let cached = fresh.get_or_insert_with(route, || {
         let binding = binding_of(model, &route);
-        (
-            version_of(binding),
+        CachedRoute::new(
             EncodedRoute::new(&result(model, route, binding, String::new())),
+            binding,
         )
     });
-    encoded
+    &cached.encoded
 }
 
 fn binding_of<'a>(model: &'a ReadModel, route: &Route) -> Option<&'a Binding> {
     route.binding_id.and_then(|id| model.state.binding_by_id(id))
-}
-
-fn version_of(binding: Option<&Binding>) -> Version {
-    binding.map(|binding| (binding.modified_at, binding.state))
-}
-
-/// Debug builds: a cached route's `version` is still its binding's (see [`RouteCache`]).
-fn debug_check_hit(model: &ReadModel, route: &Route, version: &Version) {
-    debug_assert_eq!(
-        *version,
-        version_of(binding_of(model, route)),
-        "{route:?} changed without turning ACTIVE"
-    );
 }
 
 #[cfg(test)]
@@ -235,14 +262,22 @@ mod tests {
                     prefix_id: prefix_id.to_string(),
                     ..Default::default()
                 };
-                (route, (None, EncodedRoute::new(&result)))
+                (route, CachedRoute::new(EncodedRoute::new(&result), None))
             })
             .collect()
     }
 
     #[test]
+    fn a_release_record_is_one_cache_line() {
+        assert_eq!(
+            LineMap::<Route, EncodedRoute, foldhash::fast::RandomState>::RECORD_BYTES,
+            64
+        );
+    }
+
+    #[test]
     fn kept_routes_start_over_past_either_bound() {
-        let one = held_bytes(&fresh(1).values().next().unwrap().1);
+        let one = held_bytes(&fresh(1).values().next().unwrap().encoded);
         let mut kept = KeptRoutes::default();
         kept.keep(fresh(3), 4, 10 * one);
         assert_eq!((kept.routes().len(), kept.bytes()), (3, 3 * one));

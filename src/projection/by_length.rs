@@ -15,46 +15,18 @@
 //! map when the map doubles or after as many removals as it holds keys.
 
 use foldhash::fast::FixedState;
-use griddle::hash_map::RawEntryMut;
+
+use crate::line_map::LineMap;
 
 /// Keys per filter bit at most before the filter is rebuilt twice as large.
 const BITS_PER_KEY: usize = 16;
 const MIN_FILTER_BITS: usize = 1 << 10;
 
-/// A level's map: its records are the keys, so that each lies in one cache line.
-type Map<V> = griddle::HashMap<Slot<V>, (), FixedState>;
-
-/// A network and its value, aligned to a cache line (64 bytes for the routing table's 34-byte
-/// entries). As a map's `(u128, V)` pair it had the same size but only 16's alignment, so
-/// three records of four straddled two lines and a hit missed the cache twice: IPv6 hits
-/// through the routing table ran at 2.5-3.8x prefix-trie instead of 3.1-4.2x
-/// (docs/benchmarks.md). As the map's key, its alignment becomes the whole table's. Hashed and
-/// compared by the network alone, which it lends to lookups (`Borrow<u128>`).
-#[repr(C, align(64))]
-struct Slot<V> {
-    key: u128,
-    value: V,
-}
-
-impl<V> std::hash::Hash for Slot<V> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.key.hash(state);
-    }
-}
-
-impl<V> PartialEq for Slot<V> {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-    }
-}
-
-impl<V> Eq for Slot<V> {}
-
-impl<V> std::borrow::Borrow<u128> for Slot<V> {
-    fn borrow(&self) -> &u128 {
-        &self.key
-    }
-}
+/// A level's map, each record (the network and its value: 64 bytes for the routing table's
+/// 34-byte entries) one cache line. As a `(u128, V)` pair of 16's alignment, three records of
+/// four straddled two lines and a hit missed the cache twice: IPv6 hits through the routing
+/// table ran at 2.5-3.8x prefix-trie instead of 3.1-4.2x (docs/benchmarks.md).
+type Map<V> = LineMap<u128, V, FixedState>;
 
 /// IPv6 network (as bits, host part zero) and length -> `V`, with longest-prefix search.
 pub struct ByLength<V> {
@@ -110,15 +82,6 @@ impl<V> Level<V> {
         self.filter[bit >> 6] >> (bit & 63) & 1 == 1
     }
 
-    /// The value held for `key`, to change in place: the record keeps its key, so its hash and
-    /// its place in the map stay valid.
-    fn value_mut(&mut self, key: u128) -> Option<&mut V> {
-        match self.map.raw_entry_mut().from_key(&key) {
-            RawEntryMut::Occupied(occupied) => Some(&mut occupied.into_key_value().0.value),
-            RawEntryMut::Vacant(_) => None,
-        }
-    }
-
     fn mark(&mut self, key: u128) {
         let bit = filter_bit(key, self.filter_shift);
         self.filter[bit >> 6] |= 1 << (bit & 63);
@@ -131,7 +94,7 @@ impl<V> Level<V> {
         self.filter = vec![0; bits / 64];
         self.filter_shift = 64 - bits.trailing_zeros();
         self.removed_since_rebuild = 0;
-        for key in self.map.keys().map(|slot| slot.key) {
+        for &key in self.map.keys() {
             let bit = filter_bit(key, self.filter_shift);
             self.filter[bit >> 6] |= 1 << (bit & 63);
         }
@@ -146,13 +109,12 @@ impl<V> ByLength<V> {
     /// The value stored for exactly `network`/`len`.
     pub fn get(&self, network: u128, len: u8) -> Option<&V> {
         let level = self.levels.iter().find(|level| level.len == len)?;
-        let (slot, ()) = level.map.get_key_value(&(network & level.mask))?;
-        Some(&slot.value)
+        level.map.get(&(network & level.mask))
     }
 
     pub fn get_mut(&mut self, network: u128, len: u8) -> Option<&mut V> {
         let level = self.levels.iter_mut().find(|level| level.len == len)?;
-        level.value_mut(network & level.mask)
+        level.map.get_mut(&(network & level.mask))
     }
 
     /// Stores `value` for `network`/`len`; returns the value it replaced.
@@ -170,11 +132,8 @@ impl<V> ByLength<V> {
         };
         let level = &mut self.levels[index];
         let key = network & level.mask;
-        match level.map.raw_entry_mut().from_key(&key) {
-            RawEntryMut::Occupied(occupied) => {
-                return Some(std::mem::replace(&mut occupied.into_key_value().0.value, value));
-            }
-            RawEntryMut::Vacant(vacant) => drop(vacant.insert(Slot { key, value }, ())),
+        if let Some(replaced) = level.map.insert(key, value) {
+            return Some(replaced);
         }
         if level.map.len() * BITS_PER_KEY > level.filter_bits() {
             level.rebuild_filter();
@@ -188,7 +147,7 @@ impl<V> ByLength<V> {
     pub fn remove(&mut self, network: u128, len: u8) -> Option<V> {
         let index = self.levels.iter().position(|level| level.len == len)?;
         let level = &mut self.levels[index];
-        let (removed, ()) = level.map.remove_entry(&(network & level.mask))?;
+        let removed = level.map.remove(&(network & level.mask))?;
         if level.map.is_empty() {
             self.levels.remove(index);
         } else {
@@ -197,7 +156,7 @@ impl<V> ByLength<V> {
                 level.rebuild_filter();
             }
         }
-        Some(removed.value)
+        Some(removed)
     }
 
     /// The value of the longest network containing `address`.
@@ -206,9 +165,9 @@ impl<V> ByLength<V> {
         for level in &self.levels {
             let key = address & level.mask;
             if level.may_hold(key)
-                && let Some((slot, ())) = level.map.get_key_value(&key)
+                && let Some(value) = level.map.get(&key)
             {
-                return Some(&slot.value);
+                return Some(value);
             }
         }
         None
@@ -219,16 +178,6 @@ impl<V> ByLength<V> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn each_record_is_one_cache_line() {
-        assert_eq!(std::mem::size_of::<Slot<[u8; 34]>>(), 64);
-        let mut table = ByLength::<[u8; 34]>::default();
-        for index in 0..1000u128 {
-            table.insert((0x2001_0db8 << 96) | (index << 64), 64, [index as u8; 34]);
-        }
-        let level = &table.levels[0];
-        assert!((level.map.keys()).all(|slot| (std::ptr::from_ref(slot) as usize).is_multiple_of(64)));
-    }
     use std::net::Ipv6Addr;
 
     fn net(text: &str) -> (u128, u8) {

@@ -45,10 +45,14 @@ pub struct EncodedRoute {
     bytes: Box<[u8]>,
     /// Where the binding's body starts (the head ends).
     binding_start: u32,
-    /// Where the owner fields start (the binding's body ends).
+    /// Where the owner fields start (the binding's body ends), with [`HAS_BINDING`] set when
+    /// there is a binding: a flag of its own would make the route cache's records (a route and
+    /// this) 72 bytes, past one cache line.
     owner_start: u32,
-    has_binding: bool,
 }
+
+/// The bit of `owner_start` that says a binding covers the address.
+const HAS_BINDING: u32 = 1 << 31;
 
 impl EncodedRoute {
     /// Encodes `result` (its `address` is written per entry, so it must be empty).
@@ -68,12 +72,17 @@ impl EncodedRoute {
         }
         let owner_start = bytes.len();
         bytes.extend_from_slice(&owner);
-        let offset = |at: usize| u32::try_from(at).expect("an encoded route is far below 4 GiB");
+        let offset = |at: usize| {
+            u32::try_from(at)
+                .ok()
+                .filter(|at| at & HAS_BINDING == 0)
+                .expect("an encoded route is far below 2 GiB")
+        };
+        let has_binding = if result.binding.is_some() { HAS_BINDING } else { 0 };
         EncodedRoute {
             bytes: bytes.into_boxed_slice(),
             binding_start: offset(binding_start),
-            owner_start: offset(owner_start),
-            has_binding: result.binding.is_some(),
+            owner_start: offset(owner_start) | has_binding,
         }
     }
 
@@ -84,13 +93,16 @@ impl EncodedRoute {
 
     /// The `ServiceBinding` message's body, `None` when no binding covers the address.
     pub fn binding(&self) -> Option<&[u8]> {
-        self.has_binding
-            .then(|| &self.bytes[self.binding_start as usize..self.owner_start as usize])
+        (self.owner_start & HAS_BINDING != 0).then(|| &self.bytes[self.binding_start as usize..self.owner_start()])
     }
 
     /// `prefix_id` and `account_id` as the unary answer numbers them.
     pub fn owner(&self) -> &[u8] {
-        &self.bytes[self.owner_start as usize..]
+        &self.bytes[self.owner_start()..]
+    }
+
+    fn owner_start(&self) -> usize {
+        (self.owner_start & !HAS_BINDING) as usize
     }
 
     /// The encoded bytes (head, binding and owner fields).
@@ -104,7 +116,7 @@ impl EncodedRoute {
 
     /// Asks the CPU to start loading what a batch answer copies: the head and the binding.
     pub fn prefetch(&self) {
-        crate::prefetch::prefetch_bytes(&self.bytes[..self.owner_start as usize]);
+        crate::prefetch::prefetch_bytes(&self.bytes[..self.owner_start()]);
     }
 }
 
