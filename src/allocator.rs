@@ -2,7 +2,8 @@
 //! (the system allocator) for larger blocks, and mimalloc's arenas committed as they are used.
 //! The server and ipamctl install it with [`install_allocator!`](crate::install_allocator);
 //! tests and benchmarks keep the system allocator, but for `benches/stalls.rs`, which measures
-//! where the state's growth stalls a write in the server.
+//! where the state's growth stalls a write in the server, and `benches/batch.rs`, which
+//! measures a batch answer's server work.
 //!
 //! Why mimalloc: glibc's malloc and free were ~17% of the server's CPU under durable creates,
 //! a quarter of the writer thread's time in malloc's slow path (the writer allocates each
