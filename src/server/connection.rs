@@ -19,6 +19,10 @@
 //! sends the whole round in one call (docs/benchmarks.md, batched lookups, a round of writes
 //! sent at once). A flush with fewer bytes held writes at once, so a small answer waits for
 //! nothing, and at most [`MAX_DEFERRED_IN_A_ROW`] flushes are deferred before one writes.
+//!
+//! This rests on h2 (0.4) flushing on every poll of the connection, which the wake-up causes.
+//! Should it stop doing so, answers would sit here until the connection's next write; the
+//! integration tests' calls carry a deadline, so large batch answers held back fail them.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;

@@ -98,8 +98,12 @@ impl TestServer {
         let task = tokio::spawn(serve(options, listeners, async move {
             let _ = signal.await;
         }));
+        // Every call has a deadline, so that a server that holds an answer back (a write
+        // buffered and never flushed: `server/connection.rs` defers large flushes) fails a test
+        // instead of hanging it.
         let channel = Channel::from_shared(format!("http://{address}"))
             .expect("uri")
+            .timeout(PATIENCE)
             .connect_lazy();
         let server = TestServer {
             address,
