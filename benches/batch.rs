@@ -150,24 +150,29 @@ fn batches(c: &mut Criterion) {
 fn large_batches(c: &mut Criterion) {
     let model = model(LARGE_PREFIXES);
     let mut rng = fastrand::Rng::with_seed(11);
-    let batches: Vec<(Vec<String>, Vec<IpAddr>)> = (0..LARGE_BATCHES)
+    let owned: Vec<(Vec<String>, Vec<IpAddr>)> = (0..LARGE_BATCHES)
         .map(|_| {
             let texts = batch(&mut rng, LARGE_PREFIXES);
             let addresses = fields::addresses("addresses", &texts).unwrap();
             (texts, addresses)
         })
         .collect();
-    let mut cache = RouteCache::default();
-    for (texts, addresses) in &batches {
-        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let mut fresh = RouteCache::default();
-        lookup::answer(&model, &texts, addresses, false, View::Full, &cache, &mut fresh);
-        cache.extend(fresh);
-    }
-    let batches: Vec<(Vec<&str>, &[IpAddr])> = batches
+    let batches: Vec<(Vec<&str>, &[IpAddr])> = owned
         .iter()
         .map(|(texts, addresses)| (texts.iter().map(String::as_str).collect(), addresses.as_slice()))
         .collect();
+    let mut cache = RouteCache::default();
+    for (texts, addresses) in &batches {
+        let mut fresh = RouteCache::default();
+        lookup::answer(&model, texts, addresses, false, View::Full, &cache, &mut fresh);
+        cache.extend(fresh);
+    }
+    // What is measured below: answers from the cache alone, none encoding a route.
+    for (texts, addresses) in &batches {
+        let mut fresh = RouteCache::default();
+        lookup::answer(&model, texts, addresses, false, View::Compact, &cache, &mut fresh);
+        assert!(fresh.is_empty(), "every route of every batch is cached");
+    }
 
     let mut group = c.benchmark_group("batch-large");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -178,7 +183,6 @@ fn large_batches(c: &mut Criterion) {
                 let (texts, addresses) = next.next().expect("the batches cycle");
                 let mut fresh = RouteCache::default();
                 let response = lookup::answer(&model, texts, black_box(addresses), false, view, &cache, &mut fresh);
-                debug_assert!(fresh.is_empty(), "every route is cached");
                 response.encode_to_vec()
             })
         });
