@@ -325,20 +325,17 @@ fn alternated(name: &str, addresses: &[IpAddr], table: &RoutingTable, baseline: 
     let rounds: Vec<Round> = (0..ALTERNATED_ROUNDS)
         .map(|round| {
             let table_first = round % 2 == 1;
-            if table_first {
+            let (ours, theirs) = if table_first {
                 let ours = rate(&ours);
-                Round {
-                    table_first,
-                    ours,
-                    theirs: rate(&theirs),
-                }
+                (ours, rate(&theirs))
             } else {
                 let theirs = rate(&theirs);
-                Round {
-                    table_first,
-                    ours: rate(&ours),
-                    theirs,
-                }
+                (rate(&ours), theirs)
+            };
+            Round {
+                table_first,
+                ours,
+                theirs,
             }
         })
         .collect();
