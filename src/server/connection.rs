@@ -22,7 +22,8 @@
 //!
 //! This rests on h2 (0.4) flushing on every poll of the connection, which the wake-up causes.
 //! Should it stop doing so, answers would sit here until the connection's next write; the
-//! integration tests' calls carry a deadline, so large batch answers held back fail them.
+//! integration tests' calls must see their answers' headers within a deadline, so large
+//! batch answers held back (headers and all) fail them.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;

@@ -98,9 +98,10 @@ impl TestServer {
         let task = tokio::spawn(serve(options, listeners, async move {
             let _ = signal.await;
         }));
-        // Every call has a deadline, so that a server that holds an answer back (a write
-        // buffered and never flushed: `server/connection.rs` defers large flushes) fails a test
-        // instead of hanging it.
+        // Every call's answer must start within `PATIENCE` (the channel's timeout covers the
+        // response's headers, not a stream's later messages), so that a server that holds an
+        // answer back (a write buffered and not flushed: `server/connection.rs` defers large
+        // flushes) fails a test instead of hanging it.
         let channel = Channel::from_shared(format!("http://{address}"))
             .expect("uri")
             .timeout(PATIENCE)
