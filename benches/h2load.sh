@@ -4,12 +4,16 @@
 # alternated round by round on one server (200 prefixes, a prefix-wide and one nested binding
 # each), and the lookup/health ratio of each round.
 #
-#   benches/h2load.sh [SERVER] [ROUNDS] [SECONDS]
+#   benches/h2load.sh [SERVER] [ROUNDS] [SECONDS] [SERVER-B]
 #
 # SERVER defaults to target/release/ipam-bindings (run with its default log level unless
 # RUST_LOG is set), with --worker-threads ${WORKERS:-1}; h2load -c 4 -m 16 -t 1. With TLS=1
 # the server serves TLS (a self-signed certificate made with openssl for 127.0.0.1) and h2load
 # connects over it.
+#
+# With SERVER-B, two builds side by side: both servers are up at once (each loaded alike, idle
+# while the other is measured), every round measures A and B, the order swapped from round to
+# round, and the end prints each side's median ratio and the median of B/A lookups per round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 server=${1:-target/release/ipam-bindings}
@@ -31,30 +35,66 @@ if [ -n "${TLS:-}" ]; then
     tls_flags=(--tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem") scheme=https
     export IPAM_TLS_CA=$dir/ca.pem
 fi
-"$server" --data-dir "$dir/data" --listen "127.0.0.1:$port" --worker-threads "${WORKERS:-1}" "${tls_flags[@]}" >/dev/null 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-ctl() { "$ipamctl" --server "$scheme://127.0.0.1:$port" "$@"; }
-until ctl --account "$(printf "%032d" 0)" services >/dev/null 2>&1; do sleep 0.05; done
-ctl bench load --prefixes 200 --bindings-per-prefix 2 --concurrency 16 >/dev/null 2>&1
-# An address inside a nested binding, and the two requests as gRPC frames.
-address=$(ctl --output json routes export | python3 -c '
+servers=("$server") pids=()
+[ -n "${4:-}" ] && servers+=("$4")
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+# Starts server $1 as side $2 on port+side, loads it, and writes its two requests as gRPC frames.
+start() {
+    local side=$2 address
+    local url=$scheme://127.0.0.1:$((port + side))
+    "$1" --data-dir "$dir/data$side" --listen "127.0.0.1:$((port + side))" --worker-threads "${WORKERS:-1}" "${tls_flags[@]}" >/dev/null 2>&1 &
+    pids+=($!)
+    until "$ipamctl" --server "$url" --account "$(printf "%032d" 0)" services >/dev/null 2>&1; do sleep 0.05; done
+    "$ipamctl" --server "$url" bench load --prefixes 200 --bindings-per-prefix 2 --concurrency 16 >/dev/null 2>&1
+    # An address inside a nested binding.
+    address=$("$ipamctl" --server "$url" --output json routes export | python3 -c '
 import sys, json
 nested = [r["first_address"] for r in map(json.loads, sys.stdin) if "cidrs" in r and r["cidrs"][0].endswith("/25")]
 print(nested[0])')
-python3 - "$dir" "$address" <<'PY'
+    python3 - "$dir" "$address" "$side" <<'PY'
 import sys, struct
-directory, address = sys.argv[1], sys.argv[2].encode()
+directory, address, side = sys.argv[1], sys.argv[2].encode(), sys.argv[3]
 message = b"\x0a" + bytes([len(address)]) + address   # LookupAddressRequest.address = 1
-open(f"{directory}/lookup.bin", "wb").write(b"\x00" + struct.pack(">I", len(message)) + message)
-open(f"{directory}/health.bin", "wb").write(b"\x00" + struct.pack(">I", 0))
+open(f"{directory}/lookup{side}.bin", "wb").write(b"\x00" + struct.pack(">I", len(message)) + message)
+open(f"{directory}/health{side}.bin", "wb").write(b"\x00" + struct.pack(">I", 0))
 PY
-run() {
-    h2load -c 4 -m 16 -t 1 -D "$seconds" -d "$dir/$1.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
-        "$scheme://127.0.0.1:$port/$2" 2>/dev/null | sed -n 's/.*finished in .*, \([0-9.]*\) req\/s.*/\1/p'
 }
+for side in "${!servers[@]}"; do start "${servers[$side]}" "$side"; done
+hz=$(getconf CLK_TCK)
+# utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+server_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# run SIDE KIND PATH: the calls per second of one h2load run, and the server's CPU per call in
+# microseconds (time the VM's host took from the server is not counted, unlike in the rate).
+run() {
+    local before rate
+    before=$(server_cpu_ticks "${pids[$1]}")
+    rate=$(h2load -c 4 -m 16 -t 1 -D "$seconds" -d "$dir/$2$1.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
+        "$scheme://127.0.0.1:$(($1 + port))/$3" 2>/dev/null | sed -n 's/.*finished in .*, \([0-9.]*\) req\/s.*/\1/p')
+    echo "$rate $(echo "($(server_cpu_ticks "${pids[$1]}") - $before) / $hz * 1000000 / ($rate * $seconds)" | bc -l)"
+}
+names=(A B)
 for round in $(seq "$rounds"); do
-    health=$(run health grpc.health.v1.Health/Check)
-    lookup=$(run lookup addressing.v1.Routing/LookupAddress)
-    printf "round %d: health %.0f/s, lookup %.0f/s, lookup/health %.2f\n" "$round" "$health" "$lookup" "$(echo "$lookup / $health" | bc -l)"
-done
+    order=("${!servers[@]}")
+    if [ $((round % 2)) = 0 ] && [ ${#servers[@]} = 2 ]; then order=(1 0); fi
+    for side in "${order[@]}"; do
+        read -r health health_us < <(run "$side" health grpc.health.v1.Health/Check)
+        read -r lookup lookup_us < <(run "$side" lookup addressing.v1.Routing/LookupAddress)
+        label=$([ ${#servers[@]} = 2 ] && echo " ${names[$side]}" || true)
+        printf "round %d%s: health %.0f/s, lookup %.0f/s, lookup/health %.2f; server CPU per call: health %.2f us, lookup %.2f us\n" \
+            "$round" "$label" "$health" "$lookup" "$(echo "$lookup / $health" | bc -l)" "$health_us" "$lookup_us"
+    done
+done | tee "$dir/rounds"
+if [ ${#servers[@]} = 2 ]; then python3 - "$dir/rounds"; fi <<'PY'
+import re, statistics, sys
+rounds = {}
+for line in open(sys.argv[1]):
+    n, side, *numbers = re.match(r"round (\d+) (\w): health (\d+)/s, lookup (\d+)/s.*health ([\d.]+) us, lookup ([\d.]+) us", line).groups()
+    rounds.setdefault(n, {})[side] = [float(number) for number in numbers]
+median = lambda values: statistics.median(list(values))
+for side in "AB":
+    sides = [r[side] for r in rounds.values()]
+    print(f"{side}: median lookup/health {median(l / h for h, l, _, _ in sides):.3f}, "
+          f"median server CPU per call health/lookup {median(hu / lu for _, _, hu, lu in sides):.3f}")
+print(f"B/A lookups per round, median {median(r['B'][1] / r['A'][1] for r in rounds.values()):.3f}; "
+      f"server CPU per lookup B/A, median {median(r['B'][3] / r['A'][3] for r in rounds.values()):.3f}")
+PY

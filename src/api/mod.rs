@@ -18,7 +18,7 @@ pub mod watch;
 pub mod wire;
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataMap;
 use tonic::{Response, Status};
@@ -51,10 +51,13 @@ pub async fn unary<T>(
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default()
     };
-    let traceparent = Some(header(&TRACEPARENT))
-        .filter(|value| is_traceparent(value))
-        .unwrap_or_default();
-    let request_id = header(&REQUEST_ID);
+    // The span's fields are read from the headers only when a span is made.
+    let span_of_call = || {
+        let traceparent = Some(header(&TRACEPARENT))
+            .filter(|value| is_traceparent(value))
+            .unwrap_or_default();
+        call_span(method, header(&REQUEST_ID), traceparent)
+    };
     // A read's span is made only when something will use it: exported traces, or debug logs
     // (where a successful read has its call line). Otherwise a read that succeeds logs
     // nothing, and one that fails makes the same span just for its line below. Making it for
@@ -62,7 +65,7 @@ pub async fn unary<T>(
     // not) was half of a unary lookup's handler time (docs/benchmarks.md, unary lookups).
     let eager = telemetry::enabled() || CHANGES.contains(&method) || tracing::enabled!(tracing::Level::DEBUG);
     let span = match eager {
-        true => call_span(method, request_id, traceparent),
+        true => span_of_call(),
         false => tracing::Span::none(),
     };
     telemetry::adopt_parent(&span, metadata.as_ref());
@@ -72,11 +75,10 @@ pub async fn unary<T>(
         metrics.calls_in_flight.inc();
         let result = work.await;
         metrics.calls_in_flight.dec();
+        let elapsed = started.elapsed();
         match (eager, result.as_ref().err()) {
-            (false, Some(error)) => {
-                call_span(method, request_id, traceparent).in_scope(|| log_call(method, started, Some(error)))
-            }
-            (_, error) => log_call(method, started, error),
+            (false, Some(error)) => span_of_call().in_scope(|| log_call(method, elapsed, Some(error))),
+            (_, error) => log_call(method, elapsed, error),
         }
         let code = result
             .as_ref()
@@ -88,7 +90,7 @@ pub async fn unary<T>(
             span.record("otel.status_code", "ERROR");
             span.record("error.reason", error.reason.name());
         }
-        metrics.count_call(method, status::code_name(code), started.elapsed().as_secs_f64());
+        metrics.count_call(method, status::code_name(code), elapsed.as_secs_f64());
         result
     }
     .instrument(span)
@@ -149,8 +151,8 @@ const CHANGES: [&str; 6] = [
     "CompleteProvisioning",
 ];
 
-fn log_call(method: &'static str, started: Instant, error: Option<&Error>) {
-    let latency_us = started.elapsed().as_micros() as u64;
+fn log_call(method: &'static str, elapsed: Duration, error: Option<&Error>) {
+    let latency_us = elapsed.as_micros() as u64;
     match error {
         None if CHANGES.contains(&method) => info!(method, code = "OK", latency_us, "call"),
         None => debug!(method, code = "OK", latency_us, "call"),

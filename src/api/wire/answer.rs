@@ -26,8 +26,11 @@ pub struct LookupAddressResponse {
     pub address: String,
     pub prefix_id: String,
     pub account_id: String,
-    /// Unset when no binding of the prefix covers the address.
-    pub binding: Option<api::ServiceBinding>,
+    /// Unset when no binding of the prefix covers the address. Boxed as prost's `boxed`
+    /// option would: the server's answer (with this field empty) is moved through every layer
+    /// of the call, and an inline binding made it 200 bytes larger (docs/benchmarks.md, unary
+    /// lookups).
+    pub binding: Option<Box<api::ServiceBinding>>,
     /// The whole message encoded, when the server built it from an encoded route.
     encoded: Vec<u8>,
 }
@@ -166,7 +169,7 @@ mod tests {
                 ),
                 ("192.0.2.7", expected.prefix_id.as_str(), expected.account_id.as_str())
             );
-            assert_eq!(decoded.binding, expected.binding);
+            assert_eq!(decoded.binding.as_deref(), expected.binding.as_ref());
             // A decoded answer encodes again to the same bytes.
             assert_eq!(decoded.encode_to_vec(), bytes);
         }
