@@ -5,8 +5,12 @@
 //! address), and a client keeps the entries as received until it asks for them decoded. In the
 //! COMPACT view the `bindings` entries go in a second buffer and a result points into them. On
 //! the wire it is the message of the contract, field for field.
+//!
+//! A client keeps the answer in the buffer it was received in ([`Entries::Received`]): tonic's
+//! decode buffer hands its bytes over without a copy. Copying them out, entry by entry, was a
+//! twelfth of a batch client's CPU (docs/benchmarks.md, a batch client's answer kept as received).
 
-use prost::bytes::{Buf, BufMut};
+use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint};
 use prost::{DecodeError, Message};
 
@@ -26,11 +30,50 @@ const BINDING_INDEX: u32 = 6;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LookupAddressesResponse {
     /// The `results` entries, encoded (key, length and body each), in order.
-    entries: Vec<u8>,
+    entries: Entries,
     count: usize,
     /// The `bindings` entries (COMPACT), encoded the same way.
-    bindings: Vec<u8>,
+    bindings: Entries,
     binding_count: usize,
+}
+
+/// Encoded entries: written here (the server's answer), or as they were received.
+#[derive(Clone, Debug)]
+enum Entries {
+    Written(Vec<u8>),
+    Received(Bytes),
+}
+
+impl Entries {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Entries::Written(bytes) => bytes,
+            Entries::Received(bytes) => bytes,
+        }
+    }
+
+    /// The entries to append to (received ones are copied first).
+    fn written(&mut self) -> &mut Vec<u8> {
+        if let Entries::Received(bytes) = self {
+            *self = Entries::Written(bytes.to_vec());
+        }
+        match self {
+            Entries::Written(bytes) => bytes,
+            Entries::Received(_) => unreachable!("made written above"),
+        }
+    }
+}
+
+impl Default for Entries {
+    fn default() -> Entries {
+        Entries::Written(Vec::new())
+    }
+}
+
+impl PartialEq for Entries {
+    fn eq(&self, other: &Entries) -> bool {
+        self.as_slice() == other.as_slice()
+    }
 }
 
 /// A result's fields shared by every address resolving to the same prefix and binding, encoded
@@ -124,7 +167,7 @@ impl LookupAddressesResponse {
     /// Room for `count` results of about `entry_bytes` each.
     pub fn with_capacity(count: usize, entry_bytes: usize) -> LookupAddressesResponse {
         LookupAddressesResponse {
-            entries: Vec::with_capacity(count * entry_bytes),
+            entries: Entries::Written(Vec::with_capacity(count * entry_bytes)),
             ..LookupAddressesResponse::default()
         }
     }
@@ -137,16 +180,17 @@ impl LookupAddressesResponse {
             None => (&[][..], None),
         };
         let binding_field = binding.map_or(0, |body| 1 + encoded_len_varint(body.len() as u64) + body.len());
-        encode_key(RESULTS, WireType::LengthDelimited, &mut self.entries);
-        encode_varint((address_field + head.len() + binding_field) as u64, &mut self.entries);
-        encode_key(ADDRESS, WireType::LengthDelimited, &mut self.entries);
-        encode_varint(address.len() as u64, &mut self.entries);
-        self.entries.extend_from_slice(address.as_bytes());
-        self.entries.extend_from_slice(head);
+        let entries = self.entries.written();
+        encode_key(RESULTS, WireType::LengthDelimited, entries);
+        encode_varint((address_field + head.len() + binding_field) as u64, entries);
+        encode_key(ADDRESS, WireType::LengthDelimited, entries);
+        encode_varint(address.len() as u64, entries);
+        entries.extend_from_slice(address.as_bytes());
+        entries.extend_from_slice(head);
         if let Some(body) = binding {
-            encode_key(BINDING, WireType::LengthDelimited, &mut self.entries);
-            encode_varint(body.len() as u64, &mut self.entries);
-            self.entries.extend_from_slice(body);
+            encode_key(BINDING, WireType::LengthDelimited, entries);
+            encode_varint(body.len() as u64, entries);
+            entries.extend_from_slice(body);
         }
         self.count += 1;
     }
@@ -156,21 +200,23 @@ impl LookupAddressesResponse {
     pub fn push_compact(&mut self, route: Option<&EncodedRoute>, binding_index: Option<u32>) {
         let head = route.map_or(&[][..], EncodedRoute::head);
         let index_field = binding_index.map_or(0, |index| 1 + encoded_len_varint(u64::from(index)));
-        encode_key(RESULTS, WireType::LengthDelimited, &mut self.entries);
-        encode_varint((head.len() + index_field) as u64, &mut self.entries);
-        self.entries.extend_from_slice(head);
+        let entries = self.entries.written();
+        encode_key(RESULTS, WireType::LengthDelimited, entries);
+        encode_varint((head.len() + index_field) as u64, entries);
+        entries.extend_from_slice(head);
         if let Some(index) = binding_index {
-            encode_key(BINDING_INDEX, WireType::Varint, &mut self.entries);
-            encode_varint(u64::from(index), &mut self.entries);
+            encode_key(BINDING_INDEX, WireType::Varint, entries);
+            encode_varint(u64::from(index), entries);
         }
         self.count += 1;
     }
 
     /// COMPACT: lists a binding (its encoded body) and returns its index.
     pub fn push_binding(&mut self, body: &[u8]) -> u32 {
-        encode_key(BINDINGS, WireType::LengthDelimited, &mut self.bindings);
-        encode_varint(body.len() as u64, &mut self.bindings);
-        self.bindings.extend_from_slice(body);
+        let bindings = self.bindings.written();
+        encode_key(BINDINGS, WireType::LengthDelimited, bindings);
+        encode_varint(body.len() as u64, bindings);
+        bindings.extend_from_slice(body);
         self.binding_count += 1;
         // A batch is at most MAX_LOOKUP_BATCH addresses, so at most that many bindings.
         u32::try_from(self.binding_count - 1).unwrap_or(u32::MAX)
@@ -230,6 +276,49 @@ impl LookupAddressesResponse {
     }
 }
 
+/// prost's own `merge`: each field in turn through `merge_field`.
+fn merge_fields(message: &mut LookupAddressesResponse, mut buf: impl Buf) -> Result<(), DecodeError> {
+    let context = DecodeContext::default();
+    while buf.has_remaining() {
+        let (tag, wire_type) = prost::encoding::decode_key(&mut buf)?;
+        message.merge_field(tag, wire_type, &mut buf, context.clone())?;
+    }
+    Ok(())
+}
+
+/// Where a received answer's results end and how many entries of each list it holds, when it
+/// is laid out as a server writes it: length-delimited `results`, then `bindings`, each whole.
+struct Layout {
+    results_end: usize,
+    results: usize,
+    bindings: usize,
+}
+
+impl Layout {
+    fn of(message: &[u8]) -> Option<Layout> {
+        let mut layout = Layout {
+            results_end: 0,
+            results: 0,
+            bindings: 0,
+        };
+        let mut rest = message;
+        while !rest.is_empty() {
+            let (tag, wire_type) = prost::encoding::decode_key(&mut rest).ok()?;
+            let (consumed, _) = super::whole_field(rest).filter(|_| wire_type == WireType::LengthDelimited)?;
+            rest = &rest[consumed..];
+            match tag {
+                RESULTS if layout.bindings == 0 => {
+                    layout.results += 1;
+                    layout.results_end = message.len() - rest.len();
+                }
+                BINDINGS => layout.bindings += 1,
+                _ => return None,
+            }
+        }
+        Some(layout)
+    }
+}
+
 /// The contract's message as prost would decode it: what a client built from the .proto sees.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Decoded {
@@ -241,8 +330,27 @@ pub struct Decoded {
 
 impl Message for LookupAddressesResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.entries);
-        buf.put_slice(&self.bindings);
+        buf.put_slice(self.entries.as_slice());
+        buf.put_slice(self.bindings.as_slice());
+    }
+
+    /// Keeps a whole answer as received when it is laid out as a server writes it (every
+    /// result, then every listed binding, nothing else): `copy_to_bytes` on tonic's decode
+    /// buffer takes the bytes without copying them. Anything else is decoded field by field.
+    fn merge(&mut self, mut buf: impl Buf) -> Result<(), DecodeError> {
+        if self.count > 0 || self.binding_count > 0 || !buf.has_remaining() {
+            return merge_fields(self, buf);
+        }
+        let received = buf.copy_to_bytes(buf.remaining());
+        match Layout::of(&received) {
+            Some(layout) => {
+                self.entries = Entries::Received(received.slice(..layout.results_end));
+                self.bindings = Entries::Received(received.slice(layout.results_end..));
+                (self.count, self.binding_count) = (layout.results, layout.bindings);
+                Ok(())
+            }
+            None => merge_fields(self, received),
+        }
     }
 
     fn merge_field(
@@ -253,8 +361,8 @@ impl Message for LookupAddressesResponse {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         let (entries, count) = match tag {
-            RESULTS => (&mut self.entries, &mut self.count),
-            BINDINGS => (&mut self.bindings, &mut self.binding_count),
+            RESULTS => (self.entries.written(), &mut self.count),
+            BINDINGS => (self.bindings.written(), &mut self.binding_count),
             _ => return prost::encoding::skip_field(wire_type, tag, buf, ctx),
         };
         // A list's first entry makes room for the rest of the message at once: an answer of
@@ -281,7 +389,7 @@ impl Message for LookupAddressesResponse {
     }
 
     fn encoded_len(&self) -> usize {
-        self.entries.len() + self.bindings.len()
+        self.entries.as_slice().len() + self.bindings.as_slice().len()
     }
 
     fn clear(&mut self) {
@@ -343,5 +451,65 @@ mod tests {
         let received = LookupAddressesResponse::decode(response.encode_to_vec().as_slice()).unwrap();
         assert_eq!(received.results().unwrap(), expected.results);
         assert_eq!(received.bindings().unwrap(), expected.bindings);
+    }
+
+    /// A COMPACT answer of two results and one listed binding, and the contract's message.
+    fn compact_answer() -> (LookupAddressesResponse, Decoded) {
+        let covered = covered();
+        let route = EncodedRoute::new(&covered);
+        let mut response = LookupAddressesResponse::default();
+        let index = response.push_binding(route.binding().unwrap());
+        response.push_compact(Some(&route), Some(index));
+        response.push_compact(None, None);
+        let decoded = Decoded::decode(response.encode_to_vec().as_slice()).unwrap();
+        (response, decoded)
+    }
+
+    #[test]
+    fn an_answer_as_a_server_writes_it_is_kept_in_the_buffer_it_came_in() {
+        let (response, expected) = compact_answer();
+        let buffer = Bytes::from(response.encode_to_vec());
+        let received = LookupAddressesResponse::decode(buffer.clone()).unwrap();
+        let within = |entries: &Entries| {
+            matches!(entries, Entries::Received(_)) && buffer.as_ptr_range().contains(&entries.as_slice().as_ptr())
+        };
+        assert!(within(&received.entries) && within(&received.bindings));
+        assert_eq!((received.len(), received.binding_count), (2, 1));
+        assert_eq!(received.results().unwrap(), expected.results);
+        assert_eq!(received.bindings().unwrap(), expected.bindings);
+        assert_eq!(received.encode_to_vec(), buffer);
+    }
+
+    #[test]
+    fn any_other_layout_is_decoded_field_by_field() {
+        let (response, expected) = compact_answer();
+        let results = response.entries.as_slice();
+        let bindings = response.bindings.as_slice();
+        // A listed binding before the results, and a field this version does not know.
+        let unknown = [9 << 3, 1]; // field 9, a varint: 1
+        let message = [bindings, &unknown, results].concat();
+        let received = LookupAddressesResponse::decode(message.as_slice()).unwrap();
+        assert!(matches!(received.entries, Entries::Written(_)));
+        assert_eq!((received.len(), received.binding_count), (2, 1));
+        assert_eq!(received.results().unwrap(), expected.results);
+        assert_eq!(received.bindings().unwrap(), expected.bindings);
+        // A cut answer fails as prost's own decoding of the message fails.
+        let cut = &results[..results.len() - 1];
+        assert!(Decoded::decode(cut).is_err());
+        assert!(LookupAddressesResponse::decode(Bytes::copy_from_slice(cut)).is_err());
+    }
+
+    #[test]
+    fn a_received_answer_appended_to_is_copied_first() {
+        let (response, _) = compact_answer();
+        let mut received = LookupAddressesResponse::decode(Bytes::from(response.encode_to_vec())).unwrap();
+        let mut written = response.clone();
+        received.push_compact(None, None);
+        written.push_compact(None, None);
+        assert_eq!(received.encode_to_vec(), written.encode_to_vec());
+        assert_eq!(received.len(), 3);
+        // Merging a second answer into a received one appends its entries.
+        received.merge(Bytes::from(response.encode_to_vec())).unwrap();
+        assert_eq!((received.len(), received.binding_count), (5, 2));
     }
 }
