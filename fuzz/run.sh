@@ -14,7 +14,7 @@ cd "$(dirname "$0")"
 seconds=${1:-120}
 shift || true
 targets=("$@")
-if [ ${#targets[@]} -eq 0 ]; then targets=(record snapshot stream_message page_token fields lookup_batch lookup_request ipamctl_args); fi
+if [ ${#targets[@]} -eq 0 ]; then targets=(record snapshot stream_message page_token fields lookup_batch lookup_request lookup_answer ipamctl_args); fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 for target in "${targets[@]}"; do
     mkdir -p "corpus-working/$target"

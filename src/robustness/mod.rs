@@ -5,7 +5,8 @@
 //! (`tests/integration/fuzz_corpus.rs`), so a fixed finding stays fixed.
 //!
 //! Here: the table of targets and the properties of stored bytes (records, snapshots, stream
-//! messages) and of request input (page tokens, fields, the batch lookup's request);
+//! messages), of request input (page tokens, fields, the batch lookup's request) and of the
+//! batch lookup's answer as a client reads it;
 //! `lookup_batch.rs` the batch lookup's answers, on a routing model built from the input;
 //! `contract.rs` the messages the hand-written ones are held to.
 
@@ -18,7 +19,7 @@ pub use lookup_batch::{compact_says_what_full_says, lookup_batch};
 use async_nats::HeaderMap;
 use prost::Message;
 
-use crate::api::wire::LookupAddressesRequest;
+use crate::api::wire::{Decoded, LookupAddressesRequest, LookupAddressesResponse};
 use crate::domain::network::NetworkKey;
 use crate::domain::state::{Changes, SnapshotRecords};
 use crate::domain::{Event, fields};
@@ -33,7 +34,7 @@ type FieldCheck = fn(&str, &str) -> bool;
 
 /// The fuzz targets, by name: what `fuzz/fuzz_targets/<name>.rs` runs and the corpus replay
 /// finds in `fuzz/corpus/<name>/`.
-pub const TARGETS: [(&str, Property); 7] = [
+pub const TARGETS: [(&str, Property); 8] = [
     ("record", record),
     ("snapshot", snapshot),
     ("stream_message", stream_message),
@@ -41,6 +42,7 @@ pub const TARGETS: [(&str, Property); 7] = [
     ("fields", request_fields),
     ("lookup_batch", lookup_batch),
     ("lookup_request", lookup_request),
+    ("lookup_answer", lookup_answer),
 ];
 
 /// A stored log record (the first 8 bytes: the revision of its last event, little-endian).
@@ -266,4 +268,42 @@ fn names_the_field(error: &crate::domain::Error, field: &str) {
         error.violations.iter().any(|violation| violation.field == field),
         "{field}: {error:?}"
     );
+}
+
+/// A batch answer as a client receives it (after the byte that picks where the buffer splits
+/// in two). Whether it is kept as received or decoded field by field, a client reads what
+/// prost's message of the contract holds: where prost accepts it, the same results and listed
+/// bindings, and the same again once written; where prost refuses it, the answer or reading
+/// its entries fails.
+pub fn lookup_answer(data: &[u8]) {
+    let Some((split, message)) = data.split_first() else {
+        return;
+    };
+    let at = usize::from(*split) % (message.len() + 1);
+    let kept = LookupAddressesResponse::decode(prost::bytes::Bytes::copy_from_slice(message));
+    let in_two_chunks = LookupAddressesResponse::decode(prost::bytes::Buf::chain(&message[..at], &message[at..]));
+    assert_eq!(
+        kept, in_two_chunks,
+        "the same whether the buffer is in one chunk or two"
+    );
+    let read = |answer: &LookupAddressesResponse| Ok::<_, prost::DecodeError>((answer.results()?, answer.bindings()?));
+    match (Decoded::decode(message), kept) {
+        (Ok(expected), Ok(kept)) => {
+            assert_eq!(kept.len(), expected.results.len());
+            assert_eq!(
+                read(&kept).ok(),
+                Some((expected.results, expected.bindings)),
+                "reads what prost's message holds"
+            );
+            let again = LookupAddressesResponse::decode(kept.encode_to_vec().as_slice());
+            assert_eq!(
+                again.map(|again| read(&again)),
+                Ok(read(&kept)),
+                "reads the same once written"
+            );
+        }
+        (Err(_), Ok(kept)) => assert!(read(&kept).is_err(), "prost refuses it, so its entries do not read"),
+        (Ok(expected), Err(error)) => panic!("prost's message: {expected:?}; the hand-written one: {error}"),
+        (Err(_), Err(_)) => {}
+    }
 }

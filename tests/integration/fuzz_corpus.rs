@@ -178,7 +178,36 @@ fn write_fuzz_seeds() {
     not_utf8.extend(request.encode_to_vec());
     let cut = whole[..whole.len() - 4].to_vec();
 
-    let seeds: [(&str, Vec<Vec<u8>>); 7] = [
+    // Batch answers as a client receives them (after the byte that picks where the buffer
+    // splits): one laid out as a server writes it (results, then listed bindings), the same
+    // with its listed binding first, with a field this version does not know, and cut short.
+    let listed = api::ServiceBinding {
+        id: "b".repeat(32),
+        cidr: "192.0.2.0/24".into(),
+        ..Default::default()
+    };
+    let result = |binding_index| api::LookupAddressResult {
+        found: true,
+        prefix_id: "p".repeat(32),
+        binding_index,
+        ..Default::default()
+    };
+    let results = ipam_bindings::api::wire::Decoded {
+        results: vec![result(Some(0)), api::LookupAddressResult::default(), result(None)],
+        bindings: Vec::new(),
+    }
+    .encode_to_vec();
+    let bindings = ipam_bindings::api::wire::Decoded {
+        results: Vec::new(),
+        bindings: vec![listed],
+    }
+    .encode_to_vec();
+    let as_written = [&[5][..], &results, &bindings].concat();
+    let reordered = [&[0][..], &bindings, &results].concat();
+    let unknown_field = [&[7][..], &results, &[9 << 3, 1], &bindings].concat();
+    let answer_cut = as_written[..as_written.len() - 3].to_vec();
+
+    let seeds: [(&str, Vec<Vec<u8>>); 8] = [
         (
             "record",
             vec![record.clone(), single_record, record[..record.len() - 3].to_vec()],
@@ -225,6 +254,7 @@ fn write_fuzz_seeds() {
         ),
         ("lookup_batch", vec![ipv4_batch, ipv6_batch, text_batch]),
         ("lookup_request", vec![whole, not_utf8, cut]),
+        ("lookup_answer", vec![as_written, reordered, unknown_field, answer_cut]),
     ];
     for (target, inputs) in seeds {
         let dir = fuzz_dir("corpus", target);
