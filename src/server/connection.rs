@@ -40,6 +40,10 @@ const DEFER_FLUSH_FROM: usize = 16 * 1024;
 /// The most flushes deferred in a row: a stream whose every poll adds a few bytes (a busy
 /// watch) is not held back for more than this many polls of its connection.
 const MAX_DEFERRED_IN_A_ROW: u8 = 16;
+/// A write this large is part of a large answer: h2 writes a DATA frame as its head with the
+/// payload's first KiB, then the rest of the payload (~15 KiB with a peer's default 16 KiB
+/// frames, more with larger ones).
+const LARGE_WRITE: usize = 8 * 1024;
 /// Past this capacity, the buffer is freed once everything held is out, so that an idle
 /// connection that once sent a large answer does not keep its buffer.
 const KEEP_CAPACITY: usize = 16 * 1024;
@@ -101,8 +105,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Unvectored<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.held.len() + buf.len() <= HELD_CAPACITY {
-            if this.held.capacity() < this.held.len() + buf.len() && buf.len() > KEEP_CAPACITY {
-                // A large write: room for a whole round of them at once, not by doubling.
+            if this.held.capacity() < this.held.len() + buf.len() && buf.len() >= LARGE_WRITE {
+                // Room for a whole round of large writes at once: grown by doubling instead,
+                // a 200 KB answer was copied once more.
                 this.held.reserve_exact(HELD_CAPACITY - this.held.len());
             }
             this.held.extend_from_slice(buf);

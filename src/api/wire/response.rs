@@ -164,10 +164,12 @@ impl EncodedRoute {
 }
 
 impl LookupAddressesResponse {
-    /// Room for `count` results of about `entry_bytes` each.
-    pub fn with_capacity(count: usize, entry_bytes: usize) -> LookupAddressesResponse {
+    /// Room for `count` results of about `entry_bytes` each, and for as many listed bindings
+    /// of about `binding_bytes` (0 for FULL, which lists none).
+    pub fn with_capacity(count: usize, entry_bytes: usize, binding_bytes: usize) -> LookupAddressesResponse {
         LookupAddressesResponse {
             entries: Entries::Written(Vec::with_capacity(count * entry_bytes)),
+            bindings: Entries::Written(Vec::with_capacity(count * binding_bytes)),
             ..LookupAddressesResponse::default()
         }
     }
@@ -405,7 +407,7 @@ mod tests {
     #[test]
     fn full_encodes_and_decodes_as_the_contract_message() {
         let covered = covered();
-        let mut response = LookupAddressesResponse::with_capacity(2, 64);
+        let mut response = LookupAddressesResponse::with_capacity(2, 64, 64);
         response.push("192.0.2.1", Some(&EncodedRoute::new(&covered)));
         response.push("198.51.100.7", None);
         let expected = Decoded {
