@@ -23,6 +23,7 @@ use crate::api::AppContext;
 use crate::api::prefixes::PrefixesService;
 use crate::api::rollout::RolloutService;
 use crate::api::routing::RoutingService;
+use crate::api::routing_endpoint::RoutingEndpoint;
 use crate::api::service_bindings::ServiceBindingsService;
 use crate::api::services::ServicesService;
 use crate::auth::layer::AuthLayer;
@@ -259,7 +260,7 @@ pub async fn serve(
             ServiceBindingsServer::new(ServiceBindingsService::new(app.clone())).max_decoding_message_size(max_bytes),
         )
         .add_service(ServicesServer::new(ServicesService::new(app.clone())).max_decoding_message_size(max_bytes))
-        .add_service(RoutingServer::new(RoutingService::new(app.clone())).max_decoding_message_size(max_bytes))
+        .add_service(RoutingEndpoint::new(RoutingService::new(app.clone()), max_bytes))
         .add_service(RolloutServer::new(RolloutService::new(app.clone())).max_decoding_message_size(max_bytes));
 
     let mut stop_signal = stop_receiver.clone();

@@ -11,6 +11,7 @@ pub mod prefixes;
 pub mod rollout;
 pub mod routes;
 pub mod routing;
+pub mod routing_endpoint;
 pub mod service_bindings;
 pub mod services;
 pub mod status;

@@ -198,6 +198,103 @@ async fn the_compact_view_lists_each_binding_once() {
     assert_error(&status, Code::InvalidArgument, "MALFORMED_REQUEST", 1019, Some("view"));
 }
 
+/// A client that sends and receives a message's bytes as they are, to hold the batch answer
+/// to its bytes and to send what a generated client would not.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let remaining = prost::bytes::Buf::remaining(buf);
+        Ok(Some(prost::bytes::Buf::copy_to_bytes(buf, remaining).to_vec()))
+    }
+}
+
+async fn lookup_addresses_raw(server: &TestServer, request: tonic::Request<Vec<u8>>) -> Result<Vec<u8>, tonic::Status> {
+    let mut client = tonic::client::Grpc::new(server.channel.clone());
+    client.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/addressing.v1.Routing/LookupAddresses");
+    client
+        .unary(request, path, RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The batch answer is served outside tonic's encoder (in the buffers it was written in):
+/// its bytes are the message a generated client decodes, in both views, and a request that
+/// is not the contract's message, or comes compressed, is refused as for any other method.
+#[tokio::test]
+async fn the_batch_answer_is_the_contracts_message_byte_for_byte() {
+    let server = TestServer::start().await;
+    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
+    server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    server.bind(&prefix, "192.0.2.1/32", CDN).await;
+    let addresses = ["192.0.2.1", "192.0.2.9", "8.8.8.8", "2001:db8::1"];
+    for view in [api::LookupView::Unspecified, api::LookupView::Compact] {
+        let request = api::LookupAddressesRequest::new(addresses, false, view);
+        let raw = lookup_addresses_raw(&server, tonic::Request::new(prost::Message::encode_to_vec(&request)))
+            .await
+            .unwrap();
+        let typed = server.routing().lookup_addresses(request).await.unwrap().into_inner();
+        assert_eq!(raw, prost::Message::encode_to_vec(&typed), "{view:?}");
+        let decoded = <api::LookupAddressesResponse as prost::Message>::decode(raw.as_slice()).unwrap();
+        let texts = addresses.map(String::from);
+        let services: Vec<Option<String>> = (decoded.results_for(&texts).unwrap().into_iter())
+            .map(|result| result.binding.map(|binding| binding.service_id))
+            .collect();
+        let bound = |service: &str| Some(service.to_string());
+        assert_eq!(services, [bound(CDN), bound(MAGIC_TRANSIT), None, None], "{view:?}");
+    }
+
+    // `addresses` (field 1) that is not UTF-8.
+    let status = lookup_addresses_raw(&server, tonic::Request::new(vec![0x0a, 0x02, 0xff, 0xfe]))
+        .await
+        .unwrap_err();
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "MALFORMED_REQUEST",
+        1019,
+        Some("addresses"),
+    );
+
+    let mut compressed = tonic::Request::new(Vec::new());
+    compressed
+        .metadata_mut()
+        .insert("grpc-encoding", "gzip".parse().unwrap());
+    let status = lookup_addresses_raw(&server, compressed).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(status.metadata().get("grpc-accept-encoding").unwrap(), "identity");
+}
+
 #[tokio::test]
 async fn active_only_sees_bindings_once_the_rollout_activates_them() {
     // Nothing activates within the test on this server...

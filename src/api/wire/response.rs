@@ -224,6 +224,16 @@ impl LookupAddressesResponse {
         u32::try_from(self.binding_count - 1).unwrap_or(u32::MAX)
     }
 
+    /// The encoded message in the buffers it was written in (results, then listed bindings):
+    /// handed to HTTP/2 as they are, with no copy (see `api::routing_endpoint`).
+    pub fn into_encoded(self) -> [Bytes; 2] {
+        let bytes = |entries: Entries| match entries {
+            Entries::Written(bytes) => Bytes::from(bytes),
+            Entries::Received(bytes) => bytes,
+        };
+        [bytes(self.entries), bytes(self.bindings)]
+    }
+
     /// How many results there are.
     pub fn len(&self) -> usize {
         self.count
