@@ -177,3 +177,51 @@ impl http_body::Body for OneMessage {
         self.next >= self.chunks.len() && self.trailers.is_none()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+
+    /// Every frame of a body, polled to its end.
+    fn frames(mut body: OneMessage) -> Vec<Frame<Bytes>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut frames = Vec::new();
+        while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) {
+            frames.push(frame);
+        }
+        assert!(body.is_end_stream());
+        frames
+    }
+
+    /// The gRPC message prefix (uncompressed, the length of both buffers), the results, the
+    /// listed bindings when there are any, then `grpc-status: 0`.
+    #[test]
+    fn one_message_then_ok_in_trailers() {
+        let mut compact = api::LookupAddressesResponse::with_capacity(1, 64, 64);
+        let index = compact.push_binding(b"\x0a\x01b");
+        compact.push_compact(None, Some(index));
+        let mut full = api::LookupAddressesResponse::with_capacity(1, 64, 0);
+        full.push("192.0.2.1", None);
+        for answer in [compact, full] {
+            let encoded = prost::Message::encode_to_vec(&answer);
+            let frames = frames(OneMessage::new(answer));
+            let (data, trailers): (Vec<_>, Vec<_>) = frames.into_iter().partition(Frame::is_data);
+            assert!(
+                data.iter().all(|frame| !frame.data_ref().unwrap().is_empty()),
+                "no empty DATA"
+            );
+            let data: Vec<u8> = data.into_iter().flat_map(|frame| frame.into_data().unwrap()).collect();
+            let mut expected = vec![0];
+            expected.extend((encoded.len() as u32).to_be_bytes());
+            expected.extend(&encoded);
+            assert_eq!(data, expected);
+            let trailers = trailers
+                .into_iter()
+                .map(|frame| frame.into_trailers().unwrap())
+                .collect::<Vec<_>>();
+            assert_eq!(trailers.len(), 1);
+            assert_eq!(trailers[0].get("grpc-status").unwrap(), "0");
+        }
+    }
+}
