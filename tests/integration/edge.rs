@@ -146,45 +146,6 @@ async fn calls_over_the_concurrency_cap_are_refused_not_queued() {
     assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
 }
 
-/// Sends any bytes as a request message and discards the answer's: what a typed client
-/// cannot send.
-#[derive(Default)]
-struct RawCodec;
-struct RawEncoder;
-struct Discard;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        prost::bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for Discard {
-    type Item = ();
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
-        let remaining = prost::bytes::Buf::remaining(src);
-        prost::bytes::Buf::advance(src, remaining);
-        Ok(Some(()))
-    }
-}
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = ();
-    type Encoder = RawEncoder;
-    type Decoder = Discard;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> Discard {
-        Discard
-    }
-}
-
 /// Hostile bodies on both surfaces: bytes that are not protobuf, a truncated field, and groups
 /// nested 100,000 deep are INVALID_ARGUMENT `MALFORMED_REQUEST` on every service (unary and
 /// streaming), never INTERNAL; on the JSON API, JSON nested 100,000 deep is 400

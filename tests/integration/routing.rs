@@ -198,46 +198,7 @@ async fn the_compact_view_lists_each_binding_once() {
     assert_error(&status, Code::InvalidArgument, "MALFORMED_REQUEST", 1019, Some("view"));
 }
 
-/// A client that sends and receives a message's bytes as they are, to hold the batch answer
-/// to its bytes and to send what a generated client would not.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        prost::bytes::BufMut::put_slice(buf, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let remaining = prost::bytes::Buf::remaining(buf);
-        Ok(Some(prost::bytes::Buf::copy_to_bytes(buf, remaining).to_vec()))
-    }
-}
-
+/// LookupAddresses with the request's bytes as given, and the answer's as received.
 async fn lookup_addresses_raw(server: &TestServer, request: tonic::Request<Vec<u8>>) -> Result<Vec<u8>, tonic::Status> {
     let mut client = tonic::client::Grpc::new(server.channel.clone());
     client.ready().await.unwrap();
