@@ -231,8 +231,8 @@ impl Engine {
 
     /// Runs a command through the writer; returns once its events are durable and visible to
     /// reads (read-your-writes). Its events record `actor`.
-    pub async fn execute(&self, command: Command, actor: Actor) -> Result<Outcome, Error> {
-        self.run(command, actor, false, telemetry::current_call()).await
+    pub fn execute(&self, command: Command, actor: Actor) -> impl Future<Output = Result<Outcome, Error>> + '_ {
+        self.run(command, actor, false, telemetry::current_call())
     }
 
     /// [`execute`](Self::execute) for a command another replica forwarded to this one (it

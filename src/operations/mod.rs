@@ -148,12 +148,17 @@ pub fn list_services(caller: &Caller, account_id: &str) -> Result<&'static [Serv
 }
 
 /// Runs `command` for `caller`, or with `validate_only` only decides it (nothing appended).
+///
+/// The engine's round trip is boxed: it holds the command and its actor while it waits, and
+/// every async caller above it would otherwise keep room for it (twice, in a block that
+/// awaits a future it holds), so a create's call future was 6 KB, copied whole wherever it
+/// was moved or boxed (docs/benchmarks.md, durable creates: the call's future).
 async fn run(app: &AppContext, command: Command, actor: Actor, validate_only: bool) -> Result<Outcome, Error> {
     let engine = app.engine()?;
     if validate_only {
         return engine.validate(&command).map(|decision| decision.outcome);
     }
-    engine.execute(command, actor).await
+    Box::pin(engine.execute(command, actor)).await
 }
 
 /// The writer answered a command with an outcome of another kind: a bug, never the caller's.
