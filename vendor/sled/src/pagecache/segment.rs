@@ -96,7 +96,21 @@ pub(crate) struct SegmentAccountant {
     segment_cleaner: SegmentCleaner,
     ordering: BTreeMap<Lsn, LogOffset>,
     async_truncations: BTreeMap<LogOffset, OneShot<Result<()>>>,
+    // ipam-bindings patch (PATCHES.md): the file is zeroed ahead of the tip in the
+    // background, so that writing a new segment overwrites blocks the file
+    // already has instead of growing it. Zeroed (or being zeroed) up to here:
+    zeroed_to: LogOffset,
+    // the zeroing jobs in flight, by the offset each starts at.
+    zeroings: BTreeMap<LogOffset, OneShot<Result<()>>>,
 }
+
+/// ipam-bindings patch (PATCHES.md): how far ahead of the tip the file is kept zeroed.
+const ZEROED_AHEAD: LogOffset = 16 * 1024 * 1024;
+/// How much one background zeroing job writes.
+const ZEROING_CHUNK: LogOffset = 4 * 1024 * 1024;
+/// A zeroing job's writes, each sent to the disk before the next: an
+/// `fdatasync` of the log meanwhile writes out at most this much of them.
+const ZEROING_WRITE: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SegmentCleaner {
@@ -485,6 +499,8 @@ impl SegmentAccountant {
             segment_cleaner,
             ordering: BTreeMap::default(),
             async_truncations: BTreeMap::default(),
+            zeroed_to: 0,
+            zeroings: BTreeMap::default(),
         };
 
         ret.initialize_from_snapshot(snapshot)?;
@@ -993,11 +1009,72 @@ impl SegmentAccountant {
             }
         }
 
+        // ipam-bindings patch: a zeroing job must be done with the segment before it is handed
+        // out: any that started at or below it is waited for.
+        let later = self.zeroings.split_off(&(lid + 1));
+        for (_at, zeroing) in std::mem::replace(&mut self.zeroings, later) {
+            zeroing.wait().unwrap()?;
+        }
+
         self.tip += self.config.segment_size as LogOffset;
 
         trace!("advancing file tip from {} to {}", lid, self.tip);
 
+        self.zero_ahead()?;
+
         Ok(lid)
+    }
+
+    /// ipam-bindings patch (PATCHES.md): keeps the file written with zeroes (sled's own
+    /// mark of a free segment, `MessageKind::Corrupted`) up to `ZEROED_AHEAD`
+    /// past the tip, a chunk at a time on the thread pool, made durable there.
+    /// A segment written at the tip then overwrites blocks the file already
+    /// has, so the `fdatasync` of a durable write need not also write the
+    /// file's grown size and new blocks (and ext4 allocates no blocks under
+    /// it). Zeroing starts at or above the tip only, where nothing is written
+    /// before `bump_tip` has waited for the job. Recovery treats the zeroed
+    /// segments past the last used one like any free segments at the end.
+    fn zero_ahead(&mut self) -> Result<()> {
+        if self.config.temporary {
+            return Ok(());
+        }
+        let start = self.zeroed_to.max(self.tip);
+        if start >= self.tip + ZEROED_AHEAD {
+            return Ok(());
+        }
+        let end = start + ZEROING_CHUNK;
+        let config = self.config.clone();
+        io_fail!(&config, "zero ahead");
+        let zeroing = threadpool::spawn(move || -> Result<()> {
+            let zeroes = vec![MessageKind::Corrupted.into(); ZEROING_WRITE];
+            let mut at = start;
+            while at < end {
+                pwrite_all(&config.file, &zeroes, at)?;
+                #[cfg(target_os = "linux")]
+                {
+                    use std::os::unix::io::AsRawFd;
+                    let ret = unsafe {
+                        libc::sync_file_range(
+                            config.file.as_raw_fd(),
+                            i64::try_from(at).unwrap(),
+                            i64::try_from(ZEROING_WRITE).unwrap(),
+                            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                                | libc::SYNC_FILE_RANGE_WRITE
+                                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                        )
+                    };
+                    if ret < 0 {
+                        return Err(std::io::Error::last_os_error().into());
+                    }
+                }
+                at += ZEROING_WRITE as LogOffset;
+            }
+            config.file.sync_data()?;
+            Ok(())
+        })?;
+        self.zeroings.insert(start, zeroing);
+        self.zeroed_to = end;
+        Ok(())
     }
 
     /// Returns the next offset to write a new segment in.
@@ -1085,6 +1162,13 @@ impl SegmentAccountant {
             0,
             "new length must be io-buf-len aligned"
         );
+
+        // ipam-bindings patch: no zeroing job may write past the new end
+        // after the file is cut there; zeroing starts again from it.
+        for (_at, zeroing) in std::mem::take(&mut self.zeroings) {
+            zeroing.wait().unwrap()?;
+        }
+        self.zeroed_to = at;
 
         self.tip = at;
 
