@@ -1011,9 +1011,13 @@ impl SegmentAccountant {
 
         // ipam-bindings patch: a zeroing job must be done with the segment before it is handed
         // out: any that started at or below it is waited for.
+        // A job that failed (a full disk) only leaves blocks unwritten: the
+        // segment's own write then meets the same error, or succeeds.
         let later = self.zeroings.split_off(&(lid + 1));
         for (_at, zeroing) in std::mem::replace(&mut self.zeroings, later) {
-            zeroing.wait().unwrap()?;
+            if let Some(Err(error)) = zeroing.wait() {
+                debug!("zeroing ahead of the tip failed: {:?}", error);
+            }
         }
 
         self.tip += self.config.segment_size as LogOffset;
@@ -1166,7 +1170,9 @@ impl SegmentAccountant {
         // ipam-bindings patch: no zeroing job may write past the new end
         // after the file is cut there; zeroing starts again from it.
         for (_at, zeroing) in std::mem::take(&mut self.zeroings) {
-            zeroing.wait().unwrap()?;
+            if let Some(Err(error)) = zeroing.wait() {
+                debug!("zeroing ahead of the tip failed: {:?}", error);
+            }
         }
         self.zeroed_to = at;
 
