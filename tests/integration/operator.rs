@@ -1,5 +1,6 @@
 //! Operator tools and damage: a bit-flipped record stops the server (naming the revision) and
-//! `ipam-bindings verify` reports the same; `export` then `import` rebuild identical state.
+//! `ipam-bindings verify` reports the same; `export` then `import` rebuild identical state;
+//! sled's file, zeroed ahead of its log, read back whole and cut only where it was written.
 
 use std::process::Command;
 use std::time::Duration;
