@@ -18,10 +18,11 @@ use crate::projection::routing::Route;
 /// bench fixture; at 256 a FULL answer outgrew its buffer and was copied into one twice as
 /// large).
 const TYPICAL_ENTRY_BYTES: usize = 320;
-/// Room reserved per COMPACT result (ids and an index) and per listed binding: a batch lists
-/// at most one binding per address. Grown by doubling instead, the listed bindings were
-/// copied once more (~150 KB per 1,000 addresses on ipamctl's bench fixture).
+/// Room reserved per COMPACT result: ids and an index.
 const COMPACT_ENTRY_BYTES: usize = 96;
+/// Room reserved per listed binding of a COMPACT answer, for as many as it has addresses (it
+/// lists at most one binding per address). Grown by doubling instead, the listed bindings
+/// were copied once more (~150 KB per 1,000 addresses on ipamctl's bench fixture).
 const TYPICAL_BINDING_BYTES: usize = 256;
 /// Encoded routes kept for reuse: past this many, or past [`MAX_CACHED_BYTES`], the cache
 /// starts over (routes of deleted bindings linger in it; encoding a route again is cheap).
