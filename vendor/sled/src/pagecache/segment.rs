@@ -1009,10 +1009,11 @@ impl SegmentAccountant {
             }
         }
 
-        // ipam-bindings patch: a zeroing job must be done with the segment before it is handed
-        // out: any that started at or below it is waited for.
-        // A job that failed (a full disk) only leaves blocks unwritten: the
-        // segment's own write then meets the same error, or succeeds.
+        // ipam-bindings patch: a zeroing job must be done with the segment
+        // before it is handed out, so any that started at or below it is
+        // waited for. A job that failed (a full disk) only leaves blocks
+        // unwritten: the segment's own write then meets the same error, or
+        // succeeds.
         let later = self.zeroings.split_off(&(lid + 1));
         for (_at, zeroing) in std::mem::replace(&mut self.zeroings, later) {
             if let Some(Err(error)) = zeroing.wait() {
