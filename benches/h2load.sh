@@ -14,6 +14,10 @@
 # With SERVER-B, two builds side by side: both servers are up at once (each loaded alike, idle
 # while the other is measured), every round measures A and B, the order swapped from round to
 # round, and the end prints each side's median ratio and the median of B/A lookups per round.
+# With ABBA=1 as well, four servers (A, B, B, A: started in that order, on consecutive ports):
+# one server process's lookups can cost ~10% more or less than another's running the same build
+# (docs/benchmarks.md, Method notes), so each build runs in two; every round measures all four,
+# starting one place later each round, and B/A compares the two builds' mean rates per round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 server=${1:-target/release/ipam-bindings}
@@ -35,8 +39,9 @@ if [ -n "${TLS:-}" ]; then
     tls_flags=(--tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem") scheme=https
     export IPAM_TLS_CA=$dir/ca.pem
 fi
-servers=("$server") pids=()
+servers=("$server") pids=() names=(A B)
 [ -n "${4:-}" ] && servers+=("$4")
+if [ -n "${4:-}" ] && [ -n "${ABBA:-}" ]; then servers=("$server" "$4" "$4" "$server") names=(A1 B1 B2 A2); fi
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 # Starts server $1 as side $2 on port+side, loads it, and writes its two requests as gRPC frames.
 start() {
@@ -72,29 +77,35 @@ run() {
         "$scheme://127.0.0.1:$(($1 + port))/$3" 2>/dev/null | sed -n 's/.*finished in .*, \([0-9.]*\) req\/s.*/\1/p')
     echo "$rate $(echo "($(server_cpu_ticks "${pids[$1]}") - $before) / $hz * 1000000 / ($rate * $seconds)" | bc -l)"
 }
-names=(A B)
 for round in $(seq "$rounds"); do
     order=("${!servers[@]}")
     if [ $((round % 2)) = 0 ] && [ ${#servers[@]} = 2 ]; then order=(1 0); fi
+    if [ ${#servers[@]} = 4 ]; then
+        first=$(((round - 1) % 4)) order=()
+        for place in 0 1 2 3; do order+=($(((first + place) % 4))); done
+    fi
     for side in "${order[@]}"; do
         read -r health health_us < <(run "$side" health grpc.health.v1.Health/Check)
         read -r lookup lookup_us < <(run "$side" lookup addressing.v1.Routing/LookupAddress)
-        label=$([ ${#servers[@]} = 2 ] && echo " ${names[$side]}" || true)
+        label=$([ ${#servers[@]} -gt 1 ] && echo " ${names[$side]}" || true)
         printf "round %d%s: health %.0f/s, lookup %.0f/s, lookup/health %.2f; server CPU per call: health %.2f us, lookup %.2f us\n" \
             "$round" "$label" "$health" "$lookup" "$(echo "$lookup / $health" | bc -l)" "$health_us" "$lookup_us"
     done
 done | tee "$dir/rounds"
-if [ ${#servers[@]} = 2 ]; then python3 - "$dir/rounds"; fi <<'PY'
+if [ ${#servers[@]} -gt 1 ]; then python3 - "$dir/rounds"; fi <<'PY'
 import re, statistics, sys
 rounds = {}
 for line in open(sys.argv[1]):
-    n, side, *numbers = re.match(r"round (\d+) (\w): health (\d+)/s, lookup (\d+)/s.*health ([\d.]+) us, lookup ([\d.]+) us", line).groups()
+    n, side, *numbers = re.match(r"round (\d+) (\w+): health (\d+)/s, lookup (\d+)/s.*health ([\d.]+) us, lookup ([\d.]+) us", line).groups()
     rounds.setdefault(n, {})[side] = [float(number) for number in numbers]
 median = lambda values: statistics.median(list(values))
-for side in "AB":
-    sides = [r[side] for r in rounds.values()]
-    print(f"{side}: median lookup/health {median(l / h for h, l, _, _ in sides):.3f}, "
+places = sorted(next(iter(rounds.values())))
+for place in places:
+    sides = [r[place] for r in rounds.values()]
+    print(f"{place}: median lookup/health {median(l / h for h, l, _, _ in sides):.3f}, "
           f"median server CPU per call health/lookup {median(hu / lu for _, _, hu, lu in sides):.3f}")
-print(f"B/A lookups per round, median {median(r['B'][1] / r['A'][1] for r in rounds.values()):.3f}; "
-      f"server CPU per lookup B/A, median {median(r['B'][3] / r['A'][3] for r in rounds.values()):.3f}")
+# Each build's mean over its places, per round (one place each without ABBA).
+build = lambda r, b, i: statistics.mean(v[i] for place, v in r.items() if place.startswith(b))
+print(f"B/A lookups per round, median {median(build(r, 'B', 1) / build(r, 'A', 1) for r in rounds.values()):.3f}; "
+      f"server CPU per lookup B/A, median {median(build(r, 'B', 3) / build(r, 'A', 3) for r in rounds.values()):.3f}")
 PY
