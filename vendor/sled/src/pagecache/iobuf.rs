@@ -1190,13 +1190,14 @@ pub(in crate::pagecache) fn seal_and_write_iobuf(
     // if writers is 0, it's our responsibility to write the buffer.
     if header::n_writers(sealed) == 0 {
         iobufs.config.global_error()?;
+        if here {
+            trace!("writing iobuf with lsn {} to log from make_stable", lsn);
+            return write_iobuf(iobufs, iobuf, lsn);
+        }
         trace!(
             "asynchronously writing iobuf with lsn {} to log from maybe_seal",
             lsn
         );
-        if here {
-            return write_iobuf(iobufs, iobuf, lsn);
-        }
         let iobufs = iobufs.clone();
         let iobuf = iobuf.clone();
         let _result = threadpool::spawn(move || {
