@@ -5,6 +5,7 @@
 # each), and the lookup/health ratio of each round.
 #
 #   benches/h2load.sh [SERVER] [ROUNDS] [SECONDS] [SERVER-B]
+#   FRESH=N benches/h2load.sh [SERVER] [ROUNDS] [SECONDS]
 #
 # SERVER defaults to target/release/ipam-bindings (run with its default log level unless
 # RUST_LOG is set), with --worker-threads ${WORKERS:-1}; h2load -c 4 -m 16 -t 1. With TLS=1
@@ -18,8 +19,24 @@
 # one server process's lookups can cost ~10% more or less than another's running the same build
 # (docs/benchmarks.md, Method notes), so each build runs in two; every round measures all four,
 # starting one place later each round, and B/A compares the two builds' mean rates per round.
+#
+# With FRESH=N (one server), N fresh servers one after the other, ROUNDS rounds each, then each
+# server's median lookup/health and the median over all rounds: a figure for a build rather
+# than for one server process (the goal's check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -n "${FRESH:-}" ]; then
+    [ -z "${4:-}" ] || { echo "FRESH=N measures one build: give no SERVER-B" >&2; exit 2; }
+    for n in $(seq "$FRESH"); do FRESH='' "$0" "$@" | sed "s/^/server $n, /"; done | tee /dev/stderr | python3 -c '
+import re, statistics, sys
+servers = {}
+for line in sys.stdin:
+    n, ratio = re.match(r"server (\d+), round \d+: .*lookup/health ([\d.]+);", line).groups()
+    servers.setdefault(n, []).append(float(ratio))
+print("per server median lookup/health:", ", ".join(f"{statistics.median(r):.3f}" for r in servers.values()))
+print(f"median over all {sum(map(len, servers.values()))} rounds: {statistics.median(x for r in servers.values() for x in r):.3f}")'
+    exit
+fi
 server=${1:-target/release/ipam-bindings}
 rounds=${2:-5}
 seconds=${3:-4}
