@@ -1,14 +1,16 @@
-//! The Routing service as it is served: tonic's generated server for every method but
-//! LookupAddresses, whose answer goes to HTTP/2 in the buffers it was written in.
+//! The Routing service as it is served: tonic's generated server for every method but the two
+//! lookups, whose answers go to HTTP/2 in the buffers they were written in.
 //!
 //! tonic's encoder writes every answer into a buffer of its own, so a batch answer (~200 KB
 //! for 1,000 addresses) was copied once more on its way out: a tenth of the server's CPU
-//! under batches (docs/benchmarks.md, a batch answer handed over as written). Here the
-//! request is read as tonic reads it (its `Streaming` with this crate's codec, the same size
-//! limit and the same errors), the handler is the same, and the answer is the same bytes: one
-//! gRPC message, then `grpc-status: 0` in trailers. A refused call is tonic's trailers-only
-//! response. The layers in front of every service (the edge's limits and deadlines, access
-//! control) see this method as they see the others.
+//! under batches (docs/benchmarks.md, a batch answer handed over as written); a unary
+//! lookup's answer (~300 bytes) is written with room for the frame's prefix in front, so it
+//! is one buffer from the route cache to HTTP/2. Here the request is read as tonic reads it
+//! (its `Streaming` with this crate's codec, the same size limit and the same errors), the
+//! handlers are the same, and the answers are the same bytes: one gRPC message, then
+//! `grpc-status: 0` in trailers. A refused call is tonic's trailers-only response. The layers
+//! in front of every service (the edge's limits and deadlines, access control) see these
+//! methods as they see the others.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{Extensions, HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use tonic::Status;
 use tonic::body::Body;
@@ -31,7 +33,8 @@ use crate::api::routing::RoutingService;
 use crate::pb::api;
 use crate::pb::api::routing_server::{Routing, RoutingServer};
 
-/// The method answered here rather than by the generated server.
+/// The methods answered here rather than by the generated server.
+const LOOKUP_ADDRESS: &str = "/addressing.v1.Routing/LookupAddress";
 const LOOKUP_ADDRESSES: &str = "/addressing.v1.Routing/LookupAddresses";
 /// The headers a handler's metadata may not set on an answer (tonic's reserved ones).
 const RESERVED: [&str; 5] = ["te", "content-type", "grpc-message", "grpc-message-type", "grpc-status"];
@@ -70,16 +73,40 @@ impl Service<Request<Body>> for RoutingEndpoint {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if request.uri().path() != LOOKUP_ADDRESSES {
-            return self.generated.call(request);
-        }
-        let service = Arc::clone(&self.service);
         let max_message_bytes = self.max_message_bytes;
-        Box::pin(async move {
-            let answer = lookup_addresses(&service, request, max_message_bytes).await;
-            Ok(answer.unwrap_or_else(Status::into_http))
-        })
+        match request.uri().path() {
+            LOOKUP_ADDRESS => {
+                let service = Arc::clone(&self.service);
+                Box::pin(async move {
+                    let answer = lookup_address(&service, request, max_message_bytes).await;
+                    Ok(answer.unwrap_or_else(Status::into_http))
+                })
+            }
+            LOOKUP_ADDRESSES => {
+                let service = Arc::clone(&self.service);
+                Box::pin(async move {
+                    let answer = lookup_addresses(&service, request, max_message_bytes).await;
+                    Ok(answer.unwrap_or_else(Status::into_http))
+                })
+            }
+            _ => self.generated.call(request),
+        }
     }
+}
+
+/// LookupAddress from the HTTP request to the HTTP answer, as tonic's unary path takes it.
+async fn lookup_address(
+    service: &RoutingService,
+    request: Request<Body>,
+    max_message_bytes: usize,
+) -> Result<Response<Body>, Status> {
+    let request = decoded::<api::LookupAddressRequest>(request, max_message_bytes).await?;
+    let (metadata, answer, extensions) = service.lookup_address(request).await?.into_parts();
+    Ok(answered(
+        metadata,
+        OneMessage::framed(answer.into_grpc_frame()),
+        extensions,
+    ))
 }
 
 /// LookupAddresses from the HTTP request to the HTTP answer, as tonic's unary path takes it.
@@ -88,9 +115,19 @@ async fn lookup_addresses(
     request: Request<Body>,
     max_message_bytes: usize,
 ) -> Result<Response<Body>, Status> {
+    let request = decoded::<api::LookupAddressesRequest>(request, max_message_bytes).await?;
+    let (metadata, answer, extensions) = service.lookup_addresses(request).await?.into_parts();
+    Ok(answered(metadata, OneMessage::batch(answer), extensions))
+}
+
+/// A unary call's request message with its metadata, read as tonic's unary path reads it.
+async fn decoded<M>(request: Request<Body>, max_message_bytes: usize) -> Result<tonic::Request<M>, Status>
+where
+    M: prost::Message + Default + Send + 'static,
+{
     refuse_compressed(request.headers())?;
     let (parts, body) = request.into_parts();
-    let decoder = AddressingCodec::<api::LookupAddressesResponse, api::LookupAddressesRequest>::default().decoder();
+    let decoder = AddressingCodec::<(), M>::default().decoder();
     let mut messages = Streaming::new_request(decoder, body, None, Some(max_message_bytes));
     let message = messages
         .message()
@@ -100,19 +137,26 @@ async fn lookup_addresses(
     if let Some(trailers) = messages.trailers().await? {
         headers.extend(trailers.into_headers());
     }
-    let request = tonic::Request::from_parts(MetadataMap::from_headers(headers), parts.extensions, message);
-    let (metadata, answer, extensions) = service.lookup_addresses(request).await?.into_parts();
+    Ok(tonic::Request::from_parts(
+        MetadataMap::from_headers(headers),
+        parts.extensions,
+        message,
+    ))
+}
 
+/// The HTTP answer of a call that succeeded: the handler's metadata as headers (but tonic's
+/// reserved ones), then `body`.
+fn answered(metadata: MetadataMap, body: OneMessage, extensions: Extensions) -> Response<Body> {
     let mut headers = metadata.into_headers();
     for reserved in RESERVED {
         headers.remove(reserved);
     }
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    let mut response = Response::new(Body::new(OneMessage::new(answer)));
+    let mut response = Response::new(Body::new(body));
     *response.version_mut() = http::Version::HTTP_2;
     *response.headers_mut() = headers;
     *response.extensions_mut() = extensions;
-    Ok(response)
+    response
 }
 
 /// No compression is accepted (as the generated servers are configured): a compressed request
@@ -134,8 +178,9 @@ fn refuse_compressed(headers: &HeaderMap) -> Result<(), Status> {
     }
 }
 
-/// An answer's body: the gRPC message's prefix, its results and its listed bindings (each a
-/// DATA frame's worth for hyper, split into frames by h2 without copying), then the trailers.
+/// An answer's body: one gRPC message in up to three buffers (for a batch answer the
+/// message's prefix, its results and its listed bindings; each a DATA frame's worth for hyper,
+/// split into frames by h2 without copying), then the trailers.
 struct OneMessage {
     chunks: [Bytes; 3],
     next: usize,
@@ -143,15 +188,25 @@ struct OneMessage {
 }
 
 impl OneMessage {
-    fn new(answer: api::LookupAddressesResponse) -> OneMessage {
+    /// A batch answer, its prefix written here.
+    fn batch(answer: api::LookupAddressesResponse) -> OneMessage {
         let [results, bindings] = answer.into_encoded();
         let len = u32::try_from(results.len() + bindings.len()).expect("a batch answer is far below 4 GiB");
         let mut prefix = [0u8; 5];
         prefix[1..].copy_from_slice(&len.to_be_bytes());
+        OneMessage::of([Bytes::copy_from_slice(&prefix), results, bindings])
+    }
+
+    /// A message already written as a whole gRPC frame, its prefix included.
+    fn framed(frame: Bytes) -> OneMessage {
+        OneMessage::of([frame, Bytes::new(), Bytes::new()])
+    }
+
+    fn of(chunks: [Bytes; 3]) -> OneMessage {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         OneMessage {
-            chunks: [Bytes::copy_from_slice(&prefix), results, bindings],
+            chunks,
             next: 0,
             trailers: Some(trailers),
         }
@@ -194,8 +249,8 @@ mod tests {
         frames
     }
 
-    /// The gRPC message prefix (uncompressed, the length of both buffers), the results, the
-    /// listed bindings when there are any, then `grpc-status: 0`.
+    /// The gRPC message prefix (uncompressed, the message's length), the message (for a batch
+    /// answer its results, then its listed bindings when there are any), then `grpc-status: 0`.
     #[test]
     fn one_message_then_ok_in_trailers() {
         let mut compact = api::LookupAddressesResponse::with_capacity(1, 64, 64);
@@ -203,9 +258,18 @@ mod tests {
         compact.push_compact(None, Some(index));
         let mut full = api::LookupAddressesResponse::with_capacity(1, 64, 0);
         full.push("192.0.2.1", None);
-        for answer in [compact, full] {
-            let encoded = prost::Message::encode_to_vec(&answer);
-            let frames = frames(OneMessage::new(answer));
+        let mut unary = api::LookupAddressResponse::default();
+        unary.address = "192.0.2.1".into();
+        unary.prefix_id = "p".into();
+        let bodies = [compact, full]
+            .map(|answer| (prost::Message::encode_to_vec(&answer), OneMessage::batch(answer)))
+            .into_iter()
+            .chain([(
+                prost::Message::encode_to_vec(&unary),
+                OneMessage::framed(unary.into_grpc_frame()),
+            )]);
+        for (encoded, body) in bodies {
+            let frames = frames(body);
             let (data, trailers): (Vec<_>, Vec<_>) = frames.into_iter().partition(Frame::is_data);
             assert!(
                 data.iter().all(|frame| !frame.data_ref().unwrap().is_empty()),

@@ -167,6 +167,7 @@ async fn hostile_bodies_are_refused_clearly_on_both_surfaces() {
         "/addressing.v1.Prefixes/CreatePrefix",
         "/addressing.v1.ServiceBindings/CreateServiceBinding",
         "/addressing.v1.Services/ListServices",
+        "/addressing.v1.Routing/LookupAddress",
         "/addressing.v1.Routing/LookupAddresses",
         "/addressing.v1.Routing/PreviewChange",
         "/addressing.v1.Rollout/CompleteProvisioning",

@@ -200,9 +200,18 @@ async fn the_compact_view_lists_each_binding_once() {
 
 /// LookupAddresses with the request's bytes as given, and the answer's as received.
 async fn lookup_addresses_raw(server: &TestServer, request: tonic::Request<Vec<u8>>) -> Result<Vec<u8>, tonic::Status> {
+    raw_call(server, "/addressing.v1.Routing/LookupAddresses", request).await
+}
+
+/// A unary call of `method` with `request` as the message's bytes, and the answer's bytes.
+async fn raw_call(
+    server: &TestServer,
+    method: &'static str,
+    request: tonic::Request<Vec<u8>>,
+) -> Result<Vec<u8>, tonic::Status> {
     let mut client = tonic::client::Grpc::new(server.channel.clone());
     client.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/addressing.v1.Routing/LookupAddresses");
+    let path = http::uri::PathAndQuery::from_static(method);
     client
         .unary(request, path, RawCodec)
         .await
@@ -247,13 +256,82 @@ async fn the_batch_answer_is_the_contracts_message_byte_for_byte() {
         Some("addresses"),
     );
 
-    let mut compressed = tonic::Request::new(Vec::new());
-    compressed
-        .metadata_mut()
-        .insert("grpc-encoding", "gzip".parse().unwrap());
-    let status = lookup_addresses_raw(&server, compressed).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
-    assert_eq!(status.metadata().get("grpc-accept-encoding").unwrap(), "identity");
+    for method in [LOOKUP_ADDRESS, "/addressing.v1.Routing/LookupAddresses"] {
+        let mut compressed = tonic::Request::new(Vec::new());
+        compressed
+            .metadata_mut()
+            .insert("grpc-encoding", "gzip".parse().unwrap());
+        let status = raw_call(&server, method, compressed).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented, "{method}: {status:?}");
+        assert_eq!(status.metadata().get("grpc-accept-encoding").unwrap(), "identity");
+    }
+}
+
+const LOOKUP_ADDRESS: &str = "/addressing.v1.Routing/LookupAddress";
+
+/// The unary lookup's answer is served outside tonic's encoder too (one buffer from the route
+/// cache to HTTP/2): its bytes are the message a generated client decodes, with the call's
+/// headers; a request that is not the contract's message is refused as for any other method.
+#[tokio::test]
+async fn the_unary_answer_is_the_contracts_message_byte_for_byte() {
+    let server = TestServer::start().await;
+    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
+    server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    server.bind(&prefix, "192.0.2.1/32", CDN).await;
+    for (address, service) in [("192.0.2.1", Some(CDN)), ("192.0.2.9", Some(MAGIC_TRANSIT))] {
+        let request = api::LookupAddressRequest {
+            address: address.into(),
+            active_only: false,
+        };
+        let mut raw_request = tonic::Request::new(prost::Message::encode_to_vec(&request));
+        raw_request
+            .metadata_mut()
+            .insert("x-request-id", "unary-answer".parse().unwrap());
+        let mut client = tonic::client::Grpc::new(server.channel.clone());
+        client.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static(LOOKUP_ADDRESS);
+        let answer = client.unary(raw_request, path, RawCodec).await.unwrap();
+        assert_eq!(answer.metadata().get("x-request-id").unwrap(), "unary-answer");
+        assert!(
+            answer.metadata().get("x-ipam-revision").is_some(),
+            "{:?}",
+            answer.metadata()
+        );
+        let raw = answer.into_inner();
+        let typed = server.routing().lookup_address(request).await.unwrap().into_inner();
+        assert_eq!(raw, prost::Message::encode_to_vec(&typed), "{address}");
+        let decoded = <api::LookupAddressResponse as prost::Message>::decode(raw.as_slice()).unwrap();
+        assert_eq!(
+            (decoded.address.as_str(), decoded.prefix_id.as_str()),
+            (address, prefix.id.as_str())
+        );
+        assert_eq!(decoded.binding.map(|binding| binding.service_id).as_deref(), service);
+    }
+
+    // An address not covered is the same refusal as through the generated client.
+    let request = api::LookupAddressRequest {
+        address: "8.8.8.8".into(),
+        active_only: false,
+    };
+    let raw_request = tonic::Request::new(prost::Message::encode_to_vec(&request));
+    let status = raw_call(&server, LOOKUP_ADDRESS, raw_request).await.unwrap_err();
+    assert_error(&status, Code::NotFound, "ADDRESS_NOT_COVERED", 1105, Some("address"));
+
+    // `address` (field 1) that is not UTF-8.
+    let status = raw_call(
+        &server,
+        LOOKUP_ADDRESS,
+        tonic::Request::new(vec![0x0a, 0x02, 0xff, 0xfe]),
+    )
+    .await
+    .unwrap_err();
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "MALFORMED_REQUEST",
+        1019,
+        Some("address"),
+    );
 }
 
 #[tokio::test]

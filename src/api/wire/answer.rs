@@ -4,10 +4,12 @@
 //! it was most of a unary lookup's own work (docs/benchmarks.md, unary lookups).
 //!
 //! A client decodes it as prost would, into the public fields. The server builds it
-//! [`encoded`](LookupAddressResponse::encoded): then it holds the wire form and writes it as is,
-//! and its public fields stay empty.
+//! [`encoded`](LookupAddressResponse::encoded): then it holds the wire form behind room for a
+//! gRPC frame's prefix and writes it as is (or hands the whole frame to HTTP/2:
+//! [`into_grpc_frame`](LookupAddressResponse::into_grpc_frame)), and its public fields stay
+//! empty.
 
-use prost::bytes::{Buf, BufMut};
+use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, message, string};
 use prost::{DecodeError, Message};
 
@@ -19,6 +21,8 @@ const ADDRESS: u32 = 1;
 const PREFIX_ID: u32 = 2;
 const ACCOUNT_ID: u32 = 3;
 const BINDING: u32 = 4;
+/// A gRPC frame's prefix: the compression flag, then the message's length (4 bytes, big-endian).
+const FRAME_PREFIX: usize = 5;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LookupAddressResponse {
@@ -31,7 +35,8 @@ pub struct LookupAddressResponse {
     /// of the call, and an inline binding made it 200 bytes larger (docs/benchmarks.md, unary
     /// lookups).
     pub binding: Option<Box<api::ServiceBinding>>,
-    /// The whole message encoded, when the server built it from an encoded route.
+    /// When the server built it from an encoded route: [`FRAME_PREFIX`] bytes left for the
+    /// gRPC frame's prefix, then the whole message encoded.
     encoded: Vec<u8>,
 }
 
@@ -41,8 +46,14 @@ impl LookupAddressResponse {
         let binding = route.binding();
         let binding_field = binding.map_or(0, |body| 1 + encoded_len_varint(body.len() as u64) + body.len());
         let mut encoded = Vec::with_capacity(
-            1 + encoded_len_varint(address.len() as u64) + address.len() + route.owner().len() + binding_field,
+            FRAME_PREFIX
+                + 1
+                + encoded_len_varint(address.len() as u64)
+                + address.len()
+                + route.owner().len()
+                + binding_field,
         );
+        encoded.resize(FRAME_PREFIX, 0);
         if !address.is_empty() {
             encode_key(ADDRESS, WireType::LengthDelimited, &mut encoded);
             encode_varint(address.len() as u64, &mut encoded);
@@ -58,6 +69,22 @@ impl LookupAddressResponse {
             encoded,
             ..LookupAddressResponse::default()
         }
+    }
+
+    /// The answer as one uncompressed gRPC frame (prefix, then the message): for one built
+    /// [`encoded`](Self::encoded), in the buffer it was built in.
+    pub fn into_grpc_frame(self) -> Bytes {
+        let mut frame = if self.encoded.is_empty() {
+            let mut frame = Vec::with_capacity(FRAME_PREFIX + self.encoded_len());
+            frame.resize(FRAME_PREFIX, 0);
+            self.encode_raw(&mut frame);
+            frame
+        } else {
+            self.encoded
+        };
+        let len = u32::try_from(frame.len() - FRAME_PREFIX).expect("an answer is far below 4 GiB");
+        frame[1..FRAME_PREFIX].copy_from_slice(&len.to_be_bytes());
+        Bytes::from(frame)
     }
 
     /// `prefix_id` and `account_id` as this message encodes them: what a route keeps for it.
@@ -77,7 +104,7 @@ impl LookupAddressResponse {
 impl Message for LookupAddressResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         if !self.encoded.is_empty() {
-            buf.put_slice(&self.encoded);
+            buf.put_slice(&self.encoded[FRAME_PREFIX..]);
             return;
         }
         for (tag, value) in [
@@ -114,7 +141,7 @@ impl Message for LookupAddressResponse {
 
     fn encoded_len(&self) -> usize {
         if !self.encoded.is_empty() {
-            return self.encoded.len();
+            return self.encoded.len() - FRAME_PREFIX;
         }
         [
             (ADDRESS, &self.address),
@@ -172,6 +199,12 @@ mod tests {
             assert_eq!(decoded.binding.as_deref(), expected.binding.as_ref());
             // A decoded answer encodes again to the same bytes.
             assert_eq!(decoded.encode_to_vec(), bytes);
+            // As a gRPC frame: uncompressed, its length, then the same bytes.
+            let frame = answer.into_grpc_frame();
+            assert_eq!(frame[0], 0);
+            assert_eq!(frame[1..5], (bytes.len() as u32).to_be_bytes());
+            assert_eq!(frame[5..], bytes[..]);
+            assert_eq!(decoded.into_grpc_frame(), frame, "written from its fields alike");
         }
     }
 }
