@@ -200,7 +200,7 @@ async fn the_compact_view_lists_each_binding_once() {
 
 /// LookupAddresses with the request's bytes as given, and the answer's as received.
 async fn lookup_addresses_raw(server: &TestServer, request: tonic::Request<Vec<u8>>) -> Result<Vec<u8>, tonic::Status> {
-    raw_call(server, "/addressing.v1.Routing/LookupAddresses", request).await
+    raw_call(server, LOOKUP_ADDRESSES, request).await
 }
 
 /// A unary call of `method` with `request` as the message's bytes, and the answer's bytes.
@@ -219,8 +219,7 @@ async fn raw_call(
 }
 
 /// The batch answer is served outside tonic's encoder (in the buffers it was written in):
-/// its bytes are the message a generated client decodes, in both views, and a request that
-/// is not the contract's message, or comes compressed, is refused as for any other method.
+/// its bytes are the message a generated client decodes, in both views.
 #[tokio::test]
 async fn the_batch_answer_is_the_contracts_message_byte_for_byte() {
     let server = TestServer::start().await;
@@ -243,35 +242,14 @@ async fn the_batch_answer_is_the_contracts_message_byte_for_byte() {
         let bound = |service: &str| Some(service.to_string());
         assert_eq!(services, [bound(CDN), bound(MAGIC_TRANSIT), None, None], "{view:?}");
     }
-
-    // `addresses` (field 1) that is not UTF-8.
-    let status = lookup_addresses_raw(&server, tonic::Request::new(vec![0x0a, 0x02, 0xff, 0xfe]))
-        .await
-        .unwrap_err();
-    assert_error(
-        &status,
-        Code::InvalidArgument,
-        "MALFORMED_REQUEST",
-        1019,
-        Some("addresses"),
-    );
-
-    for method in [LOOKUP_ADDRESS, "/addressing.v1.Routing/LookupAddresses"] {
-        let mut compressed = tonic::Request::new(Vec::new());
-        compressed
-            .metadata_mut()
-            .insert("grpc-encoding", "gzip".parse().unwrap());
-        let status = raw_call(&server, method, compressed).await.unwrap_err();
-        assert_eq!(status.code(), Code::Unimplemented, "{method}: {status:?}");
-        assert_eq!(status.metadata().get("grpc-accept-encoding").unwrap(), "identity");
-    }
 }
 
 const LOOKUP_ADDRESS: &str = "/addressing.v1.Routing/LookupAddress";
+const LOOKUP_ADDRESSES: &str = "/addressing.v1.Routing/LookupAddresses";
 
 /// The unary lookup's answer is served outside tonic's encoder too (one buffer from the route
 /// cache to HTTP/2): its bytes are the message a generated client decodes, with the call's
-/// headers; a request that is not the contract's message is refused as for any other method.
+/// headers, and an address no prefix covers is refused as through the generated server.
 #[tokio::test]
 async fn the_unary_answer_is_the_contracts_message_byte_for_byte() {
     let server = TestServer::start().await;
@@ -316,22 +294,27 @@ async fn the_unary_answer_is_the_contracts_message_byte_for_byte() {
     let raw_request = tonic::Request::new(prost::Message::encode_to_vec(&request));
     let status = raw_call(&server, LOOKUP_ADDRESS, raw_request).await.unwrap_err();
     assert_error(&status, Code::NotFound, "ADDRESS_NOT_COVERED", 1105, Some("address"));
+}
 
-    // `address` (field 1) that is not UTF-8.
-    let status = raw_call(
-        &server,
-        LOOKUP_ADDRESS,
-        tonic::Request::new(vec![0x0a, 0x02, 0xff, 0xfe]),
-    )
-    .await
-    .unwrap_err();
-    assert_error(
-        &status,
-        Code::InvalidArgument,
-        "MALFORMED_REQUEST",
-        1019,
-        Some("address"),
-    );
+/// Both lookups, served outside tonic's generated server, refuse what it refuses: a request
+/// that is not the contract's message (a string field not UTF-8, named), or comes compressed.
+#[tokio::test]
+async fn both_lookups_refuse_malformed_and_compressed_requests_as_tonic_does() {
+    let server = TestServer::start().await;
+    for (method, field) in [(LOOKUP_ADDRESS, "address"), (LOOKUP_ADDRESSES, "addresses")] {
+        // The field (1) that is not UTF-8.
+        let not_utf8 = tonic::Request::new(vec![0x0a, 0x02, 0xff, 0xfe]);
+        let status = raw_call(&server, method, not_utf8).await.unwrap_err();
+        assert_error(&status, Code::InvalidArgument, "MALFORMED_REQUEST", 1019, Some(field));
+
+        let mut compressed = tonic::Request::new(Vec::new());
+        compressed
+            .metadata_mut()
+            .insert("grpc-encoding", "gzip".parse().unwrap());
+        let status = raw_call(&server, method, compressed).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented, "{method}: {status:?}");
+        assert_eq!(status.metadata().get("grpc-accept-encoding").unwrap(), "identity");
+    }
 }
 
 #[tokio::test]
