@@ -15,7 +15,9 @@
 # With SERVER-B, two builds side by side with h2load alone: both servers are up at once (each
 # loaded alike, idle while the other is measured), every round measures A and B, the order
 # swapped from round to round, with each server's CPU per call; the end prints the medians of
-# B/A per round (addresses/s and server CPU per call).
+# B/A per round (addresses/s and server CPU per call). A side can be ahead by itself (side A by
+# 7-11% in two runs with the builds swapped between them: docs/benchmarks.md, unary lookups
+# served outside tonic's generated server), so run twice, swapping the builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 server=${1:-target/release/ipam-bindings}
