@@ -30,6 +30,7 @@ use tower::Service;
 
 use crate::api::codec::AddressingCodec;
 use crate::api::routing::RoutingService;
+use crate::api::wire::grpc_frame_prefix;
 use crate::pb::api;
 use crate::pb::api::routing_server::{Routing, RoutingServer};
 
@@ -73,30 +74,25 @@ impl Service<Request<Body>> for RoutingEndpoint {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let max_message_bytes = self.max_message_bytes;
+        let (service, max_message_bytes) = (Arc::clone(&self.service), self.max_message_bytes);
         match request.uri().path() {
-            LOOKUP_ADDRESS => {
-                let service = Arc::clone(&self.service);
-                Box::pin(async move {
-                    let answer = lookup_address(&service, request, max_message_bytes).await;
-                    Ok(answer.unwrap_or_else(Status::into_http))
-                })
-            }
-            LOOKUP_ADDRESSES => {
-                let service = Arc::clone(&self.service);
-                Box::pin(async move {
-                    let answer = lookup_addresses(&service, request, max_message_bytes).await;
-                    Ok(answer.unwrap_or_else(Status::into_http))
-                })
-            }
+            LOOKUP_ADDRESS => answered_here(lookup_address(service, request, max_message_bytes)),
+            LOOKUP_ADDRESSES => answered_here(lookup_addresses(service, request, max_message_bytes)),
             _ => self.generated.call(request),
         }
     }
 }
 
+/// A method answered here, as the router wants it: a refusal is its trailers-only response.
+fn answered_here(
+    answer: impl Future<Output = Result<Response<Body>, Status>> + Send + 'static,
+) -> BoxFuture<Response<Body>, Infallible> {
+    Box::pin(async move { Ok(answer.await.unwrap_or_else(Status::into_http)) })
+}
+
 /// LookupAddress from the HTTP request to the HTTP answer, as tonic's unary path takes it.
 async fn lookup_address(
-    service: &RoutingService,
+    service: Arc<RoutingService>,
     request: Request<Body>,
     max_message_bytes: usize,
 ) -> Result<Response<Body>, Status> {
@@ -111,7 +107,7 @@ async fn lookup_address(
 
 /// LookupAddresses from the HTTP request to the HTTP answer, as tonic's unary path takes it.
 async fn lookup_addresses(
-    service: &RoutingService,
+    service: Arc<RoutingService>,
     request: Request<Body>,
     max_message_bytes: usize,
 ) -> Result<Response<Body>, Status> {
@@ -191,9 +187,7 @@ impl OneMessage {
     /// A batch answer, its prefix written here.
     fn batch(answer: api::LookupAddressesResponse) -> OneMessage {
         let [results, bindings] = answer.into_encoded();
-        let len = u32::try_from(results.len() + bindings.len()).expect("a batch answer is far below 4 GiB");
-        let mut prefix = [0u8; 5];
-        prefix[1..].copy_from_slice(&len.to_be_bytes());
+        let prefix = grpc_frame_prefix(results.len() + bindings.len());
         OneMessage::of([Bytes::copy_from_slice(&prefix), results, bindings])
     }
 

@@ -13,7 +13,7 @@ use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, message, string};
 use prost::{DecodeError, Message};
 
-use super::EncodedRoute;
+use super::{EncodedRoute, GRPC_FRAME_PREFIX as FRAME_PREFIX, grpc_frame_prefix};
 use crate::pb::api;
 
 /// The field numbers of the contract's message.
@@ -21,8 +21,6 @@ const ADDRESS: u32 = 1;
 const PREFIX_ID: u32 = 2;
 const ACCOUNT_ID: u32 = 3;
 const BINDING: u32 = 4;
-/// A gRPC frame's prefix: the compression flag, then the message's length (4 bytes, big-endian).
-const FRAME_PREFIX: usize = 5;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LookupAddressResponse {
@@ -82,8 +80,8 @@ impl LookupAddressResponse {
         } else {
             self.encoded
         };
-        let len = u32::try_from(frame.len() - FRAME_PREFIX).expect("an answer is far below 4 GiB");
-        frame[1..FRAME_PREFIX].copy_from_slice(&len.to_be_bytes());
+        let prefix = grpc_frame_prefix(frame.len() - FRAME_PREFIX);
+        frame[..FRAME_PREFIX].copy_from_slice(&prefix);
         Bytes::from(frame)
     }
 

@@ -34,6 +34,18 @@ fn covered() -> crate::pb::api::LookupAddressResult {
     }
 }
 
+/// The bytes in front of a gRPC message on the wire: not compressed, then the message's length
+/// (4 bytes, big-endian).
+pub const GRPC_FRAME_PREFIX: usize = 5;
+
+/// The [`GRPC_FRAME_PREFIX`] of an uncompressed message of `len` bytes.
+pub fn grpc_frame_prefix(len: usize) -> [u8; GRPC_FRAME_PREFIX] {
+    let len = u32::try_from(len).expect("an answer is far below 4 GiB");
+    let mut prefix = [0u8; GRPC_FRAME_PREFIX];
+    prefix[1..].copy_from_slice(&len.to_be_bytes());
+    prefix
+}
+
 /// Names `field` of `message` in a decoding error, as prost's generated code does.
 fn in_field(message: &'static str, field: &'static str) -> impl FnOnce(prost::DecodeError) -> prost::DecodeError {
     move |mut error| {
