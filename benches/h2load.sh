@@ -27,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${FRESH:-}" ]; then
     [ -z "${4:-}" ] || { echo "FRESH=N measures one build: give no SERVER-B" >&2; exit 2; }
-    for n in $(seq "$FRESH"); do FRESH='' "$0" "$@" | sed "s/^/server $n, /"; done | tee /dev/stderr | python3 -c '
+    for n in $(seq "$FRESH"); do FRESH='' benches/h2load.sh "$@" | sed "s/^/server $n, /"; done | tee /dev/stderr | python3 -c '
 import re, statistics, sys
 servers = {}
 for line in sys.stdin:
