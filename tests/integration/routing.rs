@@ -278,6 +278,13 @@ async fn the_unary_answer_is_the_contracts_message_byte_for_byte() {
         let raw = answer.into_inner();
         let typed = server.routing().lookup_address(request).await.unwrap().into_inner();
         assert_eq!(raw, prost::Message::encode_to_vec(&typed), "{address}");
+        // Both sides above come through the same server path; the contract's message as prost
+        // generates it checks the bytes apart from this crate's hand-written decoder.
+        let contract =
+            <ipam_bindings::robustness::contract::LookupAddressResponse as prost::Message>::decode(raw.as_slice())
+                .unwrap();
+        assert_eq!(prost::Message::encode_to_vec(&contract), raw, "{address}");
+        assert_eq!(contract.binding.map(|binding| binding.service_id).as_deref(), service);
         let decoded = <api::LookupAddressResponse as prost::Message>::decode(raw.as_slice()).unwrap();
         assert_eq!(
             (decoded.address.as_str(), decoded.prefix_id.as_str()),
