@@ -198,24 +198,20 @@ async fn the_compact_view_lists_each_binding_once() {
     assert_error(&status, Code::InvalidArgument, "MALFORMED_REQUEST", 1019, Some("view"));
 }
 
-/// LookupAddresses with the request's bytes as given, and the answer's as received.
-async fn lookup_addresses_raw(server: &TestServer, request: tonic::Request<Vec<u8>>) -> Result<Vec<u8>, tonic::Status> {
-    raw_call(server, LOOKUP_ADDRESSES, request).await
-}
+const LOOKUP_ADDRESS: &str = "/addressing.v1.Routing/LookupAddress";
+const LOOKUP_ADDRESSES: &str = "/addressing.v1.Routing/LookupAddresses";
 
-/// A unary call of `method` with `request` as the message's bytes, and the answer's bytes.
+/// A unary call of `method` with `request` as the message's bytes, and the answer with its
+/// message's bytes as received.
 async fn raw_call(
     server: &TestServer,
     method: &'static str,
     request: tonic::Request<Vec<u8>>,
-) -> Result<Vec<u8>, tonic::Status> {
+) -> Result<tonic::Response<Vec<u8>>, tonic::Status> {
     let mut client = tonic::client::Grpc::new(server.channel.clone());
     client.ready().await.unwrap();
     let path = http::uri::PathAndQuery::from_static(method);
-    client
-        .unary(request, path, RawCodec)
-        .await
-        .map(tonic::Response::into_inner)
+    client.unary(request, path, RawCodec).await
 }
 
 /// The batch answer is served outside tonic's encoder (in the buffers it was written in):
@@ -229,9 +225,11 @@ async fn the_batch_answer_is_the_contracts_message_byte_for_byte() {
     let addresses = ["192.0.2.1", "192.0.2.9", "8.8.8.8", "2001:db8::1"];
     for view in [api::LookupView::Unspecified, api::LookupView::Compact] {
         let request = api::LookupAddressesRequest::new(addresses, false, view);
-        let raw = lookup_addresses_raw(&server, tonic::Request::new(prost::Message::encode_to_vec(&request)))
+        let raw_request = tonic::Request::new(prost::Message::encode_to_vec(&request));
+        let raw = raw_call(&server, LOOKUP_ADDRESSES, raw_request)
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
         let typed = server.routing().lookup_addresses(request).await.unwrap().into_inner();
         assert_eq!(raw, prost::Message::encode_to_vec(&typed), "{view:?}");
         let decoded = <api::LookupAddressesResponse as prost::Message>::decode(raw.as_slice()).unwrap();
@@ -243,9 +241,6 @@ async fn the_batch_answer_is_the_contracts_message_byte_for_byte() {
         assert_eq!(services, [bound(CDN), bound(MAGIC_TRANSIT), None, None], "{view:?}");
     }
 }
-
-const LOOKUP_ADDRESS: &str = "/addressing.v1.Routing/LookupAddress";
-const LOOKUP_ADDRESSES: &str = "/addressing.v1.Routing/LookupAddresses";
 
 /// The unary lookup's answer is served outside tonic's encoder too (one buffer from the route
 /// cache to HTTP/2): its bytes are the message a generated client decodes, with the call's
@@ -265,10 +260,7 @@ async fn the_unary_answer_is_the_contracts_message_byte_for_byte() {
         raw_request
             .metadata_mut()
             .insert("x-request-id", "unary-answer".parse().unwrap());
-        let mut client = tonic::client::Grpc::new(server.channel.clone());
-        client.ready().await.unwrap();
-        let path = http::uri::PathAndQuery::from_static(LOOKUP_ADDRESS);
-        let answer = client.unary(raw_request, path, RawCodec).await.unwrap();
+        let answer = raw_call(&server, LOOKUP_ADDRESS, raw_request).await.unwrap();
         assert_eq!(answer.metadata().get("x-request-id").unwrap(), "unary-answer");
         assert!(
             answer.metadata().get("x-ipam-revision").is_some(),
