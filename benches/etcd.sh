@@ -46,10 +46,10 @@ for round in $(seq 1 "$rounds"); do
     puts=$(bench 127.0.0.1:2391 etcd-put)
     c=$(field 'round(r["calls_per_s"])' <<<"$creates")
     p=$(field 'round(r["calls_per_s"])' <<<"$puts")
+    ratios+=("$(echo "$c / $p" | bc -l)")
     printf "round %d: creates %d/s p99 %s ms, etcd puts %d/s p99 %s ms, ratio %.2f\n" "$round" \
         "$c" "$(field 'r["latency_ms"]["p99"]' <<<"$creates")" \
-        "$p" "$(field 'r["latency_ms"]["p99"]' <<<"$puts")" "$(echo "$c / $p" | bc -l)"
-    ratios+=("$(echo "$c / $p" | bc -l)")
+        "$p" "$(field 'r["latency_ms"]["p99"]' <<<"$puts")" "${ratios[-1]}"
 done
 # The goal's figure: one round carries the machine's window as much as the server.
 python3 -c 'import statistics, sys; print("median ratio %.2f over %d rounds" % (statistics.median(map(float, sys.argv[1:])), len(sys.argv) - 1))' "${ratios[@]}"
