@@ -12,6 +12,8 @@
 
 mod checkpoint;
 mod startup;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::sync::{Arc, Mutex};

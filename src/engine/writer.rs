@@ -150,7 +150,11 @@ impl Writer {
     /// after a start: docs/benchmarks.md, Restart). To let a decision see the group's earlier
     /// ones, their events are applied to the state under the write lock and taken back out
     /// ([`State::undo`]) before it is released, so readers never see a decision that is not
-    /// durable; a group of one only reads. The events are applied for good once stored.
+    /// durable; a group of one only reads. A decision no later command of the group could
+    /// read ([`State::may_depend`]: creates of different bindings) is not applied at all, since
+    /// applying and taking back were a seventh of the writer's CPU under creates
+    /// (docs/benchmarks.md, a group's creates decided without applying those no later command
+    /// reads). The events are applied for good once stored.
     fn decide_group<'a>(
         &mut self,
         commands: impl ExactSizeIterator<Item = (&'a Command, &'a Arc<Actor>)>,
@@ -170,10 +174,11 @@ impl Writer {
                 .collect();
             return (results, events);
         }
+        let commands: Vec<_> = commands.collect();
         let mut model = self.projections.write();
         let mut results = Vec::with_capacity(n_commands);
         let mut undos = Vec::new();
-        for (index, (command, actor)) in commands.enumerate() {
+        for (index, &(command, actor)) in commands.iter().enumerate() {
             let first_event = events.len();
             results.push(decide(
                 &model.state,
@@ -182,7 +187,10 @@ impl Writer {
                 &mut self.next_revision,
                 &mut events,
             ));
-            if index + 1 < n_commands {
+            let decided_events = events.len() > first_event;
+            if decided_events
+                && (commands[index + 1..].iter()).any(|&(later, _)| model.state.may_depend(command, later))
+            {
                 for event in &events[first_event..] {
                     undos.push(model.state.apply_undoably(event));
                 }

@@ -358,6 +358,84 @@ async fn sixty_four_racers_for_one_first_binding_one_wins() {
     assert_eq!(server.list_all_bindings(&prefix, 0).await.len(), 1);
 }
 
+/// Creates racing in one group: those with one request id see each other (one binding, the
+/// rest replayed or refused), while distinct /32s in the same prefix are all accepted. The
+/// racers start together and each sends a /32 of its own beside the shared one, so that the
+/// writer is busy when the shared ones arrive and decides them together; four rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racers_sharing_a_request_id_make_one_binding_and_distinct_ones_all_land() {
+    const RACERS: usize = 32;
+    const ROUNDS: usize = 4;
+    let server = Arc::new(TestServer::start().await);
+    let prefix = server.create_prefix(&account(), "100.66.0.0/16").await;
+    server.bind(&prefix, &prefix.cidr, MAGIC_TRANSIT).await;
+    let start = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let mut racers = tokio::task::JoinSet::new();
+    for index in 0..RACERS {
+        let (server, prefix, start) = (Arc::clone(&server), prefix.clone(), Arc::clone(&start));
+        racers.spawn(async move {
+            let create = |cidr: String, request_id: String| api::CreateServiceBindingRequest {
+                account_id: prefix.account_id.clone(),
+                prefix_id: prefix.id.clone(),
+                cidr,
+                service_id: CDN.into(),
+                request_id,
+                validate_only: false,
+            };
+            let mut answers = Vec::new();
+            for round in 0..ROUNDS {
+                start.wait().await;
+                let own = create(
+                    format!("100.66.{round}.{}/32", 100 + index),
+                    format!("own-{round}-{index}"),
+                );
+                // A CIDR of its own, one request id for all of a round.
+                let shared = create(format!("100.66.{round}.{}/32", 1 + index), format!("shared-{round}"));
+                let mut bindings = server.bindings();
+                let mut same_bindings = server.bindings();
+                let (own, shared) = tokio::join!(bindings.create_service_binding(own), async {
+                    // The racers' own creates go first: the writer is deciding them.
+                    tokio::task::yield_now().await;
+                    same_bindings.create_service_binding(shared).await
+                });
+                own.expect("a /32 with its own request id is accepted");
+                answers.push(shared.map(|binding| binding.into_inner()));
+            }
+            answers
+        });
+    }
+    let mut shared_ids = vec![std::collections::BTreeSet::new(); ROUNDS];
+    while let Some(result) = racers.join_next().await {
+        for (round, shared) in result.unwrap().into_iter().enumerate() {
+            match shared {
+                Ok(binding) => {
+                    shared_ids[round].insert(binding.id);
+                }
+                Err(status) => assert_error(
+                    &status,
+                    Code::InvalidArgument,
+                    "REQUEST_ID_REUSED",
+                    1015,
+                    Some("request_id"),
+                ),
+            }
+        }
+    }
+    for (round, ids) in shared_ids.iter().enumerate() {
+        assert_eq!(
+            ids.len(),
+            1,
+            "round {round}: one binding for the shared request id: {ids:?}"
+        );
+    }
+    let listed = server.list_all_bindings(&prefix, 0).await;
+    assert_eq!(
+        listed.len(),
+        1 + ROUNDS * RACERS + ROUNDS,
+        "the prefix-wide binding, the own ones, the shared ones"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_overlapping_prefixes_only_one_is_accepted() {
     let server = Arc::new(TestServer::start().await);

@@ -11,7 +11,7 @@ use crate::domain::error::{Error, Reason};
 use crate::domain::event::Change;
 use crate::domain::ids::{AccountId, BindingId, PrefixId};
 use crate::domain::model::{Binding, Micros, Prefix, ProvisioningState};
-use crate::domain::network::{contains, same_family};
+use crate::domain::network::{NetworkKey, contains, same_family};
 use crate::domain::service::Service;
 
 /// What decide produced: the changes to append and what the caller gets once they are durable.
@@ -167,6 +167,51 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Whether deciding `later` could read what `earlier`'s events change, so that a group's
+    /// writer must apply `earlier`'s decision before it decides `later`.
+    ///
+    /// Only two binding creates can be independent. A create reads its account's request id,
+    /// and in its prefix the binding at its own CIDR and the prefix-wide one (whose CIDR is the
+    /// prefix's); so two creates are independent when they do not share an account's request
+    /// id and, in one prefix, their CIDRs differ and neither is the prefix's own. Every other
+    /// pair (any delete, activation or prefix change) counts as dependent.
+    pub fn may_depend(&self, earlier: &Command, later: &Command) -> bool {
+        let (
+            Command::CreateBinding {
+                account_id,
+                prefix_id,
+                cidr,
+                request_id,
+                ..
+            },
+            Command::CreateBinding {
+                account_id: later_account_id,
+                prefix_id: later_prefix_id,
+                cidr: later_cidr,
+                request_id: later_request_id,
+                ..
+            },
+        ) = (earlier, later)
+        else {
+            return true;
+        };
+        if account_id == later_account_id && request_id.is_some() && request_id == later_request_id {
+            return true;
+        }
+        if prefix_id != later_prefix_id {
+            return false;
+        }
+        let Some(prefix) = self.prefixes.get(prefix_id) else {
+            return true;
+        };
+        let (key, later_key, prefix_key) = (
+            NetworkKey::of(cidr),
+            NetworkKey::of(later_cidr),
+            NetworkKey::of(&prefix.cidr),
+        );
+        key == later_key || key == prefix_key || later_key == prefix_key
     }
 
     fn decide_create_binding(&self, new: NewBinding<'_>, now: Micros) -> Result<Decision, Error> {

@@ -450,3 +450,87 @@ fn a_group_applied_undoably_is_taken_back_exactly() {
     }
     assert_eq!(contents(&world.state), before);
 }
+
+/// The writer skips applying a decision that no later command of its group could read
+/// (`may_depend` false). For every pair of binding creates over prefixes with and without a
+/// prefix-wide binding, shared and distinct CIDRs, request ids and accounts: whenever the rule
+/// says independent, the later command decides exactly the same with or without the earlier
+/// one's events applied; and the rule is not vacuous either way.
+#[test]
+fn creates_called_independent_decide_the_same_either_way() {
+    let mut world = World::new();
+    let (owner, other) = (account(), account());
+    let bound = world.prefix(owner, "192.0.2.0/24");
+    world.bind(&bound, "192.0.2.0/24", Service::MagicTransit).unwrap();
+    let empty = world.prefix(owner, "198.51.100.0/24");
+    let others = world.prefix(other, "203.0.113.0/24");
+    world.bind(&others, "203.0.113.0/24", Service::Cdn).unwrap();
+
+    let mut creates = Vec::new();
+    for prefix in [&bound, &empty, &others] {
+        let base = prefix.cidr.network().to_string();
+        let base = base.trim_end_matches(".0");
+        let cidrs = [
+            prefix.cidr.to_string(),
+            format!("{base}.0/25"),
+            format!("{base}.1/32"),
+            format!("{base}.2/32"),
+        ];
+        for cidr in &cidrs {
+            for account_id in [owner, other] {
+                for request_id in [None, Some("one"), Some("two")] {
+                    creates.push(Command::CreateBinding {
+                        id: BindingId::generate(),
+                        account_id,
+                        prefix_id: prefix.id,
+                        cidr: net(cidr),
+                        service: Service::Spectrum,
+                        request_id: request_id.map(String::from),
+                    });
+                }
+            }
+        }
+    }
+    let decided = |state: &State, command: &Command| format!("{:?}", state.decide(command, NOW));
+    let alone: Vec<String> = creates.iter().map(|command| decided(&world.state, command)).collect();
+    let (mut independent, mut changed_by_dependent) = (0, 0);
+    for earlier in &creates {
+        let Ok(decision) = world.state.decide(earlier, NOW) else {
+            continue;
+        };
+        let undos: Vec<Undo> = (decision.changes.into_iter())
+            .map(|change| {
+                let event = Event {
+                    revision: 0,
+                    time: NOW,
+                    change,
+                    actor: None,
+                };
+                world.state.apply_undoably(&event)
+            })
+            .collect();
+        for (later, alone) in creates.iter().zip(&alone) {
+            let after = decided(&world.state, later);
+            if world.state.may_depend(earlier, later) {
+                changed_by_dependent += usize::from(&after != alone);
+            } else {
+                independent += 1;
+                assert_eq!(&after, alone, "{later:?} decides differently after {earlier:?}");
+            }
+        }
+        for undo in undos.into_iter().rev() {
+            world.state.undo(undo);
+        }
+    }
+    assert!(independent > 1000, "most pairs are independent: {independent}");
+    assert!(
+        changed_by_dependent > 100,
+        "dependent pairs do see each other: {changed_by_dependent}"
+    );
+    // Anything but two creates is dependent.
+    let activate = Command::ActivateBinding {
+        binding_id: BindingId::generate(),
+    };
+    assert!(world.state.may_depend(&activate, &creates[0]));
+    assert!(world.state.may_depend(&creates[0], &activate));
+}
