@@ -21,8 +21,14 @@ work=$(mktemp -d)
 trap 'kill "${pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 committed() { curl -s "127.0.0.1:$metrics_port/metrics" | awk '/^ipam_log_group_commands_sum/ { print $2 }'; }
-# Each thread's name and its CPU time in nanoseconds (the first field of schedstat).
-threads() { for task in /proc/"$1"/task/*; do echo "$(basename "$task") $(tr ' ' _ <"$task/comm") $(cut -d' ' -f1 "$task/schedstat")"; done; }
+# Each thread's name and its CPU time in nanoseconds (the first field of schedstat); a thread
+# that ends while it is read is left out.
+threads() {
+    for task in /proc/"$1"/task/*; do
+        comm=$(tr ' ' _ <"$task/comm" 2>/dev/null) && ns=$(cut -d' ' -f1 "$task/schedstat" 2>/dev/null) &&
+            echo "$(basename "$task") $comm $ns"
+    done
+}
 
 for round in $(seq 1 "$rounds"); do
     for side in 0 1; do
@@ -41,7 +47,7 @@ for round in $(seq 1 "$rounds"); do
         threads "$pid" >"$work/after.txt"
         after=$(committed)
         wait "$bench"
-        python3 - "$round" "$name" "$before" "$after" "$work" <<'PY'
+        python3 - "$round" "$name" "$before" "$after" "$work" <<'PY' | tee -a "$work/runs.txt"
 import collections, sys
 round_, name, before, after, work = sys.argv[1:]
 creates = float(after) - float(before)
@@ -62,7 +68,7 @@ PY
         wait "$pid" || true
         rm -rf "$work/data"
     done
-done | tee "$work/runs.txt"
+done
 python3 - "$work/runs.txt" <<'PY'
 import re, statistics, sys
 runs = {}

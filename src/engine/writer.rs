@@ -151,7 +151,7 @@ impl Writer {
     /// ones, their events are applied to the state under the write lock and taken back out
     /// ([`State::undo`]) before it is released, so readers never see a decision that is not
     /// durable; a group of one only reads. A decision no later command of the group could
-    /// read ([`State::may_depend`]: creates of different bindings) is not applied at all, since
+    /// read ([`State::read_later`]: creates of different bindings) is not applied at all, since
     /// applying and taking back were a seventh of the writer's CPU under creates
     /// (docs/benchmarks.md, a group's creates decided without applying those no later command
     /// reads). The events are applied for good once stored.
@@ -174,11 +174,12 @@ impl Writer {
                 .collect();
             return (results, events);
         }
-        let commands: Vec<_> = commands.collect();
+        let (commands, actors): (Vec<&Command>, Vec<&Arc<Actor>>) = commands.unzip();
         let mut model = self.projections.write();
+        let read_later = model.state.read_later(&commands);
         let mut results = Vec::with_capacity(n_commands);
         let mut undos = Vec::new();
-        for (index, &(command, actor)) in commands.iter().enumerate() {
+        for ((command, actor), read_later) in commands.into_iter().zip(actors).zip(read_later) {
             let first_event = events.len();
             results.push(decide(
                 &model.state,
@@ -187,10 +188,7 @@ impl Writer {
                 &mut self.next_revision,
                 &mut events,
             ));
-            let decided_events = events.len() > first_event;
-            if decided_events
-                && (commands[index + 1..].iter()).any(|&(later, _)| model.state.may_depend(command, later))
-            {
+            if read_later {
                 for event in &events[first_event..] {
                     undos.push(model.state.apply_undoably(event));
                 }

@@ -2,6 +2,8 @@
 //! the rule that refuses it). Deterministic: the new resource's id comes in with the command
 //! and the time as an argument, so the same state and command always decide the same.
 
+use std::collections::{HashMap, HashSet};
+
 use ipnet::IpNet;
 
 use super::State;
@@ -212,6 +214,53 @@ impl State {
             NetworkKey::of(&prefix.cidr),
         );
         key == later_key || key == prefix_key || later_key == prefix_key
+    }
+
+    /// For each command of a group, in order, whether a later one could read its decision:
+    /// [`may_depend`](Self::may_depend) against every later command, found in one pass from
+    /// the end (a group holds up to a thousand commands; pair by pair that was half a million
+    /// checks).
+    pub fn read_later(&self, group: &[&Command]) -> Vec<bool> {
+        let mut read = vec![false; group.len()];
+        // What the commands after the one at hand hold: any that is not a create (it depends
+        // on everything before it), the creates' request ids, and by prefix their CIDRs and
+        // whether one of them is the prefix's own.
+        let mut other_later = false;
+        let mut request_ids = HashSet::new();
+        let mut cidrs = HashSet::new();
+        let mut prefixes: HashMap<PrefixId, bool> = HashMap::new();
+        for (index, command) in group.iter().enumerate().rev() {
+            let Command::CreateBinding {
+                account_id,
+                prefix_id,
+                cidr,
+                request_id,
+                ..
+            } = command
+            else {
+                read[index] = index + 1 < group.len();
+                other_later = true;
+                continue;
+            };
+            let key = NetworkKey::of(cidr);
+            let prefix_wide = (self.prefixes.get(prefix_id)).map(|prefix| key == NetworkKey::of(&prefix.cidr));
+            let request_id = request_id.as_deref();
+            read[index] = other_later
+                || request_id.is_some_and(|request_id| request_ids.contains(&(*account_id, request_id)))
+                || match prefixes.get(prefix_id) {
+                    None => false,
+                    // The prefix unknown: dependent, as in `may_depend`.
+                    Some(&later_prefix_wide) => {
+                        later_prefix_wide || prefix_wide != Some(false) || cidrs.contains(&(*prefix_id, key))
+                    }
+                };
+            if let Some(request_id) = request_id {
+                request_ids.insert((*account_id, request_id));
+            }
+            cidrs.insert((*prefix_id, key));
+            *prefixes.entry(*prefix_id).or_default() |= prefix_wide == Some(true);
+        }
+        read
     }
 
     fn decide_create_binding(&self, new: NewBinding<'_>, now: Micros) -> Result<Decision, Error> {

@@ -451,13 +451,10 @@ fn a_group_applied_undoably_is_taken_back_exactly() {
     assert_eq!(contents(&world.state), before);
 }
 
-/// The writer skips applying a decision that no later command of its group could read
-/// (`may_depend` false). For every pair of binding creates over prefixes with and without a
-/// prefix-wide binding, shared and distinct CIDRs, request ids and accounts: whenever the rule
-/// says independent, the later command decides exactly the same with or without the earlier
-/// one's events applied; and the rule is not vacuous either way.
-#[test]
-fn creates_called_independent_decide_the_same_either_way() {
+/// A state with a prefix that has its prefix-wide binding, one without bindings and another
+/// account's, and binding creates over them: the prefix's own CIDR, a /25 and two /32s each,
+/// by either account, with no request id or one of two.
+fn creates_over_three_prefixes() -> (World, Vec<Command>) {
     let mut world = World::new();
     let (owner, other) = (account(), account());
     let bound = world.prefix(owner, "192.0.2.0/24");
@@ -491,6 +488,17 @@ fn creates_called_independent_decide_the_same_either_way() {
             }
         }
     }
+    (world, creates)
+}
+
+/// The writer skips applying a decision that no later command of its group could read
+/// (`may_depend` false). For every pair of binding creates over prefixes with and without a
+/// prefix-wide binding, shared and distinct CIDRs, request ids and accounts: whenever the rule
+/// says independent, the later command decides exactly the same with or without the earlier
+/// one's events applied; and the rule is not vacuous either way.
+#[test]
+fn creates_called_independent_decide_the_same_either_way() {
+    let (mut world, creates) = creates_over_three_prefixes();
     let decided = |state: &State, command: &Command| format!("{:?}", state.decide(command, NOW));
     let alone: Vec<String> = creates.iter().map(|command| decided(&world.state, command)).collect();
     let (mut independent, mut changed_by_dependent) = (0, 0);
@@ -533,4 +541,48 @@ fn creates_called_independent_decide_the_same_either_way() {
     };
     assert!(world.state.may_depend(&activate, &creates[0]));
     assert!(world.state.may_depend(&creates[0], &activate));
+}
+
+/// The writer asks `read_later` for a whole group at once; it must say what `may_depend`
+/// against every later command says, for groups of creates mixed with other commands.
+#[test]
+fn read_later_agrees_with_may_depend_pair_by_pair() {
+    let (world, creates) = creates_over_three_prefixes();
+    let others = [
+        Command::ActivateBinding {
+            binding_id: BindingId::generate(),
+        },
+        Command::DeleteBinding {
+            account_id: account(),
+            prefix_id: PrefixId::generate(),
+            binding_id: BindingId::generate(),
+        },
+    ];
+    // Creates into a prefix the state does not know (two CIDRs, one its would-be own).
+    let unknown = PrefixId::generate();
+    let into_unknown: Vec<Command> = ["10.0.0.0/24", "10.0.0.1/32"]
+        .into_iter()
+        .map(|cidr| Command::CreateBinding {
+            id: BindingId::generate(),
+            account_id: account(),
+            prefix_id: unknown,
+            cidr: net(cidr),
+            service: Service::Cdn,
+            request_id: None,
+        })
+        .collect();
+    let mut random = fastrand::Rng::with_seed(7);
+    for size in (1..40).cycle().take(2_000) {
+        let group: Vec<&Command> = (0..size)
+            .map(|_| match random.u8(..20) {
+                0 => &others[random.usize(..others.len())],
+                1 => &into_unknown[random.usize(..into_unknown.len())],
+                _ => &creates[random.usize(..creates.len())],
+            })
+            .collect();
+        let pair_by_pair: Vec<bool> = (0..size)
+            .map(|index| (group[index + 1..].iter()).any(|later| world.state.may_depend(group[index], later)))
+            .collect();
+        assert_eq!(world.state.read_later(&group), pair_by_pair, "{group:?}");
+    }
 }
