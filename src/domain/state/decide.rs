@@ -171,55 +171,16 @@ impl State {
         }
     }
 
-    /// Whether deciding `later` could read what `earlier`'s events change, so that a group's
-    /// writer must apply `earlier`'s decision before it decides `later`.
+    /// For each command of a group, in order, whether a later one could read its decision, so
+    /// that the group's writer must apply it before it decides the later ones.
     ///
     /// Only two binding creates can be independent. A create reads its account's request id,
     /// and in its prefix the binding at its own CIDR and the prefix-wide one (whose CIDR is the
     /// prefix's); so two creates are independent when they do not share an account's request
-    /// id and, in one prefix, their CIDRs differ and neither is the prefix's own. Every other
-    /// pair (any delete, activation or prefix change) counts as dependent.
-    pub fn may_depend(&self, earlier: &Command, later: &Command) -> bool {
-        let (
-            Command::CreateBinding {
-                account_id,
-                prefix_id,
-                cidr,
-                request_id,
-                ..
-            },
-            Command::CreateBinding {
-                account_id: later_account_id,
-                prefix_id: later_prefix_id,
-                cidr: later_cidr,
-                request_id: later_request_id,
-                ..
-            },
-        ) = (earlier, later)
-        else {
-            return true;
-        };
-        if account_id == later_account_id && request_id.is_some() && request_id == later_request_id {
-            return true;
-        }
-        if prefix_id != later_prefix_id {
-            return false;
-        }
-        let Some(prefix) = self.prefixes.get(prefix_id) else {
-            return true;
-        };
-        let (key, later_key, prefix_key) = (
-            NetworkKey::of(cidr),
-            NetworkKey::of(later_cidr),
-            NetworkKey::of(&prefix.cidr),
-        );
-        key == later_key || key == prefix_key || later_key == prefix_key
-    }
-
-    /// For each command of a group, in order, whether a later one could read its decision:
-    /// [`may_depend`](Self::may_depend) against every later command, found in one pass from
-    /// the end (a group holds up to a thousand commands; pair by pair that was half a million
-    /// checks).
+    /// id and, in one prefix (known to the state), their CIDRs differ and neither is the
+    /// prefix's own. Every other pair (any delete, activation or prefix change) counts as
+    /// dependent. Found in one pass from the end: a group holds up to a thousand commands, and
+    /// pair by pair that was half a million checks.
     pub fn read_later(&self, group: &[&Command]) -> Vec<bool> {
         let mut read = vec![false; group.len()];
         // What the commands after the one at hand hold: any that is not a create (it depends
@@ -249,7 +210,8 @@ impl State {
                 || request_id.is_some_and(|request_id| request_ids.contains(&(*account_id, request_id)))
                 || match prefixes.get(prefix_id) {
                     None => false,
-                    // The prefix unknown: dependent, as in `may_depend`.
+                    // A later create in this prefix: dependent if either is the prefix-wide
+                    // binding, the prefix is unknown (`prefix_wide` is None) or the CIDRs match.
                     Some(&later_prefix_wide) => {
                         later_prefix_wide || prefix_wide != Some(false) || cidrs.contains(&(*prefix_id, key))
                     }
