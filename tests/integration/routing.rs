@@ -49,12 +49,18 @@ async fn service_of(server: &TestServer, address: &str) -> Option<String> {
         .map(|b| b.service_name)
 }
 
+/// The seed example's bindings: Magic Transit across 192.0.2.0/24, CDN on 192.0.2.1/32.
+async fn seed_example(server: &TestServer) -> (api::Prefix, api::ServiceBinding, api::ServiceBinding) {
+    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
+    let wide = server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
+    let narrow = server.bind(&prefix, "192.0.2.1/32", CDN).await;
+    (prefix, wide, narrow)
+}
+
 #[tokio::test]
 async fn the_seed_example() {
     let server = TestServer::start().await;
-    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
-    server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
-    server.bind(&prefix, "192.0.2.1/32", CDN).await;
+    let (prefix, ..) = seed_example(&server).await;
     assert_eq!(service_of(&server, "192.0.2.1").await.as_deref(), Some("CDN"));
     for other in ["192.0.2.0", "192.0.2.2", "192.0.2.255"] {
         assert_eq!(
@@ -165,9 +171,7 @@ async fn uncovered_unbound_and_malformed_addresses() {
 #[tokio::test]
 async fn the_compact_view_lists_each_binding_once() {
     let server = TestServer::start().await;
-    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
-    let wide = server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
-    let narrow = server.bind(&prefix, "192.0.2.1/32", CDN).await;
+    let (_, wide, narrow) = seed_example(&server).await;
     let unbound = server.create_prefix(&account(), "198.51.100.0/24").await;
     let addresses: Vec<String> = [
         "192.0.2.1",
@@ -219,9 +223,7 @@ async fn raw_call(
 #[tokio::test]
 async fn the_batch_answer_is_the_contracts_message_byte_for_byte() {
     let server = TestServer::start().await;
-    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
-    server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
-    server.bind(&prefix, "192.0.2.1/32", CDN).await;
+    seed_example(&server).await;
     let addresses = ["192.0.2.1", "192.0.2.9", "8.8.8.8", "2001:db8::1"];
     for view in [api::LookupView::Unspecified, api::LookupView::Compact] {
         let request = api::LookupAddressesRequest::new(addresses, false, view);
@@ -248,9 +250,7 @@ async fn the_batch_answer_is_the_contracts_message_byte_for_byte() {
 #[tokio::test]
 async fn the_unary_answer_is_the_contracts_message_byte_for_byte() {
     let server = TestServer::start().await;
-    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
-    server.bind(&prefix, "192.0.2.0/24", MAGIC_TRANSIT).await;
-    server.bind(&prefix, "192.0.2.1/32", CDN).await;
+    let (prefix, ..) = seed_example(&server).await;
     for (address, service) in [("192.0.2.1", Some(CDN)), ("192.0.2.9", Some(MAGIC_TRANSIT))] {
         let request = api::LookupAddressRequest {
             address: address.into(),
