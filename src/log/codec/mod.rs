@@ -16,7 +16,7 @@ use prost::Message;
 use crate::domain::Event;
 use crate::domain::state::{Changes, Records, SnapshotRecords};
 use crate::pb::events as stored;
-use schema::{from_stored, to_stored};
+use schema::{EventWriter, from_stored};
 
 /// The newest record format this build reads (the log's records are written as [`RUN`]s, the
 /// snapshots [`COMPRESSED`]).
@@ -66,7 +66,7 @@ pub enum DecodeError {
 
 /// One event as a format-1 record (an export's line).
 pub fn encode(event: &Event) -> Vec<u8> {
-    seal(SINGLE, &[], &to_stored(event).encode_to_vec())
+    seal(SINGLE, &[], EventWriter::default().put(event))
 }
 
 /// The event of a format-1 record, at `revision`.
@@ -83,19 +83,54 @@ fn decode_event(revision: u64, body: &[u8]) -> Result<Event, DecodeError> {
 /// revision of each run's last event: its key in the log.
 pub fn encode_runs(events: &[Event]) -> Vec<(u64, Vec<u8>)> {
     let mut records = Vec::new();
-    let mut run = stored::EventRun::default();
-    let mut run_bytes = 0;
+    let (mut writer, mut run) = (EventWriter::default(), RunRecord::for_events(events.len()));
     for (index, event) in events.iter().enumerate() {
-        let stored_event = to_stored(event);
-        run_bytes += stored_event.encoded_len();
-        run.events.push(stored_event);
-        if ends_run(run_bytes, index + 1 == events.len()) {
-            records.push((event.revision, seal_run(&run)));
-            run.events.clear();
-            run_bytes = 0;
+        run.push(writer.put(event));
+        let left = events.len() - index - 1;
+        if ends_run(run.event_bytes, left == 0) {
+            records.push((
+                event.revision,
+                std::mem::replace(&mut run, RunRecord::for_events(left)).seal(),
+            ));
         }
     }
     records
+}
+
+/// A run record being written: its header and count left to fill in, then its events'
+/// fields, encoded straight into the record.
+struct RunRecord {
+    record: Vec<u8>,
+    count: u32,
+    /// The events' bodies, without their keys and lengths (what [`ends_run`] counts).
+    event_bytes: usize,
+}
+
+impl RunRecord {
+    /// A record sized for up to `events` events of a typical size (a binding's is ~150 bytes),
+    /// as much as a run holds at most.
+    fn for_events(events: usize) -> RunRecord {
+        let mut record = Vec::with_capacity(HEADER_LEN + COUNT_LEN + events.saturating_mul(192).min(RUN_BYTES + 512));
+        record.resize(HEADER_LEN + COUNT_LEN, 0);
+        RunRecord {
+            record,
+            count: 0,
+            event_bytes: 0,
+        }
+    }
+
+    /// Appends an event's encoded message as the next element of `EventRun.events`.
+    fn push(&mut self, event: &[u8]) {
+        schema::put_message(1, event, &mut self.record);
+        self.count = self.count.checked_add(1).expect("a run holds fewer than 2^32 events");
+        self.event_bytes += event.len();
+    }
+
+    fn seal(mut self) -> Vec<u8> {
+        self.record[HEADER_LEN..HEADER_LEN + COUNT_LEN].copy_from_slice(&self.count.to_le_bytes());
+        seal_header(RUN, &mut self.record);
+        self.record
+    }
 }
 
 /// Whether a run whose events' bodies hold `run_bytes` ends here: past [`RUN_BYTES`], or at
@@ -110,9 +145,11 @@ const EVENTS_FIELD_KEY: u8 = 1 << 3 | 2;
 /// `events` (consecutive revisions, at least one) as one run record, however large: a
 /// replicated group travels as one message ([`decode_run`] reads it back).
 pub fn encode_group(events: &[Event]) -> Vec<u8> {
-    seal_run(&stored::EventRun {
-        events: events.iter().map(to_stored).collect(),
-    })
+    let (mut writer, mut run) = (EventWriter::default(), RunRecord::for_events(events.len()));
+    for event in events {
+        run.push(writer.put(event));
+    }
+    run.seal()
 }
 
 /// A group's record (what [`encode_group`] made, its last event at `last_revision`) cut into
@@ -144,6 +181,8 @@ pub fn split_group(last_revision: u64, record: &[u8]) -> Option<Vec<(u64, Vec<u8
     body.is_empty().then_some(records)
 }
 
+/// The run record of `run`'s events, from the message: what [`RunRecord`] must write.
+#[cfg(test)]
 fn seal_run(run: &stored::EventRun) -> Vec<u8> {
     let count = u32::try_from(run.events.len()).expect("a run holds fewer than 2^32 events");
     seal(RUN, &count.to_le_bytes(), &run.encode_to_vec())
@@ -463,6 +502,40 @@ mod tests {
             decode_snapshot(&runs[0].1),
             Err(DecodeError::WrongFormat { .. })
         ));
+    }
+
+    #[test]
+    fn runs_and_groups_are_written_as_prost_writes_their_messages() {
+        // The runs of the encoder before the log wrote events without building messages.
+        fn runs_of_messages(events: &[Event]) -> Vec<(u64, Vec<u8>)> {
+            let mut records = Vec::new();
+            let mut run = stored::EventRun::default();
+            for (index, event) in events.iter().enumerate() {
+                run.events.push(schema::to_stored(event));
+                let run_bytes: usize = run.events.iter().map(Message::encoded_len).sum();
+                if ends_run(run_bytes, index + 1 == events.len()) {
+                    records.push((event.revision, seal_run(&std::mem::take(&mut run))));
+                }
+            }
+            records
+        }
+        let mut rng = fastrand::Rng::with_seed(3);
+        for size in [1, 2, 5, 40, 100, 1000] {
+            let events: Vec<Event> = (1..=size)
+                .map(|revision| schema::assorted_event(&mut rng, revision))
+                .collect();
+            let runs = encode_runs(&events);
+            assert_eq!(runs, runs_of_messages(&events), "{size} events");
+            let group = stored::EventRun {
+                events: events.iter().map(schema::to_stored).collect(),
+            };
+            assert_eq!(encode_group(&events), seal_run(&group), "{size} events");
+        }
+        let event = schema::assorted_event(&mut rng, 9);
+        assert_eq!(
+            encode(&event),
+            seal(SINGLE, &[], &schema::to_stored(&event).encode_to_vec())
+        );
     }
 
     #[test]
