@@ -3,6 +3,7 @@
 
 use prost_types::Timestamp;
 
+use crate::domain::network::cidr_text;
 use crate::domain::{Binding, Micros, Prefix, ProvisioningState, Service};
 use crate::pb::api;
 
@@ -17,7 +18,7 @@ pub fn prefix(prefix: &Prefix) -> api::Prefix {
     api::Prefix {
         id: prefix.id.to_string(),
         account_id: prefix.account_id.to_string(),
-        cidr: prefix.cidr.to_string(),
+        cidr: cidr_text(&prefix.cidr),
         asn: prefix.asn,
         description: prefix.description.clone(),
         created_at: Some(timestamp(prefix.created_at)),
@@ -35,7 +36,7 @@ pub fn provisioning_state(state: ProvisioningState) -> api::ProvisioningState {
 pub fn binding(binding: &Binding) -> api::ServiceBinding {
     api::ServiceBinding {
         id: binding.id.to_string(),
-        cidr: binding.cidr.to_string(),
+        cidr: cidr_text(&binding.cidr),
         provisioning: Some(api::Provisioning {
             state: provisioning_state(binding.state) as i32,
         }),

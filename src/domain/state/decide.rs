@@ -187,9 +187,10 @@ impl State {
         // on everything before it), the creates' request ids, and by prefix their CIDRs and
         // whether one of them is the prefix's own.
         let mut other_later = false;
-        let mut request_ids = HashSet::new();
-        let mut cidrs = HashSet::new();
-        let mut prefixes: HashMap<PrefixId, bool> = HashMap::new();
+        let hasher = foldhash::fast::RandomState::default;
+        let mut request_ids = HashSet::with_capacity_and_hasher(group.len(), hasher());
+        let mut cidrs = HashSet::with_capacity_and_hasher(group.len(), hasher());
+        let mut prefixes: HashMap<PrefixId, bool, _> = HashMap::with_hasher(hasher());
         for (index, command) in group.iter().enumerate().rev() {
             let Command::CreateBinding {
                 account_id,
