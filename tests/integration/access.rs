@@ -200,6 +200,20 @@ async fn create_binding(
         .into_inner())
 }
 
+/// The one prefix `account_id` holds, listed as `token`.
+async fn only_prefix(f: &Fixture, token: &str, account_id: &str) -> api::Prefix {
+    let request = api::ListPrefixesRequest {
+        account_id: account_id.into(),
+        ..Default::default()
+    };
+    let mut listed = (f.server.prefixes().list_prefixes(authorized(token, request)).await)
+        .unwrap()
+        .into_inner()
+        .prefixes;
+    assert_eq!(listed.len(), 1, "{account_id}'s prefixes as listed by {token}");
+    listed.remove(0)
+}
+
 /// A request carrying `authorization: Bearer <token>`.
 fn authorized<T>(token: &str, message: T) -> Request<T> {
     with_token(Some(token), message)
@@ -551,21 +565,7 @@ async fn a_refusal_says_nothing_about_what_exists() {
     );
     // Another tenant's prefix id under an account one may read is NOT_FOUND.
     let reader = f.tokens[&Kind::ReadsA].clone().unwrap();
-    let prefix_b = f
-        .server
-        .prefixes()
-        .list_prefixes(authorized(
-            &f.admin,
-            api::ListPrefixesRequest {
-                account_id: f.account_b.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .prefixes
-        .remove(0);
+    let prefix_b = only_prefix(&f, &f.admin, &f.account_b).await;
     let foreign = f
         .server
         .prefixes()
@@ -585,21 +585,7 @@ async fn a_refusal_says_nothing_about_what_exists() {
 async fn lists_and_watches_show_only_the_account_granted() {
     let f = fixture().await;
     let reader = f.tokens[&Kind::ReadsA].clone().unwrap();
-    let listed = f
-        .server
-        .prefixes()
-        .list_prefixes(authorized(
-            &reader,
-            api::ListPrefixesRequest {
-                account_id: f.account_a.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.prefixes.len(), 1);
-    assert!(listed.prefixes.iter().all(|prefix| prefix.account_id == f.account_a));
+    assert_eq!(only_prefix(&f, &reader, &f.account_a).await.account_id, f.account_a);
     // A replay of account A shows A's binding, named by its actor, and nothing of B's.
     let request = api::WatchServiceBindingsRequest {
         account_id: f.account_a.clone(),
@@ -622,21 +608,7 @@ async fn lists_and_watches_show_only_the_account_granted() {
     assert_eq!(first.actor, "admin");
     // Live: B's next binding never shows; A's does.
     let editor_b = f.tokens[&Kind::EditsB].clone().unwrap();
-    let prefix_b = f
-        .server
-        .prefixes()
-        .list_prefixes(authorized(
-            &editor_b,
-            api::ListPrefixesRequest {
-                account_id: f.account_b.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .prefixes
-        .remove(0);
+    let prefix_b = only_prefix(&f, &editor_b, &f.account_b).await;
     create_binding(&f.server, &editor_b, &prefix_b, "203.0.113.0/25")
         .await
         .unwrap();
