@@ -29,7 +29,7 @@ pub fn parse_canonical_cidr(text: &str) -> Result<IpNet, CidrProblem> {
 pub fn cidr_text(cidr: &IpNet) -> String {
     let mut text = Vec::with_capacity(match cidr {
         IpNet::V4(_) => "255.255.255.255/32".len(),
-        IpNet::V6(_) => 43,
+        IpNet::V6(_) => "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128".len(),
     });
     write_cidr(cidr, &mut text);
     String::from_utf8(text).expect("a CIDR is written in ASCII")

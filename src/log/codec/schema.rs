@@ -38,18 +38,18 @@ pub(super) fn encode_snapshot_body(
     if revision != 0 {
         uint64::encode(1, &revision, buf);
     }
-    let mut writer = BindingWriter::default();
+    let mut writer = RecordWriter::default();
     for prefix in records.prefixes() {
         writer.put_prefix(prefix);
         put_message(2, &writer.record, buf);
     }
     for binding in records.bindings() {
-        writer.put(binding);
+        writer.put_binding(binding);
         put_message(3, &writer.record, buf);
     }
     let mut request = Vec::new();
     for (account_id, request_id, binding) in records.remembered_requests() {
-        writer.put(binding);
+        writer.put_binding(binding);
         request.clear();
         put_bytes(1, account_id.as_bytes(), &mut request);
         put_bytes(2, request_id.as_bytes(), &mut request);
@@ -61,18 +61,19 @@ pub(super) fn encode_snapshot_body(
     }
 }
 
-/// A binding's stored record (`stored::BindingRecord`) encoded as prost encodes
-/// [`binding_record`]'s, into buffers reused from one binding to the next: a snapshot holds
-/// hundreds of thousands, and the message form allocates five buffers for each.
+/// Bindings' and prefixes' stored records (`stored::BindingRecord`, `stored::PrefixRecord`)
+/// encoded as prost encodes [`binding_record`]'s and [`prefix_record`]'s, into buffers reused
+/// from one record to the next: a snapshot holds hundreds of thousands, and the message form
+/// allocates five buffers for each.
 #[derive(Default)]
-struct BindingWriter {
-    /// The last binding's (or prefix's) encoded record.
+struct RecordWriter {
+    /// The last record written.
     record: Vec<u8>,
     cidr: Vec<u8>,
 }
 
-impl BindingWriter {
-    fn put(&mut self, binding: &Binding) {
+impl RecordWriter {
+    fn put_binding(&mut self, binding: &Binding) {
         let record = &mut self.record;
         record.clear();
         put_bytes(1, binding.id.as_bytes(), record);
@@ -87,7 +88,6 @@ impl BindingWriter {
         put_varint(8, binding.modified_at.0 as u64, record);
     }
 
-    /// A prefix's stored record (`stored::PrefixRecord`), as prost encodes [`prefix_record`]'s.
     fn put_prefix(&mut self, prefix: &Prefix) {
         use prost::encoding::{WireType, encode_key, encode_varint};
         let record = &mut self.record;
@@ -115,7 +115,7 @@ impl BindingWriter {
 /// drop them.
 #[derive(Default)]
 pub(super) struct EventWriter {
-    records: BindingWriter,
+    records: RecordWriter,
     change: Vec<u8>,
     actor: Vec<u8>,
     event: Vec<u8>,
@@ -125,36 +125,30 @@ impl EventWriter {
     /// `event`'s encoded message (the body of an `EventRun`'s element, or of a format-1
     /// record), valid until the next call.
     pub(super) fn put(&mut self, event: &Event) -> &[u8] {
-        let (records, change) = (&mut self.records, &mut self.change);
-        change.clear();
-        // Each change is a message whose field 1 is its record; its tag in the `oneof`:
+        // The change's tag in the `oneof`; each change is a message whose field 1 is its record.
         let tag = match &event.change {
-            Change::PrefixCreated(prefix) | Change::PrefixUpdated(prefix) | Change::PrefixDeleted(prefix) => {
-                records.put_prefix(prefix);
-                put_message(1, &records.record, change);
-                match &event.change {
-                    Change::PrefixCreated(_) => 2,
-                    Change::PrefixUpdated(_) => 3,
-                    _ => 4,
-                }
-            }
-            Change::BindingCreated { binding, request_id } => {
-                records.put(binding);
-                put_message(1, &records.record, change);
-                put_bytes(2, request_id.as_deref().unwrap_or_default().as_bytes(), change);
-                5
-            }
-            Change::BindingProvisioningStateChanged(binding) => {
-                records.put(binding);
-                put_message(1, &records.record, change);
-                6
-            }
-            Change::BindingDeleted(binding) => {
-                records.put(binding);
-                put_message(1, &records.record, change);
-                7
-            }
+            Change::PrefixCreated(_) => 2,
+            Change::PrefixUpdated(_) => 3,
+            Change::PrefixDeleted(_) => 4,
+            Change::BindingCreated { .. } => 5,
+            Change::BindingProvisioningStateChanged(_) => 6,
+            Change::BindingDeleted(_) => 7,
         };
+        let records = &mut self.records;
+        match &event.change {
+            Change::PrefixCreated(prefix) | Change::PrefixUpdated(prefix) | Change::PrefixDeleted(prefix) => {
+                records.put_prefix(prefix)
+            }
+            Change::BindingCreated { binding, .. }
+            | Change::BindingProvisioningStateChanged(binding)
+            | Change::BindingDeleted(binding) => records.put_binding(binding),
+        }
+        let change = &mut self.change;
+        change.clear();
+        put_message(1, &records.record, change);
+        if let Change::BindingCreated { request_id, .. } = &event.change {
+            put_bytes(2, request_id.as_deref().unwrap_or_default().as_bytes(), change);
+        }
         let out = &mut self.event;
         out.clear();
         put_varint(1, event.time.0 as u64, out);
