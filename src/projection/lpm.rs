@@ -33,7 +33,8 @@
 //! `longest_matches` walks many keys a level at a time, prefetching a group's mid nodes and
 //! then its leaves, so that their cache misses overlap. Updates repaint one node (256 slots)
 //! and the leaves under it whose inherited value changed, or the root slots a short prefix
-//! covers. A mid node gaining or losing a leaf moves its leaves to a run of the new length
+//! covers; a /32 sets its one leaf slot, splicing the runs around it (a /24 filled with /32s
+//! has a run per slot). A node's prefixes are sorted, and found by binary search. A mid node gaining or losing a leaf moves its leaves to a run of the new length
 //! (freed runs are reused by length), or grows in place when its run ends the array; once a
 //! quarter of the leaves are free, they are laid out again. A whole table is loaded with the
 //! painting deferred (`defer_painting`, `paint_deferred`): each node is painted once at the
@@ -258,7 +259,7 @@ impl Lpm {
                 let leaf = self.leaf_or_insert(mid, mid_slot(key));
                 let (local_len, bits) = local_part(key, len, MID_END);
                 let replaced = self.leaves.sides[leaf].upsert(local_len, bits, value);
-                self.repaint_leaf(leaf);
+                self.repaint_leaf_after(leaf, local_len, bits);
                 replaced
             }
         };
@@ -294,7 +295,7 @@ impl Lpm {
                 let removed = self.leaves.sides[leaf].remove(local_len, bits)?;
                 match self.leaves.sides[leaf].locals.is_empty() {
                     true => self.remove_leaf(mid, slot),
-                    false => self.repaint_leaf(leaf),
+                    false => self.repaint_leaf_after(leaf, local_len, bits),
                 }
                 removed
             };
@@ -413,6 +414,17 @@ impl Lpm {
         self.leaves.nodes[leaf].0.paint(&slots, &mut self.overflow);
     }
 
+    /// Paints the leaf again after its prefix of `local_len` bits `bits` changed: only its
+    /// one slot for a /32 (a dense leaf has a run per slot), all of it otherwise.
+    fn repaint_leaf_after(&mut self, leaf: usize, local_len: u8, bits: u8) {
+        if self.deferred || u32::from(local_len) < STRIDE {
+            return self.repaint_leaf(leaf);
+        }
+        let slot = usize::from(bits);
+        let value = self.leaves.sides[leaf].slot_value(slot);
+        self.leaves.nodes[leaf].0.set_slot(slot, value, &mut self.overflow);
+    }
+
     /// The mid node under the key's root slot, made (inheriting the slot's value) if missing.
     fn mid_or_insert(&mut self, key: u32) -> usize {
         let slot = root_slot(key);
@@ -487,6 +499,8 @@ impl Lpm {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    use super::node::Leaf;
 
     /// The longest matching prefix by brute force.
     fn reference(prefixes: &HashMap<(u32, u8), u32>, key: u32) -> Option<u32> {
@@ -631,6 +645,48 @@ mod tests {
         }
         assert!(table.is_empty());
         assert_eq!(table.overflow.in_use(), 0, "every spilled run is freed");
+    }
+
+    /// Whether every leaf in use holds exactly the runs that painting it whole gives.
+    fn leaves_painted_whole(table: &Lpm) -> bool {
+        let in_use = (0..table.mids.len()).filter(|mid| !table.free_mids.contains(&(*mid as u32)));
+        let leaves = in_use.flat_map(|mid| (0..256).filter_map(move |slot| table.mids[mid].leaf(slot)));
+        leaves.into_iter().all(|leaf| {
+            let (mut whole, mut overflow) = (Leaf::EMPTY, Overflow::default());
+            whole.0.paint(&table.leaves.sides[leaf].slots(), &mut overflow);
+            table.leaves.nodes[leaf].0.runs(&table.overflow) == whole.0.runs(&overflow)
+        })
+    }
+
+    #[test]
+    fn a_slot_set_alone_leaves_the_runs_a_whole_painting_gives() {
+        let mut rng = fastrand::Rng::with_seed(19);
+        let mut table = Lpm::default();
+        let mut reference_set = HashMap::new();
+        // Two /24s: mostly /32s (alone, side by side, at both ends, with equal values that
+        // merge runs), and now and then a /25../31 or the /24 or /16 over them.
+        for round in 0..6_000u32 {
+            let key = 0xc000_0200 + rng.u32(..512);
+            let len = match rng.u8(..20) {
+                0 => [16, 24, 25, 28, 31][rng.usize(..5)],
+                _ => 32,
+            };
+            let key = masked(key, len);
+            let value = [round, 1, 2][rng.usize(..3)];
+            if rng.u8(..3) == 0 {
+                assert_eq!(table.remove(key, len), reference_set.remove(&(key, len)));
+            } else {
+                assert_eq!(table.insert(key, len, value), reference_set.insert((key, len), value));
+            }
+            assert!(leaves_painted_whole(&table), "round {round}: ({key:#x}, {len})");
+            let probe = 0xc000_0200 + rng.u32(..512);
+            assert_eq!(
+                table.longest_match(probe),
+                reference(&reference_set, probe),
+                "{probe:#x}"
+            );
+        }
+        assert!(table.overflow.in_use() >= 1, "a leaf spilled");
     }
 
     #[test]
