@@ -8,6 +8,8 @@
 //!   other: sixteen /24 leaves filled, each to 256 prefixes and as many runs.
 //! - `churn-dense`: in a /24 holding all 256 of its /32s, one /32 removed and put back.
 //! - `fill-sparse`: 4,096 /32s, one in each of 4,096 /24s of a /8 (a leaf of one prefix each).
+//! - `fill-mid`: a /8, then the 256 /24s of each of sixteen /16s one after the other (mid nodes
+//!   filled to 256 prefixes and as many runs).
 //!
 //! Throughput is in updates per second.
 
@@ -38,6 +40,16 @@ fn updates(c: &mut Criterion) {
             lpm.insert(BASE, 8, 0);
             for i in 0..COUNT {
                 lpm.insert(BASE + (i << 8) + 7, 32, i + 1);
+            }
+            black_box(lpm.len())
+        })
+    });
+    group.bench_function("fill-mid", |b| {
+        b.iter(|| {
+            let mut lpm = Lpm::default();
+            lpm.insert(BASE, 8, 0);
+            for i in 0..COUNT {
+                lpm.insert(BASE + (i << 8), 24, i + 1);
             }
             black_box(lpm.len())
         })

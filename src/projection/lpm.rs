@@ -33,8 +33,9 @@
 //! `longest_matches` walks many keys a level at a time, prefetching a group's mid nodes and
 //! then its leaves, so that their cache misses overlap. Updates repaint one node (256 slots)
 //! and the leaves under it whose inherited value changed, or the root slots a short prefix
-//! covers; a /32 sets its one leaf slot, splicing the runs around it (a /24 filled with /32s
-//! has a run per slot). A node's prefixes are sorted, and found by binary search. A mid node gaining or losing a leaf moves its leaves to a run of the new length
+//! covers. A /32 or a /24 sets its one slot instead, splicing the runs around it (a /24 filled
+//! with /32s, or a /16 with /24s, has a run per slot), and a /24 the leaf under its slot and its
+//! group in the root slot. A node's prefixes are sorted, and found by binary search. A mid node gaining or losing a leaf moves its leaves to a run of the new length
 //! (freed runs are reused by length), or grows in place when its run ends the array; once a
 //! quarter of the leaves are free, they are laid out again. A whole table is loaded with the
 //! painting deferred (`defer_painting`, `paint_deferred`): each node is painted once at the
@@ -253,7 +254,7 @@ impl Lpm {
             if u32::from(len) <= MID_END {
                 let (local_len, bits) = local_part(key, len, ROOT_BITS);
                 let replaced = self.mid_sides[mid].upsert(local_len, bits, value);
-                self.repaint_mid(mid);
+                self.repaint_mid_after(mid, local_len, bits);
                 replaced
             } else {
                 let leaf = self.leaf_or_insert(mid, mid_slot(key));
@@ -286,7 +287,7 @@ impl Lpm {
             let removed = if u32::from(len) <= MID_END {
                 let (local_len, bits) = local_part(key, len, ROOT_BITS);
                 let removed = self.mid_sides[mid].remove(local_len, bits)?;
-                self.repaint_mid(mid);
+                self.repaint_mid_after(mid, local_len, bits);
                 removed
             } else {
                 let slot = mid_slot(key);
@@ -375,12 +376,42 @@ impl Lpm {
         self.hang_mid(mid, &slots);
     }
 
-    /// Hangs the mid node from its root slot again after it gained or lost a leaf.
-    fn rehang_mid(&mut self, mid: usize) {
-        match self.deferred {
-            true => self.hang_mid_deferred(mid),
-            false => self.hang_mid(mid, &self.mid_sides[mid].slots()),
+    /// Paints the mid node again after its prefix of `local_len` bits `bits` changed: for a
+    /// /24, only its one slot, that slot's leaf if its inherited value changed, and its group
+    /// in the root slot; all of it otherwise.
+    fn repaint_mid_after(&mut self, mid: usize, local_len: u8, bits: u8) {
+        if self.deferred || u32::from(local_len) < STRIDE {
+            return self.repaint_mid(mid);
         }
+        let slot = usize::from(bits);
+        let value = self.mid_sides[mid].slot_value(slot);
+        self.mids[mid].painted.set_slot(slot, value, &mut self.overflow);
+        if let Some(leaf) = self.mids[mid].leaf(slot)
+            && self.leaves.sides[leaf].inherited != value
+        {
+            self.leaves.sides[leaf].inherited = value;
+            self.repaint_leaf(leaf);
+        }
+        self.rehang_mid(mid, slot);
+    }
+
+    /// Hangs the mid node from its root slot again after its `slot` gained or lost a leaf or
+    /// a value: only that slot's group can change.
+    fn rehang_mid(&mut self, mid: usize, slot: usize) {
+        if self.deferred {
+            return self.hang_mid_deferred(mid);
+        }
+        let group = slot / 16;
+        if group == 15 {
+            // Its bit is `CHILD`'s, always set.
+            return;
+        }
+        let node = &self.mids[mid];
+        let needed = (group * 16..group * 16 + 16)
+            .any(|slot| node.has_leaf.get(slot) || node.painted.value(slot, &self.overflow) != NONE);
+        let root = &mut self.root[usize::from(self.mid_root_slots[mid])];
+        let bit = 1 << (GROUPS_SHIFT + group as u32);
+        *root = if needed { *root | bit } else { *root & !bit };
     }
 
     /// Hangs the mid node with every group marked (lookups are not served while painting is
@@ -465,7 +496,7 @@ impl Lpm {
         let node = &mut self.mids[mid];
         node.first_leaf = first as u32;
         node.has_leaf.set(slot, true);
-        self.rehang_mid(mid);
+        self.rehang_mid(mid, slot);
         leaf
     }
 
@@ -479,7 +510,7 @@ impl Lpm {
         let node = &mut self.mids[mid];
         node.first_leaf = first as u32;
         node.has_leaf.set(slot, false);
-        self.rehang_mid(mid);
+        self.rehang_mid(mid, slot);
     }
 
     /// Frees the mid node if nothing is left in it: the root slot holds its value again.
@@ -647,14 +678,31 @@ mod tests {
         assert_eq!(table.overflow.in_use(), 0, "every spilled run is freed");
     }
 
-    /// Whether every leaf in use holds exactly the runs that painting it whole gives.
-    fn leaves_painted_whole(table: &Lpm) -> bool {
-        let in_use = (0..table.mids.len()).filter(|mid| !table.free_mids.contains(&(*mid as u32)));
-        let leaves = in_use.flat_map(|mid| (0..256).filter_map(move |slot| table.mids[mid].leaf(slot)));
-        leaves.into_iter().all(|leaf| {
-            let (mut whole, mut overflow) = (Leaf::EMPTY, Overflow::default());
-            whole.0.paint(&table.leaves.sides[leaf].slots(), &mut overflow);
-            table.leaves.nodes[leaf].0.runs(&table.overflow) == whole.0.runs(&overflow)
+    /// Whether every node in use holds exactly the runs that painting it whole gives, and its
+    /// root slot marks exactly the groups a lookup must read it for.
+    fn painted_whole(table: &Lpm) -> bool {
+        let mids = (0..table.mids.len()).filter(|mid| !table.free_mids.contains(&(*mid as u32)));
+        mids.into_iter().all(|mid| {
+            let (node, mut overflow) = (&table.mids[mid], Overflow::default());
+            let slots = table.mid_sides[mid].slots();
+            let mut whole = Mid::EMPTY;
+            whole.painted.paint(&slots, &mut overflow);
+            let groups = (0..15).filter(|group| {
+                (group * 16..group * 16 + 16).any(|slot| slots[slot] != NONE || node.has_leaf.get(slot))
+            });
+            let root = CHILD | groups.map(|group| 1 << (GROUPS_SHIFT + group as u32)).sum::<u32>() | mid as u32;
+            let leaves = (0..256).filter_map(|slot| Some((slot, node.leaf(slot)?)));
+            node.painted.runs(&table.overflow) == whole.painted.runs(&overflow)
+                && table.root[usize::from(table.mid_root_slots[mid])] == root
+                && leaves.into_iter().all(|(slot, leaf)| {
+                    let mut whole = Leaf::EMPTY;
+                    assert_eq!(
+                        table.leaves.sides[leaf].inherited, slots[slot],
+                        "slot {slot}'s leaf inherits it"
+                    );
+                    whole.0.paint(&table.leaves.sides[leaf].slots(), &mut overflow);
+                    table.leaves.nodes[leaf].0.runs(&table.overflow) == whole.0.runs(&overflow)
+                })
         })
     }
 
@@ -663,13 +711,18 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(19);
         let mut table = Lpm::default();
         let mut reference_set = HashMap::new();
-        // Two /24s: mostly /32s (alone, side by side, at both ends, with equal values that
-        // merge runs), and now and then a /25../31 or the /24 or /16 over them.
+        // One /16: /32s in two of its /24s (alone, side by side, at both ends, with equal
+        // values that merge runs), /24s all over it, and now and then a prefix of another
+        // length over or under them.
         for round in 0..6_000u32 {
-            let key = 0xc000_0200 + rng.u32(..512);
-            let len = match rng.u8(..20) {
-                0 => [16, 24, 25, 28, 31][rng.usize(..5)],
-                _ => 32,
+            let (key, len) = match rng.u8(..20) {
+                0..=11 => (0xc000_0200 + rng.u32(..512), 32),
+                12..=15 => (0xc000_0000 + rng.u32(..1 << 16), 24),
+                16 | 17 => (0xc000_0200 + rng.u32(..512), 24),
+                _ => (
+                    0xc000_0200 + rng.u32(..512),
+                    [16, 17, 20, 23, 25, 28, 31][rng.usize(..7)],
+                ),
             };
             let key = masked(key, len);
             let value = [round, 1, 2][rng.usize(..3)];
@@ -678,15 +731,16 @@ mod tests {
             } else {
                 assert_eq!(table.insert(key, len, value), reference_set.insert((key, len), value));
             }
-            assert!(leaves_painted_whole(&table), "round {round}: ({key:#x}, {len})");
-            let probe = 0xc000_0200 + rng.u32(..512);
-            assert_eq!(
-                table.longest_match(probe),
-                reference(&reference_set, probe),
-                "{probe:#x}"
-            );
+            assert!(painted_whole(&table), "round {round}: ({key:#x}, {len})");
+            for probe in [0xc000_0200 + rng.u32(..512), 0xc000_0000 + rng.u32(..1 << 16)] {
+                assert_eq!(
+                    table.longest_match(probe),
+                    reference(&reference_set, probe),
+                    "{probe:#x}"
+                );
+            }
         }
-        assert!(table.overflow.in_use() >= 1, "a leaf spilled");
+        assert!(table.overflow.in_use() >= 2, "a leaf and the mid node spilled");
     }
 
     #[test]
