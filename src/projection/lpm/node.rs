@@ -260,8 +260,9 @@ impl<const N: usize> Painted<N> {
         let value_after = if next_starts_run { runs.get(run + 1) } else { Some(&old) };
         let starts_new = value_before != Some(&value);
         let next_starts_new = next < SLOTS && value_after != Some(&value);
-        // The run holding the slot gives way to: its part before the slot, the slot's own run
-        // (unless it joins the one before), and what follows the slot's start a run.
+        // The run holding the slot gives way to its part before the slot (if any), the slot's
+        // own run (unless the slot joins the run before it) and its part after the slot (if
+        // any); when the slot joins the run after it, that run starts at the slot instead.
         let mut middle = [NONE; 3];
         let mut n_middle = 0;
         let mut push = |value: u32| {
