@@ -15,45 +15,35 @@
 
 use std::hint::black_box;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use ipam_bindings::projection::lpm::Lpm;
 
 const BASE: u32 = 0x0a00_0000;
 const COUNT: u32 = 4_096;
 
+/// A fresh table holding a covering prefix of `cover_len` bits, then the `COUNT` prefixes
+/// `nth` gives, inserted one after the other (`nth` is inlined, as a literal loop would be).
+fn fill(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, cover_len: u8, nth: impl Fn(u32) -> (u32, u8)) {
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let mut lpm = Lpm::default();
+            lpm.insert(BASE, cover_len, 0);
+            for i in 0..COUNT {
+                let (key, len) = nth(i);
+                lpm.insert(key, len, i + 1);
+            }
+            black_box(lpm.len())
+        })
+    });
+}
+
 fn updates(c: &mut Criterion) {
     let mut group = c.benchmark_group("lpm-updates");
     group.throughput(Throughput::Elements(u64::from(COUNT)));
-    group.bench_function("fill-dense", |b| {
-        b.iter(|| {
-            let mut lpm = Lpm::default();
-            lpm.insert(BASE, 16, 0);
-            for i in 0..COUNT {
-                lpm.insert(BASE + i, 32, i + 1);
-            }
-            black_box(lpm.len())
-        })
-    });
-    group.bench_function("fill-sparse", |b| {
-        b.iter(|| {
-            let mut lpm = Lpm::default();
-            lpm.insert(BASE, 8, 0);
-            for i in 0..COUNT {
-                lpm.insert(BASE + (i << 8) + 7, 32, i + 1);
-            }
-            black_box(lpm.len())
-        })
-    });
-    group.bench_function("fill-mid", |b| {
-        b.iter(|| {
-            let mut lpm = Lpm::default();
-            lpm.insert(BASE, 8, 0);
-            for i in 0..COUNT {
-                lpm.insert(BASE + (i << 8), 24, i + 1);
-            }
-            black_box(lpm.len())
-        })
-    });
+    fill(&mut group, "fill-dense", 16, |i| (BASE + i, 32));
+    fill(&mut group, "fill-sparse", 8, |i| (BASE + (i << 8) + 7, 32));
+    fill(&mut group, "fill-mid", 8, |i| (BASE + (i << 8), 24));
     let mut dense = Lpm::default();
     dense.insert(BASE, 24, 0);
     for i in 0..256 {

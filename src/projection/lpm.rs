@@ -35,9 +35,10 @@
 //! and the leaves under it whose inherited value changed, or the root slots a short prefix
 //! covers. A /32 or a /24 sets its one slot instead, splicing the runs around it (a /24 filled
 //! with /32s, or a /16 with /24s, has a run per slot), and a /24 the leaf under its slot and its
-//! group in the root slot. A node's prefixes are sorted, and found by binary search. A mid node gaining or losing a leaf moves its leaves to a run of the new length
-//! (freed runs are reused by length), or grows in place when its run ends the array; once a
-//! quarter of the leaves are free, they are laid out again. A whole table is loaded with the
+//! group in the root slot. A node's prefixes are sorted, and found by binary search. A mid
+//! node gaining or losing a leaf moves its leaves to a run of the new length (freed runs are
+//! reused by length), or grows in place when its run ends the array; once a quarter of the
+//! leaves are free, they are laid out again. A whole table is loaded with the
 //! painting deferred (`defer_painting`, `paint_deferred`): each node is painted once at the
 //! end, where a /16 holding 256 prefixes was painted whole for each of them.
 
@@ -69,6 +70,13 @@ const MID_INDEX: u32 = 0xffff;
 const GROUPS_SHIFT: u32 = 16;
 /// Every group's bit but the last (which is [`CHILD`]'s).
 const ALL_GROUPS: u32 = 0x7fff;
+
+/// Whether a lookup must read the mid node for a key in its slots' `group` (of 16): one of
+/// them holds a value (`value` gives each slot's: its own or the inherited one) or goes on
+/// into a leaf.
+fn group_needed(node: &Mid, group: usize, value: impl Fn(usize) -> u32) -> bool {
+    (group * 16..group * 16 + 16).any(|slot| value(slot) != NONE || node.has_leaf.get(slot))
+}
 
 /// What a root slot says about a key.
 enum RootStep {
@@ -407,8 +415,7 @@ impl Lpm {
             return;
         }
         let node = &self.mids[mid];
-        let needed = (group * 16..group * 16 + 16)
-            .any(|slot| node.has_leaf.get(slot) || node.painted.value(slot, &self.overflow) != NONE);
+        let needed = group_needed(node, group, |slot| node.painted.value(slot, &self.overflow));
         let root = &mut self.root[usize::from(self.mid_root_slots[mid])];
         let bit = 1 << (GROUPS_SHIFT + group as u32);
         *root = if needed { *root | bit } else { *root & !bit };
@@ -426,12 +433,7 @@ impl Lpm {
         let node = &self.mids[mid];
         let mut groups = 0;
         for group in 0..15 {
-            // The slots hold the inherited value where the node's own prefixes do not cover.
-            let group_slots = group * 16..group * 16 + 16;
-            let needed = group_slots
-                .into_iter()
-                .any(|slot| slots[slot] != NONE || node.has_leaf.get(slot));
-            groups |= u32::from(needed) << group;
+            groups |= u32::from(group_needed(node, group, |slot| slots[slot])) << group;
         }
         self.root[usize::from(self.mid_root_slots[mid])] = CHILD | groups << GROUPS_SHIFT | mid as u32;
     }

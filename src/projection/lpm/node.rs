@@ -86,8 +86,9 @@ pub(super) struct Side {
     /// painted under the node's own prefixes.
     pub(super) inherited: u32,
     /// The prefixes that end in the node, sorted by length and then by bits (painted in
-    /// order, so longer ones win; found by binary search). A boxed slice, exactly as long as it must be: a leaf has a handful, and a `Vec`
-    /// of them with its spare room cost ~24 bytes more per leaf.
+    /// order, so longer ones win; found by binary search). A boxed slice, exactly as long as
+    /// it must be: a leaf has a handful, and a `Vec` of them with its spare room cost ~24
+    /// bytes more per leaf.
     pub(super) locals: Box<[Local]>,
 }
 
@@ -238,12 +239,9 @@ impl<const N: usize> Painted<N> {
     /// it whole for each insert was a tenth of the writer's time in a profile of creates.)
     pub(super) fn set_slot(&mut self, slot: usize, value: u32, overflow: &mut Overflow) {
         let run = self.run_starts.rank(slot + 1) - 1;
-        let mut runs = [NONE; SLOTS];
-        let n_runs = self.run_starts.count();
-        runs[..n_runs].copy_from_slice(match self.runs[N - 1] {
-            SPILLED => &overflow.runs[self.runs[0] as usize],
-            _ => &self.runs[..n_runs],
-        });
+        let (mut runs, stored) = ([NONE; SLOTS], self.stored(overflow));
+        let n_runs = stored.len();
+        runs[..n_runs].copy_from_slice(stored);
         let old = runs[run];
         if old == value {
             return;
@@ -275,14 +273,14 @@ impl<const N: usize> Painted<N> {
         if starts_new {
             push(value);
         }
-        let after = match (next_starts_run, next_starts_new) {
-            (true, true) => run + 1,
-            (true, false) => run + 2,
-            (false, true) => {
-                push(old);
-                run + 1
-            }
-            (false, false) => run + 1,
+        if !next_starts_run && next_starts_new {
+            push(old);
+        }
+        // The first run kept as it was: the one after the slot's, unless the slot joined it.
+        let after = if next_starts_run && !next_starts_new {
+            run + 2
+        } else {
+            run + 1
         };
         let tail = n_runs - after;
         runs.copy_within(after..n_runs, run + n_middle);
@@ -301,11 +299,15 @@ impl<const N: usize> Painted<N> {
     /// Where its runs start, and their values.
     #[cfg(test)]
     pub(super) fn runs(&self, overflow: &Overflow) -> ([u64; 4], Vec<u32>) {
-        let runs = match self.runs[N - 1] {
-            SPILLED => overflow.runs[self.runs[0] as usize].to_vec(),
-            _ => self.runs[..self.run_starts.count()].to_vec(),
-        };
-        (self.run_starts.0, runs)
+        (self.run_starts.0, self.stored(overflow).to_vec())
+    }
+
+    /// Its runs' values, inline or in `overflow`.
+    fn stored<'a>(&'a self, overflow: &'a Overflow) -> &'a [u32] {
+        match self.runs[N - 1] {
+            SPILLED => &overflow.runs[self.runs[0] as usize],
+            _ => &self.runs[..self.run_starts.count()],
+        }
     }
 
     /// Keeps `runs` inline, or in `overflow` when they are too many.
