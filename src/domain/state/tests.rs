@@ -199,6 +199,11 @@ fn deletes_keep_the_prefix_wide_binding_last() {
     world.run(delete(&narrow)).unwrap();
     world.run(delete(&wide)).unwrap();
     assert_eq!(reason(world.run(delete(&wide))), Reason::BindingNotFound);
+    assert_eq!(
+        reason(world.bind(&prefix, "192.0.2.128/25", Service::Spectrum)),
+        Reason::FirstBindingMustCoverPrefix,
+        "without its prefix-wide binding, a prefix takes only a prefix-wide one"
+    );
     world.run(delete_prefix.clone()).unwrap();
     assert_eq!(reason(world.run(delete_prefix)), Reason::PrefixNotFound);
 }
@@ -355,6 +360,7 @@ fn a_replay_builds_the_state_that_applying_each_event_does() {
         )
     };
     assert_eq!(view(&replayed), view(&world.state));
+    assert_eq!(contents(&replayed), contents(&world.state), "the indexes built at once");
     assert_eq!(
         view(&replayed).3,
         Vec::<Binding>::new(),
