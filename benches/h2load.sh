@@ -23,6 +23,10 @@
 # With FRESH=N (one server), N fresh servers one after the other, ROUNDS rounds each, then each
 # server's median lookup/health and the median over all rounds: a figure for a build rather
 # than for one server process (the goal's check).
+#
+# With WRITES=N, `ipamctl bench create --rate N` (one caller) runs beside each h2load run, so
+# the revision every reply carries changes N times a second while h2load's connections live
+# for SECONDS: how replies cost on long-lived connections of a server that is written to.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${FRESH:-}" ]; then
@@ -89,10 +93,17 @@ server_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # microseconds (time the VM's host took from the server is not counted, unlike in the rate).
 run() {
     local before rate
+    local writes=''
+    if [ -n "${WRITES:-}" ]; then
+        "$ipamctl" --server "$scheme://127.0.0.1:$(($1 + port))" bench create --rate "$WRITES" \
+            --duration "$((seconds + 5))s" --warmup 0s --concurrency 1 --connections 1 >/dev/null 2>&1 &
+        writes=$!
+    fi
     before=$(server_cpu_ticks "${pids[$1]}")
     rate=$(h2load -c 4 -m 16 -t 1 -D "$seconds" -d "$dir/$2$1.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
         "$scheme://127.0.0.1:$(($1 + port))/$3" 2>/dev/null | sed -n 's/.*finished in .*, \([0-9.]*\) req\/s.*/\1/p')
     echo "$rate $(echo "($(server_cpu_ticks "${pids[$1]}") - $before) / $hz * 1000000 / ($rate * $seconds)" | bc -l)"
+    if [ -n "$writes" ]; then kill "$writes" 2>/dev/null || true; wait "$writes" 2>/dev/null || true; fi
 }
 for round in $(seq "$rounds"); do
     order=("${!servers[@]}")

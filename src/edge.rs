@@ -12,7 +12,9 @@
 //! - read-your-writes across replicas: every reply carries `x-ipam-revision` (the revision
 //!   this server had applied when it answered), and a call with `x-ipam-min-revision: N` is
 //!   served once the server applied N: it waits up to its deadline (less a small margin), then
-//!   gets UNAVAILABLE `NOT_READY`.
+//!   gets UNAVAILABLE `NOT_READY`;
+//! - `date` on replies, set before hyper would set it; it, the request id and the revision
+//!   go as literals HPACK never indexes ([`date`] says why).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +31,8 @@ use tokio::sync::watch;
 
 use crate::domain::{Error, Reason};
 use crate::engine::Applied;
+
+mod date;
 
 // Header names as `HeaderName`s: a `&str` is parsed and validated at every use.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -141,6 +145,31 @@ mod tests {
         let response = edge.call(Request::new(())).await.unwrap();
         assert_eq!(status_of(&response).0, "4");
         assert_eq!(status_of(&response).1.map(str::len), Some(32), "a generated request id");
+    }
+
+    /// A reply's request id, date and revision change from call to call (or second to second,
+    /// or write to write): HPACK is told never to index them, so no connection's table fills
+    /// with stale values that every later reply would be compared against.
+    #[tokio::test]
+    async fn values_that_change_per_call_are_never_indexed() {
+        let (_applied, receiver) = watch::channel(Applied {
+            revision: 7,
+            sequence: 7,
+        });
+        let revisions = Revisions::default();
+        revisions.set(receiver);
+        let answer = tower::service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+        });
+        let mut edge = EdgeLayer::new(8, Duration::from_secs(30))
+            .with_revisions(revisions)
+            .layer(answer);
+        let response = edge.call(Request::new(())).await.unwrap();
+        for name in [&REQUEST_ID, &REVISION, &http::header::DATE] {
+            let value = response.headers().get(name).unwrap_or_else(|| panic!("{name} is set"));
+            assert!(value.is_sensitive(), "{name} is never indexed");
+        }
+        assert_eq!(response.headers()[&REVISION], "7");
     }
 
     #[tokio::test]
@@ -370,8 +399,14 @@ where
             drop(permit);
             remap_oversized(&mut response);
             response.headers_mut().insert(&REQUEST_ID, request_id);
+            response.headers_mut().insert(http::header::DATE, date::now());
             if let Some(revision) = revisions.current() {
-                response.headers_mut().insert(&REVISION, HeaderValue::from(revision));
+                // It changes with every write: indexed, each new value joined a chain of
+                // stale ones that h2's encoder walks, oldest first, for every reply (its
+                // literal costs a quiet server's reads ~1%: docs/benchmarks.md).
+                let mut revision = HeaderValue::from(revision);
+                revision.set_sensitive(true);
+                response.headers_mut().insert(&REVISION, revision);
             }
             Ok(response)
         })

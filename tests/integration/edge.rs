@@ -37,6 +37,29 @@ async fn request_ids_are_echoed_or_generated() {
     assert_eq!(status.metadata().get("x-request-id").unwrap(), "req-43");
 }
 
+/// Every reply, an error's too, names its time in one `date` header (the edge sets it so that
+/// HPACK never indexes it; hyper would add its own otherwise) and the server's revision, call
+/// after call on one connection.
+#[tokio::test]
+async fn replies_carry_one_date_and_the_revision() {
+    let server = TestServer::start().await;
+    let mut services = server.services();
+    for account_id in [account(), account(), "bad".to_string()] {
+        let metadata = match services.list_services(api::ListServicesRequest { account_id }).await {
+            Ok(response) => response.metadata().clone(),
+            Err(status) => status.metadata().clone(),
+        };
+        let dates: Vec<_> = metadata.get_all("date").iter().collect();
+        assert_eq!(dates.len(), 1, "{metadata:?}");
+        let date = httpdate::parse_http_date(dates[0].to_str().unwrap()).expect("an HTTP date");
+        let now = std::time::SystemTime::now();
+        let skew = now.duration_since(date).unwrap_or_else(|ahead| ahead.duration());
+        assert!(skew <= Duration::from_secs(2), "{date:?} is not now ({now:?})");
+        let revision = metadata.get("x-ipam-revision").expect("the revision").to_str().unwrap();
+        assert!(revision.parse::<u64>().is_ok(), "{revision}");
+    }
+}
+
 /// Requests over --max-message-bytes are RESOURCE_EXHAUSTED. (Deadlines: tonic's client
 /// enforces grpc-timeout itself and reports the expiry locally, so the server's
 /// DEADLINE_EXCEEDED answer is unit-tested in `edge.rs` with a call that never finishes.)
