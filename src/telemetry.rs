@@ -145,13 +145,16 @@ pub fn context_of_traceparent(traceparent: &str) -> Option<Context> {
 }
 
 /// The `traceparent` of `span` (version 00), for the response; `None` when it is not sampled
-/// or tracing is off.
+/// or tracing is off. One per call, so marked for HPACK never to index (as `edge` marks the
+/// request id).
 pub fn traceparent_of(span: &tracing::Span) -> Option<http::HeaderValue> {
     if !enabled() {
         return None;
     }
     let value = traceparent_of_context(&span.context());
-    (!value.is_empty()).then(|| http::HeaderValue::from_str(&value).ok())?
+    let mut value = (!value.is_empty()).then(|| http::HeaderValue::from_str(&value).ok())??;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// The context a write records its spans under: the current call's, when it is sampled.

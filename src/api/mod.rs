@@ -95,20 +95,20 @@ pub async fn unary<T>(
         result
     });
     // The response names the server's span, so a caller can find it in its tracing UI.
-    let traceparent = telemetry::traceparent_of(&span)
-        .and_then(|value| tonic::metadata::MetadataValue::try_from(value.as_bytes()).ok());
+    // Inserted as the header value it is, which keeps it never indexed by HPACK.
+    let traceparent = telemetry::traceparent_of(&span);
     match result {
         Ok(value) => {
             let mut response = Response::new(value);
             if let Some(traceparent) = traceparent {
-                response.metadata_mut().insert("traceparent", traceparent);
+                response.metadata_mut().as_mut().insert(&TRACEPARENT, traceparent);
             }
             Ok(response)
         }
         Err(error) => {
             let mut status = Status::from(error);
             if let Some(traceparent) = traceparent {
-                status.metadata_mut().insert("traceparent", traceparent);
+                status.metadata_mut().as_mut().insert(&TRACEPARENT, traceparent);
             }
             Err(status)
         }
