@@ -149,7 +149,7 @@ impl Caller {
                 .unwrap_or_default()
                 .to_string(),
             request_id: String::new(),
-            peer: self.peer.map(|peer| peer.to_string()).unwrap_or_default(),
+            peer: (self.peer.as_ref()).map_or_else(String::new, crate::domain::network::socket_addr_text),
         }
     }
 

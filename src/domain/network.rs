@@ -1,7 +1,9 @@
 //! CIDR parsing with the contract's distinct failure reasons, writing a CIDR as text (what
-//! every reply and stored record holds), and the order in which prefixes and bindings are
+//! every reply and stored record holds) and a peer's socket address (what the audit record
+//! holds), and the order in which prefixes and bindings are
 //! listed: IPv4 before IPv6, then by network address, then shorter first.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
 use ipnet::IpNet;
@@ -39,31 +41,57 @@ pub fn cidr_text(cidr: &IpNet) -> String {
 /// `core::fmt` took a fifth of a snapshot's encoding; IPv6 (its zero runs compressed) through
 /// `Display`.
 pub fn write_cidr(cidr: &IpNet, out: &mut Vec<u8>) {
-    fn decimal(n: u8, out: &mut Vec<u8>) {
-        if n >= 100 {
-            out.push(b'0' + n / 100);
-        }
-        if n >= 10 {
-            out.push(b'0' + n / 10 % 10);
-        }
-        out.push(b'0' + n % 10);
-    }
     match cidr {
         IpNet::V4(net) => {
-            for (index, octet) in net.addr().octets().into_iter().enumerate() {
-                if index > 0 {
-                    out.push(b'.');
-                }
-                decimal(octet, out);
-            }
+            write_ipv4(net.addr(), out);
             out.push(b'/');
-            decimal(net.prefix_len(), out);
+            write_decimal(u16::from(net.prefix_len()), out);
         }
         IpNet::V6(_) => {
             use std::io::Write;
             write!(out, "{cidr}").expect("writing to a Vec");
         }
     }
+}
+
+/// `peer` as its `Display` writes it (`192.0.2.7:50312`), IPv4 without `core::fmt` (the
+/// audit record of every change names its peer; formatting it was ~2% of a create's
+/// handling on the workers, docs/benchmarks.md).
+pub fn socket_addr_text(peer: &SocketAddr) -> String {
+    match peer {
+        SocketAddr::V4(peer) => {
+            let mut text = Vec::with_capacity("255.255.255.255:65535".len());
+            write_ipv4(*peer.ip(), &mut text);
+            text.push(b':');
+            write_decimal(peer.port(), &mut text);
+            String::from_utf8(text).expect("an address is written in ASCII")
+        }
+        SocketAddr::V6(_) => peer.to_string(),
+    }
+}
+
+fn write_ipv4(address: Ipv4Addr, out: &mut Vec<u8>) {
+    for (index, octet) in address.octets().into_iter().enumerate() {
+        if index > 0 {
+            out.push(b'.');
+        }
+        write_decimal(u16::from(octet), out);
+    }
+}
+
+fn write_decimal(n: u16, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 5];
+    let mut start = digits.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// Whether `inner` lies inside `outer` (or equals it), in the same address family.
@@ -186,6 +214,21 @@ mod tests {
         // The longest of each family fits the string's first allocation.
         let longest: IpNet = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128".parse().unwrap();
         assert_eq!(cidr_text(&longest).capacity(), 43);
+    }
+
+    #[test]
+    fn socket_addresses_are_written_as_display_writes_them() {
+        for peer in ["192.0.2.7:50312", "0.0.0.0:0", "10.0.100.9:65535", "[2001:db8::1]:443"] {
+            let peer: SocketAddr = peer.parse().unwrap();
+            assert_eq!(socket_addr_text(&peer), peer.to_string());
+        }
+        for n in [0u16, 9, 10, 99, 100, 255, 999, 1000, 9999, 10000, 65535] {
+            let peer = SocketAddr::from(([n as u8, 1, 10, 100], n));
+            assert_eq!(socket_addr_text(&peer), peer.to_string());
+        }
+        // The longest IPv4 one fits the string's first allocation.
+        let longest = SocketAddr::from(([255; 4], u16::MAX));
+        assert_eq!(socket_addr_text(&longest).capacity(), 21);
     }
 
     #[test]
