@@ -6,7 +6,8 @@
 //! ~60 stale dates and each response compared its date with all of them
 //! (docs/benchmarks.md: reply headers that change, sent as literals never indexed). Set here
 //! first, as a literal never indexed, the header costs its 29 bytes and no search; hyper
-//! leaves a `date` it finds.
+//! leaves a `date` it finds. (A reply the edge never sees, one shed by tonic's per-connection
+//! call limit, still gets hyper's.)
 
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
