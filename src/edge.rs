@@ -13,8 +13,8 @@
 //!   this server had applied when it answered), and a call with `x-ipam-min-revision: N` is
 //!   served once the server applied N: it waits up to its deadline (less a small margin), then
 //!   gets UNAVAILABLE `NOT_READY`;
-//! - `date` on replies, set before hyper would set it; it, the request id and the revision
-//!   go as literals HPACK never indexes ([`date`] says why).
+//! - `date` on replies, set before hyper would set it; it, the request id, the revision and
+//!   an error's message and details go as literals HPACK never indexes ([`date`] says why).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,6 +41,8 @@ pub static MIN_REVISION: HeaderName = HeaderName::from_static("x-ipam-min-revisi
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+static GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
 
 /// The revision the server has applied, once its engine is loaded (none before: a call that
 /// asks for a revision is NOT_READY then).
@@ -174,6 +176,19 @@ mod tests {
             assert!(value.is_sensitive(), "{name} is never indexed");
         }
         assert_eq!(response.headers()[&REVISION], "7");
+
+        // An error's message and details name the call's ids.
+        let refusal = tower::service_fn(|_: Request<()>| async {
+            let details = bytes::Bytes::from_static(b"the field and the request id");
+            let status = tonic::Status::with_details(tonic::Code::NotFound, "prefix 1f not found", details);
+            Ok::<_, std::convert::Infallible>(status.into_http::<String>())
+        });
+        let mut edge = EdgeLayer::new(8, Duration::from_secs(30)).layer(refusal);
+        let response = edge.call(Request::new(())).await.unwrap();
+        for name in [&GRPC_MESSAGE, &GRPC_STATUS_DETAILS] {
+            let value = response.headers().get(name).unwrap_or_else(|| panic!("{name} is set"));
+            assert!(value.is_sensitive(), "{name} is never indexed");
+        }
     }
 
     #[tokio::test]
@@ -189,6 +204,7 @@ mod tests {
         let mut edge = EdgeLayer::new(8, Duration::from_secs(30)).layer(oversized);
         let response = edge.call(Request::new(())).await.unwrap();
         assert_eq!(status_of(&response).0, "8");
+        assert!(response.headers()[&GRPC_MESSAGE].is_sensitive(), "never indexed");
     }
 }
 
@@ -323,13 +339,24 @@ fn remap_oversized<B>(response: &mut Response<B>) {
     let headers = response.headers_mut();
     let oversized = headers.get(&GRPC_STATUS).is_some_and(|status| status == "11")
         && headers
-            .get("grpc-message")
+            .get(&GRPC_MESSAGE)
             .and_then(|m| m.to_str().ok())
             .is_some_and(|message| {
                 message.contains("message length too large") || message.contains("message%20length%20too%20large")
             });
     if oversized {
         headers.insert(&GRPC_STATUS, HeaderValue::from_static("8"));
+    }
+}
+
+/// An error's message and details name its ids and request id, so they differ call by call:
+/// like the values [`date`] describes, sent as literals HPACK never indexes (an error answered
+/// in its headers; a stream's trailers are tonic's). Not measured on its own.
+fn never_index_error_details<B>(response: &mut Response<B>) {
+    for name in [&GRPC_MESSAGE, &GRPC_STATUS_DETAILS] {
+        if let Some(value) = response.headers_mut().get_mut(name) {
+            value.set_sensitive(true);
+        }
     }
 }
 
@@ -405,6 +432,7 @@ where
             let mut response = response?;
             drop(permit);
             remap_oversized(&mut response);
+            never_index_error_details(&mut response);
             response.headers_mut().insert(&REQUEST_ID, request_id);
             response.headers_mut().insert(http::header::DATE, date::now());
             if let Some(revision) = revisions.current() {
