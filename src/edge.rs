@@ -333,11 +333,18 @@ pub(crate) fn is_traceparent(value: &str) -> bool {
     }) && fields.next().is_none()
 }
 
-/// tonic reports a request over `max_decoding_message_size` as OUT_OF_RANGE; gRPC's
-/// convention (and our callers') is RESOURCE_EXHAUSTED.
-fn remap_oversized<B>(response: &mut Response<B>) {
+/// An error answered in the reply's headers (a success has no `grpc-status` there: one lookup):
+/// - tonic reports a request over `max_decoding_message_size` as OUT_OF_RANGE; gRPC's
+///   convention (and our callers') is RESOURCE_EXHAUSTED;
+/// - its message and details name the call's ids, so they differ call by call: like the
+///   values [`date`] describes, sent as literals HPACK never indexes (a stream's trailers are
+///   tonic's). Not measured on their own.
+fn settle_error_headers<B>(response: &mut Response<B>) {
     let headers = response.headers_mut();
-    let oversized = headers.get(&GRPC_STATUS).is_some_and(|status| status == "11")
+    let Some(status) = headers.get(&GRPC_STATUS) else {
+        return;
+    };
+    let oversized = status == "11"
         && headers
             .get(&GRPC_MESSAGE)
             .and_then(|m| m.to_str().ok())
@@ -347,14 +354,8 @@ fn remap_oversized<B>(response: &mut Response<B>) {
     if oversized {
         headers.insert(&GRPC_STATUS, HeaderValue::from_static("8"));
     }
-}
-
-/// An error's message and details name its ids and request id, so they differ call by call:
-/// like the values [`date`] describes, sent as literals HPACK never indexes (an error answered
-/// in its headers; a stream's trailers are tonic's). Not measured on its own.
-fn never_index_error_details<B>(response: &mut Response<B>) {
     for name in [&GRPC_MESSAGE, &GRPC_STATUS_DETAILS] {
-        if let Some(value) = response.headers_mut().get_mut(name) {
+        if let Some(value) = headers.get_mut(name) {
             value.set_sensitive(true);
         }
     }
@@ -431,8 +432,7 @@ where
             };
             let mut response = response?;
             drop(permit);
-            remap_oversized(&mut response);
-            never_index_error_details(&mut response);
+            settle_error_headers(&mut response);
             response.headers_mut().insert(&REQUEST_ID, request_id);
             response.headers_mut().insert(http::header::DATE, date::now());
             if let Some(revision) = revisions.current() {
