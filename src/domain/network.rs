@@ -1,7 +1,7 @@
 //! CIDR parsing with the contract's distinct failure reasons, writing a CIDR as text (what
 //! every reply and stored record holds) and a peer's socket address (what the audit record
-//! holds), and the order in which prefixes and bindings are
-//! listed: IPv4 before IPv6, then by network address, then shorter first.
+//! holds), and the order in which prefixes and bindings are listed: IPv4 before IPv6, then by
+//! network address, then shorter first.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
@@ -80,18 +80,7 @@ fn write_ipv4(address: Ipv4Addr, out: &mut Vec<u8>) {
 }
 
 fn write_decimal(n: u16, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 5];
-    let mut start = digits.len();
-    let mut rest = n;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Whether `inner` lies inside `outer` (or equals it), in the same address family.
