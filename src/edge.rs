@@ -14,7 +14,10 @@
 //!   served once the server applied N: it waits up to its deadline (less a small margin), then
 //!   gets UNAVAILABLE `NOT_READY`;
 //! - `date` on replies, set before hyper would set it; it, the request id, the revision and
-//!   an error's message and details go as literals HPACK never indexes ([`date`] says why).
+//!   an error's message and details go as literals HPACK never indexes ([`date`] says why),
+//!   except that the first reply on a connection to carry the request id, and the first to
+//!   carry the revision, let HPACK index it, so that later replies name it by its index
+//!   ([`indexed_names`] says why).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +28,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
 use tokio::sync::watch;
@@ -33,6 +37,9 @@ use crate::domain::{Error, Reason};
 use crate::engine::Applied;
 
 mod date;
+mod indexed_names;
+
+pub use indexed_names::{ConnectInfo, IndexedNames, ReplyName};
 
 // Header names as `HeaderName`s: a `&str` is parsed and validated at every use.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -191,6 +198,59 @@ mod tests {
         }
     }
 
+    /// The first reply on a connection to carry the request id, and the first to carry the
+    /// revision, let HPACK index it (so its name enters the connection's table); every other
+    /// reply's values stay never indexed.
+    #[tokio::test]
+    async fn one_reply_per_connection_lets_each_name_be_indexed() {
+        let revisions = Revisions::default();
+        let answer = tower::service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+        });
+        let mut edge = EdgeLayer::new(8, Duration::from_secs(30))
+            .with_revisions(revisions.clone())
+            .layer(answer);
+        let connection = |names: &IndexedNames| {
+            let mut request = Request::new(());
+            request.extensions_mut().insert(ConnectInfo {
+                info: TcpConnectInfo {
+                    local_addr: None,
+                    remote_addr: None,
+                },
+                names: names.clone(),
+            });
+            request
+        };
+        let indexed = |response: &Response<String>, name: &HeaderName| {
+            response.headers().get(name).map(|value| !value.is_sensitive())
+        };
+        let (first, second) = (IndexedNames::default(), IndexedNames::default());
+
+        // Nothing applied yet: no revision to send, so its claim waits for a reply with one.
+        let response = edge.call(connection(&first)).await.unwrap();
+        assert_eq!(indexed(&response, &REQUEST_ID), Some(true));
+        assert_eq!(indexed(&response, &REVISION), None);
+        let (_applied, receiver) = watch::channel(Applied {
+            revision: 7,
+            sequence: 7,
+        });
+        revisions.set(receiver);
+        let response = edge.call(connection(&first)).await.unwrap();
+        assert_eq!(indexed(&response, &REQUEST_ID), Some(false));
+        assert_eq!(indexed(&response, &REVISION), Some(true));
+        for _ in 0..3 {
+            let response = edge.call(connection(&first)).await.unwrap();
+            assert_eq!(indexed(&response, &REQUEST_ID), Some(false));
+            assert_eq!(indexed(&response, &REVISION), Some(false));
+            assert_eq!(indexed(&response, &http::header::DATE), Some(false));
+        }
+        // Another connection has a table of its own.
+        let response = edge.call(connection(&second)).await.unwrap();
+        assert_eq!(indexed(&response, &REQUEST_ID), Some(true));
+        assert_eq!(indexed(&response, &REVISION), Some(true));
+        assert_eq!(indexed(&response, &http::header::DATE), Some(false));
+    }
+
     #[tokio::test]
     async fn oversized_requests_become_resource_exhausted() {
         let oversized = tower::service_fn(|_: Request<()>| async {
@@ -294,6 +354,15 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
+/// The connection's record of the reply headers whose names its HPACK table holds (none
+/// when the edge serves something other than the server's own connections).
+fn indexed_names(extensions: &http::Extensions) -> Option<&IndexedNames> {
+    (extensions
+        .get::<ConnectInfo<TcpConnectInfo>>()
+        .map(|connection| &connection.names))
+    .or_else(|| (extensions.get::<ConnectInfo<TlsConnectInfo<TcpConnectInfo>>>()).map(|connection| &connection.names))
+}
+
 fn error_response<B: Default>(reason: Reason, message: &str, request_id: HeaderValue) -> Response<B> {
     let mut response = tonic::Status::from(Error::new(reason, message)).into_http::<B>();
     response.headers_mut().insert(&REQUEST_ID, request_id);
@@ -382,8 +451,10 @@ where
         };
         // One per call: HPACK sends it as a literal never indexed, instead of adding each one
         // to the connection's table (evicting another entry), which the encoder first searches
-        // for it.
-        request_id.set_sensitive(true);
+        // for it; but once per connection indexed, so that its name is in the table.
+        let names = indexed_names(request.extensions());
+        request_id.set_sensitive(!names.is_some_and(|names| names.claim(ReplyName::RequestId)));
+        let revision_names = names.filter(|names| !names.claimed(ReplyName::Revision)).cloned();
         request.headers_mut().insert(&REQUEST_ID, request_id.clone());
         let Ok(permit) = Arc::clone(&self.calls).try_acquire_owned() else {
             let response = error_response(
@@ -440,7 +511,7 @@ where
                 // stale ones that h2's encoder walks, oldest first, for every reply (its
                 // literal costs a quiet server's reads ~1%: docs/benchmarks.md).
                 let mut revision = HeaderValue::from(revision);
-                revision.set_sensitive(true);
+                revision.set_sensitive(!revision_names.is_some_and(|names| names.claim(ReplyName::Revision)));
                 response.headers_mut().insert(&REVISION, revision);
             }
             Ok(response)

@@ -15,6 +15,7 @@ use tower::{Layer, Service};
 
 use super::{AUTHORIZATION, Access, AuthMode, Caller, Need, Presented, Required, methods};
 use crate::domain::{Error, Reason};
+use crate::edge::ConnectInfo;
 
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -51,12 +52,11 @@ fn admit<B>(access: &Arc<Access>, request: &Request<B>) -> Result<Option<Caller>
         return Ok(None);
     }
     let extensions = request.extensions();
-    let tls = extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
+    let tls = (extensions.get::<ConnectInfo<TlsConnectInfo<TcpConnectInfo>>>()).map(|connection| &connection.info);
     let certificates = tls.and_then(|tls| tls.peer_certs());
-    let peer = (tls
-        .map(|tls| tls.get_ref())
-        .or_else(|| extensions.get::<TcpConnectInfo>()))
-    .and_then(|tcp| tcp.remote_addr());
+    let peer = (tls.map(|tls| tls.get_ref()))
+        .or_else(|| (extensions.get::<ConnectInfo<TcpConnectInfo>>()).map(|connection| &connection.info))
+        .and_then(|tcp| tcp.remote_addr());
     let certificate = certificates
         .as_ref()
         .and_then(|chain| chain.first())

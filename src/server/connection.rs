@@ -10,6 +10,9 @@
 //! `writev` per lookup, against one per 16 health checks (docs/benchmarks.md, unary lookups).
 //! Without vectored writes, answers up to 1 KiB are copied and go out together.
 //!
+//! Its connect info, handed to every call, carries the connection's record of the reply
+//! headers whose names its HPACK table holds (`edge/indexed_names.rs`).
+//!
 //! Every write is held here (up to [`HELD_CAPACITY`] bytes) and sent at the next flush, with
 //! a write that would not fit, or at shutdown. h2 flushes after each large DATA frame, and a
 //! peer's frames are 16 KiB unless it asks for larger ones, so a batch answer of ~200 KB was
@@ -31,6 +34,8 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
+
+use crate::edge::{ConnectInfo, IndexedNames};
 
 /// The most bytes held at once; a write that would pass it sends what is held first.
 const HELD_CAPACITY: usize = 256 * 1024;
@@ -59,6 +64,8 @@ pub struct Unvectored<S> {
     written_since_flush: bool,
     /// Flushes deferred since bytes were last written out.
     deferred_in_a_row: u8,
+    /// Which reply headers' names this connection's HPACK table holds, for its calls.
+    indexed_names: IndexedNames,
 }
 
 impl<S: AsyncWrite + Unpin> Unvectored<S> {
@@ -68,6 +75,7 @@ impl<S: AsyncWrite + Unpin> Unvectored<S> {
             held: Vec::new(),
             written_since_flush: false,
             deferred_in_a_row: 0,
+            indexed_names: IndexedNames::default(),
         }
     }
 
@@ -153,10 +161,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Unvectored<S> {
 }
 
 impl<S: Connected> Connected for Unvectored<S> {
-    type ConnectInfo = S::ConnectInfo;
+    type ConnectInfo = ConnectInfo<S::ConnectInfo>;
 
-    fn connect_info(&self) -> S::ConnectInfo {
-        self.stream.connect_info()
+    fn connect_info(&self) -> Self::ConnectInfo {
+        ConnectInfo {
+            info: self.stream.connect_info(),
+            names: self.indexed_names.clone(),
+        }
     }
 }
 
