@@ -70,13 +70,28 @@ pub fn socket_addr_text(peer: &SocketAddr) -> String {
     }
 }
 
+/// Written on the stack and appended once: appending each octet's digits (from `itoa`) and
+/// each dot was ~1% of a create's instructions (three addresses written per create).
 fn write_ipv4(address: Ipv4Addr, out: &mut Vec<u8>) {
+    let mut text = [0u8; "255.255.255.255".len()];
+    let mut len = 0;
     for (index, octet) in address.octets().into_iter().enumerate() {
         if index > 0 {
-            out.push(b'.');
+            text[len] = b'.';
+            len += 1;
         }
-        write_decimal(u16::from(octet), out);
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
     }
+    out.extend_from_slice(&text[..len]);
 }
 
 fn write_decimal(n: u16, out: &mut Vec<u8>) {
@@ -197,7 +212,8 @@ mod tests {
             assert_eq!(cidr_text(&cidr), cidr.to_string());
         }
         for octet in 0..=255u8 {
-            let cidr = IpNet::V4(ipnet::Ipv4Net::new([octet, 0, octet, octet].into(), octet % 33).unwrap());
+            let address = [octet, octet.wrapping_mul(7), 255 - octet, octet / 3];
+            let cidr = IpNet::V4(ipnet::Ipv4Net::new(address.into(), octet % 33).unwrap());
             assert_eq!(cidr_text(&cidr), cidr.to_string());
         }
         // The longest of each family fits the string's first allocation.
