@@ -2,7 +2,8 @@
 # Where a durable create's server CPU goes, by thread: the writer (`ipam-writer`), the tokio
 # workers, sled's I/O pool and the rest, each in microseconds per create. Alternates two
 # server builds round by round (a fresh server and data dir each time), since this machine's
-# speed drifts; prints each run, then the median B/A ratio of each column.
+# speed drifts (in the order ABBA, so that neither build always runs second); prints each
+# run, then the median B/A ratio of each column.
 #
 #   benches/thread-cpu.sh ROUNDS SERVER-A SERVER-B
 #
@@ -25,13 +26,15 @@ committed() { curl -s "127.0.0.1:$metrics_port/metrics" | awk '/^ipam_log_group_
 # that ends while it is read is left out.
 threads() {
     for task in /proc/"$1"/task/*; do
-        comm=$(tr ' ' _ <"$task/comm" 2>/dev/null) && ns=$(cut -d' ' -f1 "$task/schedstat" 2>/dev/null) &&
-            echo "$(basename "$task") $comm $ns"
+        { comm=$(tr ' ' _ <"$task/comm") && ns=$(cut -d' ' -f1 "$task/schedstat") &&
+            echo "$(basename "$task") $comm $ns"; } 2>/dev/null || true
     done
 }
 
 for round in $(seq 1 "$rounds"); do
-    for side in 0 1; do
+    # A then B in odd rounds, B then A in even ones: with A always first, two runs with the
+    # builds swapped both found the second side ~3% dearer, whichever build it was.
+    for side in $( ((round % 2)) && echo 0 1 || echo 1 0); do
         name=$([ $side = 0 ] && echo A || echo B)
         RUST_LOG=warn "${servers[$side]}" --data-dir "$work/data" --listen "127.0.0.1:$port" \
             --metrics-listen "127.0.0.1:$metrics_port" --provisioning-delay 100h --worker-threads 2 >/dev/null 2>&1 &
