@@ -14,7 +14,8 @@ macro_rules! id_type {
         pub struct $name(pub Uuid);
 
         /// The bytes' order, compared as one big-endian integer: the ordered indexes are keyed
-        /// by ids, and `Uuid`'s byte-by-byte compare was ~2% of a create's instructions.
+        /// by ids, and `Uuid`'s byte-by-byte compare was ~1.2% of a create's instructions
+        /// (docs/benchmarks.md, counted in instructions).
         impl Ord for $name {
             fn cmp(&self, other: &Self) -> Ordering {
                 self.0.as_u128().cmp(&other.0.as_u128())
@@ -80,7 +81,7 @@ id_type!(
 );
 
 /// Checks and reads the 32 digits, eight at a time (every call names two or three ids; a
-/// digit-by-digit loop was ~1.5% of a create's instructions, `u128::from_str_radix` after a
+/// digit-by-digit loop was ~1.3% of a create's instructions, `u128::from_str_radix` after a
 /// separate check most of a percent of its CPU).
 fn parse_simple_hex(text: &str) -> Option<Uuid> {
     let digits: &[u8; 32] = text.as_bytes().try_into().ok()?;
