@@ -60,6 +60,82 @@ async fn replies_carry_one_date_and_the_revision() {
     }
 }
 
+/// `x-request-id` and `x-ipam-revision` are not in HPACK's static table, and their values go
+/// as literals never indexed: the first reply on a connection lets HPACK index each, so that
+/// later replies name them by their index instead of spelling them out. Read off the wire
+/// with a plain HTTP/2 client: each name, Huffman-coded (RFC 7541, Appendix B), appears in
+/// the first reply's header block only.
+#[tokio::test]
+async fn the_reply_headers_names_are_spelled_out_once_per_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const REQUEST_ID: &[u8] = &[0xf2, 0xb5, 0x85, 0xed, 0x69, 0x50, 0x95, 0x8d, 0x27];
+    const REVISION: &[u8] = &[0xf2, 0xb1, 0xab, 0x1d, 0x2b, 0x58, 0x5e, 0xe6, 0x41, 0x8f, 0x57];
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend([kind, flags]);
+        frame.extend(stream.to_be_bytes());
+        frame.extend(payload);
+        frame
+    }
+    fn literal(out: &mut Vec<u8>, text: &str) {
+        out.push(text.len() as u8);
+        out.extend(text.as_bytes());
+    }
+    let contains = |block: &[u8], name: &[u8]| block.windows(name.len()).any(|window| window == name);
+
+    let server = TestServer::start().await;
+    let mut connection = tokio::net::TcpStream::connect(server.address).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(4, 0, 0, &[]));
+    connection.write_all(&hello).await.unwrap();
+    // POST, http, then literals not indexed: :path, :authority, content-type, te.
+    let mut request = vec![0x83, 0x86, 0x04];
+    literal(&mut request, "/grpc.health.v1.Health/Check");
+    request.push(0x01);
+    literal(&mut request, "localhost");
+    request.extend([0x0f, 0x10]);
+    literal(&mut request, "application/grpc");
+    request.push(0x00);
+    literal(&mut request, "te");
+    literal(&mut request, "trailers");
+
+    let mut blocks = Vec::new();
+    for call in 0..4u32 {
+        let stream = 2 * call + 1;
+        let mut call_frames = frame(1, 0x4, stream, &request);
+        call_frames.extend(frame(0, 0x1, stream, &[0; 5]));
+        connection.write_all(&call_frames).await.unwrap();
+        let mut reply_headers = None;
+        loop {
+            let mut head = [0u8; 9];
+            tokio::time::timeout(PATIENCE, connection.read_exact(&mut head))
+                .await
+                .unwrap()
+                .unwrap();
+            let mut payload = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+            connection.read_exact(&mut payload).await.unwrap();
+            let (kind, flags, on) = (head[3], head[4], u32::from_be_bytes(head[5..9].try_into().unwrap()));
+            match kind {
+                4 if flags & 0x1 == 0 => connection.write_all(&frame(4, 0x1, 0, &[])).await.unwrap(),
+                6 if flags & 0x1 == 0 => connection.write_all(&frame(6, 0x1, 0, &payload)).await.unwrap(),
+                7 => panic!("GOAWAY: {payload:?}"),
+                1 if on == stream && reply_headers.is_none() => reply_headers = Some(payload),
+                1 if on == stream => break,
+                _ => {}
+            }
+        }
+        blocks.push(reply_headers.expect("the reply's headers"));
+    }
+    for (name, huffman) in [("x-request-id", REQUEST_ID), ("x-ipam-revision", REVISION)] {
+        let spelled: Vec<bool> = blocks.iter().map(|block| contains(block, huffman)).collect();
+        assert_eq!(
+            spelled,
+            [true, false, false, false],
+            "{name} spelled out, reply by reply"
+        );
+    }
+}
+
 /// Requests over --max-message-bytes are RESOURCE_EXHAUSTED. (Deadlines: tonic's client
 /// enforces grpc-timeout itself and reports the expiry locally, so the server's
 /// DEADLINE_EXCEEDED answer is unit-tested in `edge.rs` with a call that never finishes.)
