@@ -28,7 +28,6 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
 use tokio::sync::watch;
@@ -36,10 +35,12 @@ use tokio::sync::watch;
 use crate::domain::{Error, Reason};
 use crate::engine::Applied;
 
+mod connect_info;
 mod date;
 mod indexed_names;
 
-pub use indexed_names::{ConnectInfo, IndexedNames, ReplyName};
+pub use connect_info::{CallConnection, ConnectInfo};
+pub use indexed_names::{IndexedNames, ReplyName};
 
 // Header names as `HeaderName`s: a `&str` is parsed and validated at every use.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -213,7 +214,7 @@ mod tests {
         let connection = |names: &IndexedNames| {
             let mut request = Request::new(());
             request.extensions_mut().insert(ConnectInfo {
-                info: TcpConnectInfo {
+                info: tonic::transport::server::TcpConnectInfo {
                     local_addr: None,
                     remote_addr: None,
                 },
@@ -354,15 +355,6 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
-/// The connection's record of the reply headers whose names its HPACK table holds (none
-/// when the edge serves something other than the server's own connections).
-fn indexed_names(extensions: &http::Extensions) -> Option<&IndexedNames> {
-    (extensions
-        .get::<ConnectInfo<TcpConnectInfo>>()
-        .map(|connection| &connection.names))
-    .or_else(|| (extensions.get::<ConnectInfo<TlsConnectInfo<TcpConnectInfo>>>()).map(|connection| &connection.names))
-}
-
 fn error_response<B: Default>(reason: Reason, message: &str, request_id: HeaderValue) -> Response<B> {
     let mut response = tonic::Status::from(Error::new(reason, message)).into_http::<B>();
     response.headers_mut().insert(&REQUEST_ID, request_id);
@@ -452,7 +444,7 @@ where
         // One per call: HPACK sends it as a literal never indexed, instead of adding each one
         // to the connection's table (evicting another entry), which the encoder first searches
         // for it; but once per connection indexed, so that its name is in the table.
-        let names = indexed_names(request.extensions());
+        let names = CallConnection::of(request.extensions()).map(|connection| connection.names);
         request_id.set_sensitive(!names.is_some_and(|names| names.claim(ReplyName::RequestId)));
         let revision_names = names.filter(|names| !names.claimed(ReplyName::Revision)).cloned();
         request.headers_mut().insert(&REQUEST_ID, request_id.clone());

@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
 use super::{AUTHORIZATION, Access, AuthMode, Caller, Need, Presented, Required, methods};
 use crate::domain::{Error, Reason};
-use crate::edge::ConnectInfo;
+use crate::edge::CallConnection;
 
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -51,12 +50,9 @@ fn admit<B>(access: &Arc<Access>, request: &Request<B>) -> Result<Option<Caller>
     if required == Some(Required::Nothing) {
         return Ok(None);
     }
-    let extensions = request.extensions();
-    let tls = (extensions.get::<ConnectInfo<TlsConnectInfo<TcpConnectInfo>>>()).map(|connection| &connection.info);
-    let certificates = tls.and_then(|tls| tls.peer_certs());
-    let peer = (tls.map(|tls| tls.get_ref()))
-        .or_else(|| (extensions.get::<ConnectInfo<TcpConnectInfo>>()).map(|connection| &connection.info))
-        .and_then(|tcp| tcp.remote_addr());
+    let connection = CallConnection::of(request.extensions());
+    let certificates = (connection.as_ref()).and_then(|connection| connection.tls?.peer_certs());
+    let peer = (connection.as_ref()).and_then(|connection| connection.tcp.remote_addr());
     let certificate = certificates
         .as_ref()
         .and_then(|chain| chain.first())

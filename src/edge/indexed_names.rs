@@ -13,7 +13,7 @@
 //! value stays a literal never indexed. One entry per name: h2 walks a name's entries before
 //! it looks at a value's flag, and this keeps that walk one entry long. The connection
 //! (`server/connection.rs`) holds the record and hands it to each call with tonic's connect
-//! info ([`ConnectInfo`]).
+//! info ([`super::ConnectInfo`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -42,14 +42,6 @@ impl IndexedNames {
     pub fn claimed(&self, name: ReplyName) -> bool {
         self.0.load(Ordering::Relaxed) & name as u8 != 0
     }
-}
-
-/// What each call on a connection finds in its request's extensions: tonic's connect info
-/// for it (`TcpConnectInfo`, or `TlsConnectInfo` over it) and the connection's record.
-#[derive(Clone, Debug)]
-pub struct ConnectInfo<I> {
-    pub info: I,
-    pub names: IndexedNames,
 }
 
 #[cfg(test)]
