@@ -4,6 +4,7 @@
 //! shutdown: NOT_SERVING, end watch streams, finish calls in flight, make the log durable.
 
 mod connection;
+mod dispatch;
 mod tls;
 
 use std::future::Future;
@@ -239,7 +240,20 @@ pub async fn serve(
     let calls = Arc::new(tokio::sync::Semaphore::new(options.max_concurrent_calls.max(1)));
     let revisions = edge::Revisions::default();
     let tls = tls_acceptor(&options)?;
-    let router = Server::builder()
+    let services = dispatch::Dispatch::new(
+        dispatch::OwnServices {
+            bindings: ServiceBindingsServer::new(ServiceBindingsService::new(app.clone()))
+                .max_decoding_message_size(max_bytes),
+            routing: RoutingEndpoint::new(RoutingService::new(app.clone()), max_bytes),
+            prefixes: PrefixesServer::new(PrefixesService::new(app.clone())).max_decoding_message_size(max_bytes),
+            services: ServicesServer::new(ServicesService::new(app.clone())).max_decoding_message_size(max_bytes),
+            rollout: RolloutServer::new(RolloutService::new(app.clone())).max_decoding_message_size(max_bytes),
+        },
+        health_service,
+        reflection_v1,
+        reflection_v1alpha,
+    );
+    let server = Server::builder()
         .concurrency_limit_per_connection(options.max_calls_per_connection)
         .load_shed(true)
         .http2_keepalive_interval(Some(options.http2_keepalive_interval))
@@ -251,17 +265,7 @@ pub async fn serve(
                         .with_revisions(revisions.clone()),
                 )
                 .layer(AuthLayer::new(Arc::clone(&access))),
-        )
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(PrefixesServer::new(PrefixesService::new(app.clone())).max_decoding_message_size(max_bytes))
-        .add_service(
-            ServiceBindingsServer::new(ServiceBindingsService::new(app.clone())).max_decoding_message_size(max_bytes),
-        )
-        .add_service(ServicesServer::new(ServicesService::new(app.clone())).max_decoding_message_size(max_bytes))
-        .add_service(RoutingEndpoint::new(RoutingService::new(app.clone()), max_bytes))
-        .add_service(RolloutServer::new(RolloutService::new(app.clone())).max_decoding_message_size(max_bytes));
+        );
 
     let mut stop_signal = stop_receiver.clone();
     // Without TCP_NODELAY, a response's HTTP/2 frames can wait on the peer's delayed ACK (~40 ms).
@@ -270,8 +274,11 @@ pub async fn serve(
         let _ = stop_signal.wait_for(|stopping| *stopping).await;
     };
     let mut serving = match tls {
-        Some(acceptor) => tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(accepted, acceptor), stopped)),
-        None => tokio::spawn(router.serve_with_incoming_shutdown(
+        Some(acceptor) => {
+            tokio::spawn(server.serve_with_incoming_shutdown(services, tls::incoming(accepted, acceptor), stopped))
+        }
+        None => tokio::spawn(server.serve_with_incoming_shutdown(
+            services,
             accepted.map(|accepted| accepted.map(connection::Unvectored::new)),
             stopped,
         )),

@@ -5,6 +5,8 @@ use std::time::Duration;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
+use ipam_bindings::pb::api;
+
 use crate::common::*;
 
 #[tokio::test]
@@ -66,4 +68,31 @@ async fn a_second_server_on_the_same_directory_is_refused() {
         "stdout: {}",
         String::from_utf8_lossy(&output.stdout)
     );
+}
+
+/// A service this server does not offer, or a method its service does not have, is
+/// UNIMPLEMENTED; the service's own methods on either side of it still answer.
+#[tokio::test]
+async fn a_service_or_method_not_served_is_unimplemented() {
+    let server = TestServer::start().await;
+    let mut grpc = tonic::client::Grpc::new(server.channel.clone());
+    for path in [
+        "/addressing.v1.Nowhere/CreatePrefix",
+        "/addressing.v1.Prefixes/Nowhere",
+        "/grpc.health.v1.Health/Nowhere",
+        "/grpc.health.v1.Health",
+        "/addressing.v1.Prefixes.CreatePrefix",
+    ] {
+        grpc.ready().await.unwrap();
+        let request = tonic::Request::new(Vec::new());
+        let status = grpc
+            .unary(request, http::uri::PathAndQuery::from_static(path), RawCodec)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{path}: {status:?}");
+    }
+    let mut services = server.services();
+    let request = api::ListServicesRequest { account_id: account() };
+    let listed = services.list_services(request).await;
+    assert!(!listed.unwrap().into_inner().services.is_empty());
 }
