@@ -21,6 +21,7 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::api::AppContext;
+use crate::api::bindings_endpoint::ServiceBindingsEndpoint;
 use crate::api::prefixes::PrefixesService;
 use crate::api::rollout::RolloutService;
 use crate::api::routing::RoutingService;
@@ -37,7 +38,6 @@ use crate::operations::Interrupter;
 use crate::pb::api::prefixes_server::PrefixesServer;
 use crate::pb::api::rollout_server::RolloutServer;
 use crate::pb::api::routing_server::RoutingServer;
-use crate::pb::api::service_bindings_server::ServiceBindingsServer;
 use crate::pb::api::services_server::ServicesServer;
 use crate::{auth, edge, pb, rest, rollout};
 
@@ -80,7 +80,7 @@ fn health_names() -> [&'static str; 6] {
     [
         "",
         <PrefixesServer<PrefixesService> as NamedService>::NAME,
-        <ServiceBindingsServer<ServiceBindingsService> as NamedService>::NAME,
+        ServiceBindingsEndpoint::NAME,
         <ServicesServer<ServicesService> as NamedService>::NAME,
         <RoutingServer<RoutingService> as NamedService>::NAME,
         <RolloutServer<RolloutService> as NamedService>::NAME,
@@ -242,8 +242,7 @@ pub async fn serve(
     let tls = tls_acceptor(&options)?;
     let services = dispatch::Dispatch::new(
         dispatch::OwnServices {
-            bindings: ServiceBindingsServer::new(ServiceBindingsService::new(app.clone()))
-                .max_decoding_message_size(max_bytes),
+            bindings: ServiceBindingsEndpoint::new(ServiceBindingsService::new(app.clone()), max_bytes),
             routing: RoutingEndpoint::new(RoutingService::new(app.clone()), max_bytes),
             prefixes: PrefixesServer::new(PrefixesService::new(app.clone())).max_decoding_message_size(max_bytes),
             services: ServicesServer::new(ServicesService::new(app.clone())).max_decoding_message_size(max_bytes),

@@ -3,6 +3,7 @@
 //! what comes back; lookups and watches, gRPC's alone, check their fields here. [`status`] is
 //! the only place where domain errors become statuses.
 
+pub mod bindings_endpoint;
 pub mod codec;
 pub mod convert;
 mod encoded;
@@ -12,6 +13,7 @@ pub mod rollout;
 pub mod routes;
 pub mod routing;
 pub mod routing_endpoint;
+mod served;
 pub mod service_bindings;
 pub mod services;
 pub mod status;

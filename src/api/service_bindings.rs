@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{AppContext, EncodedMessages, convert, unary, watch};
 use crate::auth::layer::caller_of;
+use crate::domain::Binding;
 use crate::operations::{self, ListPage, NewBinding};
 use crate::pb::api;
 use crate::pb::api::service_bindings_server::ServiceBindings;
@@ -28,12 +29,14 @@ impl ServiceBindingsService {
     }
 }
 
-#[tonic::async_trait]
-impl ServiceBindings for ServiceBindingsService {
-    async fn create_service_binding(
+impl ServiceBindingsService {
+    /// CreateServiceBinding up to its binding (as created, or as it would be with
+    /// `validate_only`), which the caller writes: as a message here, or straight into its gRPC
+    /// frame (`bindings_endpoint.rs`).
+    pub async fn create(
         &self,
         request: Request<api::CreateServiceBindingRequest>,
-    ) -> Result<Response<api::ServiceBinding>, Status> {
+    ) -> Result<Response<CreatedBinding>, Status> {
         let (metadata, extensions, request) = request.into_parts();
         let caller = caller_of(&extensions);
         unary(self.app.metrics(), "CreateServiceBinding", &metadata, async {
@@ -47,13 +50,36 @@ impl ServiceBindings for ServiceBindingsService {
                 validate_only: request.validate_only,
             };
             let binding = operations::create_binding(&self.app, &caller, new).await?;
-            let mut binding = convert::binding(&binding);
-            if request.validate_only {
-                convert::as_not_yet_created(&mut binding.id, [&mut binding.created_at, &mut binding.modified_at]);
-            }
-            Ok(binding)
+            Ok(CreatedBinding {
+                binding,
+                created: !request.validate_only,
+            })
         })
         .await
+    }
+}
+
+/// A create's binding, and whether it was made (not only validated).
+pub struct CreatedBinding {
+    pub binding: Binding,
+    pub created: bool,
+}
+
+#[tonic::async_trait]
+impl ServiceBindings for ServiceBindingsService {
+    /// Served by `bindings_endpoint.rs`, which writes the answer itself; here for the trait.
+    async fn create_service_binding(
+        &self,
+        request: Request<api::CreateServiceBindingRequest>,
+    ) -> Result<Response<api::ServiceBinding>, Status> {
+        let created = self.create(request).await?;
+        Ok(created.map(|CreatedBinding { binding, created }| {
+            let mut binding = convert::binding(&binding);
+            if !created {
+                convert::as_not_yet_created(&mut binding.id, [&mut binding.created_at, &mut binding.modified_at]);
+            }
+            binding
+        }))
     }
 
     async fn list_service_bindings(

@@ -19,19 +19,19 @@ use tonic::codegen::BoxFuture;
 use tonic::server::NamedService;
 use tower::Service;
 
+use crate::api::bindings_endpoint::ServiceBindingsEndpoint;
 use crate::api::prefixes::PrefixesService;
 use crate::api::rollout::RolloutService;
 use crate::api::routing_endpoint::RoutingEndpoint;
-use crate::api::service_bindings::ServiceBindingsService;
 use crate::api::services::ServicesService;
 use crate::pb::api::prefixes_server::PrefixesServer;
 use crate::pb::api::rollout_server::RolloutServer;
-use crate::pb::api::service_bindings_server::ServiceBindingsServer;
 use crate::pb::api::services_server::ServicesServer;
 
-/// The services of this crate, each as its generated server (or the Routing endpoint).
+/// The services of this crate, each as its generated server (or its endpoint, which serves a
+/// method or two itself).
 pub struct OwnServices {
-    pub bindings: ServiceBindingsServer<ServiceBindingsService>,
+    pub bindings: ServiceBindingsEndpoint,
     pub routing: RoutingEndpoint,
     pub prefixes: PrefixesServer<PrefixesService>,
     pub services: ServicesServer<ServicesService>,
@@ -91,7 +91,7 @@ where
         let own = &services.own;
         let path = request.uri().path();
         let name = service_name(path);
-        if name == <ServiceBindingsServer<ServiceBindingsService> as NamedService>::NAME {
+        if name == ServiceBindingsEndpoint::NAME {
             call(&own.bindings, request)
         } else if name == RoutingEndpoint::NAME {
             call(&own.routing, request)

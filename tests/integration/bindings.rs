@@ -593,3 +593,63 @@ async fn state_and_revisions_survive_a_restart() {
         "revisions continue without reuse"
     );
 }
+
+/// A create's answer is written outside tonic's encoder (src/api/wire/binding.rs): its bytes
+/// are the ones the generated server writes for the same binding (GetServiceBinding's), and a
+/// compressed or malformed create is refused as tonic refuses it.
+#[tokio::test]
+async fn a_creates_answer_is_the_contracts_message_byte_for_byte() {
+    let server = TestServer::start().await;
+    let prefix = server.create_prefix(&account(), "192.0.2.0/24").await;
+    const CREATE: &str = "/addressing.v1.ServiceBindings/CreateServiceBinding";
+    for (cidr, service) in [("192.0.2.0/24", MAGIC_TRANSIT), ("192.0.2.1/32", CDN)] {
+        let create = api::CreateServiceBindingRequest {
+            account_id: prefix.account_id.clone(),
+            prefix_id: prefix.id.clone(),
+            cidr: cidr.into(),
+            service_id: service.into(),
+            request_id: String::new(),
+            validate_only: false,
+        };
+        let created = raw_call(
+            &server,
+            CREATE,
+            tonic::Request::new(prost::Message::encode_to_vec(&create)),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        let binding: api::ServiceBinding = prost::Message::decode(created.as_slice()).unwrap();
+        assert_eq!((binding.cidr.as_str(), binding.service_id.as_str()), (cidr, service));
+        let get = api::GetServiceBindingRequest {
+            account_id: prefix.account_id.clone(),
+            prefix_id: prefix.id.clone(),
+            binding_id: binding.id.clone(),
+        };
+        let got = raw_call(
+            &server,
+            "/addressing.v1.ServiceBindings/GetServiceBinding",
+            tonic::Request::new(prost::Message::encode_to_vec(&get)),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!(created, got, "{cidr}");
+    }
+    let mut compressed = tonic::Request::new(Vec::new());
+    compressed
+        .metadata_mut()
+        .insert("grpc-encoding", "gzip".parse().unwrap());
+    let status = raw_call(&server, CREATE, compressed).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(status.metadata().get("grpc-accept-encoding").unwrap(), "identity");
+    let not_utf8 = tonic::Request::new(vec![0x0a, 0x02, 0xff, 0xfe]);
+    let status = raw_call(&server, CREATE, not_utf8).await.unwrap_err();
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "MALFORMED_REQUEST",
+        1019,
+        Some("account_id"),
+    );
+}

@@ -549,6 +549,19 @@ pub fn free_port() -> u16 {
     panic!("no free port below the ephemeral range")
 }
 
+/// A unary call of `method` with `request` as the message's bytes, and the answer with its
+/// message's bytes as received.
+pub async fn raw_call(
+    server: &TestServer,
+    method: &'static str,
+    request: tonic::Request<Vec<u8>>,
+) -> Result<tonic::Response<Vec<u8>>, tonic::Status> {
+    let mut client = tonic::client::Grpc::new(server.channel.clone());
+    client.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(method);
+    client.unary(request, path, RawCodec).await
+}
+
 /// A message's bytes as they are, both ways: sends what a generated client would not (any
 /// bytes as a request) and keeps an answer's bytes as received.
 #[derive(Clone, Default)]

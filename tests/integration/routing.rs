@@ -205,19 +205,6 @@ async fn the_compact_view_lists_each_binding_once() {
 const LOOKUP_ADDRESS: &str = "/addressing.v1.Routing/LookupAddress";
 const LOOKUP_ADDRESSES: &str = "/addressing.v1.Routing/LookupAddresses";
 
-/// A unary call of `method` with `request` as the message's bytes, and the answer with its
-/// message's bytes as received.
-async fn raw_call(
-    server: &TestServer,
-    method: &'static str,
-    request: tonic::Request<Vec<u8>>,
-) -> Result<tonic::Response<Vec<u8>>, tonic::Status> {
-    let mut client = tonic::client::Grpc::new(server.channel.clone());
-    client.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static(method);
-    client.unary(request, path, RawCodec).await
-}
-
 /// The batch answer is served outside tonic's encoder (in the buffers it was written in):
 /// its bytes are the message a generated client decodes, in both views.
 #[tokio::test]

@@ -75,7 +75,6 @@ async fn a_second_server_on_the_same_directory_is_refused() {
 #[tokio::test]
 async fn a_service_or_method_not_served_is_unimplemented() {
     let server = TestServer::start().await;
-    let mut grpc = tonic::client::Grpc::new(server.channel.clone());
     for path in [
         "/addressing.v1.Nowhere/CreatePrefix",
         "/addressing.v1.Prefixes/Nowhere",
@@ -83,10 +82,7 @@ async fn a_service_or_method_not_served_is_unimplemented() {
         "/grpc.health.v1.Health",
         "/addressing.v1.Prefixes.CreatePrefix",
     ] {
-        grpc.ready().await.unwrap();
-        let request = tonic::Request::new(Vec::new());
-        let status = grpc
-            .unary(request, http::uri::PathAndQuery::from_static(path), RawCodec)
+        let status = raw_call(&server, path, tonic::Request::new(Vec::new()))
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unimplemented, "{path}: {status:?}");

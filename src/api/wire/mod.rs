@@ -3,15 +3,18 @@
 //! on the way in, a whole message per result on the way out) was most of the server's work;
 //! the unary answer reuses the batch's encoded routes (`answer.rs`); a watch event and a route
 //! delta are encoded once for all their watchers (`event.rs`, `route_delta.rs`). Each type is,
-//! on the wire, the contract's message field for field.
+//! on the wire, the contract's message field for field. A create's answer, a `ServiceBinding`,
+//! is written straight from the domain binding into its gRPC frame (`binding.rs`).
 
 mod answer;
+mod binding;
 mod event;
 mod request;
 mod response;
 mod route_delta;
 
 pub use answer::LookupAddressResponse;
+pub use binding::binding_frame;
 pub use event::ServiceBindingEvent;
 pub use request::LookupAddressesRequest;
 pub use response::{Decoded, EncodedRoute, LookupAddressesResponse};
