@@ -21,11 +21,11 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::api::AppContext;
-use crate::api::bindings_endpoint::ServiceBindingsEndpoint;
+use crate::api::bindings_endpoint::{ServiceBindingsEndpoint, bindings_endpoint};
 use crate::api::prefixes::PrefixesService;
 use crate::api::rollout::RolloutService;
 use crate::api::routing::RoutingService;
-use crate::api::routing_endpoint::RoutingEndpoint;
+use crate::api::routing_endpoint::routing_endpoint;
 use crate::api::service_bindings::ServiceBindingsService;
 use crate::api::services::ServicesService;
 use crate::auth::layer::AuthLayer;
@@ -242,8 +242,8 @@ pub async fn serve(
     let tls = tls_acceptor(&options)?;
     let services = dispatch::Dispatch::new(
         dispatch::OwnServices {
-            bindings: ServiceBindingsEndpoint::new(ServiceBindingsService::new(app.clone()), max_bytes),
-            routing: RoutingEndpoint::new(RoutingService::new(app.clone()), max_bytes),
+            bindings: bindings_endpoint(ServiceBindingsService::new(app.clone()), max_bytes),
+            routing: routing_endpoint(RoutingService::new(app.clone()), max_bytes),
             prefixes: PrefixesServer::new(PrefixesService::new(app.clone())).max_decoding_message_size(max_bytes),
             services: ServicesServer::new(ServicesService::new(app.clone())).max_decoding_message_size(max_bytes),
             rollout: RolloutServer::new(RolloutService::new(app.clone())).max_decoding_message_size(max_bytes),

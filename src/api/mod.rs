@@ -13,7 +13,7 @@ pub mod rollout;
 pub mod routes;
 pub mod routing;
 pub mod routing_endpoint;
-mod served;
+pub mod served;
 pub mod service_bindings;
 pub mod services;
 pub mod status;

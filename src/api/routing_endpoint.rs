@@ -11,66 +11,44 @@
 //! in front of every service (the edge's limits and deadlines, access control) see these
 //! methods as they see the others.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use tonic::Status;
 use tonic::body::Body;
-use tonic::codegen::BoxFuture;
-use tonic::server::NamedService;
-use tower::Service;
 
 use crate::api::routing::RoutingService;
-use crate::api::served::{OneMessage, answered, answered_here, decoded};
+use crate::api::served::{Endpoint, OneMessage, answered, answered_here, decoded};
 use crate::pb::api;
 use crate::pb::api::routing_server::{Routing, RoutingServer};
 
-/// The methods answered here rather than by the generated server.
-const LOOKUP_ADDRESS: &str = "/addressing.v1.Routing/LookupAddress";
-const LOOKUP_ADDRESSES: &str = "/addressing.v1.Routing/LookupAddresses";
-/// `addressing.v1.Routing`, as the router serves it.
-#[derive(Clone)]
-pub struct RoutingEndpoint {
-    service: Arc<RoutingService>,
-    generated: RoutingServer<RoutingService>,
-    max_message_bytes: usize,
-}
+/// `addressing.v1.Routing`, as the dispatch serves it.
+pub type RoutingEndpoint = Endpoint<RoutingService, RoutingServer<RoutingService>>;
 
-impl RoutingEndpoint {
-    /// Requests above `max_message_bytes` are refused, as the other services refuse them.
-    pub fn new(service: RoutingService, max_message_bytes: usize) -> RoutingEndpoint {
-        let service = Arc::new(service);
-        RoutingEndpoint {
-            generated: RoutingServer::from_arc(Arc::clone(&service)).max_decoding_message_size(max_message_bytes),
-            service,
-            max_message_bytes,
-        }
-    }
-}
-
-impl NamedService for RoutingEndpoint {
-    const NAME: &'static str = <RoutingServer<RoutingService> as NamedService>::NAME;
-}
-
-impl Service<Request<Body>> for RoutingEndpoint {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Response<Body>, Infallible>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let (service, max_message_bytes) = (Arc::clone(&self.service), self.max_message_bytes);
-        match request.uri().path() {
-            LOOKUP_ADDRESS => answered_here(lookup_address(service, request, max_message_bytes)),
-            LOOKUP_ADDRESSES => answered_here(lookup_addresses(service, request, max_message_bytes)),
-            _ => self.generated.call(request),
-        }
-    }
+/// The Routing service; requests above `max_message_bytes` are refused, as the other services
+/// refuse them.
+pub fn routing_endpoint(service: RoutingService, max_message_bytes: usize) -> RoutingEndpoint {
+    let service = Arc::new(service);
+    let generated = RoutingServer::from_arc(Arc::clone(&service)).max_decoding_message_size(max_message_bytes);
+    Endpoint::new(
+        service,
+        generated,
+        max_message_bytes,
+        &[
+            (
+                "/addressing.v1.Routing/LookupAddress",
+                |service, request, max_message_bytes| {
+                    answered_here(lookup_address(service, request, max_message_bytes))
+                },
+            ),
+            (
+                "/addressing.v1.Routing/LookupAddresses",
+                |service, request, max_message_bytes| {
+                    answered_here(lookup_addresses(service, request, max_message_bytes))
+                },
+            ),
+        ],
+    )
 }
 
 /// LookupAddress from the HTTP request to the HTTP answer, as tonic's unary path takes it.

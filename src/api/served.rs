@@ -4,11 +4,14 @@
 //! it was written in, then `grpc-status: 0` in trailers. A refused call is tonic's
 //! trailers-only response. tonic's encoder writes every answer into a buffer of its own and
 //! polls it through its encoding state; the lookups (`routing_endpoint.rs`) and a create
-//! (`bindings_endpoint.rs`) write theirs once, where their bytes are at hand.
+//! (`bindings_endpoint.rs`) write theirs once, where their bytes are at hand. An [`Endpoint`]
+//! is a service so served: the methods it answers itself, by path, and its generated server
+//! for the rest.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -19,18 +22,93 @@ use tonic::body::Body;
 use tonic::codec::{Codec, Streaming};
 use tonic::codegen::BoxFuture;
 use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::server::NamedService;
+use tower::Service;
 
 use crate::api::codec::AddressingCodec;
 use crate::api::wire::grpc_frame_prefix;
 use crate::pb::api;
 
+/// A call's HTTP answer, as every service gives it: never an error (a refusal is its
+/// trailers-only response).
+pub type Answer = BoxFuture<Response<Body>, Infallible>;
+
+/// A gRPC service as tonic's server calls it (a generated server, an [`Endpoint`]).
+pub trait GrpcService: Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = Answer> {}
+
+impl<S> GrpcService for S where S: Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = Answer>
+{}
+
+/// A method served here: from the HTTP request (with the service and the size limit) to the
+/// HTTP answer.
+pub type Method<S> = fn(Arc<S>, Request<Body>, usize) -> Answer;
+
+/// A service as it is served: its generated server `G` for every method but `methods`, which
+/// are answered here by their paths (`/package.Service/Method`).
+pub struct Endpoint<S: 'static, G> {
+    service: Arc<S>,
+    generated: G,
+    max_message_bytes: usize,
+    methods: &'static [(&'static str, Method<S>)],
+}
+
+impl<S: 'static, G> Endpoint<S, G> {
+    /// `generated` must be built on `service` and refuse requests above `max_message_bytes`,
+    /// as `methods` refuse them.
+    pub fn new(
+        service: Arc<S>,
+        generated: G,
+        max_message_bytes: usize,
+        methods: &'static [(&'static str, Method<S>)],
+    ) -> Endpoint<S, G> {
+        Endpoint {
+            service,
+            generated,
+            max_message_bytes,
+            methods,
+        }
+    }
+}
+
+impl<S: 'static, G: Clone> Clone for Endpoint<S, G> {
+    fn clone(&self) -> Self {
+        Endpoint {
+            service: Arc::clone(&self.service),
+            generated: self.generated.clone(),
+            max_message_bytes: self.max_message_bytes,
+            methods: self.methods,
+        }
+    }
+}
+
+impl<S: 'static, G: NamedService> NamedService for Endpoint<S, G> {
+    const NAME: &'static str = G::NAME;
+}
+
+impl<S: 'static, G: GrpcService> Service<Request<Body>> for Endpoint<S, G> {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    /// A generated server is always ready.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let path = request.uri().path();
+        match self.methods.iter().find(|(method, _)| *method == path) {
+            Some((_, answer)) => answer(Arc::clone(&self.service), request, self.max_message_bytes),
+            None => self.generated.call(request),
+        }
+    }
+}
+
 /// The headers a handler's metadata may not set on an answer (tonic's reserved ones).
 const RESERVED: [&str; 5] = ["te", "content-type", "grpc-message", "grpc-message-type", "grpc-status"];
 
 /// A method answered outside its generated server, as the dispatch wants it: a refusal is its trailers-only response.
-pub fn answered_here(
-    answer: impl Future<Output = Result<Response<Body>, Status>> + Send + 'static,
-) -> BoxFuture<Response<Body>, Infallible> {
+pub fn answered_here(answer: impl Future<Output = Result<Response<Body>, Status>> + Send + 'static) -> Answer {
     Box::pin(async move { Ok(answer.await.unwrap_or_else(Status::into_http)) })
 }
 

@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tonic::Status;
 use tonic::body::Body;
-use tonic::codegen::BoxFuture;
 use tonic::server::NamedService;
 use tower::Service;
 
@@ -23,6 +22,7 @@ use crate::api::bindings_endpoint::ServiceBindingsEndpoint;
 use crate::api::prefixes::PrefixesService;
 use crate::api::rollout::RolloutService;
 use crate::api::routing_endpoint::RoutingEndpoint;
+use crate::api::served::{Answer, GrpcService};
 use crate::api::services::ServicesService;
 use crate::pb::api::prefixes_server::PrefixesServer;
 use crate::pb::api::rollout_server::RolloutServer;
@@ -67,19 +67,19 @@ impl<H, R1, R2> Clone for Dispatch<H, R1, R2> {
 }
 
 /// A generated server as the dispatch calls it: a clone (an `Arc` and a few options) per call.
-fn call<S: Served>(service: &S, request: Request<Body>) -> BoxFuture<Response<Body>, Infallible> {
+fn call<S: GrpcService + Clone>(service: &S, request: Request<Body>) -> Answer {
     service.clone().call(request)
 }
 
 impl<H, R1, R2> Service<Request<Body>> for Dispatch<H, R1, R2>
 where
-    H: Served + NamedService,
-    R1: Served + NamedService,
-    R2: Served + NamedService,
+    H: GrpcService + NamedService + Clone,
+    R1: GrpcService + NamedService + Clone,
+    R2: GrpcService + NamedService + Clone,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<Response<Body>, Infallible>;
+    type Future = Answer;
 
     /// Every generated server is always ready.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
@@ -112,33 +112,6 @@ where
             Box::pin(std::future::ready(Ok(status.into_http())))
         }
     }
-}
-
-/// What a generated server is, as the dispatch needs it.
-pub trait Served:
-    Service<
-        Request<Body>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future = BoxFuture<Response<Body>, Infallible>,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<S> Served for S where
-    S: Service<
-            Request<Body>,
-            Response = Response<Body>,
-            Error = Infallible,
-            Future = BoxFuture<Response<Body>, Infallible>,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
 }
 
 /// The service's part of a gRPC path, `/package.Service/Method` (empty if it has none).
