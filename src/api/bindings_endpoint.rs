@@ -22,12 +22,12 @@ pub type ServiceBindingsEndpoint = Endpoint<ServiceBindingsService, ServiceBindi
 /// The ServiceBindings service; requests above `max_message_bytes` are refused, as the other
 /// services refuse them.
 pub fn bindings_endpoint(service: ServiceBindingsService, max_message_bytes: usize) -> ServiceBindingsEndpoint {
-    let service = Arc::new(service);
-    let generated = ServiceBindingsServer::from_arc(Arc::clone(&service)).max_decoding_message_size(max_message_bytes);
     Endpoint::new(
         service,
-        generated,
         max_message_bytes,
+        |service, max_message_bytes| {
+            ServiceBindingsServer::from_arc(service).max_decoding_message_size(max_message_bytes)
+        },
         &[(
             "/addressing.v1.ServiceBindings/CreateServiceBinding",
             |service, request, max_message_bytes| answered_here(create(service, request, max_message_bytes)),

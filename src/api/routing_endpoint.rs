@@ -7,9 +7,8 @@
 //! lookup's answer (~300 bytes) is written with room for the frame's prefix in front, so it
 //! is one buffer from the route cache to HTTP/2. The request is read and the answer handed
 //! over as [`super::served`] does it; the handlers are the same, and the answers are the same
-//! bytes. The layers
-//! in front of every service (the edge's limits and deadlines, access control) see these
-//! methods as they see the others.
+//! bytes. The layers in front of every service (the edge's limits and deadlines, access
+//! control) see these methods as they see the others.
 
 use std::sync::Arc;
 
@@ -28,12 +27,10 @@ pub type RoutingEndpoint = Endpoint<RoutingService, RoutingServer<RoutingService
 /// The Routing service; requests above `max_message_bytes` are refused, as the other services
 /// refuse them.
 pub fn routing_endpoint(service: RoutingService, max_message_bytes: usize) -> RoutingEndpoint {
-    let service = Arc::new(service);
-    let generated = RoutingServer::from_arc(Arc::clone(&service)).max_decoding_message_size(max_message_bytes);
     Endpoint::new(
         service,
-        generated,
         max_message_bytes,
+        |service, max_message_bytes| RoutingServer::from_arc(service).max_decoding_message_size(max_message_bytes),
         &[
             (
                 "/addressing.v1.Routing/LookupAddress",

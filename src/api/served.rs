@@ -53,17 +53,18 @@ pub struct Endpoint<S: 'static, G> {
 }
 
 impl<S: 'static, G> Endpoint<S, G> {
-    /// `generated` must be built on `service` and refuse requests above `max_message_bytes`,
-    /// as `methods` refuse them.
+    /// `service` served: `generated` builds its generated server on it, refusing requests
+    /// above `max_message_bytes` as `methods` refuse them.
     pub fn new(
-        service: Arc<S>,
-        generated: G,
+        service: S,
         max_message_bytes: usize,
+        generated: impl FnOnce(Arc<S>, usize) -> G,
         methods: &'static [(&'static str, Method<S>)],
     ) -> Endpoint<S, G> {
+        let service = Arc::new(service);
         Endpoint {
+            generated: generated(Arc::clone(&service), max_message_bytes),
             service,
-            generated,
             max_message_bytes,
             methods,
         }
@@ -107,7 +108,8 @@ impl<S: 'static, G: GrpcService> Service<Request<Body>> for Endpoint<S, G> {
 /// The headers a handler's metadata may not set on an answer (tonic's reserved ones).
 const RESERVED: [&str; 5] = ["te", "content-type", "grpc-message", "grpc-message-type", "grpc-status"];
 
-/// A method answered outside its generated server, as the dispatch wants it: a refusal is its trailers-only response.
+/// A method answered outside its generated server, as the dispatch wants it: a refusal is its
+/// trailers-only response.
 pub fn answered_here(answer: impl Future<Output = Result<Response<Body>, Status>> + Send + 'static) -> Answer {
     Box::pin(async move { Ok(answer.await.unwrap_or_else(Status::into_http)) })
 }

@@ -38,18 +38,18 @@ pub fn binding_frame(binding: &Binding, created: bool) -> Bytes {
     if created {
         string(ID, binding.id.0.simple().encode_lower(&mut hex), &mut frame);
     }
-    let mut cidr = Vec::with_capacity(48);
-    write_cidr(&binding.cidr, &mut cidr);
-    bytes(CIDR, &cidr, &mut frame);
-    let state = provisioning_state(binding.state) as i32;
+    // The CIDR's text (at most 43 bytes) written in place, its one-byte length set after.
+    encode_key(CIDR, WireType::LengthDelimited, &mut frame);
+    let length_at = frame.len();
+    frame.push(0);
+    write_cidr(&binding.cidr, &mut frame);
+    frame[length_at] = u8::try_from(frame.len() - length_at - 1).expect("a CIDR's text is under 128 bytes");
+    // Its state is never UNSPECIFIED, so the field is always there.
+    let state = provisioning_state(binding.state) as u64;
     encode_key(PROVISIONING, WireType::LengthDelimited, &mut frame);
-    if state == 0 {
-        encode_varint(0, &mut frame);
-    } else {
-        encode_varint(1 + encoded_len_varint(state as u64) as u64, &mut frame);
-        encode_key(STATE, WireType::Varint, &mut frame);
-        encode_varint(state as u64, &mut frame);
-    }
+    encode_varint(1 + encoded_len_varint(state) as u64, &mut frame);
+    encode_key(STATE, WireType::Varint, &mut frame);
+    encode_varint(state, &mut frame);
     let service = binding.service;
     string(SERVICE_ID, service.id().0.simple().encode_lower(&mut hex), &mut frame);
     string(SERVICE_NAME, service.name(), &mut frame);
@@ -74,14 +74,10 @@ pub fn binding_frame(binding: &Binding, created: bool) -> Bytes {
 
 /// A string field, left out when empty (proto3).
 fn string(tag: u32, value: &str, out: &mut Vec<u8>) {
-    bytes(tag, value.as_bytes(), out);
-}
-
-fn bytes(tag: u32, value: &[u8], out: &mut Vec<u8>) {
     if !value.is_empty() {
         encode_key(tag, WireType::LengthDelimited, out);
         encode_varint(value.len() as u64, out);
-        out.extend_from_slice(value);
+        out.extend_from_slice(value.as_bytes());
     }
 }
 
