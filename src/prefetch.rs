@@ -1,16 +1,24 @@
-//! Cache-line prefetch hints, for loops that know which memory they will read next: the LPM's
-//! batched walk (root slots, then nodes) and a batch answer's copy of its cached routes.
+//! Cache-line prefetch hints, for code that knows which memory it will read next: the LPM's
+//! batched walk (root slots, then nodes), a single IPv4 lookup's entries (asked for while
+//! the LPM reads its leaf) and a batch answer's copy of its cached routes.
 
 /// Asks the CPU to start loading `value`'s cache line.
 #[inline]
 pub fn prefetch<T>(value: &T) {
+    prefetch_at(value);
+}
+
+/// Asks the CPU to start loading the cache line at `at`, which need not point into any
+/// allocation: a prefetch never faults.
+#[inline]
+pub fn prefetch_at<T>(at: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint; it never faults and reads nothing into the program.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((value as *const T).cast());
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
+    let _ = at;
 }
 
 /// Prefetches every cache line `bytes` touches (64-byte lines; the last byte's too, as the

@@ -199,13 +199,32 @@ impl Lpm {
     /// The value of the longest prefix containing `key`.
     #[inline]
     pub fn longest_match(&self, key: u32) -> Option<u32> {
+        self.search(key, None::<fn(u32)>)
+    }
+
+    /// [`longest_match`](Self::longest_match), and when the answer is still a leaf's read
+    /// away (a prefix longer than /24 lies in `key`'s /24), `cover` is first told the value of
+    /// the longest prefix of at most 24 bits containing `key` (`NONE` for none): a caller can
+    /// start loading what that value points at while the leaf loads.
+    #[inline(always)]
+    pub fn longest_match_with_cover(&self, key: u32, cover: impl FnOnce(u32)) -> Option<u32> {
+        self.search(key, Some(cover))
+    }
+
+    #[inline(always)]
+    fn search(&self, key: u32, cover: Option<impl FnOnce(u32)>) -> Option<u32> {
         debug_assert!(!self.deferred, "looked up while painting is deferred");
         let value = match root_step(self.root[root_slot(key)], key) {
             RootStep::Value(value) => value,
             RootStep::Mid(mid) => {
                 let mid = &self.mids[mid];
                 match mid.leaf(mid_slot(key)) {
-                    Some(leaf) => self.leaves.nodes[leaf].0.value(leaf_slot(key), &self.overflow),
+                    Some(leaf) => {
+                        if let Some(cover) = cover {
+                            cover(mid.painted.value(mid_slot(key), &self.overflow));
+                        }
+                        self.leaves.nodes[leaf].0.value(leaf_slot(key), &self.overflow)
+                    }
                     None => mid.painted.value(mid_slot(key), &self.overflow),
                 }
             }
@@ -576,6 +595,16 @@ mod tests {
                 reference(&reference_set, probe),
                 "probe {probe:#x}"
             );
+            let mut told = None;
+            let found = table.longest_match_with_cover(probe, |cover| told = Some(cover));
+            assert_eq!(found, reference(&reference_set, probe), "probe {probe:#x}");
+            let in_a_leaf = reference_set
+                .keys()
+                .any(|&(key, len)| len > 24 && masked(key, 24) == masked(probe, 24));
+            let cover = (0..=24u8)
+                .rev()
+                .find_map(|len| reference_set.get(&(masked(probe, len), len)).copied());
+            assert_eq!(told, in_a_leaf.then(|| cover.unwrap_or(NONE)), "probe {probe:#x}");
             assert_eq!(table.get(key, len), reference_set.get(&(key, len)).copied());
             if round % 1000 == 0 {
                 let probes: Vec<u32> = (0..37).map(|_| random_prefix(&mut rng).0 | rng.u32(..256)).collect();

@@ -152,6 +152,17 @@ impl V4Entries {
         }
     }
 
+    /// Starts loading `slot`'s ids and flags, and the ids of the entries after it up to its
+    /// next cache line: those of the CIDRs inside `slot`'s, when the entries were added in
+    /// address order. `slot` need not be one (the LPM's `NONE`): a prefetch never faults.
+    #[inline(always)]
+    fn prefetch_from(&self, slot: u32) {
+        let ids = self.ids.as_ptr().wrapping_add(slot as usize);
+        crate::prefetch::prefetch_at(ids);
+        crate::prefetch::prefetch_at(ids.wrapping_add(2));
+        crate::prefetch::prefetch_at(self.marks.as_ptr().wrapping_add(slot as usize));
+    }
+
     fn set(&mut self, slot: u32, entry: Entry) {
         let (ids, marks) = Self::split(entry);
         self.ids[slot as usize] = ids;
@@ -269,11 +280,37 @@ impl Table {
         }
     }
 
-    #[inline]
+    /// The entry of the longest CIDR containing `address`, with the CPU's `popcnt`
+    /// instruction where it has one (nearly every x86-64 server): the IPv4 LPM counts bits
+    /// three times per lookup, and the portable count is a dozen instructions each time, which
+    /// keep fewer lookups in flight at once.
+    #[inline(always)]
     fn longest_match(&self, address: IpAddr) -> Option<Entry> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("popcnt") {
+            // SAFETY: this CPU has the feature.
+            return unsafe { self.longest_match_popcnt(address) };
+        }
+        self.longest_match_portable(address)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "popcnt")]
+    fn longest_match_popcnt(&self, address: IpAddr) -> Option<Entry> {
+        self.longest_match_portable(address)
+    }
+
+    /// An IPv4 search asks for the entries near the covering /24's (or shorter prefix's)
+    /// while the LPM reads its leaf, then reads the entry it found: with the entries laid out
+    /// in address order, that one is usually among them, so its cache miss overlaps the
+    /// leaf's instead of following it.
+    #[inline(always)]
+    fn longest_match_portable(&self, address: IpAddr) -> Option<Entry> {
         match address {
             IpAddr::V4(address) => {
-                let slot = self.v4.longest_match(address.to_bits())?;
+                let slot = self
+                    .v4
+                    .longest_match_with_cover(address.to_bits(), |cover| self.v4_entries.prefetch_from(cover))?;
                 Some(self.v4_entries.get(slot))
             }
             IpAddr::V6(address) => self.v6_longest_match(address),
@@ -322,14 +359,18 @@ impl RoutingTable {
         routes.table.v4.defer_painting();
         let mut prefixes: Vec<&Prefix> = state.prefixes().collect();
         prefixes.sort_unstable_by_key(|prefix| prefix.cidr);
-        for prefix in prefixes {
-            routes.add_prefix(prefix);
-        }
         let mut bindings: Vec<&Binding> = state.bindings().collect();
         bindings.sort_unstable_by_key(|binding| binding.cidr);
-        for binding in bindings {
-            routes.put_binding(binding);
+        // Merged in address order, each prefix before the bindings inside it: the entries
+        // are added, and so laid out, as the lookups expect (`V4Entries::prefetch_from`).
+        let mut bindings = bindings.into_iter().peekable();
+        for prefix in prefixes {
+            while let Some(binding) = bindings.next_if(|binding| binding.cidr < prefix.cidr) {
+                routes.put_binding(binding);
+            }
+            routes.add_prefix(prefix);
         }
+        bindings.for_each(|binding| routes.put_binding(binding));
         routes.table.v4.paint_deferred();
         routes
     }
@@ -555,10 +596,77 @@ mod tests {
                     .collect();
                 let one_by_one: Vec<_> = addresses.iter().map(|a| table.lookup(*a, active_only)).collect();
                 assert_eq!(one_by_one, expected, "active_only {active_only}");
+                for address in &addresses {
+                    if let key @ IpAddr::V4(_) = *address {
+                        let portable = table.table.longest_match_portable(key);
+                        let this_cpus = table.table.longest_match(key);
+                        assert_eq!(portable.map(|e| e.route()), this_cpus.map(|e| e.route()));
+                    }
+                }
                 assert_eq!(table.lookup_many(&addresses, active_only), expected);
             }
         }
         assert!(bindings.iter().any(|b| b.state == ProvisioningState::Provisioning));
+    }
+
+    #[test]
+    fn a_table_loaded_at_a_start_lays_each_prefix_before_the_cidrs_inside_it() {
+        let mut state = State::default();
+        let mut changes = Vec::new();
+        let (a, b) = (prefix("192.0.2.0/24"), prefix("198.51.100.0/24"));
+        changes.push(Change::PrefixCreated(b.clone()));
+        changes.push(Change::PrefixCreated(a.clone()));
+        // Created interleaved, and not in address order.
+        for cidr in [
+            "198.51.100.64/26",
+            "192.0.2.128/25",
+            "192.0.2.0/24",
+            "192.0.2.7/32",
+            "198.51.100.0/24",
+        ] {
+            let p = if cidr.starts_with("192.") { &a } else { &b };
+            let binding = binding(p, cidr, ProvisioningState::Active);
+            changes.push(Change::BindingCreated {
+                binding,
+                request_id: None,
+            });
+        }
+        let mut grown = RoutingTable::default();
+        for (revision, change) in changes.into_iter().enumerate() {
+            grown.apply(&change);
+            state.apply(&crate::domain::fixtures::event(revision as u64 + 1, change));
+        }
+
+        let loaded = RoutingTable::of(&state);
+        let slot = |cidr: &str| match cidr.parse::<IpNet>().unwrap() {
+            IpNet::V4(net) => loaded.table.v4.get(net.network().to_bits(), net.prefix_len()).unwrap(),
+            IpNet::V6(_) => unreachable!(),
+        };
+        let slots: Vec<u32> = [
+            "192.0.2.0/24",
+            "192.0.2.7/32",
+            "192.0.2.128/25",
+            "198.51.100.0/24",
+            "198.51.100.64/26",
+        ]
+        .into_iter()
+        .map(slot)
+        .collect();
+        assert_eq!(slots, [0, 1, 2, 3, 4], "entries in address order, each prefix first");
+        for address in [
+            "192.0.2.7",
+            "192.0.2.8",
+            "192.0.2.200",
+            "198.51.100.70",
+            "198.51.100.1",
+            "203.0.113.1",
+        ] {
+            assert_eq!(
+                route(&loaded, address, false),
+                route(&grown, address, false),
+                "{address}"
+            );
+        }
     }
 
     #[test]

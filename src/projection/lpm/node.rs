@@ -31,8 +31,10 @@ impl SlotBits {
         }
     }
 
-    /// How many set bits come before `slot`.
-    #[inline]
+    /// How many set bits come before `slot`. Always inlined, as the node reads below are: in
+    /// the routing table's search built for `popcnt` (`routing.rs`), the counts become that
+    /// instruction.
+    #[inline(always)]
     pub(super) fn rank(&self, slot: usize) -> usize {
         let word = slot >> 6;
         let whole: u32 = self.0[..word].iter().map(|bits| bits.count_ones()).sum();
@@ -205,7 +207,7 @@ impl<const N: usize> Painted<N> {
         runs: [NONE; N],
     };
 
-    #[inline]
+    #[inline(always)]
     pub(super) fn value(&self, slot: usize, overflow: &Overflow) -> u32 {
         let run = self.run_starts.rank(slot + 1) - 1;
         match self.runs[N - 1] {
@@ -365,7 +367,7 @@ impl Mid {
     }
 
     /// The leaf continuing `slot`, if any.
-    #[inline]
+    #[inline(always)]
     pub(super) fn leaf(&self, slot: usize) -> Option<usize> {
         self.has_leaf
             .get(slot)
