@@ -22,6 +22,10 @@
 //!   more-specific ones (/56, /64, /128).
 //! - Addresses: `hits` are random addresses inside random bindings; `random` are uniform over
 //!   the family's space (IPv4: nearly all misses; IPv6: within 2000::/4, nearly all misses).
+//! - The routing table is built prefix by prefix, each one's bindings right after it, so its
+//!   IPv4 entries lie in address order, as a server's do after a start (`RoutingTable::of`).
+//!   A table whose bindings were created interleaved across prefixes answers IPv4 hits ~1.4x
+//!   slower until then (docs/benchmarks.md, the covering entry asked for early).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
