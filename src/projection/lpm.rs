@@ -218,6 +218,11 @@ impl Lpm {
             RootStep::Value(value) => value,
             RootStep::Mid(mid) => {
                 let mid = &self.mids[mid];
+                if cover.is_some() {
+                    // The cover is read from the node's second line: asked for with the
+                    // first, not once the first has said which run holds it.
+                    mid.prefetch_second_line();
+                }
                 match mid.leaf(mid_slot(key)) {
                     Some(leaf) => {
                         if let Some(cover) = cover {
