@@ -6,6 +6,7 @@
 //!   LookupAddresses call does), which overlaps the cache misses of 16 lookups at a time;
 //! - `routing-table`: what the service runs, `RoutingTable::lookup` (address -> prefix id and
 //!   binding id: the LPM plus reading the entry it points at);
+//! - `routing-table-batched`: the same, 1000 addresses per `RoutingTable::lookup_many` call;
 //! - `previous-routing`: the previous design (prefix-trie maps holding the ids, one for the
 //!   prefixes and one for the bindings, so two searches per address).
 //!
@@ -494,6 +495,19 @@ fn lookups(c: &mut Criterion) {
             });
         }
         group.bench_function("routing-table", |b| b.iter(|| table_pass(&table, addresses)));
+        group.bench_function("routing-table-batched", |b| {
+            b.iter(|| {
+                // Batches of 1000, as a LookupAddresses call asks (`RoutingTable::lookup_many`).
+                let found: usize = addresses
+                    .chunks(1000)
+                    .map(|batch| {
+                        let routes = table.lookup_many(black_box(batch), false);
+                        routes.into_iter().flatten().map(black_box).count()
+                    })
+                    .sum();
+                found
+            })
+        });
         group.bench_function("previous-routing", |b| {
             b.iter(|| {
                 addresses
