@@ -568,7 +568,7 @@ mod tests {
             }
         };
         let mut bindings: Vec<Binding> = Vec::new();
-        for _ in 0..3_000 {
+        for step in 0..3_000 {
             let p = &prefixes[rng.usize(..prefixes.len())];
             match rng.u8(..4) {
                 0 | 1 => {
@@ -599,7 +599,9 @@ mod tests {
                 }
                 _ => {}
             }
-            let addresses: Vec<IpAddr> = (0..8)
+            // Now and then a batch longer than a batch's lookahead (`ENTRY_LOOKAHEAD`).
+            let batch = if step % 50 == 0 { 3 * ENTRY_LOOKAHEAD } else { 8 };
+            let addresses: Vec<IpAddr> = (0..batch)
                 .map(|_| {
                     let around = match bindings.is_empty() || rng.bool() {
                         true => prefixes[rng.usize(..prefixes.len())].cidr,
