@@ -349,8 +349,9 @@ impl Table {
                         if let Some(&Some(ahead)) = v4_slots.get(next_v4 + ENTRY_LOOKAHEAD) {
                             self.v4_entries.prefetch(ahead);
                         }
+                        let slot = v4_slots[next_v4];
                         next_v4 += 1;
-                        v4_slots[next_v4 - 1].map(|slot| self.v4_entries.get(slot))
+                        slot.map(|slot| self.v4_entries.get(slot))
                     }
                     IpAddr::V6(address) => self.v6_longest_match(address),
                 };
