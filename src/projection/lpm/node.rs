@@ -15,7 +15,7 @@ const SPILLED: u32 = u32::MAX - 1;
 /// 256 bits, one per node slot, and how many are set before each 64-bit word, so that a rank
 /// reads one word (a masked count and an add) instead of counting every word before the
 /// slot's in a loop as long as the key says. With the mid node's leaf found from its first
-/// line alone (below), it made the LPM's IPv4 hits ~1.7-2x as fast (docs/benchmarks.md).
+/// line alone (below), it made the LPM's IPv4 hits ~1.4-2x as fast (docs/benchmarks.md).
 ///
 /// Packed to 4-byte alignment, 36 bytes, so that a leaf holds seven runs in its line and a
 /// mid node thirteen in its two. Its words are read unaligned, one at a time, never borrowed.
