@@ -1,6 +1,7 @@
 //! Cache-line prefetch hints, for code that knows which memory it will read next: the LPM's
-//! batched walk (root slots, then nodes), a single IPv4 lookup's entries (asked for while
-//! the LPM reads its leaf) and a batch answer's copy of its cached routes.
+//! batched walk (root slots, then nodes), a single IPv4 lookup's mid node and entries (asked
+//! for while the LPM reads its leaf), a batch's entries (asked for ahead of their reads) and
+//! a batch answer's copy of its cached routes.
 
 /// Asks the CPU to start loading `value`'s cache line.
 #[inline]

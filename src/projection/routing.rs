@@ -295,7 +295,7 @@ impl Table {
     /// in address order, that one is usually among them, so its cache miss overlaps the
     /// leaf's instead of following it.
     #[inline(always)]
-    fn longest_match_portable(&self, address: IpAddr) -> Option<Entry> {
+    fn longest_match(&self, address: IpAddr) -> Option<Entry> {
         match address {
             IpAddr::V4(address) => {
                 let slot = self
@@ -433,7 +433,7 @@ impl RoutingTable {
 
     #[inline(always)]
     fn lookup_portable(&self, address: IpAddr, active_only: bool) -> Option<Route> {
-        let entry = self.table.longest_match_portable(address)?;
+        let entry = self.table.longest_match(address)?;
         Some(self.route(address, entry, active_only))
     }
 
